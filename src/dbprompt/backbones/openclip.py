@@ -1,0 +1,223 @@
+"""open_clip models seen through the token-level BackboneAdapter interface.
+
+Covers both model layouts (`CLIP`, whose text tower is hoisted onto the model, and
+`CustomTextCLIP` with `.text`), open_clip's own ViT (token or average pooling, with or
+without attentional pooling) and timm ViT towers with prefix tokens (the SigLIP family).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from open_clip.utils import to_2tuple
+from open_clip.timm_model import TimmModel
+from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
+from torch import nn
+
+from .base import PROMPT_ID, BackboneAdapter, LayerHook
+
+
+def _timm_vit_class() -> type | None:
+    try:
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+    except ImportError:
+        return None
+    return TimmViT
+
+
+class _TextView:
+    """Uniform access to the text tower's parts for both open_clip layouts."""
+
+    def __init__(self, model: nn.Module):
+        tower = getattr(model, "text", None)
+        self.tower = tower
+        src = tower if tower is not None else model
+        self.problem: str | None = None
+        if tower is not None and not isinstance(tower, TextTransformer):
+            self.problem = f"text tower {type(tower).__name__} does not expose its token embeddings"
+            return
+        self.token_embedding: nn.Embedding = src.token_embedding
+        self.positional_embedding: nn.Parameter = src.positional_embedding
+        self.transformer = src.transformer
+        self.ln_final = src.ln_final
+        self.projection = src.text_projection
+        self.attn_mask = src.attn_mask
+        self.pool_type = src.pool_type if tower is not None else src.text_pool_type
+        self.eos_id = getattr(src, "eos_id" if tower is not None else "text_eos_id", None)
+        if not self.transformer.batch_first:
+            self.problem = "text transformer is not batch-first"
+        elif tower is not None and tower.cls_emb is not None:
+            self.problem = "text tower appends a class token (CoCa), which prompts would displace"
+        elif tower is not None and tower.use_pad_mask:
+            self.problem = "text tower masks padding, which this adapter does not rebuild for prompts"
+        elif self.pool_type not in ("argmax", "eos", "last", "first"):
+            self.problem = f"text pooling '{self.pool_type}' has no single output token"
+
+
+class OpenClipAdapter(BackboneAdapter):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Callable[[], Callable],
+        preprocess: Callable,
+        name: str,
+        pretrained: str | None,
+    ):
+        super().__init__()
+        self.model = model
+        self._make_tokenizer = tokenizer
+        self._tokenizer: Callable | None = None
+        self._preprocess = preprocess
+        self.name = name
+        self.pretrained = pretrained
+        self._text = _TextView(model)
+        self.context_length = int(model.context_length)
+        if self._text.problem is None:
+            self.text_width = self._text.token_embedding.embedding_dim
+            self.text_num_layers = len(self._text.transformer.resblocks)
+        visual = model.visual
+        self.image_size = to_2tuple(visual.image_size)
+        self._vision_kind = self._classify_vision(visual)
+        if self._vision_kind == "openclip":
+            self.vision_width = visual.class_embedding.shape[-1]
+            self.vision_num_layers = len(visual.transformer.resblocks)
+            self.vision_prefix_len = 1
+        elif self._vision_kind == "timm":
+            trunk = visual.trunk
+            self.vision_width = trunk.embed_dim
+            self.vision_num_layers = len(trunk.blocks)
+            self.vision_prefix_len = trunk.num_prefix_tokens
+
+    @staticmethod
+    def _classify_vision(visual: nn.Module) -> str | None:
+        if isinstance(visual, VisionTransformer):
+            return "openclip" if visual.transformer.batch_first else None
+        timm_vit = _timm_vit_class()
+        if isinstance(visual, TimmModel) and timm_vit is not None and type(visual.trunk) is timm_vit:
+            if getattr(visual.trunk, "dynamic_img_size", False):
+                return None
+            return "timm"
+        return None
+
+    # --- capability -----------------------------------------------------------------
+    def text_prompt_problem(self) -> str | None:
+        return self._text.problem
+
+    def visual_prompt_problem(self) -> str | None:
+        if self._vision_kind is not None:
+            return None
+        visual = self.model.visual
+        inner = getattr(visual, "trunk", visual)
+        return f"image tower {type(inner).__name__} is not a ViT that takes tokens"
+
+    # --- text -----------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Callable:
+        """Built on first use: some towers' tokenizers come from a hub, which tests never reach."""
+        if self._tokenizer is None:
+            self._tokenizer = self._make_tokenizer()
+        return self._tokenizer
+
+    @property
+    def text_prefix_len(self) -> int:
+        return 1 if getattr(self.tokenizer, "sot_token_id", None) is not None else 0
+
+    def tokenize(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
+        return self.tokenizer(list(texts), context_length=context_length)
+
+    def text_token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
+        cast = self._text.transformer.get_cast_dtype()
+        return self._text.token_embedding(ids).to(cast)
+
+    def text_from_embeddings(
+        self, x: torch.Tensor, ids: torch.Tensor, hook: LayerHook | None = None
+    ) -> torch.Tensor:
+        t = self._text
+        length = x.shape[1]
+        x = x + t.positional_embedding[:length].to(x.dtype)
+        mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
+        x = _run_blocks(t.transformer, x, hook, attn_mask=mask)
+        x = t.ln_final(x)
+        # The placeholder ids of prompt positions never match an end token, so the
+        # pooled position shifts with the prompts.
+        pooled = text_global_pool(x, ids, t.pool_type, eos_token_id=t.eos_id)
+        if t.projection is None:
+            return pooled
+        if isinstance(t.projection, nn.Linear):
+            return t.projection(pooled)
+        return pooled @ t.projection
+
+    # --- image ----------------------------------------------------------------------
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        visual = self.model.visual
+        if self._vision_kind == "openclip":
+            return visual._embeds(images)
+        trunk = visual.trunk
+        x = trunk.patch_embed(images)
+        x = trunk._pos_embed(x)
+        x = trunk.patch_drop(x)
+        return trunk.norm_pre(x)
+
+    def image_from_tokens(
+        self, x: torch.Tensor, num_prompts: int = 0, hook: LayerHook | None = None
+    ) -> torch.Tensor:
+        visual = self.model.visual
+        p = self.vision_prefix_len
+        if self._vision_kind == "openclip":
+            x = _run_blocks(visual.transformer, x, hook)
+            if num_prompts:
+                x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
+            pooled, _ = visual._pool(x)
+            return pooled @ visual.proj if visual.proj is not None else pooled
+        trunk = visual.trunk
+        for i, block in enumerate(trunk.blocks):
+            if hook is not None:
+                x = hook(i, x)
+            x = block(x)
+        x = trunk.norm(x)
+        if num_prompts:
+            x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
+        return visual.head(trunk.forward_head(x))
+
+    # --- whole model ----------------------------------------------------------------
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(ids)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images)
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale
+
+    def image_transform(self) -> Callable:
+        return self._preprocess
+
+    def image_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.visual.parameters())
+
+    def projection_parameters(self) -> list[nn.Parameter]:
+        params: list[nn.Parameter] = []
+        text_proj = getattr(self._text, "projection", None)
+        if isinstance(text_proj, nn.Linear):
+            params += list(text_proj.parameters())
+        elif isinstance(text_proj, nn.Parameter):
+            params.append(text_proj)
+        visual = self.model.visual
+        if isinstance(getattr(visual, "proj", None), nn.Parameter):
+            params.append(visual.proj)
+        elif isinstance(visual, TimmModel):
+            params += list(visual.head.parameters())
+        return params
+
+
+def _run_blocks(
+    transformer: nn.Module, x: torch.Tensor, hook: LayerHook | None, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """open_clip's Transformer.forward (batch first), with the hook called before each block."""
+    for i, block in enumerate(transformer.resblocks):
+        if hook is not None:
+            x = hook(i, x)
+        x = block(x, attn_mask=attn_mask)
+    return x

@@ -1,0 +1,59 @@
+"""Option groups several subcommands share, and turning them into objects."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data import Database, load_database
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("database")
+    g.add_argument("db", help="imagefolder directory (metadata.jsonl/csv), Karpathy JSON, or CSV/TSV file")
+    g.add_argument("--format", default="auto", choices=["auto", "imagefolder", "karpathy", "csv"])
+    g.add_argument("--image-root", default=None, help="directory image paths are relative to (Karpathy, CSV)")
+    g.add_argument("--image-column", default="filepath", help="CSV/TSV image column (default: filepath)")
+    g.add_argument("--caption-column", default="title", help="CSV/TSV caption column (default: title)")
+    g.add_argument("--skip-bad", action="store_true", help="skip and count bad images/captions instead of stopping")
+
+
+def add_split_args(parser: argparse.ArgumentParser, *, defaults_from_prompts: bool = False) -> None:
+    g = parser.add_argument_group("splits (used when the database file names none)")
+    note = " (default: as recorded in the prompt file, else %(default)s)" if defaults_from_prompts else ""
+    g.add_argument("--val-fraction", type=float, default=None if defaults_from_prompts else 0.1, help="held-out images for choosing epochs" + note)
+    g.add_argument("--test-fraction", type=float, default=None if defaults_from_prompts else 0.1, help="held-out images for the final evaluation" + note)
+    g.add_argument("--split-seed", type=int, default=None if defaults_from_prompts else 0, help="seed of the split by image" + note)
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    g.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (default: on where the hardware supports it)",
+    )
+    g.add_argument("--batch-size", type=int, default=64)
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, default: str | None = "dbprompt-tiny") -> None:
+    g = parser.add_argument_group("backbone")
+    g.add_argument("--model", default=default, help="open_clip model name, hf-hub:org/repo, or a model shipped with dbprompt (default: %(default)s)")
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local checkpoint file (default: the model's own / random weights)")
+
+
+def load_db(args: argparse.Namespace) -> Database:
+    db = load_database(
+        args.db,
+        args.format,
+        image_root=args.image_root,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        skip_bad=args.skip_bad,
+    )
+    if db.report.items:
+        print(f"skipped bad input in {args.db}: {db.report.summary()}")
+    return db
+
+

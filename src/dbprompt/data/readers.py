@@ -1,0 +1,332 @@
+"""Readers for the three database layouts; each returns one Record per image, captions merged.
+
+Every reader works in two passes: metadata first (cheap, so a typo fails fast), then an
+eager decode of every referenced image (catches truncation, which `verify()` misses).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import (
+    BAD_METADATA,
+    CONFLICTING_SPLIT,
+    EMPTY_CAPTION,
+    UNKNOWN_SPLIT,
+    UNREADABLE_FILE,
+    BadInputReport,
+    DataError,
+    Reporter,
+    location,
+)
+from .images import check_images
+from .records import SPLITS, Record
+
+METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+# Names other tools use for our three splits: Karpathy's "restval" is extra training data.
+SPLIT_ALIASES = {"restval": "train", "validation": "val"}
+
+
+class _Bad(Exception):
+    """A problem with one item, before we know where it sits in the file."""
+
+    def __init__(self, problem: str, detail: str = "") -> None:
+        super().__init__(problem, detail)
+        self.problem, self.detail = problem, detail
+
+
+@dataclass(frozen=True)
+class _Where:
+    file: Path
+    line: int
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return location(self.file, self.line, self.unit)
+
+    def bad(self, reporter: Reporter, problem: str, detail: str = "") -> None:
+        reporter.bad(self.file, self.line, problem, detail, self.unit)
+
+
+@dataclass
+class _Item:
+    where: _Where
+    key: str
+    path: Path
+    captions: list[str]
+    split: str | None
+
+
+def _abspath(path: str | os.PathLike) -> Path:
+    """Absolute and normalised, but symlinks kept: keys should read as the user wrote them."""
+    return Path(os.path.abspath(path))
+
+
+def _split_name(value: Any) -> str | None:
+    """Map a split value from a file onto SPLITS; None or "" means the file does not say."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _Bad(BAD_METADATA, f"split must be a string, got {value!r}")
+    name = value.strip().lower()
+    name = SPLIT_ALIASES.get(name, name)
+    if name not in SPLITS:
+        raise _Bad(UNKNOWN_SPLIT, f"{value!r} is not one of {SPLITS + tuple(SPLIT_ALIASES)}")
+    return name
+
+
+def _locate(raw: Any, base: Path, key_root: Path) -> tuple[str, Path]:
+    """Resolve an image reference to (key, absolute path); the key is relative to key_root when possible."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Bad(BAD_METADATA, f"image path must be a non-empty string, got {raw!r}")
+    path = _abspath(base / raw)
+    key = path.relative_to(key_root) if path.is_relative_to(key_root) else path
+    return key.as_posix(), path
+
+
+def _captions(value: Any, where: _Where, reporter: Reporter) -> list[str]:
+    """Validate a caption or list of captions; empty ones are reported one by one and dropped."""
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) for v in values):
+        raise _Bad(BAD_METADATA, f"caption must be a string or a non-empty list of strings, got {value!r}")
+    kept = []
+    for i, caption in enumerate(values, 1):
+        if caption.strip():
+            kept.append(caption.strip())
+        else:
+            where.bad(reporter, EMPTY_CAPTION, f"caption {i} of {len(values)}" if len(values) > 1 else "")
+    return kept
+
+
+def _assemble(items: list[_Item], reporter: Reporter) -> list[Record]:
+    """Decode every image once, then merge items of the same image in file order."""
+    errors = check_images(item.path for item in items)
+    merged: dict[str, _Item] = {}
+    for item in items:
+        error = errors[item.path]
+        if error is not None:
+            item.where.bad(reporter, error.problem, error.where + (f" ({error.detail})" if error.detail else ""))
+            continue
+        first = merged.setdefault(item.key, _Item(item.where, item.key, item.path, [], item.split))
+        if first.split != item.split:
+            detail = f"{item.key} is {item.split!r} here but {first.split!r} at {first.where}"
+            item.where.bad(reporter, CONFLICTING_SPLIT, detail)
+            continue
+        first.captions.extend(item.captions)
+    return [Record(i.key, i.path, tuple(i.captions), i.split) for i in merged.values()]
+
+
+# ---- row-based metadata: imagefolder (jsonl/csv) and open_clip CSV/TSV -----------------------
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(str(path), UNREADABLE_FILE, str(e)) from e
+
+
+def _jsonl_rows(path: Path, reporter: Reporter) -> Iterator[tuple[int, dict]]:
+    for line, raw in enumerate(_read_bytes(path).split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError as e:  # bad JSON or bad UTF-8
+            reporter.bad(path, line, BAD_METADATA, f"not valid JSON: {e}")
+            continue
+        if not isinstance(row, dict):
+            reporter.bad(path, line, BAD_METADATA, f"expected a JSON object, got {type(row).__name__}")
+            continue
+        yield line, row
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # surrogateescape left undecodable bytes as lone surrogates
+        return False
+    return True
+
+
+def _csv_rows(path: Path, sep: str, required: tuple[str, ...], reporter: Reporter) -> Iterator[tuple[int, dict]]:
+    """Rows as dicts with the physical line (header is line 1) where each row starts."""
+    text = _read_bytes(path).decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    try:
+        header = next(reader)
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path}:1", BAD_METADATA, f"header lacks column(s) {missing}; it has {header}")
+        end = reader.line_num
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if not row:  # blank line
+                continue
+            if len(row) != len(header):
+                reporter.bad(path, start, BAD_METADATA, f"{len(row)} field(s), header has {len(header)}")
+            elif not all(map(_is_utf8, row)):
+                reporter.bad(path, start, BAD_METADATA, "not valid UTF-8")
+            else:
+                yield start, dict(zip(header, row))
+    except StopIteration:
+        raise DataError(f"{path}:1", BAD_METADATA, "empty file, no header") from None
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}", BAD_METADATA, str(e)) from e
+
+
+def _row_items(
+    rows: Iterator[tuple[int, dict]],
+    file: Path,
+    columns: tuple[str, str, str | None],
+    base: Path,
+    key_root: Path,
+    folder_split: str | None,
+    reporter: Reporter,
+) -> Iterator[_Item]:
+    image_col, caption_col, split_col = columns
+    for line, row in rows:
+        where = _Where(file, line)
+        try:
+            for col in (image_col, caption_col):
+                if col not in row:
+                    raise _Bad(BAD_METADATA, f"missing column {col!r}")
+            key, path = _locate(row[image_col], base, key_root)
+            split = _split_name(row.get(split_col)) if split_col else None
+            if split and folder_split and split != folder_split:
+                raise _Bad(CONFLICTING_SPLIT, f"split {split!r} inside the {folder_split!r} folder")
+            captions = _captions(row[caption_col], where, reporter)
+        except _Bad as e:
+            where.bad(reporter, e.problem, e.detail)
+            continue
+        if captions:
+            yield _Item(where, key, path, captions, split or folder_split)
+
+
+def imagefolder_metadata(root: Path) -> list[tuple[Path, str | None]]:
+    """The metadata files of a Hugging Face imagefolder, each with the split its folder implies."""
+    def metadata_in(folder: Path) -> Path | None:
+        found = [folder / n for n in METADATA_NAMES if (folder / n).is_file()]
+        if len(found) > 1:
+            raise DataError(str(folder), BAD_METADATA, "both metadata.jsonl and metadata.csv; keep one")
+        return found[0] if found else None
+
+    own = metadata_in(root)
+    if own is not None:
+        return [(own, None)]
+    result = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        meta = metadata_in(sub)
+        if meta is None:
+            continue
+        try:
+            result.append((meta, _split_name(sub.name)))
+        except _Bad as e:
+            raise DataError(str(sub), UNKNOWN_SPLIT, f"split folder {e.detail}") from None
+    return result
+
+
+def read_imagefolder(
+    root: str | os.PathLike, *, skip_bad: bool = False, report: BadInputReport | None = None
+) -> list[Record]:
+    """Read a Hugging Face imagefolder: metadata.jsonl/.csv with file_name + text (+ split), or split subfolders."""
+    root = _abspath(root)
+    metadata = imagefolder_metadata(root) if root.is_dir() else []
+    if not metadata:
+        raise DataError(str(root), BAD_METADATA, "no metadata.jsonl or metadata.csv, nor split subfolders with one")
+    reporter = Reporter(skip_bad, report if report is not None else BadInputReport())
+    items: list[_Item] = []
+    for meta, folder_split in metadata:
+        if meta.suffix == ".jsonl":
+            rows = _jsonl_rows(meta, reporter)
+        else:
+            rows = _csv_rows(meta, ",", ("file_name", "text"), reporter)
+        columns = ("file_name", "text", "split")
+        items.extend(_row_items(rows, meta, columns, meta.parent, root, folder_split, reporter))
+    return _assemble(items, reporter)
+
+
+def _csv_separator(path: Path) -> str:
+    """Tab for .tsv, comma otherwise: the convention open_clip's loaders follow."""
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def read_csv(
+    path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    image_column: str = "filepath",
+    caption_column: str = "title",
+    split_column: str | None = None,
+    sep: str | None = None,
+    skip_bad: bool = False,
+    report: BadInputReport | None = None,
+) -> list[Record]:
+    """Read an open_clip-style CSV/TSV; image paths are relative to image_root (default: the file's folder)."""
+    path = _abspath(path)
+    root = _abspath(image_root) if image_root is not None else path.parent
+    reporter = Reporter(skip_bad, report if report is not None else BadInputReport())
+    rows = _csv_rows(path, sep or _csv_separator(path), (image_column, caption_column), reporter)
+    columns = (image_column, caption_column, split_column)
+    return _assemble(list(_row_items(rows, path, columns, root, root, None, reporter)), reporter)
+
+
+# ---- Karpathy split JSON ----------------------------------------------------------------------
+
+
+def _karpathy_item(entry: Any, where: _Where, root: Path, reporter: Reporter) -> _Item | None:
+    if not isinstance(entry, dict):
+        raise _Bad(BAD_METADATA, f"expected a JSON object, got {type(entry).__name__}")
+    folder = entry.get("filepath") or ""
+    if not isinstance(folder, str):
+        raise _Bad(BAD_METADATA, f"filepath must be a string, got {folder!r}")
+    filename = entry.get("filename")
+    if not isinstance(filename, str) or not filename.strip():
+        raise _Bad(BAD_METADATA, f"filename must be a non-empty string, got {filename!r}")
+    key, path = _locate(os.path.join(folder, filename), root, root)
+    split = _split_name(entry.get("split"))
+    sentences = entry.get("sentences")
+    if not isinstance(sentences, list) or not all(isinstance(s, dict) and "raw" in s for s in sentences):
+        raise _Bad(BAD_METADATA, "sentences must be a list of objects with a 'raw' caption")
+    captions = _captions([s["raw"] for s in sentences], where, reporter)
+    return _Item(where, key, path, captions, split) if captions else None
+
+
+def read_karpathy(
+    path: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+    report: BadInputReport | None = None,
+) -> list[Record]:
+    """Read a Karpathy split file (dataset_coco.json, ...); problems are located by index into `images`."""
+    path = _abspath(path)
+    root = _abspath(image_root) if image_root is not None else path.parent
+    raw = _read_bytes(path)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}", BAD_METADATA, f"not valid JSON: {e.msg}") from e
+    except ValueError as e:
+        raise DataError(str(path), BAD_METADATA, f"not valid JSON: {e}") from e
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise DataError(str(path), BAD_METADATA, "no top-level 'images' list, so not a Karpathy split file")
+    reporter = Reporter(skip_bad, report if report is not None else BadInputReport())
+    items = []
+    for index, entry in enumerate(images):
+        where = _Where(path, index, unit="image")
+        try:
+            item = _karpathy_item(entry, where, root, reporter)
+        except _Bad as e:
+            where.bad(reporter, e.problem, e.detail)
+            continue
+        if item is not None:
+            items.append(item)
+    return _assemble(items, reporter)

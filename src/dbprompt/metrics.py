@@ -1,0 +1,186 @@
+"""Text<->image retrieval metrics for databases with several captions per image.
+
+Two definitions are in common use and give different numbers on the same
+embeddings, so both are reported, under key prefixes that say which is which:
+
+``clip_benchmark/``
+    Every caption is a text->image query whose single positive is its image.
+    Every image is an image->text query whose positives are all of its captions;
+    it is a hit at k when ANY of them is in the top k.
+
+``open_clip/``
+    As ``get_clip_metrics`` in open_clip's training code: 1:1 pairs, each image
+    paired with its FIRST caption (lowest text index), so N images and N texts.
+
+Rank (1-based), identical for both definitions::
+
+    rank = 1 + #{negative candidates whose score >= the best positive's score}
+
+Ties are broken against the query (pessimistic), so a degenerate model with
+constant embeddings cannot score well; other positives of the same query never
+count against it. Without ties this equals the position of the best positive in
+a descending sort, which is what open_clip's argsort-based code measures.
+
+Reported per direction (``t2i``, ``i2t``): ``R@k`` = percentage (0-100) of
+queries with rank <= k; ``mean_rank``; ``median_rank`` = floor of the median
+rank, open_clip's convention (it matters only for an even number of queries).
+
+Scores are float32 inner products of the embeddings as given (the caller
+L2-normalises); search is exact and done in chunks of queries, so the full
+score matrix is never held in memory.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_TABLE_KEYS: tuple[str, ...] = (
+    "clip_benchmark/t2i_R@1",
+    "clip_benchmark/t2i_R@5",
+    "clip_benchmark/t2i_R@10",
+    "clip_benchmark/i2t_R@1",
+    "clip_benchmark/i2t_R@5",
+    "clip_benchmark/i2t_R@10",
+)
+
+
+def retrieval_metrics(
+    text_emb: np.ndarray | torch.Tensor,
+    image_emb: np.ndarray | torch.Tensor,
+    text_to_image: np.ndarray | Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    chunk_size: int = 256,
+) -> dict[str, float]:
+    """Recall@k and median/mean rank under both the CLIP_benchmark and open_clip definitions.
+
+    ``text_emb`` is [T, D], ``image_emb`` is [I, D], ``text_to_image[t]`` is the
+    index of caption t's image. ``chunk_size`` is the number of queries scored at
+    once (peak memory is about ``chunk_size * max(T, I)`` scores). Raises
+    ValueError on inconsistent inputs.
+    """
+    texts, images, labels = _validated(text_emb, image_emb, text_to_image, ks, chunk_size)
+    image_ids = torch.arange(len(images), device=images.device)
+    # np.unique returns the index of each value's first occurrence; every image occurs.
+    first_caption = torch.as_tensor(
+        np.unique(labels.cpu().numpy(), return_index=True)[1], device=texts.device
+    )
+    first_texts = texts[first_caption]
+
+    ranks = {
+        "clip_benchmark/t2i": _best_positive_ranks(texts, labels, images, image_ids, chunk_size),
+        "clip_benchmark/i2t": _best_positive_ranks(images, image_ids, texts, labels, chunk_size),
+        "open_clip/t2i": _best_positive_ranks(first_texts, image_ids, images, image_ids, chunk_size),
+        "open_clip/i2t": _best_positive_ranks(images, image_ids, first_texts, image_ids, chunk_size),
+    }
+    metrics: dict[str, float] = {}
+    for prefix, r in ranks.items():
+        for k in ks:
+            metrics[f"{prefix}_R@{k}"] = 100.0 * float(np.mean(r <= k))
+        metrics[f"{prefix}_median_rank"] = float(np.floor(np.median(r)))
+        metrics[f"{prefix}_mean_rank"] = float(np.mean(r))
+    return metrics
+
+
+def format_table(
+    rows: list[tuple[str, dict[str, float | int]]], keys: Sequence[str] = DEFAULT_TABLE_KEYS
+) -> str:
+    """Plain-text table, one row per method, so zero-shot and prompted results read side by side.
+
+    Raises KeyError when a row lacks one of ``keys`` rather than hiding a typo'd column.
+    """
+    header = ["method", *keys]
+    body = []
+    for name, metrics in rows:
+        missing = [k for k in keys if k not in metrics]
+        if missing:
+            raise KeyError(f"row {name!r} has no metric(s) {missing}")
+        body.append([name, *(_cell(metrics[k]) for k in keys)])
+    widths = [max(len(line[c]) for line in [header, *body]) for c in range(len(header))]
+
+    def render(line: list[str]) -> str:
+        cells = [line[0].ljust(widths[0])]
+        cells += [cell.rjust(w) for cell, w in zip(line[1:], widths[1:])]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([render(header), rule, *(render(line) for line in body)])
+
+
+def _cell(value: float | int) -> str:
+    """Metrics to one decimal; counts (parameters, bytes) as whole numbers."""
+    return str(value) if isinstance(value, int) else f"{value:.1f}"
+
+
+def _best_positive_ranks(
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_labels: torch.Tensor,
+    chunk_size: int,
+) -> np.ndarray:
+    """1-based pessimistic rank of each query's best positive (candidates sharing its label)."""
+    ranks = torch.empty(len(queries), dtype=torch.int64, device=queries.device)
+    for start in range(0, len(queries), chunk_size):
+        stop = start + chunk_size
+        scores = queries[start:stop] @ candidates.T
+        positive = query_labels[start:stop, None] == candidate_labels[None, :]
+        best = scores.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
+        ranks[start:stop] = 1 + ((scores >= best) & ~positive).sum(dim=1)
+    return ranks.cpu().numpy()
+
+
+def _validated(
+    text_emb: np.ndarray | torch.Tensor,
+    image_emb: np.ndarray | torch.Tensor,
+    text_to_image: np.ndarray | Sequence[int],
+    ks: Sequence[int],
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Check the inputs and return float32 texts, images and int64 labels on one device."""
+    texts = torch.as_tensor(text_emb).detach().to(torch.float32)
+    images = torch.as_tensor(image_emb).detach().to(device=texts.device, dtype=torch.float32)
+    if texts.ndim != 2 or images.ndim != 2:
+        raise ValueError(
+            f"text_emb and image_emb must be 2-D [N, D], got shapes "
+            f"{tuple(texts.shape)} and {tuple(images.shape)}"
+        )
+    if texts.shape[0] == 0 or images.shape[0] == 0:
+        raise ValueError("need at least one text and one image")
+    if texts.shape[1] != images.shape[1]:
+        raise ValueError(
+            f"embedding dims differ: text_emb has D={texts.shape[1]}, image_emb has D={images.shape[1]}"
+        )
+    # A NaN score compares False with everything, which would silently yield rank 1.
+    if not (torch.isfinite(texts).all() and torch.isfinite(images).all()):
+        raise ValueError("embeddings contain NaN or infinite values")
+
+    labels = np.asarray(text_to_image)
+    if labels.ndim != 1 or labels.shape[0] != texts.shape[0]:
+        raise ValueError(
+            f"text_to_image must be 1-D with one entry per text ({texts.shape[0]}), "
+            f"got shape {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"text_to_image must hold integer image indices, got dtype {labels.dtype}")
+    n_images = images.shape[0]
+    out_of_range = np.flatnonzero((labels < 0) | (labels >= n_images))
+    if out_of_range.size:
+        t = out_of_range[0]
+        raise ValueError(
+            f"text_to_image[{t}] = {labels[t]} is out of range for {n_images} images "
+            f"({out_of_range.size} bad entries)"
+        )
+    uncaptioned = np.flatnonzero(np.bincount(labels, minlength=n_images) == 0)
+    if uncaptioned.size:
+        raise ValueError(
+            f"{uncaptioned.size} image(s) have no caption, e.g. image {uncaptioned[0]}; "
+            "every image needs at least one"
+        )
+
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive ints, got {ks!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return texts, images, torch.as_tensor(labels, dtype=torch.int64, device=texts.device)

@@ -1,0 +1,133 @@
+"""A frozen backbone with textual and visual prompts: the model dbprompt trains, evaluates and serves."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones.base import PROMPT_ID, BackboneAdapter, UnsupportedPromptError
+from .prompts import PromptConfig, PromptTokens
+
+
+class PromptedCLIP(nn.Module):
+    """Encodes text and images through the backbone's token stages with prompts spliced in.
+
+    The staged path is used even without prompts, so zero-shot and prompted numbers
+    always come from the same code.
+    """
+
+    def __init__(self, backbone: BackboneAdapter, config: PromptConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self._check_supported(backbone, config)
+        self.text_prompt: PromptTokens | None = None
+        self.visual_prompt: PromptTokens | None = None
+        if config.text_len:
+            if config.text_len >= backbone.context_length - 2:
+                raise ValueError(
+                    f"text_len {config.text_len} leaves no room for a caption in "
+                    f"{backbone.name}'s context of {backbone.context_length} tokens"
+                )
+            self.text_prompt = PromptTokens(
+                config.text_len,
+                backbone.text_width,
+                prefix=backbone.text_prefix_len,
+                depth=min(config.text_depth, backbone.text_num_layers),
+                std=config.init_std,
+                init=self._phrase_embeddings(config.text_init) if config.text_init else None,
+            )
+        if config.visual_len:
+            self.visual_prompt = PromptTokens(
+                config.visual_len,
+                backbone.vision_width,
+                prefix=backbone.vision_prefix_len,
+                depth=min(config.visual_depth, backbone.vision_num_layers),
+                std=config.init_std,
+            )
+
+    @staticmethod
+    def _check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:
+        checks = (
+            ("textual", config.text_len, backbone.text_prompt_problem()),
+            ("visual", config.visual_len, backbone.visual_prompt_problem()),
+        )
+        for kind, length, problem in checks:
+            if length and problem:
+                raise UnsupportedPromptError(
+                    f"model {backbone.name} cannot take {kind} prompts: {problem}. "
+                    f"Use --{'text' if kind == 'textual' else 'visual'}-len 0."
+                )
+
+    def train(self, mode: bool = True) -> "PromptedCLIP":
+        """The backbone stays in eval mode whatever is trained: no dropout, frozen statistics."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def _phrase_embeddings(self, phrase: str) -> torch.Tensor:
+        ids = self.backbone.tokenize([phrase], self.backbone.context_length)[0]
+        start = self.backbone.text_prefix_len
+        end = int((ids != 0).nonzero().max()) if start else int((ids != 0).sum())
+        with torch.no_grad():
+            return self.backbone.text_token_embeddings(ids[start:end].unsqueeze(0))[0].float()
+
+    @property
+    def text_context_length(self) -> int:
+        """Captions are cut to this many tokens so that caption + prompts fit the context."""
+        return self.backbone.context_length - self.config.text_len
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.backbone.tokenize(texts, self.text_context_length)
+
+    def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        x = self.backbone.text_token_embeddings(ids)
+        hook = None
+        if self.text_prompt is not None:
+            x = self.text_prompt.insert(x)
+            p = self.text_prompt.prefix
+            filler = ids.new_full((ids.shape[0], self.text_prompt.length), PROMPT_ID)
+            ids = torch.cat([ids[:, :p], filler, ids[:, p:]], dim=1)
+            hook = self.text_prompt.layer_hook()
+        features = self.backbone.text_from_embeddings(x, ids, hook)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        x = self.backbone.image_tokens(images)
+        hook, n = None, 0
+        if self.visual_prompt is not None:
+            x = self.visual_prompt.insert(x)
+            hook, n = self.visual_prompt.layer_hook(), self.visual_prompt.length
+        features = self.backbone.image_from_tokens(x, n, hook)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return self.encode_text(self.tokenize(texts).to(device), normalize=normalize)
+
+    def prompt_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the prompts, keyed by module path: what a prompt file holds."""
+        return {
+            name: p.detach()
+            for name, p in self.named_parameters()
+            if name.startswith(("text_prompt.", "visual_prompt."))
+        }
+
+    def load_prompt_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.named_parameters())
+        expected = set(self.prompt_state_dict())
+        if set(state) != expected:
+            raise ValueError(f"prompt tensors {sorted(state)} do not match the config's {sorted(expected)}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if own[name].shape != tensor.shape:
+                    raise ValueError(
+                        f"prompt tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}"
+                    )
+                own[name].copy_(tensor)
+
+    def trainable_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,47 @@
+"""Every prompt option in one dataclass, saved with the prompts so a file rebuilds its own model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    # Textual prompt: `text_len` vectors right after the start token.
+    text_len: int = 8
+    # 1 = shallow; d > 1 replaces the prompt positions with a fresh set before each of the first d layers.
+    text_depth: int = 1
+    # Initialise the first vectors from this phrase's token embeddings instead of noise.
+    text_init: str | None = None
+    # Visual prompt: `visual_len` tokens right after the class/prefix tokens.
+    visual_len: int = 8
+    visual_depth: int = 1
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("text_len", "visual_len"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("text_depth", "visual_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.text_init is not None and not self.text_init.strip():
+            raise ValueError("text_init must be a non-empty phrase or None")
+
+    @property
+    def kinds(self) -> list[str]:
+        return [k for k, n in (("textual", self.text_len), ("visual", self.visual_len)) if n]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PromptConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown prompt options {sorted(unknown)} (written by a newer dbprompt?)")
+        return cls(**data)

@@ -1,0 +1,45 @@
+"""Where and in what precision to run: detected from the hardware, never assumed."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def pick_device(requested: str = "auto") -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested}: no CUDA device is available")
+    return requested
+
+
+def bf16_supported(device: str) -> bool:
+    """bf16 pays off only with native support (AMX or AVX512-BF16 on CPU, Ampere+ on GPU)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return any(
+        getattr(cpu, probe, lambda: False)()
+        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
+
+
+def resolve_bf16(device: str, requested: bool | None) -> bool:
+    """None means: on where the hardware supports it."""
+    return bf16_supported(device) if requested is None else requested
+
+
+@contextlib.contextmanager
+def precision(device: str, bf16: bool) -> Iterator[None]:
+    """bf16 autocast; on CPU also the math attention kernel, which trains faster there under bf16."""
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    with contextlib.ExitStack() as stack:
+        if bf16:
+            stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+            if device_type == "cpu":
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        yield

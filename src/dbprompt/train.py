@@ -1,0 +1,351 @@
+"""Contrastive training of whatever in a PromptedCLIP requires grad (prompts by default).
+
+Deterministic under a seed: each epoch's order and caption choice are pure functions
+of (seed, epoch), so a run resumed from a checkpoint replays exactly what an
+uninterrupted run would have done. Checkpoints are safetensors + JSON, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .atomic import atomic_path
+from .data.records import Record
+from .embeddings import encode_image_files, load_image_batch
+from .evaluate import evaluate, selection_score
+from .model import PromptedCLIP
+from .runtime import precision
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.1
+    grad_accum: int = 1
+    seed: int = 0
+    # Optimizer steps between checkpoints (0: only at epoch ends).
+    checkpoint_every: int = 50
+    # In-memory cache of decoded, transformed training images.
+    image_cache_mb: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.grad_accum < 1:
+            raise ValueError("epochs >= 1, batch_size >= 2 and grad_accum >= 1 are required")
+        if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("lr must be > 0 and warmup_fraction in [0, 1)")
+
+
+@dataclass
+class TrainState:
+    """Where a run is: enough, with the optimizer and parameters, to resume exactly."""
+
+    epoch: int = 0
+    micro: int = 0  # micro-batches done in the current epoch
+    step: int = 0  # optimizer steps done in total
+    best_score: float = -math.inf
+    best_epoch: int = -1  # 0 = the state before training
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_score: float
+    history: list[dict]
+    steps: int
+    seconds: float
+    pairs_per_second: float
+    finished: bool
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over the batch's matching (image, caption) pairs."""
+    logits = logit_scale.exp().clamp(max=100) * image_features.float() @ text_features.float().t()
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def epoch_plan(records: Sequence[Record], seed: int, epoch: int) -> tuple[np.ndarray, list[str]]:
+    """This epoch's image order and one caption per image: a pure function of (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(records))
+    picks = rng.integers(0, 1 << 30, size=len(records))
+    captions = [records[i].captions[picks[j] % len(records[i].captions)] for j, i in enumerate(order)]
+    return order, captions
+
+
+def _warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_fraction)) if warmup_fraction > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    # The fused kernel avoids a slow per-tensor step when large tensors are trainable.
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+class _ImageCache:
+    """Transformed training images kept in memory up to a byte budget: decoding dominates CPU epochs."""
+
+    def __init__(self, transform: Callable, budget_bytes: int):
+        self.transform = transform
+        self.budget = budget_bytes
+        self.used = 0
+        self.items: dict[Path, torch.Tensor] = {}
+
+    def batch(self, paths: Sequence[Path]) -> torch.Tensor:
+        missing = [p for p in paths if p not in self.items]
+        if missing:
+            loaded = load_image_batch(missing, self.transform)
+            for p, t in zip(missing, loaded):
+                if self.used + t.numel() * t.element_size() <= self.budget:
+                    self.items[p] = t
+                    self.used += t.numel() * t.element_size()
+            fresh = dict(zip(missing, loaded))
+        else:
+            fresh = {}
+        return torch.stack([self.items[p] if p in self.items else fresh[p] for p in paths])
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: PromptedCLIP,
+        train_records: Sequence[Record],
+        val_records: Sequence[Record],
+        cfg: TrainConfig,
+        *,
+        device: str,
+        bf16: bool,
+        work_dir: str | Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ):
+        if len(train_records) < 2:
+            raise ValueError(f"training needs at least 2 images, got {len(train_records)}")
+        self.model = model.to(device)
+        self.train_records = list(train_records)
+        self.val_records = list(val_records)
+        self.cfg = cfg
+        self.device = device
+        self.bf16 = bf16
+        self.work_dir = Path(work_dir) if work_dir else None
+        self.progress = progress
+        self.log = log
+        self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if not self.named:
+            raise ValueError("nothing to train: no parameter requires grad")
+        self.optimizer = _make_optimizer(list(self.named.values()), cfg)
+        self.micro_per_epoch = len(self.train_records) // cfg.batch_size + (
+            1 if len(self.train_records) % cfg.batch_size >= 2 else 0
+        )
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _warmup_cosine(self.steps_per_epoch * cfg.epochs, cfg.warmup_fraction)
+        )
+        self.state = TrainState()
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.images = _ImageCache(model.backbone.image_transform(), cfg.image_cache_mb << 20)
+        # With a frozen image side, image features are computed once, not every step.
+        self.train_image_features: torch.Tensor | None = None
+        self.val_image_features: torch.Tensor | None = None
+
+    # --- checkpoints ----------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.work_dir / CHECKPOINT if self.work_dir else None
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is None:
+            return
+        tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in self.named.items()}
+        tensors.update({f"best/{n}": t.cpu().contiguous() for n, t in self.best_state.items()})
+        opt = self.optimizer.state_dict()
+        names = list(self.named)
+        for idx, slots in opt["state"].items():
+            for key, value in slots.items():
+                tensors[f"opt/{names[idx]}/{key}"] = value.detach().cpu().contiguous().reshape(value.shape)
+        meta = {
+            "state": json.dumps(asdict(self.state)),
+            "train_config": json.dumps(asdict(self.cfg)),
+            "param_groups": json.dumps(opt["param_groups"]),
+            "scheduler": json.dumps(self.scheduler.state_dict()),
+        }
+        with atomic_path(self.checkpoint_path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    def load_checkpoint(self) -> bool:
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        tensors = load_file(str(path))
+        saved_cfg = json.loads(meta["train_config"])
+        if saved_cfg != json.loads(json.dumps(asdict(self.cfg))):
+            raise ValueError(
+                f"{path}: checkpoint was made with other training options {saved_cfg}; "
+                "resume with the same options or start a fresh work directory"
+            )
+        missing = [n for n in self.named if f"param/{n}" not in tensors]
+        if missing:
+            raise ValueError(f"{path}: checkpoint lacks parameters {missing[:3]} (another model or method?)")
+        with torch.no_grad():
+            for n, p in self.named.items():
+                p.copy_(tensors[f"param/{n}"])
+        self.best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
+        names = list(self.named)
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt/"):
+                name, slot = key[4:].rsplit("/", 1)
+                state.setdefault(names.index(name), {})[slot] = value.to(self.device)
+        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        self.scheduler.load_state_dict(json.loads(meta["scheduler"]))
+        self.state = TrainState(**json.loads(meta["state"]))
+        return True
+
+    # --- steps ----------------------------------------------------------------------
+    def _image_side_frozen(self) -> bool:
+        return self.model.visual_prompt is None and not any(
+            p.requires_grad for p in self.model.backbone.image_parameters()
+        )
+
+    def _validate(self) -> dict[str, float] | None:
+        if not self.val_records:
+            return None
+        if self._image_side_frozen() and self.val_image_features is None:
+            self.val_image_features = encode_image_files(
+                self.model, [r.path for r in self.val_records], device=self.device, bf16=self.bf16
+            )
+        return evaluate(
+            self.model,
+            self.val_records,
+            device=self.device,
+            bf16=self.bf16,
+            image_features=self.val_image_features if self._image_side_frozen() else None,
+        )
+
+    def _record_validation(self, epoch: int, train_loss: float | None) -> None:
+        metrics = self._validate()
+        score = selection_score(metrics) if metrics is not None else float(epoch)
+        entry = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
+        if metrics is not None:
+            entry.update({k: metrics[k] for k in ("clip_benchmark/t2i_R@1", "clip_benchmark/i2t_R@1")})
+        self.state.history.append(entry)
+        if score > self.state.best_score:
+            self.state.best_score, self.state.best_epoch = score, epoch
+            self.best_state = {n: p.detach().cpu().clone() for n, p in self.named.items()}
+        if metrics is not None:
+            self.log(
+                f"epoch {epoch}: val T2I R@1 {metrics['clip_benchmark/t2i_R@1']:.1f}  "
+                f"I2T R@1 {metrics['clip_benchmark/i2t_R@1']:.1f}  R-sum {score:.1f}"
+                + ("  (best)" if self.state.best_epoch == epoch else "")
+            )
+
+    def _micro_batch_loss(self, order: np.ndarray, captions: list[str], micro: int) -> tuple[torch.Tensor, int]:
+        b = self.cfg.batch_size
+        idx = order[micro * b : (micro + 1) * b]
+        texts = captions[micro * b : (micro + 1) * b]
+        ids = self.model.tokenize(texts).to(self.device)
+        with precision(self.device, self.bf16):
+            if self.train_image_features is not None:
+                image_features = self.train_image_features[torch.as_tensor(idx)].to(self.device)
+            else:
+                images = self.images.batch([self.train_records[i].path for i in idx]).to(self.device)
+                image_features = self.model.encode_image(images)
+            text_features = self.model.encode_text(ids)
+            loss = clip_loss(image_features, text_features, self.model.backbone.logit_scale)
+        return loss, len(idx)
+
+    def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
+        """Train to the end (or, for tests and time limits, stop after `stop_after_steps` optimizer steps)."""
+        torch.manual_seed(self.cfg.seed)
+        resumed = resume and self.load_checkpoint()
+        if resume and not resumed:
+            self.log("no checkpoint to resume from; starting fresh")
+        if resumed:
+            self.log(f"resumed at epoch {self.state.epoch + 1}, step {self.state.step}")
+        if self._image_side_frozen() and self.train_image_features is None:
+            self.train_image_features = encode_image_files(
+                self.model,
+                [r.path for r in self.train_records],
+                device=self.device,
+                bf16=self.bf16,
+                progress="caching image features" if self.progress else None,
+            )
+        if not resumed:
+            self._record_validation(0, None)
+        started, pairs = time.perf_counter(), 0
+        total_steps = self.steps_per_epoch * self.cfg.epochs
+        bar = tqdm(total=total_steps, initial=self.state.step, unit="step", disable=not self.progress)
+        while self.state.epoch < self.cfg.epochs:
+            self.model.train()
+            order, captions = epoch_plan(self.train_records, self.cfg.seed, self.state.epoch)
+            losses: list[float] = []
+            while self.state.micro < self.micro_per_epoch:
+                loss, n = self._micro_batch_loss(order, captions, self.state.micro)
+                (loss / self.cfg.grad_accum).backward()
+                losses.append(float(loss.detach()))
+                pairs += n
+                self.state.micro += 1
+                if self.state.micro % self.cfg.grad_accum and self.state.micro < self.micro_per_epoch:
+                    continue
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                rate = pairs / max(1e-9, time.perf_counter() - started)
+                bar.update(1)
+                bar.set_postfix(epoch=self.state.epoch + 1, loss=f"{losses[-1]:.3f}", pairs_s=f"{rate:.0f}")
+                if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if stop_after_steps is not None and self.state.step >= stop_after_steps:
+                    self.save_checkpoint()
+                    bar.close()
+                    return self._result(started, pairs, finished=False)
+            self.state.epoch += 1
+            self.state.micro = 0
+            self._record_validation(self.state.epoch, float(np.mean(losses)) if losses else None)
+            self.save_checkpoint()
+        bar.close()
+        return self._result(started, pairs, finished=True)
+
+    def _result(self, started: float, pairs: int, *, finished: bool) -> TrainResult:
+        seconds = time.perf_counter() - started
+        return TrainResult(
+            best_state=dict(self.best_state),
+            best_epoch=self.state.best_epoch,
+            best_score=self.state.best_score,
+            history=list(self.state.history),
+            steps=self.state.step,
+            seconds=seconds,
+            pairs_per_second=pairs / seconds if seconds > 0 else 0.0,
+            finished=finished,
+        )
