@@ -190,13 +190,17 @@ def test_interrupted_write_leaves_no_metadata(tmp_path, monkeypatch):
     assert not (out / "metadata.jsonl").exists()
 
 
-def test_bad_arguments_are_refused():
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="unknown domain"):
         sample(0, domain="sketch")
     with pytest.raises(ValueError):
         sample(0, image_size=8)
     with pytest.raises(ValueError):
         sample(0, captions_per_image=0)
+    out = write_database(tmp_path / "db", 3)
+    with pytest.raises(ValueError, match="unknown domain"):
+        write_database(out, 3, domain="sketch")
+    assert len((out / "metadata.jsonl").read_text().splitlines()) == 3
 
 
 def test_throughput_is_reported(tmp_path, capsys):

@@ -82,13 +82,13 @@ TEXTUAL_JOIN = " alongside "
 SOURCE_SYNONYM_RATE = 0.03
 
 
-def words(text: str) -> set[str]:
+def _words(text: str) -> set[str]:
     """The lower-case words of a caption or template (placeholders dropped)."""
     return set(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", text.lower())))
 
 
 def _vocabulary(*texts: str) -> frozenset[str]:
-    return frozenset().union(*(words(t) for t in texts))
+    return frozenset().union(*(_words(t) for t in texts))
 
 
 SOURCE_WORDS = _vocabulary(*SOURCE_TEMPLATES, SOURCE_JOIN, *SOURCE_POSITIONS.values(), *SYNONYMS, "a an")

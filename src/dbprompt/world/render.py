@@ -10,7 +10,7 @@ from dbprompt.world.outlines import OUTLINES
 from dbprompt.world.scene import BACKGROUNDS, COLOURS, POSITIONS, Scene, Shape
 
 # Circumradius as a fraction of the image side; a large shape still fits its grid cell.
-RADIUS: dict[str, float] = {"small": 0.085, "large": 0.14}
+_RADIUS: dict[str, float] = {"small": 0.085, "large": 0.14}
 _SCALE_JITTER = 0.1
 _CENTRE_JITTER = 0.01
 _COLOUR_JITTER = 25
@@ -28,7 +28,7 @@ def _polygon(shape: Shape, rng: np.random.Generator, size: int, rotate: bool) ->
         angle = rng.uniform(0, 2 * np.pi)
         c, s = np.cos(angle), np.sin(angle)
         outline = outline @ np.array([[c, s], [-s, c]])
-    radius = RADIUS[shape.size] * rng.uniform(1 - _SCALE_JITTER, 1 + _SCALE_JITTER)
+    radius = _RADIUS[shape.size] * rng.uniform(1 - _SCALE_JITTER, 1 + _SCALE_JITTER)
     centre = np.asarray(cell_centre(shape.position)) + rng.uniform(-_CENTRE_JITTER, _CENTRE_JITTER, 2)
     return ((outline * radius + centre) * size).ravel().tolist()
 

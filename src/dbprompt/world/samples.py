@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dbprompt.world.captions import captions
-from dbprompt.world.domains import get_domain
+from dbprompt.world.domains import Domain, get_domain
 from dbprompt.world.render import render
 from dbprompt.world.scene import Scene, sample_scene
 
@@ -20,6 +20,15 @@ class Sample:
     captions: list[str]
 
 
+def check_arguments(domain: str, image_size: int, captions_per_image: int) -> Domain:
+    """The named domain, once the arguments are known to make valid samples; lets callers fail before writing."""
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16, got {image_size}")
+    if captions_per_image < 1:
+        raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
+    return get_domain(domain)
+
+
 def sample(
     index: int, *, domain: str = "source", seed: int = 0, image_size: int = 64, captions_per_image: int = 3
 ) -> Sample:
@@ -29,11 +38,7 @@ def sample(
     can be made in any order or in parallel, and two domains with the same seed
     never share images (no accidental train/test overlap across domains).
     """
-    if image_size < 16:
-        raise ValueError(f"image_size must be at least 16, got {image_size}")
-    if captions_per_image < 1:
-        raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
-    d = get_domain(domain)
+    d = check_arguments(domain, image_size, captions_per_image)
     rng = np.random.default_rng([seed, zlib.crc32(d.name.encode()), index])
     drawn = sample_scene(rng)
     image = render(drawn, rng, size=image_size, shifted=d.visual_shift)

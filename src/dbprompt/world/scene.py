@@ -37,7 +37,7 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "dia
 
 SIZES: tuple[str, ...] = ("small", "large")
 
-# (column, row) on a 3x3 grid; two shapes never share a cell, so they never overlap.
+# (column, row) on a 3x3 grid; two shapes never share a cell, so unrotated shapes never overlap.
 POSITIONS: dict[str, tuple[int, int]] = {
     "top left": (0, 0),
     "top": (1, 0),

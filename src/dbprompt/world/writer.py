@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dbprompt.atomic import atomic_write_text
 from dbprompt.world.png import encode_png
-from dbprompt.world.samples import sample
+from dbprompt.world.samples import check_arguments, sample
 
 METADATA = "metadata.jsonl"
 IMAGES = "images"
@@ -34,6 +34,7 @@ def write_database(
     """
     if n_images < 0:
         raise ValueError(f"n_images must be non-negative, got {n_images}")
+    check_arguments(domain, image_size, captions_per_image)
     out = Path(out_dir)
     images = out / IMAGES
     images.mkdir(parents=True, exist_ok=True)

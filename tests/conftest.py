@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny random-weight backbone and a tiny synthetic database."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+
+from dbprompt.backbones import load_backbone
+from dbprompt.backbones.openclip import OpenClipAdapter
+from dbprompt.data import assign_splits, load_database
+from dbprompt.world import write_database
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    return load_backbone("dbprompt-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_db(tmp_path_factory):
+    """40 synthetic images with 3 captions each, as an imagefolder."""
+    return write_database(tmp_path_factory.mktemp("db") / "shapes", 40, seed=1, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tiny_db):
+    return assign_splits(load_database(tiny_db).records, val_fraction=0.2, test_fraction=0.2, seed=0)
+
+
+def adapter_for(net: torch.nn.Module, name: str, tokenizer_name: str = "ViT-B-32") -> OpenClipAdapter:
+    """Wrap a hand-built open_clip model (configs no registry entry describes)."""
+    preprocess = open_clip.image_transform(net.visual.image_size, is_train=False)
+    adapter = OpenClipAdapter(net, lambda: open_clip.get_tokenizer(tokenizer_name), preprocess, name, "random")
+    return adapter.eval().requires_grad_(False)

@@ -1,0 +1,124 @@
+"""The adapter's token stages reproduce each model family exactly, and refuse what cannot take tokens."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+
+from dbprompt.backbones import UnsupportedPromptError, load_backbone
+from dbprompt.model import PromptedCLIP
+from dbprompt.prompts import PromptConfig
+
+from conftest import adapter_for
+
+NO_PROMPTS = PromptConfig(text_len=0, visual_len=0)
+
+
+def _custom_text_vit_b_32():
+    torch.manual_seed(0)
+    net = open_clip.create_model("ViT-B-32", force_custom_text=True)
+    assert isinstance(net, CustomTextCLIP)
+    return adapter_for(net, "ViT-B-32 (CustomTextCLIP)")
+
+
+FAMILIES = {
+    "ViT-B-32": lambda: load_backbone("ViT-B-32"),
+    "ViT-B-16-SigLIP": lambda: load_backbone("ViT-B-16-SigLIP"),
+    "CustomTextCLIP": _custom_text_vit_b_32,
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request):
+    return request.param, FAMILIES[request.param]()
+
+
+def _ids(backbone, batch: int = 3) -> torch.Tensor:
+    """Random token ids shaped like real ones: an end token that is the row maximum, then padding."""
+    g = torch.Generator().manual_seed(0)
+    length = backbone.context_length
+    vocab = backbone.model.vocab_size
+    ids = torch.randint(1, vocab - 2, (batch, length), generator=g)
+    for row, end in enumerate((5, length // 2, length - 1)[:batch]):
+        ids[row, end] = vocab - 1
+        ids[row, end + 1 :] = 0
+    return ids
+
+
+def test_identity_without_prompts(family):
+    name, backbone = family
+    model = PromptedCLIP(backbone, NO_PROMPTS).eval()
+    ids = _ids(backbone)
+    images = torch.randn(2, 3, *backbone.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        text_diff = (model.encode_text(ids, normalize=False) - backbone.encode_text(ids)).abs().max()
+        image_diff = (model.encode_image(images, normalize=False) - backbone.encode_image(images)).abs().max()
+    assert text_diff <= 1e-5, name
+    assert image_diff <= 1e-5, name
+
+
+def test_prompts_change_both_towers(family):
+    name, backbone = family
+    text_len = 0 if "SigLIP" in name else 4  # SigLIP's tokenizer comes from the hub; ids below are raw
+    model = PromptedCLIP(backbone, PromptConfig(text_len=text_len, visual_len=4, visual_depth=2)).eval()
+    base = PromptedCLIP(backbone, NO_PROMPTS).eval()
+    images = torch.randn(2, 3, *backbone.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert model.encode_image(images).shape == base.encode_image(images).shape
+        assert not torch.allclose(model.encode_image(images), base.encode_image(images))
+        if text_len:
+            ids = model.tokenize(["a red circle", "a blue star"])
+            assert ids.shape[1] == backbone.context_length - text_len
+            assert not torch.allclose(model.encode_text(ids), base.encode_texts(["a red circle", "a blue star"]))
+
+
+def _small_text_cfg(**kw) -> CLIPTextCfg:
+    return CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1, **kw)
+
+
+def test_resnet_tower_refuses_visual_prompts_but_takes_textual():
+    torch.manual_seed(0)
+    net = CLIP(32, CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, image_size=32), _small_text_cfg())
+    backbone = adapter_for(net, "RN-tiny")
+    with pytest.raises(UnsupportedPromptError, match=r"RN-tiny cannot take visual prompts.*ModifiedResNet"):
+        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=2))
+    model = PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0))
+    assert model.encode_texts(["a red circle"]).shape == (1, 32)
+
+
+def test_coca_style_text_tower_refuses_textual_prompts():
+    torch.manual_seed(0)
+    vision = CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32)
+    net = CustomTextCLIP(32, vision, _small_text_cfg(embed_cls=True))
+    backbone = adapter_for(net, "coca-tiny")
+    with pytest.raises(UnsupportedPromptError, match=r"coca-tiny cannot take textual prompts.*class token"):
+        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0))
+    assert PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=2)).encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+
+
+def test_random_weights_are_reproducible_and_fingerprinted():
+    a, b = load_backbone("dbprompt-tiny"), load_backbone("dbprompt-tiny")
+    c = load_backbone("dbprompt-tiny", seed=1)
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+    assert all(not p.requires_grad for p in a.parameters())
+    assert not a.training
+
+
+def test_unknown_model_and_missing_checkpoint_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'ViT-Nope'"):
+        load_backbone("ViT-Nope")
+    with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
+        load_backbone("dbprompt-tiny", str(tmp_path / "missing.safetensors"))
+
+
+def test_local_checkpoint_file_loads(tmp_path, tiny_backbone):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny.safetensors"
+    state = {k: v.contiguous() for k, v in load_backbone("dbprompt-tiny", seed=3).model.state_dict().items()}
+    save_file(state, str(path))
+    loaded = load_backbone("dbprompt-tiny", str(path))
+    assert loaded.fingerprint() == load_backbone("dbprompt-tiny", seed=3).fingerprint()
+    assert loaded.fingerprint() != tiny_backbone.fingerprint()

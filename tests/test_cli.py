@@ -1,0 +1,64 @@
+"""The user's day through the command line, on the tiny model and database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dbprompt.cli import build_parser, main
+
+COMMANDS = ["train", "eval", "info", "demo", "index", "search", "serve"]
+
+
+def test_help_for_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command in out
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+
+
+def test_console_script_runs():
+    done = subprocess.run([sys.executable, "-m", "dbprompt", "info", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "prompt file" in done.stdout
+
+
+def test_train_eval_info(tiny_db, tmp_path, capsys):
+    out = tmp_path / "shapes.safetensors"
+    args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress"]
+    assert main(args + ["--text-len", "4", "--visual-len", "2", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
+    assert out.exists() and (tmp_path / "shapes.safetensors.work" / "checkpoint.safetensors").exists()
+    capsys.readouterr()
+    assert main(["eval", str(tiny_db), "--prompts", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["rows"]) == {"zero-shot", "prompts (textual+visual)"}
+    # The split recorded at training time is reused: 20 % of 40 images, give or take the hash.
+    assert 2 <= report["images"] <= 16
+    assert report["rows"]["prompts (textual+visual)"]["trainable_params"] == 4 * 64 + 2 * 64
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "dbprompt-tiny" in info and '"text_len": 4' in info
+
+
+def test_bad_input_is_one_clear_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dbprompt train: error:") and "nowhere" in err
+    assert main(["info", str(tmp_path / "nothing.safetensors")]) == 2
+    assert "no such prompt file" in capsys.readouterr().err
+
+
+def test_nothing_to_train_is_refused(tiny_db, tmp_path, capsys):
+    code = main(["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--text-len", "0", "--visual-len", "0"])
+    assert code == 2 and "nothing to train" in capsys.readouterr().err
+
+
+def test_parser_builds():
+    assert build_parser().prog == "dbprompt"

@@ -1,0 +1,83 @@
+"""Prompt files round-trip, carry their metadata, never unpickle, and refuse other backbones."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from dbprompt.backbones import load_backbone
+from dbprompt.model import PromptedCLIP
+from dbprompt.prompts import PromptConfig
+from dbprompt.storage import PromptFileError, load_prompted_model, read_prompt_file, save_prompt_file
+
+
+@pytest.fixture
+def prompt_file(tiny_backbone, tmp_path):
+    torch.manual_seed(0)
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=3, visual_len=5, visual_depth=2, text_init="a photo of"))
+    return model, save_prompt_file(tmp_path / "p.safetensors", model, {"best_epoch": 2})
+
+
+def test_round_trip(prompt_file, tiny_backbone):
+    model, path = prompt_file
+    pf = read_prompt_file(path)
+    assert pf.backbone == "dbprompt-tiny" and pf.pretrained == "random"
+    assert pf.fingerprint == tiny_backbone.fingerprint()
+    assert pf.config == model.config
+    assert pf.extra == {"best_epoch": 2}
+    assert pf.parameter_count == 3 * 64 + 2 * 5 * 64
+    loaded = load_prompted_model(path)
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), model.eval().encode_image(images))
+        assert torch.equal(loaded.encode_texts(["a red star"]), model.encode_texts(["a red star"]))
+
+
+def test_another_backbone_is_refused(prompt_file):
+    _, path = prompt_file
+    other = load_backbone("dbprompt-tiny", seed=5)
+    with pytest.raises(PromptFileError, match="fingerprint"):
+        load_prompted_model(path, other)
+
+
+def test_pickles_and_garbage_are_refused_without_unpickling(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(PromptFileError, match="evil.safetensors: not a dbprompt prompt file"):
+        read_prompt_file(evil)
+    torch_file = tmp_path / "prompts.pt"
+    torch.save({"text_prompt.tokens": torch.zeros(1)}, torch_file)
+    with pytest.raises(PromptFileError, match="prompts.pt: not a dbprompt prompt file"):
+        read_prompt_file(torch_file)
+    with pytest.raises(PromptFileError, match="no such prompt file"):
+        read_prompt_file(tmp_path / "missing.safetensors")
+
+
+def test_foreign_safetensors_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(PromptFileError, match="format None"):
+        read_prompt_file(path)
+
+
+def test_write_is_atomic(prompt_file, monkeypatch):
+    model, path = prompt_file
+    before = path.read_bytes()
+    import dbprompt.storage as storage
+
+    def failing_save(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(storage, "st_save", failing_save)
+    with pytest.raises(RuntimeError):
+        save_prompt_file(path, model)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]

@@ -1,0 +1,89 @@
+"""Training lowers the loss, only touches prompts, and resumes exactly."""
+
+from __future__ import annotations
+
+import torch
+
+from dbprompt.data import records_for
+from dbprompt.model import PromptedCLIP
+from dbprompt.prompts import PromptConfig
+from dbprompt.train import TrainConfig, Trainer, epoch_plan
+
+
+def _trainer(backbone, records, work_dir=None, config=PromptConfig(text_len=4, visual_len=4), **cfg):
+    torch.manual_seed(0)
+    model = PromptedCLIP(backbone, config)
+    options = dict(epochs=3, batch_size=8, lr=1e-2, seed=0, checkpoint_every=2) | cfg
+    return Trainer(
+        model,
+        records_for(records, "train"),
+        records_for(records, "val"),
+        TrainConfig(**options),
+        device="cpu",
+        bf16=False,
+        work_dir=work_dir,
+        progress=False,
+        log=lambda _: None,
+    )
+
+
+def test_training_lowers_the_loss_and_leaves_the_backbone_alone(tiny_backbone, tiny_records):
+    before = {k: v.clone() for k, v in tiny_backbone.state_dict().items()}
+    trainer = _trainer(tiny_backbone, tiny_records, epochs=8)
+    result = trainer.run()
+    losses = [h["train_loss"] for h in result.history if h["train_loss"] is not None]
+    assert result.finished and len(losses) == 8
+    assert losses[-1] < losses[0] - 0.05
+    after = tiny_backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert set(result.best_state) == {"text_prompt.tokens", "visual_prompt.tokens"}
+    assert 0 <= result.best_epoch <= 8
+
+
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_backbone, tiny_records, tmp_path):
+    straight = _trainer(tiny_backbone, tiny_records, tmp_path / "a").run()
+    stopped = _trainer(tiny_backbone, tiny_records, tmp_path / "b").run(stop_after_steps=5)
+    assert not stopped.finished and (tmp_path / "b" / "checkpoint.safetensors").exists()
+    # A fresh process would build a fresh model: different initial prompts must not matter.
+    torch.manual_seed(123)
+    resumed_trainer = _trainer(tiny_backbone, tiny_records, tmp_path / "b")
+    with torch.no_grad():
+        for p in resumed_trainer.named.values():
+            p.normal_()
+    resumed = resumed_trainer.run(resume=True)
+    assert resumed.finished and resumed.steps == straight.steps
+    for name in straight.best_state:
+        assert torch.equal(straight.best_state[name], resumed.best_state[name]), name
+    final_a = _trainer(tiny_backbone, tiny_records, tmp_path / "a")
+    final_a.load_checkpoint()
+    for name, p in resumed_trainer.named.items():
+        assert torch.equal(p, final_a.named[name]), name
+    assert [h["val_score"] for h in straight.history] == [h["val_score"] for h in resumed.history]
+
+
+def test_resume_refuses_other_options(tiny_backbone, tiny_records, tmp_path):
+    _trainer(tiny_backbone, tiny_records, tmp_path).run(stop_after_steps=1)
+    import pytest
+
+    with pytest.raises(ValueError, match="other training options"):
+        _trainer(tiny_backbone, tiny_records, tmp_path, lr=0.5).run(resume=True)
+
+
+def test_textual_only_training_caches_image_features(tiny_backbone, tiny_records):
+    text_only = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=0), epochs=1)
+    text_only.run()
+    assert text_only.train_image_features is not None
+    assert text_only.train_image_features.shape[0] == len(text_only.train_records)
+    visual = _trainer(tiny_backbone, tiny_records, epochs=1)
+    visual.run()
+    assert visual.train_image_features is None
+
+
+def test_epoch_plan_is_a_function_of_seed_and_epoch(tiny_records):
+    a = epoch_plan(tiny_records, 0, 1)
+    b = epoch_plan(tiny_records, 0, 1)
+    c = epoch_plan(tiny_records, 0, 2)
+    assert (a[0] == b[0]).all() and a[1] == b[1]
+    assert not (a[0] == c[0]).all()
+    for i, caption in zip(a[0], a[1]):
+        assert caption in tiny_records[i].captions
