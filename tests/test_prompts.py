@@ -86,3 +86,16 @@ def test_gradients_reach_only_the_prompts(tiny_backbone):
     assert model.text_prompt.tokens.grad.abs().sum() > 0
     assert model.visual_prompt.tokens.grad[1].abs().sum() > 0  # the deep set is used too
     assert model.trainable_parameter_count() == 4 * 64 + 2 * 4 * 64
+
+
+def test_gated_prompts_start_exactly_at_zero_shot(tiny_backbone):
+    gated = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, gate=True)).train()
+    plain = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=0)).eval()
+    ids = gated.tokenize(["a red circle on the left", "a blue star"])
+    images = torch.randn(2, 3, 32, 32)
+    image_f, text_f = gated.encode_image(images), gated.encode_text(ids)
+    with torch.no_grad():
+        assert torch.allclose(image_f, plain.encode_image(images), atol=1e-6)
+        assert torch.allclose(text_f, plain.encode_text(ids), atol=1e-6)
+    clip_loss(image_f, text_f, tiny_backbone.logit_scale).backward()
+    assert gated.text_prompt.gate.grad.abs() > 0 and gated.visual_prompt.gate.grad.abs() > 0

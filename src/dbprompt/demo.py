@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .backbones.factory import RANDOM, _LOCAL_MODELS
+from .backbones import RANDOM, shipped_weights
 from .world import write_database
 
 # The demo's backbone: the pre-trained proxy when the package ships one, else a tiny random model.
@@ -27,7 +27,7 @@ def _run(argv: list[str]) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     work = Path(args.dir)
-    model = args.model or (PROXY if PROXY in _LOCAL_MODELS else FALLBACK)
+    model = args.model or (PROXY if shipped_weights(PROXY) else FALLBACK)
     if model == FALLBACK:
         print(
             f"note: the demo runs on {FALLBACK}, a tiny open_clip model with RANDOM weights "

@@ -378,6 +378,7 @@ class _WorkDir:
     """Checkpoints beside the output, locked against a second builder, valid for one prompt + backbone."""
 
     def __init__(self, out: Path, identity: dict[str, str]):
+        self.out = out
         self.path = out.with_name(f".{out.name}.work")
         self.identity = identity
         self._lock_file = None
@@ -391,6 +392,7 @@ class _WorkDir:
         except BlockingIOError:
             self._lock_file.close()
             raise OSError(f"{self.path}: another `dbprompt index` is writing this index") from None
+        self._recover(self.out)
         state = self.path / "state.json"
         if not state.is_file() or json.loads(state.read_text()) != self.identity:
             for old in self.path.glob("chunk-*.npz"):
@@ -401,6 +403,15 @@ class _WorkDir:
 
     def __exit__(self, *exc) -> None:
         self._lock_file.close()
+
+    @staticmethod
+    def _recover(out: Path) -> None:
+        """Undo what a killed rename left behind: restore the old index if the new one never arrived."""
+        old = out.with_name(f".{out.name}.old")
+        if old.is_dir() and not out.exists():
+            os.replace(old, out)
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
     def load(self) -> dict[str, _Embedded]:
         found: dict[str, _Embedded] = {}
@@ -530,14 +541,62 @@ def _embed(
     return done, skipped
 
 
-def _tuning_queries(model: PromptedCLIP, records: Sequence[Record], vectors: np.ndarray, device: str, bf16: bool) -> np.ndarray:
-    """Caption vectors (the real query distribution, modality gap included), else image vectors."""
+def _tuning_queries(model: PromptedCLIP, records: Sequence[Record], device: str, bf16: bool) -> np.ndarray | None:
+    """Caption vectors: the real query distribution, modality gap included (None without captions)."""
     rng = np.random.default_rng(0)
     picks = rng.choice(len(records), min(TUNE_QUERIES, len(records)), replace=False)
     captions = [records[i].captions[rng.integers(len(records[i].captions))] for i in picks if records[i].captions]
     if not captions:
-        return vectors[picks]
+        return None
     return np.concatenate([embed_texts(model, captions[i : i + 64], device, bf16) for i in range(0, len(captions), 64)])
+
+
+def write_index(
+    out_dir: str | os.PathLike,
+    prompt_file: str | os.PathLike,
+    vectors: np.ndarray,
+    rows: Sequence[ImageRow],
+    *,
+    kind: str = "auto",
+    tune_queries: np.ndarray | None = None,
+    database: str = "",
+    last_build: dict[str, object] | None = None,
+) -> IndexInfo:
+    """Write an index directory from unit vectors (row i of `vectors` is image `rows[i]`), atomically.
+
+    An approximate index is tuned on `tune_queries` (default: a sample of the vectors themselves).
+    """
+    if len(vectors) != len(rows) or any(row.id != i for i, row in enumerate(rows)):
+        raise ValueError("rows must be numbered 0..n-1, one per vector")
+    out, pf = Path(out_dir), read_prompt_file(prompt_file)
+    resolved = resolve_kind(kind, len(rows))
+    index, factory = make_vector_index(vectors, resolved)
+    if tune_queries is None:
+        sample = np.random.default_rng(0).choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False)
+        tune_queries = vectors[sample]
+    params, recall = tune_search(index, resolved, vectors, tune_queries)
+    info = IndexInfo(
+        path=out,
+        backbone=pf.backbone,
+        pretrained=pf.pretrained,
+        fingerprint=pf.fingerprint,
+        prompt_sha256=file_sha256(prompt_file),
+        kind=resolved,
+        factory=factory,
+        count=len(rows),
+        dim=int(vectors.shape[1]),
+        search_params=params,
+        recall_at_10=round(recall, 4),
+        database=database,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        last_build=last_build or {},
+    )
+    with atomic_dir(out) as tmp:
+        shutil.copyfile(prompt_file, tmp / PROMPTS)
+        faiss.write_index(index, str(tmp / VECTORS))
+        _write_metadata(tmp / METADATA, rows)
+        atomic_write_text(tmp / MANIFEST, json.dumps(info.to_json(), indent=2) + "\n")
+    return info
 
 
 def build_index(
@@ -595,35 +654,16 @@ def build_index(
             work.remove()
             return old_info  # nothing changed
         vectors = np.stack([known[r.key].vector for r in kept]).astype(np.float32, copy=False)
-        index, factory = make_vector_index(vectors, resolved)
-        queries = _tuning_queries(model, kept, vectors, device, bf16) if resolved != "exact" else vectors[:0]
-        params, recall = tune_search(index, resolved, vectors, queries)
-        old_keys = {r.key for r in old_rows}
-        info = IndexInfo(
-            path=out,
-            backbone=pf.backbone,
-            pretrained=pf.pretrained,
-            fingerprint=identity["fingerprint"],
-            prompt_sha256=identity["prompt_sha256"],
-            kind=resolved,
-            factory=factory,
-            count=len(rows),
-            dim=int(vectors.shape[1]),
-            search_params=params,
-            recall_at_10=round(recall, 4),
-            database=str(database.source),
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        queries = _tuning_queries(model, kept, device, bf16) if resolved != "exact" else None
+        gone = {r.key for r in old_rows} - {r.key for r in rows}
+        info = write_index(
+            out, prompt_file, vectors, rows, kind=resolved, tune_queries=queries, database=str(database.source),
             last_build={
                 "embedded": len(fresh),
                 "reused": len(rows) - len(fresh),
-                "removed": len(old_keys - {r.key for r in rows}),
+                "removed": len(gone),
                 "skipped": skipped + [str(item) for item in database.report.items],
             },
         )
-        with atomic_dir(out) as tmp:
-            shutil.copyfile(prompt_file, tmp / PROMPTS)
-            faiss.write_index(index, str(tmp / VECTORS))
-            _write_metadata(tmp / METADATA, rows)
-            atomic_write_text(tmp / MANIFEST, json.dumps(info.to_json(), indent=2) + "\n")
         work.remove()
     return info

@@ -39,6 +39,7 @@ class PromptedCLIP(nn.Module):
                 depth=min(config.text_depth, backbone.text_num_layers),
                 std=config.init_std,
                 init=self._phrase_embeddings(config.text_init) if config.text_init else None,
+                gate=config.gate,
             )
         if config.visual_len:
             self.visual_prompt = PromptTokens(
@@ -47,6 +48,7 @@ class PromptedCLIP(nn.Module):
                 prefix=backbone.vision_prefix_len,
                 depth=min(config.visual_depth, backbone.vision_num_layers),
                 std=config.init_std,
+                gate=config.gate,
             )
 
     @staticmethod
@@ -84,24 +86,32 @@ class PromptedCLIP(nn.Module):
         return self.backbone.tokenize(texts, self.text_context_length)
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        ids = self.backbone.trim_text_padding(ids)
         x = self.backbone.text_token_embeddings(ids)
-        hook = None
-        if self.text_prompt is not None:
-            x = self.text_prompt.insert(x)
-            p = self.text_prompt.prefix
-            filler = ids.new_full((ids.shape[0], self.text_prompt.length), PROMPT_ID)
-            ids = torch.cat([ids[:, :p], filler, ids[:, p:]], dim=1)
-            hook = self.text_prompt.layer_hook()
-        features = self.backbone.text_from_embeddings(x, ids, hook)
+        prompt = self.text_prompt
+        if prompt is None:
+            features = self.backbone.text_from_embeddings(x, ids)
+        else:
+            filler = ids.new_full((ids.shape[0], prompt.length), PROMPT_ID)
+            long_ids = torch.cat([ids[:, : prompt.prefix], filler, ids[:, prompt.prefix :]], dim=1)
+            features = self.backbone.text_from_embeddings(prompt.insert(x), long_ids, prompt.layer_hook())
+            if prompt.gate is not None:
+                with torch.no_grad():
+                    zero_shot = self.backbone.text_from_embeddings(x, ids)
+                features = prompt.blend(features, zero_shot)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         x = self.backbone.image_tokens(images)
-        hook, n = None, 0
-        if self.visual_prompt is not None:
-            x = self.visual_prompt.insert(x)
-            hook, n = self.visual_prompt.layer_hook(), self.visual_prompt.length
-        features = self.backbone.image_from_tokens(x, n, hook)
+        prompt = self.visual_prompt
+        if prompt is None:
+            features = self.backbone.image_from_tokens(x)
+        else:
+            features = self.backbone.image_from_tokens(prompt.insert(x), prompt.length, prompt.layer_hook())
+            if prompt.gate is not None:
+                with torch.no_grad():
+                    zero_shot = self.backbone.image_from_tokens(x)
+                features = prompt.blend(features, zero_shot)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:

@@ -18,14 +18,15 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def bf16_supported(device: str) -> bool:
-    """bf16 pays off only with native support (AMX or AVX512-BF16 on CPU, Ampere+ on GPU)."""
+    """Whether bf16 autocast pays off: Ampere+ GPUs, and CPUs with AMX tiles.
+
+    Measured on a 2-core AVX512-BF16 CPU without AMX: bf16 training ran 1.3-2x slower
+    than fp32 (benchmarks/bench_core.py), so AVX512-BF16 alone does not count.
+    """
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return any(
-        getattr(cpu, probe, lambda: False)()
-        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    )
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
 
 
 def resolve_bf16(device: str, requested: bool | None) -> bool:

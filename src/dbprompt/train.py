@@ -103,9 +103,22 @@ def _warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], 
     return factor
 
 
-def _make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    # The fused kernel avoids a slow per-tensor step when large tensors are trainable.
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+def _make_optimizer(
+    named: dict[str, torch.nn.Parameter], cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, list[str]]:
+    """AdamW with decay on matrices only (not on gains, biases or the temperature), as CLIP trains.
+
+    Returns the parameter names in the optimizer's own index order, for checkpoints.
+    The fused kernel avoids a slow per-tensor step when large tensors are trainable.
+    """
+    decay = [n for n, p in named.items() if p.ndim >= 2]
+    flat = [n for n, p in named.items() if p.ndim < 2]
+    groups = [
+        {"params": [named[n] for n in decay], "weight_decay": cfg.weight_decay},
+        {"params": [named[n] for n in flat], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=True)
+    return optimizer, decay + flat
 
 
 class _ImageCache:
@@ -159,7 +172,7 @@ class Trainer:
         self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not self.named:
             raise ValueError("nothing to train: no parameter requires grad")
-        self.optimizer = _make_optimizer(list(self.named.values()), cfg)
+        self.optimizer, self.optimizer_order = _make_optimizer(self.named, cfg)
         self.micro_per_epoch = len(self.train_records) // cfg.batch_size + (
             1 if len(self.train_records) % cfg.batch_size >= 2 else 0
         )
@@ -185,7 +198,7 @@ class Trainer:
         tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in self.named.items()}
         tensors.update({f"best/{n}": t.cpu().contiguous() for n, t in self.best_state.items()})
         opt = self.optimizer.state_dict()
-        names = list(self.named)
+        names = self.optimizer_order
         for idx, slots in opt["state"].items():
             for key, value in slots.items():
                 tensors[f"opt/{names[idx]}/{key}"] = value.detach().cpu().contiguous().reshape(value.shape)
@@ -220,7 +233,7 @@ class Trainer:
             for n, p in self.named.items():
                 p.copy_(tensors[f"param/{n}"])
         self.best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")}
-        names = list(self.named)
+        names = self.optimizer_order
         state: dict[int, dict] = {}
         for key, value in tensors.items():
             if key.startswith("opt/"):

@@ -1,7 +1,7 @@
 """Backbone adapters: the token-level stages of a frozen CLIP that prompts need."""
 
 from .base import PROMPT_ID, BackboneAdapter, LayerHook, UnsupportedPromptError
-from .factory import RANDOM, load_backbone, register_local_model
+from .factory import RANDOM, load_backbone, shipped_weights
 
 __all__ = [
     "PROMPT_ID",
@@ -10,5 +10,5 @@ __all__ = [
     "LayerHook",
     "UnsupportedPromptError",
     "load_backbone",
-    "register_local_model",
+    "shipped_weights",
 ]

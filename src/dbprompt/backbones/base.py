@@ -63,6 +63,13 @@ class BackboneAdapter(nn.Module, ABC):
     def tokenize(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
         """Token ids [B, context_length]; truncation keeps the end token."""
 
+    def trim_text_padding(self, ids: torch.Tensor) -> torch.Tensor:
+        """Drop trailing all-padding columns when they cannot change the result (causal towers).
+
+        Captions are much shorter than the context, so this cuts text cost severalfold.
+        """
+        return ids
+
     @abstractmethod
     def text_token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings [B, L, D] without positions."""
@@ -122,6 +129,10 @@ class BackboneAdapter(nn.Module, ABC):
                 digest.update(sample.tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
+
+    @abstractmethod
+    def attention_module_names(self) -> list[str]:
+        """Qualified names (relative to this adapter) of both towers' attention modules, for LoRA."""
 
     @abstractmethod
     def image_parameters(self) -> list[nn.Parameter]:

@@ -45,6 +45,7 @@ class _TextView:
         self.attn_mask = src.attn_mask
         self.pool_type = src.pool_type if tower is not None else src.text_pool_type
         self.eos_id = getattr(src, "eos_id" if tower is not None else "text_eos_id", None)
+        self.pad_id = getattr(src, "pad_id", 0)
         if not self.transformer.batch_first:
             self.problem = "text transformer is not batch-first"
         elif tower is not None and tower.cls_emb is not None:
@@ -126,6 +127,13 @@ class OpenClipAdapter(BackboneAdapter):
     def tokenize(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
         return self.tokenizer(list(texts), context_length=context_length)
 
+    def trim_text_padding(self, ids: torch.Tensor) -> torch.Tensor:
+        t = self._text
+        if t.problem or t.attn_mask is None or t.pool_type not in ("argmax", "eos"):
+            return ids  # bidirectional attention or last-token pooling: padding matters
+        used = int((ids != t.pad_id).any(dim=0).nonzero().max()) + 1 if ids.numel() else ids.shape[1]
+        return ids[:, :used]
+
     def text_token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         cast = self._text.transformer.get_cast_dtype()
         return self._text.token_embedding(ids).to(cast)
@@ -193,6 +201,9 @@ class OpenClipAdapter(BackboneAdapter):
 
     def image_transform(self) -> Callable:
         return self._preprocess
+
+    def attention_module_names(self) -> list[str]:
+        return [n for n, m in self.named_modules() if isinstance(m, nn.MultiheadAttention)]
 
     def image_parameters(self) -> list[nn.Parameter]:
         return list(self.model.visual.parameters())

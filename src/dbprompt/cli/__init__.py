@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import core, search
+from . import bench, core, proxy, search
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     core.register(sub)
     search.register(sub)
+    proxy.register(sub)
+    bench.register(sub)
     return parser
 
 

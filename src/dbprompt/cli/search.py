@@ -1,9 +1,146 @@
-"""index, search and serve subcommands (being written)."""
+"""`dbprompt index`, `dbprompt search` and `dbprompt serve`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+from ..index import APPROX_THRESHOLD, KINDS
+from .common import add_data_args, add_runtime_args, load_db
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    return None
+    _register_index(sub)
+    _register_search(sub)
+    _register_serve(sub)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    """Device and precision, without the batch size that single queries do not have."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=None,
+        help="bf16 autocast (default: on where the hardware supports it)",
+    )
+
+
+def _register_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "index",
+        help="embed a database's images into a searchable index",
+        description=(
+            "Embed every image of DB through the visual prompt of --prompts into INDEX_DIR (FAISS vectors, "
+            "SQLite metadata, a manifest and a copy of the prompt file). Re-running embeds only new or "
+            "changed images and drops deleted ones; an interrupted run resumes."
+        ),
+    )
+    add_data_args(p)
+    p.add_argument("--prompts", required=True, metavar="FILE", help="prompt file trained for this database")
+    p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create or update")
+    p.add_argument(
+        "--kind", choices=KINDS, default="auto",
+        help=f"exact (inner product), ivf or hnsw (approximate); auto = exact up to {APPROX_THRESHOLD} images, then ivf",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_runtime_args(p)
+    p.set_defaults(func=run_index)
+
+
+def _register_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search an index by text or by image",
+        description="Search INDEX_DIR with a text QUERY (through the database's textual prompt) or --image PATH.",
+    )
+    p.add_argument("index_dir", metavar="INDEX_DIR")
+    p.add_argument("query", metavar="QUERY", nargs="?", help="text to search for")
+    p.add_argument("--image", metavar="PATH", help="search with this image instead of text")
+    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--prompts", metavar="FILE", help="refuse to search unless the index was built with FILE")
+    _device_args(p)
+    p.set_defaults(func=run_search)
+
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve indexes over HTTP: JSON API and a search page",
+        description=(
+            "Serve one or more indexes: a search page at /, the JSON API under /api, OpenAPI docs at /docs. "
+            "One backbone is loaded and shared; each database searches through its own prompts."
+        ),
+    )
+    p.add_argument("index_dirs", metavar="INDEX_DIR", nargs="+")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted (default: 10)")
+    _device_args(p)
+    p.set_defaults(func=run_serve)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from ..index import build_index
+
+    info = build_index(
+        load_db(args), args.prompts, args.out, batch_size=args.batch_size, kind=args.kind, device=args.device,
+        bf16=args.bf16, skip_bad=args.skip_bad, progress=args.progress,
+    )
+    build = info.last_build
+    print(
+        f"{info.path}: {info.count} images, {info.kind} index ({info.factory}, recall@10 {info.recall_at_10:.3f}); "
+        f"embedded {build.get('embedded', 0)}, reused {build.get('reused', 0)}, removed {build.get('removed', 0)}"
+    )
+    for problem in build.get("skipped", []):
+        print(f"skipped: {problem}", file=sys.stderr)
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from ..data import open_image
+    from ..searcher import open_searcher
+
+    if (args.query is None) == (args.image is None):
+        raise ValueError("give either a text QUERY or --image PATH")
+    if args.k < 1:
+        raise ValueError(f"-k must be at least 1, got {args.k}")
+    searcher = open_searcher(args.index_dir, prompt_file=args.prompts, device=args.device, bf16=args.bf16)
+    try:
+        if args.image is not None:
+            hits = searcher.search_image(open_image(args.image), args.k)
+        else:
+            hits = searcher.search_text(args.query, args.k)
+    finally:
+        searcher.close()
+    rows = [
+        {"rank": i, "score": round(h.score, 6), "id": h.image.id, "key": h.image.key, "path": str(h.image.path),
+         "captions": list(h.image.captions)}
+        for i, h in enumerate(hits, 1)
+    ]
+    if args.json:
+        print(json.dumps({"index": args.index_dir, "query": args.query, "image": args.image, "results": rows}, indent=2))
+    else:
+        print(_table(rows))
+    return 0
+
+
+def _table(rows: list[dict]) -> str:
+    """rank, score, key and first caption, each column as wide as its content."""
+    header = ("#", "score", "image", "caption")
+    cells = [(str(r["rank"]), f"{r['score']:.4f}", r["key"], (r["captions"] or [""])[0]) for r in rows]
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(3)]
+    lines = ["  ".join(c[i].ljust(widths[i]) if i < 3 else c[i] for i in range(4)).rstrip() for c in [header, *cells]]
+    return "\n".join(lines)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ..server import serve
+
+    if args.max_upload_mb <= 0:
+        raise ValueError("--max-upload-mb must be positive")
+    serve(
+        args.index_dirs, host=args.host, port=args.port, device=args.device, bf16=args.bf16,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+    )
+    return 0

@@ -19,6 +19,9 @@ class PromptConfig:
     visual_len: int = 8
     visual_depth: int = 1
     init_std: float = 0.02
+    # Residual gate: features = zero-shot + g * (prompted - zero-shot), g starting at 0, so
+    # training starts exactly at zero-shot and moves away only as far as the loss pays for.
+    gate: bool = False
 
     def __post_init__(self) -> None:
         for name in ("text_len", "visual_len"):

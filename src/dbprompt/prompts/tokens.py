@@ -23,12 +23,14 @@ class PromptTokens(nn.Module):
         depth: int = 1,
         std: float = 0.02,
         init: torch.Tensor | None = None,
+        gate: bool = False,
     ):
         super().__init__()
         self.length = length
         self.prefix = prefix
         self.depth = depth
         self.tokens = nn.Parameter(torch.randn(depth, length, width) * std)
+        self.gate = nn.Parameter(torch.zeros(())) if gate else None
         if init is not None:
             k = min(length, init.shape[0])
             with torch.no_grad():
@@ -42,6 +44,10 @@ class PromptTokens(nn.Module):
     def insert(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, D] -> [B, L + length, D]."""
         return self._splice(x, self.tokens[0], replace=0)
+
+    def blend(self, prompted: torch.Tensor, zero_shot: torch.Tensor) -> torch.Tensor:
+        """Gated residual between the backbone's own features and the prompted ones."""
+        return zero_shot + self.gate.to(prompted.dtype) * (prompted - zero_shot)
 
     def layer_hook(self) -> LayerHook | None:
         if self.depth == 1:

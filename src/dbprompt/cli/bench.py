@@ -1,0 +1,70 @@
+"""`dbprompt bench methods`: the like-for-like method comparison on the proxy world."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..methods import METHODS
+
+START, END = "<!-- methods:start -->", "<!-- methods:end -->"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="method comparison on the proxy world", description="Benchmarks that compare tuning methods like for like.")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    m = bench_sub.add_parser("methods", help="zero-shot, prompts, full FT, LoRA, projection-only on shifted targets", description="Train and test every method on each shifted target database, N training pairs, several seeds; resumable.")
+    m.add_argument("--out", default="runs/methods", help="data, per-run results and results.json (default: %(default)s)")
+    m.add_argument("--model", default="dbprompt-proxy")
+    m.add_argument("--shifts", nargs="+", default=["visual", "textual", "both"])
+    m.add_argument("--sizes", nargs="+", type=int, default=[500, 2000])
+    m.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    m.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    m.add_argument("--epochs", nargs="+", default=["500:12", "2000:5"], help="epoch budget per size, SIZE:EPOCHS")
+    m.add_argument("--val-images", type=int, default=300)
+    m.add_argument("--test-images", type=int, default=1000)
+    m.add_argument("--device", default="auto")
+    m.add_argument("--benchmarks-md", default=None, help="write the table into this Markdown file between markers")
+    m.set_defaults(func=cmd_methods)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from ..bench import BenchConfig, markdown, run, summarize, targets
+
+    epochs = dict(tuple(int(v) for v in item.split(":")) for item in args.epochs)
+    missing = [n for n in args.sizes if n not in epochs]
+    if missing:
+        raise ValueError(f"no epoch budget for sizes {missing}: add --epochs SIZE:EPOCHS")
+    cfg = BenchConfig(
+        model=args.model,
+        shifts=tuple(args.shifts),
+        sizes=tuple(args.sizes),
+        seeds=tuple(args.seeds),
+        methods=tuple(args.methods),
+        val_images=args.val_images,
+        test_images=args.test_images,
+        epochs=epochs,
+        device=args.device,
+    )
+    rows = run(cfg, args.out)
+    summary = summarize(rows, cfg)
+    table = markdown(summary, cfg)
+    lines = targets(summary)
+    print(table)
+    print("\n".join(lines))
+    if args.benchmarks_md:
+        write_section(Path(args.benchmarks_md), table + "\n\n" + "\n".join(f"- {line}" for line in lines))
+    return 0
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace the text between the markers (or append them), leaving the rest of the file alone."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{START}\n{body}\n{END}"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_text(path, text)

@@ -1,0 +1,69 @@
+"""Tuning methods compared like for like: each only decides what in a PromptedCLIP is trainable.
+
+Prompts, full fine-tuning, LoRA and projection-only all then go through the same
+Trainer and the same evaluation, so a comparison differs in the method alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import save as st_save
+
+from .backbones import BackboneAdapter
+from .model import PromptedCLIP
+from .prompts import PromptConfig
+
+NO_PROMPTS = PromptConfig(text_len=0, visual_len=0)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    # What is trained: "none", "prompts", "full", "lora" or "projection".
+    tune: str
+    prompts: PromptConfig = NO_PROMPTS
+    lr: float = 1e-3
+    lora_rank: int = 8
+    notes: str = field(default="", compare=False)
+
+
+def build(method: Method, backbone: BackboneAdapter, seed: int = 0) -> PromptedCLIP:
+    """A model whose trainable parameters are exactly the method's. Mutates `backbone` for LoRA/full/projection."""
+    torch.manual_seed(seed)
+    backbone.requires_grad_(False)
+    if method.tune == "full":
+        backbone.requires_grad_(True)
+    elif method.tune == "projection":
+        for p in backbone.projection_parameters():
+            p.requires_grad_(True)
+    elif method.tune == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        config = LoraConfig(r=method.lora_rank, lora_alpha=2 * method.lora_rank, target_modules=backbone.attention_module_names())
+        inject_adapter_in_model(config, backbone)
+    elif method.tune not in ("none", "prompts"):
+        raise ValueError(f"unknown tuning kind {method.tune!r}")
+    return PromptedCLIP(backbone, method.prompts)
+
+
+def artifact_bytes(model: PromptedCLIP) -> int:
+    """Size of what a user would store per database: the trainable tensors as safetensors."""
+    tensors = {n: p.detach().float().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return len(st_save(tensors)) if tensors else 0
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("zero-shot", "none"),
+        Method("textual", "prompts", PromptConfig(text_len=8, visual_len=0), lr=3e-3, notes="CoOp-style"),
+        Method("visual-shallow", "prompts", PromptConfig(text_len=0, visual_len=8), lr=3e-3, notes="VPT-shallow"),
+        Method("visual-deep", "prompts", PromptConfig(text_len=0, visual_len=8, visual_depth=99), lr=3e-3, notes="VPT-deep"),
+        Method("textual+visual", "prompts", PromptConfig(text_len=8, visual_len=8), lr=3e-3, notes="the paper's method"),
+        Method("full", "full", lr=1e-4, notes="all weights"),
+        Method("lora", "lora", lr=1e-3, notes="PEFT LoRA r=8 on both towers' attention"),
+        Method("projection", "projection", lr=1e-3, notes="both output projections"),
+    )
+}

@@ -1,0 +1,105 @@
+"""The proxy backbone: a small open_clip CLIP pre-trained on the synthetic world's source domain.
+
+No pre-trained CLIP can be downloaded here, so dbprompt ships its own: the same open_clip
+code path as any real model (config in assets/models/dbprompt-proxy.json, weights as fp16
+safetensors beside it), pre-trained by `dbprompt proxy pretrain`, loaded by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as st_save
+
+from .atomic import atomic_write_bytes, atomic_write_text
+from .backbones import RANDOM, load_backbone
+from .backbones.factory import MODEL_CONFIG_DIR
+from .data import assign_splits, load_database, records_for
+from .evaluate import evaluate
+from .model import PromptedCLIP
+from .prompts import PromptConfig
+from .runtime import pick_device, resolve_bf16
+from .train import TrainConfig, Trainer
+from .world import write_database
+
+NAME = "dbprompt-proxy"
+WEIGHTS = MODEL_CONFIG_DIR / f"{NAME}.safetensors"
+RECORD = MODEL_CONFIG_DIR / f"{NAME}.record.json"
+# The source database it is pre-trained on, and a held-out source test set drawn with another seed.
+SOURCE_SEED = 0
+TEST_SEED = 1000
+TEST_IMAGES = 1000
+VAL_FRACTION = 0.03
+
+
+def source_test_records(work_dir: Path) -> list:
+    db = work_dir / "source-test"
+    if not (db / "metadata.jsonl").exists():
+        write_database(db, TEST_IMAGES, domain="source", seed=TEST_SEED, image_size=64)
+    return load_database(db).records
+
+
+def pretrain(
+    work_dir: str | Path,
+    *,
+    images: int = 30000,
+    cfg: TrainConfig = TrainConfig(epochs=6, batch_size=256, lr=1e-3, weight_decay=0.1, warmup_fraction=0.05),
+    device: str = "auto",
+    bf16: bool | None = None,
+    resume: bool = False,
+    out: Path = WEIGHTS,
+    progress: bool = True,
+) -> dict:
+    """Pre-train the proxy from random weights on the source domain; write fp16 weights + a record."""
+    work = Path(work_dir)
+    db = work / "source"
+    if not (db / "metadata.jsonl").exists():
+        print(f"writing {images} source-domain images to {db}")
+        write_database(db, images, domain="source", seed=SOURCE_SEED, image_size=64)
+    records = assign_splits(load_database(db).records, val_fraction=VAL_FRACTION, test_fraction=0.0, seed=SOURCE_SEED)
+    splits = {s: records_for(records, s) for s in ("train", "val")} | {"test": source_test_records(work)}
+    device = pick_device(device)
+    bf16 = resolve_bf16(device, bf16)
+    backbone = load_backbone(NAME, RANDOM, device=device, seed=cfg.seed)
+    backbone.requires_grad_(True)
+    model = PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=0))
+    print(
+        f"pre-training {NAME} ({sum(p.numel() for p in backbone.parameters()):,} parameters) on "
+        f"{len(splits['train'])} source images, device {device}, bf16 {'on' if bf16 else 'off'}"
+    )
+    trainer = Trainer(model, splits["train"], splits["val"], cfg, device=device, bf16=bf16, work_dir=work, progress=progress)
+    result = trainer.run(resume=resume)
+    with torch.no_grad():
+        for name, tensor in result.best_state.items():
+            dict(model.named_parameters())[name].copy_(tensor)
+    metrics = evaluate(model, splits["test"], device=device, bf16=bf16)
+    state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in backbone.model.state_dict().items()}
+    atomic_write_bytes(out, st_save(state, metadata={"format": "open_clip", "model": NAME}))
+    record = {
+        "model": NAME,
+        "source_test_images": len(splits["test"]),
+        "source_test_seed": TEST_SEED,
+        "source_test_metrics": metrics,
+        "best_epoch": result.best_epoch,
+        "train_images": len(splits["train"]),
+        "train_config": asdict(cfg),
+        "train_seconds": result.seconds,
+        "pairs_per_second": result.pairs_per_second,
+        "history": result.history,
+        "command": f"dbprompt proxy pretrain --images {images} --epochs {cfg.epochs} --batch-size {cfg.batch_size} --lr {cfg.lr}",
+    }
+    atomic_write_text(out.with_name(f"{NAME}.record.json"), json.dumps(record, indent=2))
+    return record
+
+
+def check(work_dir: str | Path, *, device: str = "auto") -> tuple[float, float]:
+    """Re-measure the shipped proxy's source test T2I R@1: (recorded, now)."""
+    record = json.loads(RECORD.read_text())
+    device = pick_device(device)
+    model = PromptedCLIP(load_backbone(NAME, device=device), PromptConfig(text_len=0, visual_len=0))
+    test = source_test_records(Path(work_dir))
+    now = evaluate(model, test, device=device, bf16=resolve_bf16(device, None))["clip_benchmark/t2i_R@1"]
+    return record["source_test_metrics"]["clip_benchmark/t2i_R@1"], now

@@ -1,0 +1,264 @@
+"""The search server: a JSON API and a web page over one or more indexes.
+
+Files are only ever served by image id from an index's metadata, and only while they are
+still the file that was indexed (same size and mtime): no client-supplied path reaches
+the file system. Request bodies are capped before they are read.
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Mapping, Sequence
+
+import uvicorn
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .index import Hit, ImageRow
+from .searcher import Searcher, open_searchers
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+MAX_QUERY_CHARS = 500
+MAX_K = 100
+MAX_UPLOAD_BYTES = 10 * 2**20
+MAX_UPLOAD_PIXELS = 40_000_000
+THUMBNAIL_CACHE = 4096
+# Multipart framing around an uploaded file: boundaries, part headers, the other fields.
+_FORM_OVERHEAD = 64 * 2**10
+
+# The page and its assets load from this server only; nothing is fetched from anywhere else.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+DbName = Annotated[str, PathParam(description="database name, as listed by /api/databases")]
+ImageId = Annotated[int, PathParam(ge=0, le=2**63 - 1, description="image id, as returned by a search")]
+K = Annotated[int, Query(ge=1, le=MAX_K, description="number of results")]
+UploadedImage = Annotated[UploadFile, File(description="an image file (PNG, JPEG, ...) within the server's size limit")]
+
+
+class DatabaseInfo(BaseModel):
+    name: str
+    count: int
+    dim: int
+    kind: str
+    backbone: str
+    pretrained: str | None
+    fingerprint: str
+    prompt_sha256: str
+    created: str
+
+
+class Result(BaseModel):
+    id: int
+    key: str
+    score: float
+    captions: list[str]
+    width: int
+    height: int
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    database: str
+    query: str | None
+    k: int
+    took_ms: float
+    results: list[Result]
+
+
+class _BodyLimit:
+    """Refuse request bodies over `limit` bytes, or of unknown length, before reading a byte of them."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            length = dict(scope["headers"]).get(b"content-length")
+            problem = None
+            if length is None:
+                problem = (411, "a Content-Length header is required")
+            elif not length.isdigit() or int(length) > self.limit:
+                problem = (413, f"request body over {self.limit} bytes")
+            if problem:
+                await JSONResponse({"detail": problem[1]}, status_code=problem[0])(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    index_dirs: Sequence[str | os.PathLike] = (),
+    *,
+    searchers: Mapping[str, Searcher] | None = None,
+    device: str = "auto",
+    bf16: bool | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> FastAPI:
+    """The app over `index_dirs` (opened here, one backbone shared) or over already-open `searchers`."""
+    if searchers is None:
+        if not index_dirs:
+            raise ValueError("give at least one index directory")
+        searchers = open_searchers(index_dirs, device=device, bf16=bf16)
+    app = FastAPI(
+        title="dbprompt search",
+        description="Text and image search over image databases, each through its own trained prompts.",
+        version="1",
+    )
+    app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
+
+    def searcher_for(name: str) -> Searcher:
+        if name not in searchers:
+            raise HTTPException(404, f"unknown database {name!r}; known: {', '.join(sorted(searchers))}")
+        return searchers[name]
+
+    def row_for(name: str, image_id: int) -> ImageRow:
+        row = searcher_for(name).index.row(image_id)
+        if row is None:
+            raise HTTPException(404, f"database {name!r} has no image {image_id}")
+        try:
+            st = row.path.stat()
+        except OSError:
+            raise HTTPException(404, f"image {image_id} of {name!r} is no longer on disk") from None
+        if not row.path.is_file() or (st.st_size, st.st_mtime_ns) != row.stamp:
+            raise HTTPException(404, f"image {image_id} of {name!r} changed since indexing; re-run `dbprompt index`")
+        return row
+
+    def respond(name: str, query: str | None, k: int, hits: list[Hit], start: float) -> SearchResponse:
+        base = f"/api/databases/{name}"
+        results = [
+            Result(
+                id=h.image.id, key=h.image.key, score=round(h.score, 6), captions=list(h.image.captions),
+                width=h.image.width, height=h.image.height,
+                image_url=f"{base}/images/{h.image.id}", thumbnail_url=f"{base}/thumbnails/{h.image.id}",
+            )
+            for h in hits
+        ]
+        took = round((time.perf_counter() - start) * 1000, 3)
+        return SearchResponse(database=name, query=query, k=k, took_ms=took, results=results)
+
+    @app.exception_handler(ValueError)
+    def bad_value(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/api/databases", response_model=list[DatabaseInfo], summary="List the databases")
+    def list_databases() -> list[DatabaseInfo]:
+        return [
+            DatabaseInfo(
+                name=name, count=s.index.info.count, dim=s.index.info.dim, kind=s.index.info.kind,
+                backbone=s.index.info.backbone, pretrained=s.index.info.pretrained,
+                fingerprint=s.index.info.fingerprint, prompt_sha256=s.index.info.prompt_sha256,
+                created=s.index.info.created,
+            )
+            for name, s in searchers.items()
+        ]
+
+    @app.get("/api/databases/{name}/search", response_model=SearchResponse, summary="Search by text")
+    def search_text(
+        name: DbName,
+        q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")],
+        k: K = 10,
+    ) -> SearchResponse:
+        start = time.perf_counter()
+        searcher = searcher_for(name)
+        if not q.strip():
+            raise HTTPException(400, "the query is empty")
+        return respond(name, q, k, searcher.search_text(q, k), start)
+
+    @app.post("/api/databases/{name}/search/image", response_model=SearchResponse, summary="Search by image")
+    def search_image(
+        name: DbName,
+        image: UploadedImage,
+        k: K = 10,
+    ) -> SearchResponse:
+        start = time.perf_counter()
+        searcher = searcher_for(name)
+        data = image.file.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            raise HTTPException(413, f"image over {max_upload_bytes} bytes")
+        return respond(name, None, k, searcher.search_image(_decode_upload(data), k), start)
+
+    @app.get("/api/databases/{name}/images/{image_id}", summary="The indexed image file")
+    def get_image(name: DbName, image_id: ImageId) -> FileResponse:
+        row = row_for(name, image_id)
+        media_type = mimetypes.guess_type(row.path.name)[0] or ""
+        if not media_type.startswith("image/"):
+            media_type = "application/octet-stream"
+        return FileResponse(row.path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/api/databases/{name}/thumbnails/{image_id}", summary="A JPEG thumbnail of an indexed image")
+    def get_thumbnail(
+        name: DbName,
+        image_id: ImageId,
+        size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = 256,
+    ) -> Response:
+        row = row_for(name, image_id)
+        try:
+            data = _thumbnail(row.path, size, row.stamp)
+        except (OSError, ValueError) as exc:
+            raise HTTPException(404, f"image {image_id} of {name!r} cannot be read: {exc}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    app.state.searchers = searchers
+    return app
+
+
+@lru_cache(maxsize=THUMBNAIL_CACHE)
+def _thumbnail(path: Path, size: int, stamp: tuple[int, int]) -> bytes:
+    """JPEG bytes; `stamp` (file size, mtime) is in the cache key so a changed file is never served stale."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((size, size))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _decode_upload(data: bytes) -> Image.Image:
+    """An RGB image from uploaded bytes; anything else is the client's error, never the server's."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_UPLOAD_PIXELS:
+                raise HTTPException(413, f"image of {im.width}x{im.height} pixels is over {MAX_UPLOAD_PIXELS} pixels")
+            return im.convert("RGB")
+    except HTTPException:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise HTTPException(413, str(exc)) from None
+    except Exception as exc:  # PIL raises many types for bad data
+        raise HTTPException(400, f"not a readable image: {exc or type(exc).__name__}") from None
+
+
+def serve(
+    index_dirs: Sequence[str | os.PathLike],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    bf16: bool | None = None,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+) -> None:
+    """Open the indexes, then serve until interrupted."""
+    app = create_app(index_dirs, device=device, bf16=bf16, max_upload_bytes=max_upload_bytes)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,70 @@
+"""Helpers shared by the index, API and browser tests: prompt files, indexed databases, a live server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import uvicorn
+from PIL import Image
+
+from dbprompt.backbones import BackboneAdapter
+from dbprompt.index import IndexInfo, build_index
+from dbprompt.model import PromptedCLIP
+from dbprompt.prompts import PromptConfig
+from dbprompt.storage import save_prompt_file
+from dbprompt.world import write_database
+
+
+def make_prompt_file(path: Path, backbone: BackboneAdapter, seed: int) -> Path:
+    """Random prompts: a different seed is a different database's prompt file on the same backbone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, init_std=0.5))
+    return save_prompt_file(path, model)
+
+
+def write_folder(root: Path, images: dict[str, tuple[tuple[int, int, int], str]]) -> Path:
+    """An imagefolder of solid-colour 16x16 PNGs: {file name: (rgb, caption)}; rewrites metadata.jsonl."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, (rgb, caption) in images.items():
+        path = root / "images" / name
+        Image.new("RGB", (16, 16), rgb).save(path)
+        lines.append(json.dumps({"file_name": f"images/{name}", "text": [caption]}))
+    (root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def indexed_world(
+    root: Path, backbone: BackboneAdapter, *, name: str, domain: str, n: int, seed: int, kind: str = "exact"
+) -> tuple[Path, IndexInfo]:
+    """A synthetic database of `domain` with its own prompt file, indexed as `root/name`."""
+    db = write_database(root / f"{name}-db", n, domain=domain, seed=seed, image_size=32)
+    prompts = make_prompt_file(root / f"{name}.safetensors", backbone, seed)
+    info = build_index(db, prompts, root / name, backbone=backbone, kind=kind, progress=False)
+    return db, info
+
+
+@contextlib.contextmanager
+def running_server(app, timeout: float = 20.0) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)

@@ -1,0 +1,70 @@
+"""The method comparison runs every method through the same path and resumes from saved runs."""
+
+from __future__ import annotations
+
+import json
+
+from dbprompt.bench import BenchConfig, markdown, run, summarize, targets
+from dbprompt.cli.bench import write_section
+from dbprompt.methods import METHODS, build
+from dbprompt.backbones import load_backbone
+
+SMALL = dict(
+    model="dbprompt-tiny",
+    shifts=("visual",),
+    sizes=(12,),
+    seeds=(0,),
+    methods=("zero-shot", "textual+visual", "full", "lora", "projection"),
+    val_images=6,
+    test_images=8,
+    epochs={12: 1},
+    image_size=32,
+)
+
+
+def test_methods_train_exactly_what_they_claim():
+    counts = {}
+    for name in ("zero-shot", "textual", "textual+visual", "full", "lora", "projection"):
+        model = build(METHODS[name], load_backbone("dbprompt-tiny"))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        counts[name] = model.trainable_parameter_count()
+        if name == "lora":
+            assert trainable and all("lora_" in n for n in trainable)
+        if name == "projection":
+            assert trainable == {"backbone.model.text_projection", "backbone.model.visual.proj"}
+    assert counts["zero-shot"] == 0
+    assert counts["textual"] < counts["textual+visual"] < counts["lora"] < counts["full"]
+    assert counts["full"] == sum(p.numel() for p in load_backbone("dbprompt-tiny").parameters())
+
+
+def test_comparison_runs_resumes_and_reports(tmp_path):
+    cfg = BenchConfig(**SMALL)
+    rows = run(cfg, tmp_path, log=lambda _: None)
+    assert [r["method"] for r in rows] == list(SMALL["methods"])
+    saved = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert saved == sorted(f"visual-12-0-{m}.json" for m in SMALL["methods"])
+    # A second run reads the saved rows instead of training again.
+    (tmp_path / "runs" / "visual-12-0-full.json").write_text(
+        json.dumps(rows[2] | {"metrics": rows[2]["metrics"] | {"clip_benchmark/t2i_R@1": 99.0}})
+    )
+    again = run(cfg, tmp_path, log=lambda _: None)
+    assert again[2]["metrics"]["clip_benchmark/t2i_R@1"] == 99.0
+    summary = summarize(again, cfg)
+    zero_shot = next(e for e in summary if e["method"] == "zero-shot")
+    tv = next(e for e in summary if e["method"] == "textual+visual")
+    expected = (tv["clip_benchmark/t2i_R@1"] - zero_shot["clip_benchmark/t2i_R@1"]) / (99.0 - zero_shot["clip_benchmark/t2i_R@1"])
+    assert abs(tv["gain_vs_full"] - expected) < 1e-9
+    table = markdown(summary, cfg)
+    assert table.count("\n") == 1 + len(SMALL["methods"])
+    assert any("textual+visual gains" in line for line in targets(summary))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["rows"]) == len(SMALL["methods"])
+
+
+def test_section_is_replaced_between_markers(tmp_path):
+    path = tmp_path / "B.md"
+    path.write_text("# Benchmarks\n\nintro\n")
+    write_section(path, "table one")
+    write_section(path, "table two")
+    text = path.read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n") and "table two" in text and "table one" not in text
