@@ -49,6 +49,14 @@ def run_demo(args: argparse.Namespace) -> int:
         train += ["--pretrained", RANDOM]
     _run(train)
     _run(["eval", str(db), "--prompts", str(prompts), *runtime])
-    print(f"\nprompt file: {prompts} ({prompts.stat().st_size:,} bytes); backbone shared, unchanged")
+    print(f"\nprompt file: {prompts} ({prompts.stat().st_size:,} bytes); the backbone itself is unchanged")
+    index = work / "index"
+    _run(["index", str(db), "--prompts", str(prompts), "--out", str(index), "--device", args.device])
+    serve = ["serve", str(index), "--port", str(args.port)]
+    if args.serve:
+        _run(serve)
+    else:
+        print(f"\nsearch it:  dbprompt search {shlex.quote(str(index))} \"a small red star on a white background\"")
+        print(f"web page:   dbprompt {shlex.join(serve)}   then open http://127.0.0.1:{args.port}/")
     sys.stdout.flush()
     return 0

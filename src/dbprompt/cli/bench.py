@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--val-images", type=int, default=300)
     m.add_argument("--test-images", type=int, default=1000)
     m.add_argument("--device", default="auto")
+    m.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each (default: %(default)s)")
     m.add_argument("--benchmarks-md", default=None, help="write the table into this Markdown file between markers")
     m.set_defaults(func=cmd_methods)
 
@@ -48,7 +49,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         epochs=epochs,
         device=args.device,
     )
-    rows = run(cfg, args.out)
+    rows = run(cfg, args.out, jobs=args.jobs)
     summary = summarize(rows, cfg)
     table = markdown(summary, cfg)
     lines = targets(summary)

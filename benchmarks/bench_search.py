@@ -1,0 +1,207 @@
+"""Search benchmarks, every ratio measured side by side in one run.
+
+1. Indexing: `build_index` images/s (decode, transform, prompted encoder, FAISS, SQLite) and the
+   prompted encoder alone, against the backbone's own `encode_image` on the same tensors.
+2. Query text encoding: the prompted ViT-B-32 text tower, one query at a time.
+3. Vector search over 100k and 1M random unit vectors: exact (IndexFlatIP) against IVF tuned
+   for recall@10 >= 0.95, recall measured on held-out queries. Two distributions: uniform on
+   the sphere (no structure, the worst case for any partitioning index) and clustered (the
+   neighbourhood structure real embeddings have).
+4. End to end at 100k: `Searcher.search_text` on an index directory written by `write_index`
+   (text encoding + FAISS + SQLite metadata of the 10 hits), distinct queries so no cache helps.
+
+Usage: .venv/bin/python benchmarks/bench_search.py [--images 256] [--sizes 100000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from dbprompt.backbones import load_backbone
+from dbprompt.data import load_database, open_image
+from dbprompt.index import (
+    ImageRow,
+    build_index,
+    embed_images,
+    embed_texts,
+    make_vector_index,
+    recall_at_k,
+    tune_search,
+    write_index,
+)
+from dbprompt.model import PromptedCLIP
+from dbprompt.prompts import PromptConfig
+from dbprompt.runtime import precision, resolve_bf16
+from dbprompt.searcher import open_searcher
+from dbprompt.storage import save_prompt_file
+from dbprompt.world import generate, write_database
+
+DIM = 512
+K = 10
+
+
+def percentiles(seconds: list[float]) -> str:
+    p50, p99 = np.percentile(np.array(seconds) * 1000, [50, 99])
+    return f"{p50:.2f} | {p99:.2f}"
+
+
+def timed(fn, items) -> list[float]:
+    out = []
+    for item in items:
+        start = time.perf_counter()
+        fn(item)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def uniform(rng: np.random.Generator, n: int, _centres: np.ndarray) -> np.ndarray:
+    return unit(rng.standard_normal((n, DIM), dtype=np.float32))
+
+
+def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarray:
+    """Around random centres, cos(point, centre) ~ 0.71: near neighbours exist, as in real embeddings."""
+    picks = rng.integers(len(centres), size=n)
+    noise = rng.standard_normal((n, DIM), dtype=np.float32) / np.sqrt(DIM)
+    return unit(centres[picks] + noise)
+
+
+def bench_indexing(root: Path, model: PromptedCLIP, prompts: Path, n: int, batch: int, bf16: bool) -> list[str]:
+    db = write_database(root / "db", n, image_size=64)
+    backbone = model.backbone
+    transform = backbone.image_transform()
+    pixels = torch.stack([transform(open_image(r.path)) for r in load_database(db).records])
+    batches = list(torch.split(pixels, batch))
+
+    def own(x: torch.Tensor) -> None:
+        with torch.no_grad(), precision("cpu", bf16):
+            backbone.encode_image(x)
+
+    own(batches[0])  # warm-up
+    t_own = sum(timed(own, batches))
+    t_prompted = sum(timed(lambda x: embed_images(model, x, "cpu", bf16), batches))
+    start = time.perf_counter()
+    build_index(db, prompts, root / "idx", batch_size=batch, backbone=backbone, bf16=bf16, progress=False)
+    t_index = time.perf_counter() - start
+    rate = {name: n / t for name, t in (("own", t_own), ("prompted", t_prompted), ("index", t_index))}
+    return [
+        "| measured | images/s | ratio to backbone `encode_image` |",
+        "|---|---:|---:|",
+        f"| backbone's own `encode_image` (unprompted) | {rate['own']:.1f} | 1.00 |",
+        f"| prompted `encode_image` (visual prompt) | {rate['prompted']:.1f} | {rate['prompted'] / rate['own']:.2f} |",
+        f"| `build_index` end to end | {rate['index']:.1f} | {rate['index'] / rate['own']:.2f} |",
+    ]
+
+
+def bench_text(model: PromptedCLIP, queries: list[str]) -> tuple[list[str], float]:
+    lines = ["| precision | p50 ms | p99 ms |", "|---|---:|---:|"]
+    resolved = resolve_bf16("cpu", None)
+    p50 = 0.0
+    for bf16 in (False, True):
+        embed_texts(model, queries[:3], "cpu", bf16)  # warm-up
+        seconds = timed(lambda q: embed_texts(model, [q], "cpu", bf16), queries)
+        label = ("bf16 autocast" if bf16 else "fp32") + (" (as resolved)" if bf16 == resolved else "")
+        lines.append(f"| {label} | {percentiles(seconds)} |")
+        if bf16 == resolved:
+            p50 = float(np.percentile(seconds, 50))
+    return lines, p50
+
+
+def bench_vectors(sizes: list[int], n_queries: int, text_p50: float) -> list[str]:
+    lines = [
+        "| vectors | distribution | index | search params | p50 ms | p99 ms | recall@10 | build s |",
+        "|---:|---|---|---|---:|---:|---:|---:|",
+    ]
+    for n in sizes:
+        for name, make in (("uniform", uniform), ("clustered", clustered)):
+            rng = np.random.default_rng(n)
+            centres = unit(rng.standard_normal((max(1, n // 100), DIM), dtype=np.float32))
+            vectors = make(rng, n, centres)
+            tune_q, test_q = make(rng, 256, centres), make(rng, n_queries, centres)
+            _, truth = faiss.knn(test_q, vectors, K, metric=faiss.METRIC_INNER_PRODUCT)
+            for kind in ("exact", "ivf"):
+                start = time.perf_counter()
+                index, factory = make_vector_index(vectors, kind)
+                params, _ = tune_search(index, kind, vectors, tune_q)
+                built = time.perf_counter() - start
+                seconds = timed(lambda q: index.search(q[None], K), test_q)
+                recall = recall_at_k(index.search(test_q, K)[1], truth)
+                lines.append(
+                    f"| {n:,} | {name} | {factory} | {params or '-'} | {percentiles(seconds)} | {recall:.3f} | {built:.1f} |"
+                )
+                del index
+                gc.collect()
+            del vectors
+            gc.collect()
+    lines.append("")
+    lines.append(f"Add the text encoding (p50 {text_p50 * 1000:.1f} ms, as resolved) for a text query's total.")
+    return lines
+
+
+def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int) -> list[str]:
+    rng = np.random.default_rng(1)
+    centres = unit(rng.standard_normal((n // 100, DIM), dtype=np.float32))
+    vectors = clustered(rng, n, centres)
+    rows = [
+        ImageRow(i, f"images/{i:07d}.png", Path(f"/nowhere/{i:07d}.png"), (f"caption {i}",), 1000, 0, 224, 224)
+        for i in range(n)
+    ]
+    lines = ["| index | p50 ms | p99 ms |", "|---|---:|---:|"]
+    for kind in ("exact", "ivf"):
+        info = write_index(root / f"e2e-{kind}", prompts, vectors, rows, kind=kind)
+        searcher = open_searcher(info.path, device="cpu")
+        searcher.search_text("warm-up query", K)
+        seconds = timed(lambda q: searcher.search_text(q, K), queries)
+        lines.append(f"| {info.factory} {info.search_params or ''} | {percentiles(seconds)} |")
+        searcher.close()
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256, help="images to index (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--queries", type=int, default=200, help="queries per latency measurement")
+    args = parser.parse_args()
+
+    bf16 = resolve_bf16("cpu", None)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (CPU used)"
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), faiss {faiss.__version__}; bf16 resolved to {bf16}"
+    )
+    backbone = load_backbone("ViT-B-32")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = PromptedCLIP(backbone, PromptConfig()).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prompts = save_prompt_file(root / "prompts.safetensors", model)
+        captions = (c for _, caps in generate(args.queries, seed=7, image_size=16) for c in caps)
+        queries = list(dict.fromkeys(captions))[: args.queries]  # distinct: no query cache helps
+        sections = {}
+        sections["Indexing"] = bench_indexing(root, model, prompts, args.images, args.batch_size, bf16)
+        sections["Query text encoding (ViT-B-32 text tower + textual prompt, one query)"], text_p50 = bench_text(model, queries)
+        sections["End to end at 100k: `Searcher.search_text`, k=10"] = bench_end_to_end(root, prompts, queries, 100_000)
+        sections["Vector search, single query, k=10"] = bench_vectors(args.sizes, args.queries, text_p50)
+    for title, lines in sections.items():
+        print(f"\n### {title}\n")
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""`dbprompt demo` runs the whole day end to end and ends in a searchable index."""
+
+from __future__ import annotations
+
+from dbprompt.cli import main
+from dbprompt.demo import FALLBACK
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    work = tmp_path / "demo"
+    code = main(["demo", "--dir", str(work), "--images", "40", "--epochs", "1", "--model", FALLBACK, "--batch-size", "16"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (work / "database" / "metadata.jsonl").exists()
+    assert (work / "prompts.safetensors").exists()
+    assert (work / "index").is_dir()
+    assert "zero-shot" in out and "prompts (textual+visual)" in out
+    assert f"dbprompt serve {work / 'index'}" in out
+    # Search the index it built, as the printed hint says.
+    capsys.readouterr()
+    assert main(["search", str(work / "index"), "a small red star", "-k", "3", "--json"]) == 0
+    assert "score" in capsys.readouterr().out
+
