@@ -256,6 +256,18 @@ def test_index_refuses_other_prompts_and_backbones(tmp_path, tiny_backbone, prom
         open_index(tmp_path / "idx")
 
 
+def test_never_replaces_a_directory_that_is_not_an_index(tmp_path, tiny_backbone, prompts):
+    db = folder(tmp_path / "db", n=3)
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.jpg").write_bytes(b"irreplaceable")
+    with pytest.raises(IndexFormatError, match="refusing to replace"):
+        build_index(db, prompts, precious, backbone=tiny_backbone, progress=False)
+    assert (precious / "holiday.jpg").read_bytes() == b"irreplaceable"
+    (tmp_path / "empty").mkdir()
+    assert build_index(db, prompts, tmp_path / "empty", backbone=tiny_backbone, progress=False).count == 3
+
+
 def test_broken_index_directories_are_named_in_errors(tmp_path, tiny_backbone, prompts):
     with pytest.raises(IndexFormatError, match="nowhere"):
         open_index(tmp_path / "nowhere")

@@ -54,6 +54,19 @@ def artifact_bytes(model: PromptedCLIP) -> int:
     return len(st_save(tensors)) if tensors else 0
 
 
+# Candidate settings of the paper's method, compared on validation splits only.
+VARIANTS: tuple[Method, ...] = tuple(
+    Method(f"tv-{name}", "prompts", cfg, lr=lr)
+    for name, cfg, lr in (
+        ("shallow-lr1e-2", PromptConfig(text_len=8, visual_len=8), 1e-2),
+        ("deep", PromptConfig(text_len=8, text_depth=99, visual_len=8, visual_depth=99), 3e-3),
+        ("deep-lr1e-2", PromptConfig(text_len=8, text_depth=99, visual_len=8, visual_depth=99), 1e-2),
+        ("deep-gated", PromptConfig(text_len=8, text_depth=99, visual_len=8, visual_depth=99, gate=True), 1e-2),
+        ("deep16", PromptConfig(text_len=16, text_depth=99, visual_len=16, visual_depth=99), 1e-2),
+        ("shallow-gated", PromptConfig(text_len=8, visual_len=8, gate=True), 1e-2),
+    )
+)
+
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -65,5 +78,7 @@ METHODS: dict[str, Method] = {
         Method("full", "full", lr=1e-4, notes="all weights"),
         Method("lora", "lora", lr=1e-3, notes="PEFT LoRA r=8 on both towers' attention"),
         Method("projection", "projection", lr=1e-3, notes="both output projections"),
+        *VARIANTS,
     )
 }
+COMPARED = ("zero-shot", "textual", "visual-shallow", "visual-deep", "textual+visual", "full", "lora", "projection")

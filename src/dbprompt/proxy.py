@@ -75,9 +75,11 @@ def pretrain(
     with torch.no_grad():
         for name, tensor in result.best_state.items():
             dict(model.named_parameters())[name].copy_(tensor)
-    metrics = evaluate(model, splits["test"], device=device, bf16=bf16)
     state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in backbone.model.state_dict().items()}
     atomic_write_bytes(out, st_save(state, metadata={"format": "open_clip", "model": NAME}))
+    # Record the quality of what ships (fp16-rounded), not of the fp32 weights in memory.
+    shipped = PromptedCLIP(load_backbone(NAME, str(out), device=device), PromptConfig(text_len=0, visual_len=0))
+    metrics = evaluate(shipped, splits["test"], device=device, bf16=bf16)
     record = {
         "model": NAME,
         "source_test_images": len(splits["test"]),

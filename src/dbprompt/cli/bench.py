@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..methods import METHODS
+from ..methods import COMPARED, METHODS
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
 
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--shifts", nargs="+", default=["visual", "textual", "both"])
     m.add_argument("--sizes", nargs="+", type=int, default=[500, 2000])
     m.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    m.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    m.add_argument("--methods", nargs="+", default=list(COMPARED), choices=list(METHODS), help="default: %(default)s")
     m.add_argument("--epochs", nargs="+", default=["500:12", "2000:5"], help="epoch budget per size, SIZE:EPOCHS")
     m.add_argument("--val-images", type=int, default=300)
     m.add_argument("--test-images", type=int, default=1000)
