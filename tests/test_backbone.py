@@ -62,7 +62,7 @@ def test_identity_without_prompts(family):
 def test_prompts_change_both_towers(family):
     name, backbone = family
     text_len = 0 if "SigLIP" in name else 4  # SigLIP's tokenizer comes from the hub; ids below are raw
-    model = PromptedCLIP(backbone, PromptConfig(text_len=text_len, visual_len=4, visual_depth=2)).eval()
+    model = PromptedCLIP(backbone, PromptConfig(text_len=text_len, visual_len=4, visual_depth=2, gate=False)).eval()
     base = PromptedCLIP(backbone, NO_PROMPTS).eval()
     images = torch.randn(2, 3, *backbone.image_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -41,7 +41,7 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     assert set(report["rows"]) == {"zero-shot", "prompts (textual+visual)"}
     # The split recorded at training time is reused: 20 % of 40 images, give or take the hash.
     assert 2 <= report["images"] <= 16
-    assert report["rows"]["prompts (textual+visual)"]["trainable_params"] == 4 * 64 + 2 * 64
+    assert report["rows"]["prompts (textual+visual)"]["trainable_params"] == 2 * (4 * 64 + 2 * 64) + 2  # every layer, two gates
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "dbprompt-tiny" in info and '"text_len": 4' in info

@@ -27,7 +27,7 @@ def _reference_text_features(model: PromptedCLIP, ids: torch.Tensor) -> torch.Te
 
 
 def test_long_captions_keep_their_end_token_and_pool_there(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, visual_len=0)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_depth=1, visual_len=0, gate=False)).eval()
     ids = model.tokenize([LONG_CAPTION, "a red circle"])
     assert ids.shape == (2, tiny_backbone.context_length - 6)
     eot = tiny_backbone.tokenizer.eot_token_id
@@ -38,7 +38,7 @@ def test_long_captions_keep_their_end_token_and_pool_there(tiny_backbone):
 
 
 def test_visual_prompts_sit_after_class_token_without_positions(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=1)).eval()
     seen = {}
 
     def spy(layer, x):
@@ -75,7 +75,7 @@ def test_phrase_init_copies_token_embeddings(tiny_backbone):
 
 
 def test_gradients_reach_only_the_prompts(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, visual_depth=2)).train()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, visual_depth=2, gate=False)).train()
     assert not tiny_backbone.training
     ids = model.tokenize(["a red circle", "a blue star", "a green cross"])
     loss = clip_loss(model.encode_image(torch.randn(3, 3, 32, 32)), model.encode_text(ids), tiny_backbone.logit_scale)
@@ -85,7 +85,7 @@ def test_gradients_reach_only_the_prompts(tiny_backbone):
     assert all(p.grad is None for p in tiny_backbone.parameters())
     assert model.text_prompt.tokens.grad.abs().sum() > 0
     assert model.visual_prompt.tokens.grad[1].abs().sum() > 0  # the deep set is used too
-    assert model.trainable_parameter_count() == 4 * 64 + 2 * 4 * 64
+    assert model.trainable_parameter_count() == 2 * 4 * 64 + 2 * 4 * 64  # text depth 0 = both layers
 
 
 def test_gated_prompts_start_exactly_at_zero_shot(tiny_backbone):

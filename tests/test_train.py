@@ -36,7 +36,7 @@ def test_training_lowers_the_loss_and_leaves_the_backbone_alone(tiny_backbone, t
     assert losses[-1] < losses[0] - 0.05
     after = tiny_backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert set(result.best_state) == {"text_prompt.tokens", "visual_prompt.tokens"}
+    assert set(result.best_state) == {"text_prompt.tokens", "visual_prompt.tokens", "text_prompt.gate", "visual_prompt.gate"}
     assert 0 <= result.best_epoch <= 8
 
 

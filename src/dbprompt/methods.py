@@ -14,6 +14,7 @@ from safetensors.torch import save as st_save
 from .backbones import BackboneAdapter
 from .model import PromptedCLIP
 from .prompts import PromptConfig
+from .train import TrainConfig
 
 NO_PROMPTS = PromptConfig(text_len=0, visual_len=0)
 
@@ -54,16 +55,24 @@ def artifact_bytes(model: PromptedCLIP) -> int:
     return len(st_save(tensors)) if tensors else 0
 
 
+# The single-modality reference points as the literature runs them: shallow, ungated.
+_LITERATURE = PromptConfig(text_len=8, text_depth=1, visual_len=8, visual_depth=1, gate=False)
+
+_DEEP = PromptConfig(text_len=8, text_depth=0, visual_len=8, visual_depth=0, gate=True)
+
 # Candidate settings of the paper's method, compared on validation splits only.
 VARIANTS: tuple[Method, ...] = tuple(
     Method(f"tv-{name}", "prompts", cfg, lr=lr)
     for name, cfg, lr in (
-        ("shallow-lr1e-2", PromptConfig(text_len=8, visual_len=8), 1e-2),
-        ("deep", PromptConfig(text_len=8, text_depth=99, visual_len=8, visual_depth=99), 3e-3),
-        ("deep-lr1e-2", PromptConfig(text_len=8, text_depth=99, visual_len=8, visual_depth=99), 1e-2),
-        ("deep-gated", PromptConfig(text_len=8, text_depth=99, visual_len=8, visual_depth=99, gate=True), 1e-2),
-        ("deep16", PromptConfig(text_len=16, text_depth=99, visual_len=16, visual_depth=99), 1e-2),
-        ("shallow-gated", PromptConfig(text_len=8, visual_len=8, gate=True), 1e-2),
+        ("shallow", _LITERATURE, 3e-3),
+        ("shallow-lr1e-2", _LITERATURE, 1e-2),
+        ("deep", _DEEP.replace(gate=False), 3e-3),
+        ("deep-lr1e-2", _DEEP.replace(gate=False), 1e-2),
+        ("deep16", _DEEP.replace(gate=False, text_len=16, visual_len=16), 1e-2),
+        ("shallow-gated", _LITERATURE.replace(gate=True), 1e-2),
+        ("deep-gated", _DEEP, 1e-2),
+        ("deep-gated-lr3e-3", _DEEP, 3e-3),
+        ("deep-gated-lr1e-3", _DEEP, 1e-3),
     )
 )
 
@@ -71,10 +80,10 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("zero-shot", "none"),
-        Method("textual", "prompts", PromptConfig(text_len=8, visual_len=0), lr=3e-3, notes="CoOp-style"),
-        Method("visual-shallow", "prompts", PromptConfig(text_len=0, visual_len=8), lr=3e-3, notes="VPT-shallow"),
-        Method("visual-deep", "prompts", PromptConfig(text_len=0, visual_len=8, visual_depth=99), lr=3e-3, notes="VPT-deep"),
-        Method("textual+visual", "prompts", PromptConfig(text_len=8, visual_len=8), lr=3e-3, notes="the paper's method"),
+        Method("textual", "prompts", _LITERATURE.replace(visual_len=0), lr=3e-3, notes="CoOp-style"),
+        Method("visual-shallow", "prompts", _LITERATURE.replace(text_len=0), lr=3e-3, notes="VPT-shallow"),
+        Method("visual-deep", "prompts", _LITERATURE.replace(text_len=0, visual_depth=0), lr=3e-3, notes="VPT-deep"),
+        Method("textual+visual", "prompts", PromptConfig(), lr=TrainConfig().lr, notes="the paper's method, dbprompt train's defaults"),
         Method("full", "full", lr=1e-4, notes="all weights"),
         Method("lora", "lora", lr=1e-3, notes="PEFT LoRA r=8 on both towers' attention"),
         Method("projection", "projection", lr=1e-3, notes="both output projections"),

@@ -36,7 +36,7 @@ class PromptedCLIP(nn.Module):
                 config.text_len,
                 backbone.text_width,
                 prefix=backbone.text_prefix_len,
-                depth=min(config.text_depth, backbone.text_num_layers),
+                depth=_depth(config.text_depth, backbone.text_num_layers),
                 std=config.init_std,
                 init=self._phrase_embeddings(config.text_init) if config.text_init else None,
                 gate=config.gate,
@@ -46,7 +46,7 @@ class PromptedCLIP(nn.Module):
                 config.visual_len,
                 backbone.vision_width,
                 prefix=backbone.vision_prefix_len,
-                depth=min(config.visual_depth, backbone.vision_num_layers),
+                depth=_depth(config.visual_depth, backbone.vision_num_layers),
                 std=config.init_std,
                 gate=config.gate,
             )
@@ -141,3 +141,8 @@ class PromptedCLIP(nn.Module):
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _depth(requested: int, layers: int) -> int:
+    """0 means every layer; more than the tower has means every layer too."""
+    return layers if requested == 0 else min(requested, layers)

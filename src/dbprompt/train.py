@@ -34,7 +34,7 @@ CHECKPOINT = "checkpoint.safetensors"
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_fraction: float = 0.1
     grad_accum: int = 1
@@ -278,7 +278,7 @@ class Trainer:
         if metrics is not None:
             self.log(
                 f"epoch {epoch}: val T2I R@1 {metrics['clip_benchmark/t2i_R@1']:.1f}  "
-                f"I2T R@1 {metrics['clip_benchmark/i2t_R@1']:.1f}  R-sum {score:.1f}"
+                f"I2T R@1 {metrics['clip_benchmark/i2t_R@1']:.1f}"
                 + ("  (best)" if self.state.best_epoch == epoch else "")
             )
 

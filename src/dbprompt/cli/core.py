@@ -147,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "pairs_per_second": result.pairs_per_second,
     }
     save_prompt_file(out, model, extra)
-    print(f"wrote {out} ({out.stat().st_size:,} bytes); best epoch {result.best_epoch} by validation R-sum {result.best_score:.1f}")
+    print(f"wrote {out} ({out.stat().st_size:,} bytes); best epoch {result.best_epoch} (0 = before training) by validation T2I R@1 {result.best_score:.1f}")
     return 0
 
 

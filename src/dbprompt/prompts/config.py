@@ -11,27 +11,31 @@ from dataclasses import dataclass
 class PromptConfig:
     # Textual prompt: `text_len` vectors right after the start token.
     text_len: int = 8
-    # 1 = shallow; d > 1 replaces the prompt positions with a fresh set before each of the first d layers.
-    text_depth: int = 1
+    # 1 = shallow; d > 1 replaces the prompt positions with a fresh set before each of the
+    # first d layers; 0 = before every layer. Defaults: chosen on validation (BENCHMARKS.md).
+    text_depth: int = 0
     # Initialise the first vectors from this phrase's token embeddings instead of noise.
     text_init: str | None = None
     # Visual prompt: `visual_len` tokens right after the class/prefix tokens.
     visual_len: int = 8
-    visual_depth: int = 1
+    visual_depth: int = 0
     init_std: float = 0.02
     # Residual gate: features = zero-shot + g * (prompted - zero-shot), g starting at 0, so
     # training starts exactly at zero-shot and moves away only as far as the loss pays for.
-    gate: bool = False
+    gate: bool = True
 
     def __post_init__(self) -> None:
         for name in ("text_len", "visual_len"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("text_depth", "visual_depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: every layer), got {getattr(self, name)}")
         if self.text_init is not None and not self.text_init.strip():
             raise ValueError("text_init must be a non-empty phrase or None")
+
+    def replace(self, **changes) -> "PromptConfig":
+        return dataclasses.replace(self, **changes)
 
     @property
     def kinds(self) -> list[str]:
