@@ -33,6 +33,7 @@ def test_console_script_runs():
 def test_train_eval_info(tiny_db, tmp_path, capsys):
     out = tmp_path / "shapes.safetensors"
     args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress"]
+    args += ["--model", "dbprompt-tiny", "--pretrained", "random"]
     assert main(args + ["--text-len", "4", "--visual-len", "2", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
     assert out.exists() and (tmp_path / "shapes.safetensors.work" / "checkpoint.safetensors").exists()
     capsys.readouterr()
@@ -48,7 +49,7 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
-    assert main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.safetensors")]) == 2
+    assert main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-proxy"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dbprompt train: error:") and "nowhere" in err
     assert main(["info", str(tmp_path / "nothing.safetensors")]) == 2
@@ -56,8 +57,14 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
 
 
 def test_nothing_to_train_is_refused(tiny_db, tmp_path, capsys):
-    code = main(["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--text-len", "0", "--visual-len", "0"])
+    code = main(["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-tiny", "--text-len", "0", "--visual-len", "0"])
     assert code == 2 and "nothing to train" in capsys.readouterr().err
+
+
+def test_random_weights_must_be_asked_for(tiny_db, tmp_path, capsys):
+    assert main(["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--model", "ViT-B-32"]) == 2
+    err = capsys.readouterr().err
+    assert "--pretrained" in err and "laion2b" in err
 
 
 def test_parser_builds():

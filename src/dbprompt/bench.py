@@ -42,7 +42,7 @@ class BenchConfig:
     val_images: int = 300
     test_images: int = 1000
     # Epoch budget per training-set size; the best epoch is chosen on validation.
-    epochs: dict[int, int] = field(default_factory=lambda: {500: 12, 2000: 5})
+    epochs: dict[int, int] = field(default_factory=lambda: {500: 10, 2000: 3})
     batch_size: int = 64
     image_size: int = 64
     device: str = "auto"
@@ -104,22 +104,27 @@ def _task(args: tuple) -> dict:
     return row
 
 
-def run(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print, jobs: int = 1) -> list[dict]:
+def run(
+    cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print, jobs: int = 1, train: bool = True
+) -> list[dict]:
     """Every (shift, N, seed, method); runs already saved under out_dir are read, not redone.
+
+    With train=False nothing is trained: the saved runs alone are summarised.
 
     With jobs > 1, runs go to that many single-threaded processes: on a small CPU, two
     one-thread trainings get more done than one two-thread training.
     """
     out = Path(out_dir)
-    tasks = []
-    for shift in cfg.shifts:
-        data = target_splits(out, shift, cfg)
-        for n in cfg.sizes:
-            for seed in cfg.seeds:
-                for name in cfg.methods:
-                    path = out / "runs" / f"{shift}-{n}-{seed}-{name}.json"
-                    tasks.append((cfg, shift, n, seed, name, data, path, 1 if jobs > 1 else 0))
-    todo = [t for t in tasks if not t[6].exists()]
+    data = {shift: target_splits(out, shift, cfg) for shift in cfg.shifts}
+    # Seeds outermost: an interrupted comparison still covers every shift and size once.
+    tasks = [
+        (cfg, shift, n, seed, name, data[shift], out / "runs" / f"{shift}-{n}-{seed}-{name}.json", 1 if jobs > 1 else 0)
+        for seed in cfg.seeds
+        for shift in cfg.shifts
+        for n in cfg.sizes
+        for name in cfg.methods
+    ]
+    todo = [t for t in tasks if not t[6].exists()] if train else []
     if jobs > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -130,7 +135,7 @@ def run(cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = prin
     else:
         for task in todo:
             _log_row(_task(task), log)
-    rows = [json.loads(t[6].read_text()) for t in tasks]
+    rows = [json.loads(t[6].read_text()) for t in tasks if t[6].exists()]
     summary = summarize(rows, cfg)
     atomic_write_text(out / "results.json", json.dumps({"config": asdict(cfg), "rows": rows, "summary": summary}, indent=1))
     return rows

@@ -22,11 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--sizes", nargs="+", type=int, default=[500, 2000])
     m.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     m.add_argument("--methods", nargs="+", default=list(COMPARED), choices=list(METHODS), help="default: %(default)s")
-    m.add_argument("--epochs", nargs="+", default=["500:12", "2000:5"], help="epoch budget per size, SIZE:EPOCHS")
+    m.add_argument("--epochs", nargs="+", default=["500:10", "2000:3"], help="epoch budget per size, SIZE:EPOCHS")
     m.add_argument("--val-images", type=int, default=300)
     m.add_argument("--test-images", type=int, default=1000)
     m.add_argument("--device", default="auto")
     m.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each (default: %(default)s)")
+    m.add_argument("--report-only", action="store_true", help="summarise the runs saved so far; train nothing")
     m.add_argument("--benchmarks-md", default=None, help="write the table into this Markdown file between markers")
     m.set_defaults(func=cmd_methods)
 
@@ -49,7 +50,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         epochs=epochs,
         device=args.device,
     )
-    rows = run(cfg, args.out, jobs=args.jobs)
+    rows = run(cfg, args.out, jobs=args.jobs, train=not args.report_only)
     summary = summarize(rows, cfg)
     table = markdown(summary, cfg)
     lines = targets(summary)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import open_clip
+
+from ..backbones import BackboneAdapter, load_backbone, shipped_weights
 from ..data import Database, load_database
 
 
@@ -37,10 +40,19 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=64)
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, default: str | None = "dbprompt-tiny") -> None:
+def add_model_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
     g = parser.add_argument_group("backbone")
-    g.add_argument("--model", default=default, help="open_clip model name, hf-hub:org/repo, or a model shipped with dbprompt (default: %(default)s)")
-    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local checkpoint file (default: the model's own / random weights)")
+    g.add_argument("--model", required=required, help="open_clip model name (e.g. ViT-B-32), hf-hub:org/repo, or dbprompt-proxy (shipped, pre-trained on the synthetic world)")
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint file, or 'random'; not needed for models shipped with weights")
+
+
+def backbone_from_args(args: argparse.Namespace, device: str) -> BackboneAdapter:
+    """Refuse to fall back to random weights silently: a user must ask for them."""
+    if args.pretrained is None and shipped_weights(args.model) is None:
+        tags = open_clip.list_pretrained_tags_by_model(args.model) if args.model in open_clip.list_models() else []
+        hint = f" (open_clip has: {', '.join(tags[:4])})" if tags else ""
+        raise ValueError(f"--model {args.model}: say which weights with --pretrained TAG{hint}, a checkpoint file, or 'random'")
+    return load_backbone(args.model, args.pretrained, device=device)
 
 
 def load_db(args: argparse.Namespace) -> Database:

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from ..backbones import load_backbone
 from ..data import Record, assign_splits, records_for
 from ..evaluate import evaluate
@@ -15,7 +17,7 @@ from ..prompts import PromptConfig
 from ..runtime import pick_device, resolve_bf16
 from ..storage import load_prompted_model, read_prompt_file, save_prompt_file
 from ..train import TrainConfig, Trainer
-from .common import add_data_args, add_model_args, add_runtime_args, add_split_args, load_db
+from .common import add_data_args, add_model_args, add_runtime_args, add_split_args, backbone_from_args, load_db
 
 TABLE_KEYS = ("trainable_params", "artifact_bytes") + tuple(
     f"{d}/{k}" for d in ("clip_benchmark", "open_clip") for k in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1")
@@ -26,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train prompts on a database", description="Train textual and visual prompts on a frozen backbone; writes one small prompt file.")
     add_data_args(p)
     p.add_argument("--out", required=True, help="prompt file to write (.safetensors)")
-    add_model_args(p)
+    add_model_args(p, required=True)
     add_prompt_args(p)
     add_train_args(p)
     add_split_args(p)
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="Recall@K zero-shot vs with prompts", description="Evaluate text<->image retrieval on a split: zero-shot and with a prompt file, side by side.")
     add_data_args(p)
     p.add_argument("--prompts", default=None, help="prompt file; without it only zero-shot is evaluated")
-    add_model_args(p, default=None)
+    add_model_args(p, required=False)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_split_args(p, defaults_from_prompts=True)
@@ -113,9 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )
-    backbone = load_backbone(args.model, args.pretrained, device=device)
-    import torch
-
+    backbone = backbone_from_args(args, device)
     torch.manual_seed(args.seed)
     model = PromptedCLIP(backbone, config)
     out = Path(args.out)
@@ -166,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise ValueError("give --prompts FILE, or --model NAME for a zero-shot evaluation")
-        backbone = load_backbone(args.model, args.pretrained, device=device)
+        backbone = backbone_from_args(args, device)
     db = load_db(args)
     splits = _split(
         db.records,
