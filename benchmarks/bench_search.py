@@ -195,14 +195,15 @@ def main() -> None:
         prompts = save_prompt_file(root / "prompts.safetensors", model)
         captions = (c for _, caps in generate(args.queries, seed=7, image_size=16) for c in caps)
         queries = list(dict.fromkeys(captions))[: args.queries]  # distinct: no query cache helps
-        sections = {}
-        sections["Indexing"] = bench_indexing(root, model, prompts, args.images, args.batch_size, bf16)
-        sections["Query text encoding (ViT-B-32 text tower + textual prompt, one query)"], text_p50 = bench_text(model, queries)
-        sections["End to end at 100k: `Searcher.search_text`, k=10"] = bench_end_to_end(root, prompts, queries, 100_000)
-        sections["Vector search, single query, k=10"] = bench_vectors(args.sizes, args.queries, text_p50)
-    for title, lines in sections.items():
-        print(f"\n### {title}\n")
-        print("\n".join(lines))
+        report("Indexing", bench_indexing(root, model, prompts, args.images, args.batch_size, bf16))
+        lines, text_p50 = bench_text(model, queries)
+        report("Query text encoding (ViT-B-32 text tower + textual prompt, one query)", lines)
+        report("End to end at 100k: `Searcher.search_text`, k=10", bench_end_to_end(root, prompts, queries, 100_000))
+        report("Vector search, single query, k=10", bench_vectors(args.sizes, args.queries, text_p50))
+
+
+def report(title: str, lines: list[str]) -> None:
+    print(f"\n### {title}\n\n" + "\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":

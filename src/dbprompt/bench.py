@@ -21,6 +21,7 @@ from .atomic import atomic_write_text
 from .backbones import load_backbone
 from .data import Record, load_database
 from .evaluate import evaluate
+from .model import PromptedCLIP
 from .methods import COMPARED, METHODS, Method, artifact_bytes, build
 from .runtime import pick_device, resolve_bf16
 from .train import TrainConfig, Trainer
@@ -72,22 +73,29 @@ def train_subset(pool: list[Record], n: int, seed: int) -> list[Record]:
 def run_one(
     method: Method, train: list[Record], val: list[Record], test: list[Record], cfg: BenchConfig, n: int, seed: int
 ) -> dict:
+    """Train with each of the method's learning rates, keep the one validation prefers, test it once."""
     device = pick_device(cfg.device)
     bf16 = resolve_bf16(device, cfg.bf16)
-    backbone = load_backbone(cfg.model, device=device)
-    model = build(method, backbone, seed).to(device)
-    row = {"method": method.name, "n": n, "seed": seed, "trainable_params": model.trainable_parameter_count()}
-    row["artifact_bytes"] = artifact_bytes(model)
+    best: tuple[float, PromptedCLIP, dict] | None = None
     started = time.perf_counter()
-    if method.tune != "none":
-        tcfg = TrainConfig(epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=method.lr, seed=seed, checkpoint_every=0)
-        trainer = Trainer(model, train, val, tcfg, device=device, bf16=bf16, progress=False, log=lambda _: None)
-        result = trainer.run()
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for name, tensor in result.best_state.items():
-                params[name].copy_(tensor)
-        row |= {"best_epoch": result.best_epoch, "history": result.history}
+    for lr in (method.lr, *method.other_lrs):
+        model = build(method, load_backbone(cfg.model, device=device), seed).to(device)
+        row = {"method": method.name, "n": n, "seed": seed, "trainable_params": model.trainable_parameter_count()}
+        row["artifact_bytes"] = artifact_bytes(model)
+        score = 0.0
+        if method.tune != "none":
+            tcfg = TrainConfig(epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=lr, seed=seed, checkpoint_every=0)
+            trainer = Trainer(model, train, val, tcfg, device=device, bf16=bf16, progress=False, log=lambda _: None)
+            result = trainer.run()
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for name, tensor in result.best_state.items():
+                    params[name].copy_(tensor)
+            score = result.best_score
+            row |= {"lr": lr, "best_epoch": result.best_epoch, "history": result.history}
+        if best is None or score > best[0]:
+            best = (score, model, row)
+    _, model, row = best
     row["train_seconds"] = time.perf_counter() - started
     row["metrics"] = evaluate(model, test, device=device, bf16=bf16)
     return row

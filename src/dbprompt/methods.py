@@ -26,6 +26,8 @@ class Method:
     tune: str
     prompts: PromptConfig = NO_PROMPTS
     lr: float = 1e-3
+    # Further learning rates tried; validation picks one (per database, seed and size).
+    other_lrs: tuple[float, ...] = ()
     lora_rank: int = 8
     notes: str = field(default="", compare=False)
 
@@ -84,7 +86,7 @@ METHODS: dict[str, Method] = {
         Method("visual-shallow", "prompts", _LITERATURE.replace(text_len=0), lr=3e-3, notes="VPT-shallow"),
         Method("visual-deep", "prompts", _LITERATURE.replace(text_len=0, visual_depth=0), lr=3e-3, notes="VPT-deep"),
         Method("textual+visual", "prompts", PromptConfig(), lr=TrainConfig().lr, notes="the paper's method, dbprompt train's defaults"),
-        Method("full", "full", lr=1e-4, notes="all weights"),
+        Method("full", "full", lr=1e-5, other_lrs=(1e-4,), notes="all weights"),
         Method("lora", "lora", lr=1e-3, notes="PEFT LoRA r=8 on both towers' attention"),
         Method("projection", "projection", lr=1e-3, notes="both output projections"),
         *VARIANTS,
