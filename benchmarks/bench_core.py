@@ -3,7 +3,8 @@
     python benchmarks/bench_core.py [--model ViT-B-32] [--batch 64] [--repeats 5] [--bf16|--no-bf16]
 
 Prints, on the same random-weight backbone and the same inputs:
-  * images/s of PromptedCLIP.encode_image (visual prompts) vs open_clip's own encode_image;
+  * images/s of PromptedCLIP.encode_image (default deep gated prompts, and ungated ones)
+    vs open_clip's own encode_image;
   * train-step pairs/s with prompts trainable vs all weights trainable (same loss, AdamW);
   * peak RSS growth of each (this process, measured with ru_maxrss in a fresh subprocess).
 Each figure is the median of `--repeats` timed repetitions after one warm-up.
@@ -33,7 +34,9 @@ def _setup(model_name: str, mode: str):
         return build(METHODS["full"], backbone)
     if mode == "own-encode":
         return backbone
-    return PromptedCLIP(backbone, PromptConfig(text_len=8, visual_len=8))
+    if mode == "ungated-encode":
+        return PromptedCLIP(backbone, PromptConfig(gate=False))
+    return PromptedCLIP(backbone, PromptConfig())
 
 
 def _time(fn, repeats: int) -> float:
@@ -57,7 +60,7 @@ def measure(model_name: str, mode: str, batch: int, repeats: int, bf16: bool) ->
     images = torch.randn(batch, 3, *backbone.image_size)
     captions = ["a large red circle on the left and a small blue star at the top, on a grey background"] * batch
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if mode in ("own-encode", "prompted-encode"):
+    if mode in ("own-encode", "prompted-encode", "ungated-encode"):
 
         def step():
             with torch.no_grad(), precision("cpu", bf16):
@@ -94,23 +97,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--modes", nargs="+", default=None, help="measure only these")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.model, args.one, args.batch, args.repeats, args.bf16)))
         return
     results = {}
-    for mode in ("own-encode", "prompted-encode", "prompt-train", "full-train"):
+    modes = ("own-encode", "prompted-encode", "ungated-encode", "prompt-train", "full-train")
+    for mode in args.modes or modes:
         cmd = [sys.executable, __file__, "--one", mode, "--model", args.model, "--batch", str(args.batch), "--repeats", str(args.repeats), "--bf16" if args.bf16 else "--no-bf16"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[mode] = json.loads(out)
         r = results[mode]
         print(f"{mode:16} {r['per_second']:8.1f} items/s  trainable {r['trainable_params']:>12,}  peak RSS {r['peak_rss_mb']:8.0f} MB")
-    enc = results["prompted-encode"]["per_second"] / results["own-encode"]["per_second"]
-    train = results["prompt-train"]["per_second"] / results["full-train"]["per_second"]
-    mem = results["prompt-train"]["peak_rss_mb"] / results["full-train"]["peak_rss_mb"]
-    print(f"ratio prompted/own encode_image images/s: {enc:.2f}")
-    print(f"ratio prompt/full train pairs/s: {train:.2f}")
-    print(f"ratio prompt/full train peak RSS: {mem:.2f}")
+    ratios = (
+        ("gated prompted/own encode_image images/s", "prompted-encode", "own-encode", "per_second"),
+        ("ungated prompted/own encode_image images/s", "ungated-encode", "own-encode", "per_second"),
+        ("prompt/full train pairs/s", "prompt-train", "full-train", "per_second"),
+        ("prompt/full train peak RSS", "prompt-train", "full-train", "peak_rss_mb"),
+    )
+    for label, a, b, key in ratios:
+        if a in results and b in results:
+            print(f"ratio {label}: {results[a][key] / results[b][key]:.2f}")
 
 
 if __name__ == "__main__":

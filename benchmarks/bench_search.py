@@ -141,9 +141,9 @@ def bench_vectors(sizes: list[int], n_queries: int, text_p50: float) -> list[str
                 built = time.perf_counter() - start
                 seconds = timed(lambda q: index.search(q[None], K), test_q)
                 recall = recall_at_k(index.search(test_q, K)[1], truth)
-                lines.append(
-                    f"| {n:,} | {described} | {factory} | {params or '-'} | {percentiles(seconds)} | {recall:.3f} | {built:.1f} |"
-                )
+                cells = [f"{n:,}", described, factory, str(params or "-"), percentiles(seconds)]
+                cells += [f"{recall:.3f}", f"{built:.1f}"]
+                lines.append("| " + " | ".join(cells) + " |")
                 del index
                 gc.collect()
             del vectors
@@ -184,7 +184,8 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (CPU used)"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), faiss {faiss.__version__}; bf16 resolved to {bf16}"
+        f"({torch.get_num_threads()} threads), faiss {faiss.__version__}; bf16 resolved to {bf16}; "
+        f"load average {os.getloadavg()[0]:.2f} at start"
     )
     backbone = load_backbone("ViT-B-32")
     with torch.random.fork_rng(devices=[]):
@@ -200,6 +201,7 @@ def main() -> None:
         report("Query text encoding (ViT-B-32 text tower + textual prompt, one query)", lines)
         report("End to end at 100k: `Searcher.search_text`, k=10", bench_end_to_end(root, prompts, queries, 100_000))
         report("Vector search, single query, k=10", bench_vectors(args.sizes, args.queries, text_p50))
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end (other processes share these 2 cores)")
 
 
 def report(title: str, lines: list[str]) -> None:

@@ -25,7 +25,8 @@ def make_prompt_file(path: Path, backbone: BackboneAdapter, seed: int) -> Path:
     """Random prompts: a different seed is a different database's prompt file on the same backbone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, init_std=0.5))
+        # Ungated, so that untrained prompts already move the vectors away from zero-shot.
+        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, init_std=0.5, gate=False))
     return save_prompt_file(path, model)
 
 

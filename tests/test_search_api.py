@@ -101,7 +101,7 @@ def test_text_search_returns_ranked_images_of_that_database(client, world, name)
     assert (body["database"], body["query"], body["k"]) == (name, "a small blue square", 7)
     results = body["results"]
     assert len(results) == 7
-    assert [r["score"] for r in results] == sorted((r["score" ] for r in results), reverse=True)
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
     records = world["keys"][name]
     for r in results:
         assert r["key"] in records and tuple(r["captions"]) == records[r["key"]].captions
@@ -221,10 +221,11 @@ def test_uploads_are_limited_and_checked(world, monkeypatch):
         response = client.post(url, files={"image": ("big.png", buf.getvalue(), "image/png")})
         assert response.status_code == 413 and "4096" in response.json()["detail"]
         # a body far over the limit is refused from its Content-Length, before it is read
-        response = client.post(url, content=b"x" * 200_000, headers={"content-type": "multipart/form-data; boundary=x"})
+        form = {"content-type": "multipart/form-data; boundary=x"}
+        response = client.post(url, content=b"x" * 200_000, headers=form)
         assert response.status_code == 413
         # a body of unknown length (chunked) is refused too
-        response = client.post(url, content=iter([b"--x\r\n", b"x" * 100]), headers={"content-type": "multipart/form-data; boundary=x"})
+        response = client.post(url, content=iter([b"--x\r\n", b"x" * 100]), headers=form)
         assert response.status_code == 411
         response = client.post(url, files={"image": ("notes.txt", b"just some text", "text/plain")})
         assert response.status_code == 400 and "not a readable image" in response.json()["detail"]
@@ -243,7 +244,8 @@ def test_twenty_parallel_clients_two_hundred_queries_each(live, client):
     expected = {}
     for i, q in enumerate(QUERIES):
         name = ("shapes", "textual")[i % 2]
-        expected[q] = (name, [r["id"] for r in client.get(f"/api/databases/{name}/search", params={"q": q}).json()["results"]])
+        results = client.get(f"/api/databases/{name}/search", params={"q": q}).json()["results"]
+        expected[q] = (name, [r["id"] for r in results])
 
     def one_client(worker: int) -> list[str]:
         errors = []

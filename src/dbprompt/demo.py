@@ -45,7 +45,7 @@ def run_demo(args: argparse.Namespace) -> int:
     train = ["train", str(db), "--out", str(prompts), "--model", model, *runtime]
     if args.epochs:
         train += ["--epochs", str(args.epochs)]
-    if model == FALLBACK and model != args.model:
+    if shipped_weights(model) is None:
         train += ["--pretrained", RANDOM]
     _run(train)
     _run(["eval", str(db), "--prompts", str(prompts), *runtime])

@@ -65,10 +65,11 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
     d = PromptConfig()
     g = p.add_argument_group("prompts")
     g.add_argument("--text-len", type=int, default=d.text_len, help="textual prompt vectors (0: none)")
-    g.add_argument("--text-depth", type=int, default=d.text_depth, help="layers with their own textual prompts (1: shallow)")
+    g.add_argument("--text-depth", type=int, default=d.text_depth, help="layers with their own textual prompts (1: shallow, 0: every layer)")
     g.add_argument("--text-init", default=d.text_init, help='initialise the textual prompt from a phrase, e.g. "a photo of a"')
     g.add_argument("--visual-len", type=int, default=d.visual_len, help="visual prompt tokens (0: none)")
-    g.add_argument("--visual-depth", type=int, default=d.visual_depth, help="layers with their own visual prompts (1: shallow)")
+    g.add_argument("--visual-depth", type=int, default=d.visual_depth, help="layers with their own visual prompts (1: shallow, 0: every layer)")
+    g.add_argument("--gate", action=argparse.BooleanOptionalAction, default=d.gate, help="start exactly at zero-shot through a residual gate (costs a second forward pass per encode)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -102,6 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         text_init=args.text_init,
         visual_len=args.visual_len,
         visual_depth=args.visual_depth,
+        gate=args.gate,
     )
     if not config.kinds:
         raise ValueError("nothing to train: --text-len and --visual-len are both 0")

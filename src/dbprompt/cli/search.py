@@ -40,7 +40,7 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create or update")
     p.add_argument(
         "--kind", choices=KINDS, default="auto",
-        help=f"exact (inner product), ivf or hnsw (approximate); auto = exact up to {APPROX_THRESHOLD} images, then ivf",
+        help=f"exact (inner product), ivf or hnsw (approximate); auto: exact up to {APPROX_THRESHOLD} images, then ivf",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_runtime_args(p)
@@ -119,7 +119,8 @@ def run_search(args: argparse.Namespace) -> int:
         for i, h in enumerate(hits, 1)
     ]
     if args.json:
-        print(json.dumps({"index": args.index_dir, "query": args.query, "image": args.image, "results": rows}, indent=2))
+        result = {"index": args.index_dir, "query": args.query, "image": args.image, "results": rows}
+        print(json.dumps(result, indent=2))
     else:
         print(_table(rows))
     return 0

@@ -67,7 +67,8 @@ function render(response) {
     grid.append(figure);
   }
   const what = response.query === null ? "the image" : `“${response.query}”`;
-  setStatus(`${response.results.length} results for ${what} in ${response.database} (${response.took_ms.toFixed(1)} ms)`);
+  const took = response.took_ms.toFixed(1);
+  setStatus(`${response.results.length} results for ${what} in ${response.database} (${took} ms)`);
 }
 
 function enlarge(hit) {
