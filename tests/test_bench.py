@@ -53,6 +53,7 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     zero_shot = next(e for e in summary if e["method"] == "zero-shot")
     tv = next(e for e in summary if e["method"] == "textual+visual")
     expected = (tv["clip_benchmark/t2i_R@1"] - zero_shot["clip_benchmark/t2i_R@1"]) / (99.0 - zero_shot["clip_benchmark/t2i_R@1"])
+    assert zero_shot["clip_benchmark/t2i_R@1"] < 99.0
     assert abs(tv["gain_vs_full"] - expected) < 1e-9
     table = markdown(summary, cfg)
     assert table.count("\n") == 1 + len(SMALL["methods"])

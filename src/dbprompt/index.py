@@ -121,7 +121,7 @@ def resolve_kind(kind: str, count: int) -> str:
 
 
 def ivf_lists(count: int) -> int:
-    """About sqrt(n) lists (a power of two), each with enough vectors to train its centroid."""
+    """About sqrt(n) lists (a power of two), fewer when needed to leave 39 vectors per centroid to train."""
     nlist = 2 ** round(np.log2(max(1.0, np.sqrt(count))))
     return int(max(1, min(nlist, count // 39)))
 

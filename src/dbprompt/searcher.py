@@ -22,6 +22,8 @@ from .runtime import pick_device, resolve_bf16
 from .storage import load_prompted_model
 
 TEXT_CACHE_SIZE = 4096
+# (model name, pretrained tag) -> the loaded backbone and the lock its searchers share.
+_Backbones = dict[tuple[str, str | None], tuple[BackboneAdapter, threading.Lock]]
 
 
 class Searcher:
@@ -80,7 +82,7 @@ def open_searchers(
     prompt_files = list(prompt_files) if prompt_files is not None else [None] * len(index_dirs)
     if len(prompt_files) != len(index_dirs):
         raise ValueError("give one prompt file (or None) per index")
-    backbones: dict[tuple[str, str | None], tuple[BackboneAdapter, threading.Lock]] = {}
+    backbones: _Backbones = {}
     searchers: dict[str, Searcher] = {}
     try:
         for index_dir, prompt_file in zip(index_dirs, prompt_files):
@@ -97,12 +99,9 @@ def open_searchers(
 
 
 def _attach(
-    index: SearchIndex,
-    prompt_file: str | os.PathLike | None,
-    backbones: dict[tuple[str, str | None], tuple[BackboneAdapter, threading.Lock]],
-    device: str,
-    bf16: bool,
+    index: SearchIndex, prompt_file: str | os.PathLike | None, backbones: _Backbones, device: str, bf16: bool
 ) -> Searcher:
+    """The index with its prompts on its backbone (loaded on first use); closes the index on failure."""
     try:
         if prompt_file is not None:
             index.check_prompt_file(prompt_file)
