@@ -29,11 +29,10 @@ import torch
 
 from dbprompt.backbones import load_backbone
 from dbprompt.data import load_database, open_image
+from dbprompt.embeddings import embed_images, embed_texts
 from dbprompt.index import (
     ImageRow,
     build_index,
-    embed_images,
-    embed_texts,
     make_vector_index,
     recall_at_k,
     tune_search,

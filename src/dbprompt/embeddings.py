@@ -1,11 +1,13 @@
-"""Batched, no-grad encoding of image files and captions: shared by training caches, evaluation and indexing."""
+"""Batched, no-grad encoding: shared by training caches, evaluation, indexing and search."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data import open_image
@@ -17,12 +19,24 @@ def load_image_batch(paths: Sequence[Path], transform: Callable) -> torch.Tensor
     return torch.stack([transform(open_image(p)) for p in paths])
 
 
+def embed_images(model: PromptedCLIP, images: torch.Tensor, device: str, bf16: bool) -> np.ndarray:
+    """Unit-length float32 image vectors; normalised after the cast so bf16 rounding leaves no drift."""
+    with torch.no_grad(), precision(device, bf16):
+        features = model.encode_image(images.to(device), normalize=False)
+    return F.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def embed_texts(model: PromptedCLIP, texts: Sequence[str], device: str, bf16: bool) -> np.ndarray:
+    with torch.no_grad(), precision(device, bf16):
+        features = model.encode_texts(list(texts), normalize=False)
+    return F.normalize(features.float(), dim=-1).cpu().numpy()
+
+
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-@torch.no_grad()
 def encode_image_files(
     model: PromptedCLIP,
     paths: Sequence[Path],
@@ -32,27 +46,20 @@ def encode_image_files(
     batch_size: int = 64,
     progress: str | None = None,
 ) -> torch.Tensor:
-    """L2-normalised float32 image features [N, E] on the CPU."""
+    """Unit-length float32 image features [N, E] on the CPU."""
     transform = model.backbone.image_transform()
     out = []
     bar = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
     for chunk in _batches(paths, batch_size):
-        images = load_image_batch(chunk, transform).to(device)
-        with precision(device, bf16):
-            out.append(model.encode_image(images).float().cpu())
+        out.append(torch.from_numpy(embed_images(model, load_image_batch(chunk, transform), device, bf16)))
         bar.update(len(chunk))
     bar.close()
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-@torch.no_grad()
 def encode_captions(
     model: PromptedCLIP, texts: Sequence[str], *, device: str, bf16: bool, batch_size: int = 256
 ) -> torch.Tensor:
-    """L2-normalised float32 text features [N, E] on the CPU."""
-    out = []
-    for chunk in _batches(texts, batch_size):
-        ids = model.tokenize(chunk).to(device)
-        with precision(device, bf16):
-            out.append(model.encode_text(ids).float().cpu())
+    """Unit-length float32 text features [N, E] on the CPU."""
+    out = [torch.from_numpy(embed_texts(model, chunk, device, bf16)) for chunk in _batches(texts, batch_size)]
     return torch.cat(out) if out else torch.empty(0, 0)

@@ -31,15 +31,15 @@ from typing import Iterator, Sequence
 import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_dir, atomic_path, atomic_write_text
 from .backbones import BackboneAdapter, load_backbone
 from .data import Database, DataError, Record, load_database, open_image
+from .embeddings import embed_images, embed_texts
 from .model import PromptedCLIP
-from .runtime import pick_device, precision, resolve_bf16
+from .runtime import pick_device, resolve_bf16
 from .storage import file_sha256, load_prompted_model, read_prompt_file
 
 FORMAT = "dbprompt-index/1"
@@ -486,19 +486,6 @@ def _prefetched(batches: list[Sequence[Record]], transform, skip_bad: bool) -> I
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def embed_images(model: PromptedCLIP, images: torch.Tensor, device: str, bf16: bool) -> np.ndarray:
-    """Unit-length float32 image vectors; normalised after the cast so bf16 rounding leaves no drift."""
-    with torch.no_grad(), precision(device, bf16):
-        features = model.encode_image(images.to(device), normalize=False)
-    return F.normalize(features.float(), dim=-1).cpu().numpy()
-
-
-def embed_texts(model: PromptedCLIP, texts: Sequence[str], device: str, bf16: bool) -> np.ndarray:
-    with torch.no_grad(), precision(device, bf16):
-        features = model.encode_texts(list(texts), normalize=False)
-    return F.normalize(features.float(), dim=-1).cpu().numpy()
 
 
 def _embed(

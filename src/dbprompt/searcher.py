@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from .backbones import BackboneAdapter, load_backbone
-from .index import Hit, SearchIndex, embed_images, embed_texts, open_index
+from .embeddings import embed_images, embed_texts
+from .index import Hit, SearchIndex, open_index
 from .model import PromptedCLIP
 from .runtime import pick_device, resolve_bf16
 from .storage import load_prompted_model

@@ -15,7 +15,7 @@ from open_clip.timm_model import TimmModel
 from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
 from torch import nn
 
-from .base import PROMPT_ID, BackboneAdapter, LayerHook
+from .base import BackboneAdapter, LayerHook
 
 
 def _timm_vit_class() -> type | None:
