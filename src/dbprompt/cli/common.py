@@ -28,7 +28,8 @@ def add_split_args(parser: argparse.ArgumentParser, *, defaults_from_prompts: bo
     g.add_argument("--split-seed", type=int, default=None if defaults_from_prompts else 0, help="seed of the split by image" + note)
 
 
-def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
+    """Device and precision, and the batch size where there are batches (not for single queries)."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     g.add_argument(
@@ -37,7 +38,8 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="bf16 autocast (default: on where the hardware supports it)",
     )
-    g.add_argument("--batch-size", type=int, default=64)
+    if batch_size:
+        g.add_argument("--batch-size", type=int, default=64)
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, required: bool) -> None:

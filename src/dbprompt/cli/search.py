@@ -16,15 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_serve(sub)
 
 
-def _device_args(p: argparse.ArgumentParser) -> None:
-    """Device and precision, without the batch size that single queries do not have."""
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument(
-        "--bf16", action=argparse.BooleanOptionalAction, default=None,
-        help="bf16 autocast (default: on where the hardware supports it)",
-    )
-
-
 def _register_index(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "index",
@@ -59,7 +50,7 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--prompts", metavar="FILE", help="refuse to search unless the index was built with FILE")
-    _device_args(p)
+    add_runtime_args(p, batch_size=False)
     p.set_defaults(func=run_search)
 
 
@@ -76,7 +67,7 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted (default: 10)")
-    _device_args(p)
+    add_runtime_args(p, batch_size=False)
     p.set_defaults(func=run_serve)
 
 
