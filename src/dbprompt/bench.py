@@ -87,10 +87,7 @@ def run_one(
             tcfg = TrainConfig(epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=lr, seed=seed, checkpoint_every=0)
             trainer = Trainer(model, train, val, tcfg, device=device, bf16=bf16, progress=False, log=lambda _: None)
             result = trainer.run()
-            with torch.no_grad():
-                params = dict(model.named_parameters())
-                for name, tensor in result.best_state.items():
-                    params[name].copy_(tensor)
+            trainer.restore_best()
             score = result.best_score
             row |= {"lr": lr, "best_epoch": result.best_epoch, "history": result.history}
         if best is None or score > best[0]:

@@ -72,9 +72,7 @@ def pretrain(
     )
     trainer = Trainer(model, splits["train"], splits["val"], cfg, device=device, bf16=bf16, work_dir=work, progress=progress)
     result = trainer.run(resume=resume)
-    with torch.no_grad():
-        for name, tensor in result.best_state.items():
-            dict(model.named_parameters())[name].copy_(tensor)
+    trainer.restore_best()
     state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in backbone.model.state_dict().items()}
     atomic_write_bytes(out, st_save(state, metadata={"format": "open_clip", "model": NAME}))
     # Record the quality of what ships (fp16-rounded), not of the fp32 weights in memory.

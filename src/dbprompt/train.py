@@ -350,6 +350,12 @@ class Trainer:
         bar.close()
         return self._result(started, pairs, finished=True)
 
+    def restore_best(self) -> None:
+        """Put the parameters validation preferred back into the model."""
+        with torch.no_grad():
+            for name, tensor in self.best_state.items():
+                self.named[name].copy_(tensor)
+
     def _result(self, started: float, pairs: int, *, finished: bool) -> TrainResult:
         seconds = time.perf_counter() - started
         return TrainResult(

@@ -137,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     result = trainer.run(resume=args.resume)
-    model.load_prompt_state_dict(result.best_state)
+    trainer.restore_best()
     extra = {
         "best_epoch": result.best_epoch,
         "best_val_score": result.best_score,
