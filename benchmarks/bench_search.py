@@ -2,7 +2,8 @@
 
 1. Indexing: `build_index` images/s (decode, transform, prompted encoder, FAISS, SQLite) and the
    prompted encoder alone, against the backbone's own `encode_image` on the same tensors.
-2. Query text encoding: the prompted ViT-B-32 text tower, one query at a time.
+2. Query text encoding, one query at a time: the backbone's own text tower, dbprompt train's
+   default prompts (gated: two passes) in fp32 and bf16, and ungated prompts (`--no-gate`).
 3. Vector search over 100k and 1M random unit vectors: exact (IndexFlatIP) against IVF tuned
    for recall@10 >= 0.95, recall measured on held-out queries. Two distributions: uniform on
    the sphere (no structure, the worst case for any partitioning index) and clustered (the
@@ -10,7 +11,10 @@
 4. End to end at 100k: `Searcher.search_text` on an index directory written by `write_index`
    (text encoding + FAISS + SQLite metadata of the 10 hits), distinct queries so no cache helps.
 
-Usage: .venv/bin/python benchmarks/bench_search.py [--images 256] [--sizes 100000 1000000]
+Parts 1, 2 and 4 run for each backbone of --models: ViT-B-32 (random weights: the size users
+run) and dbprompt-proxy (the shipped model the demo uses).
+
+Usage: .venv/bin/python benchmarks/bench_search.py [--models ViT-B-32 dbprompt-proxy] [--sizes 100000 1000000]
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from dbprompt.index import (
     write_index,
 )
 from dbprompt.model import PromptedCLIP
-from dbprompt.prompts import PromptConfig
+from dbprompt.prompts import TRAIN_DEFAULTS, PromptConfig
 from dbprompt.runtime import precision, resolve_bf16
 from dbprompt.searcher import open_searcher
 from dbprompt.storage import save_prompt_file
@@ -74,7 +78,8 @@ def uniform(rng: np.random.Generator, n: int, _centres: np.ndarray) -> np.ndarra
 def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarray:
     """Around random centres, cos(point, centre) ~ 0.71: near neighbours exist, as in real embeddings."""
     picks = rng.integers(len(centres), size=n)
-    noise = rng.standard_normal((n, DIM), dtype=np.float32) / np.sqrt(DIM)
+    dim = centres.shape[1]
+    noise = rng.standard_normal((n, dim), dtype=np.float32) / np.sqrt(dim)
     return unit(centres[picks] + noise)
 
 
@@ -105,17 +110,19 @@ def bench_indexing(root: Path, model: PromptedCLIP, prompts: Path, n: int, batch
     ]
 
 
-def bench_text(model: PromptedCLIP, queries: list[str]) -> tuple[list[str], float]:
-    lines = ["| precision | p50 ms | p99 ms |", "|---|---:|---:|"]
+def bench_text(models: dict[str, PromptedCLIP], queries: list[str]) -> tuple[list[str], float]:
+    """p50/p99 per (model, precision); returns the lines and the default prompts' p50 as resolved."""
+    lines = ["| text encoder | precision | p50 ms | p99 ms |", "|---|---|---:|---:|"]
     resolved = resolve_bf16("cpu", None)
     p50 = 0.0
-    for bf16 in (False, True):
-        embed_texts(model, queries[:3], "cpu", bf16)  # warm-up
-        seconds = timed(lambda q: embed_texts(model, [q], "cpu", bf16), queries)
-        label = ("bf16 autocast" if bf16 else "fp32") + (" (as resolved)" if bf16 == resolved else "")
-        lines.append(f"| {label} | {percentiles(seconds)} |")
-        if bf16 == resolved:
-            p50 = float(np.percentile(seconds, 50))
+    for label, model in models.items():
+        for bf16 in (False, True) if label.startswith("default") else (resolved,):
+            embed_texts(model, queries[:3], "cpu", bf16)  # warm-up
+            seconds = timed(lambda q: embed_texts(model, [q], "cpu", bf16), queries)
+            precision_label = ("bf16 autocast" if bf16 else "fp32") + (" (as resolved)" if bf16 == resolved else "")
+            lines.append(f"| {label} | {precision_label} | {percentiles(seconds)} |")
+            if label.startswith("default") and bf16 == resolved:
+                p50 = float(np.percentile(seconds, 50))
     return lines, p50
 
 
@@ -152,23 +159,47 @@ def bench_vectors(sizes: list[int], n_queries: int, text_p50: float) -> list[str
     return lines
 
 
-def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int) -> list[str]:
+def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int, dim: int) -> list[str]:
     rng = np.random.default_rng(1)
-    centres = unit(rng.standard_normal((n // 100, DIM), dtype=np.float32))
+    centres = unit(rng.standard_normal((n // 100, dim), dtype=np.float32))
     vectors = clustered(rng, n, centres)
     rows = [
         ImageRow(i, f"images/{i:07d}.png", Path(f"/nowhere/{i:07d}.png"), (f"caption {i}",), 1000, 0, 224, 224)
         for i in range(n)
     ]
-    lines = ["| index | p50 ms | p99 ms |", "|---|---:|---:|"]
-    for kind in ("exact", "ivf"):
+    lines = ["| index | search params | recall@10 (tuning) | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
+    for kind in ("exact", "ivf", "hnsw"):
         info = write_index(root / f"e2e-{kind}", prompts, vectors, rows, kind=kind)
         searcher = open_searcher(info.path, device="cpu")
         searcher.search_text("warm-up query", K)
         seconds = timed(lambda q: searcher.search_text(q, K), queries)
-        lines.append(f"| {info.factory} {info.search_params or ''} | {percentiles(seconds)} |")
+        cells = [info.factory, str(info.search_params or "-"), f"{info.recall_at_10:.3f}", percentiles(seconds)]
+        lines.append("| " + " | ".join(cells) + " |")
         searcher.close()
     return lines
+
+
+def bench_backbone(name: str, root: Path, args: argparse.Namespace, queries: list[str], bf16: bool) -> float:
+    """Indexing, text encoding and end-to-end search for one backbone; returns the text p50 (s)."""
+    backbone = load_backbone(name)
+    vocabulary = [c for _, caps in generate(args.images, seed=3, image_size=16) for c in caps]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = PromptedCLIP.for_captions(backbone, TRAIN_DEFAULTS, vocabulary).eval()
+        ungated = PromptedCLIP(backbone, TRAIN_DEFAULTS.replace(gate=False, vocab=0)).eval()
+    own = PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=0)).eval()
+    prompts = save_prompt_file(root / f"{name}.safetensors", model)
+    report(f"{name}: indexing", bench_indexing(root / name, model, prompts, args.images, args.batch_size, bf16))
+    encoders = {
+        "backbone's own (no prompts)": own,
+        "default prompts (deep, gated, vocabulary)": model,
+        "ungated deep prompts (`--no-gate`)": ungated,
+    }
+    lines, text_p50 = bench_text(encoders, queries)
+    report(f"{name}: query text encoding, one query", lines)
+    dim = model.encode_texts(["x"]).shape[1]
+    report(f"{name}: end to end at 100k, `Searcher.search_text`, k=10", bench_end_to_end(root / name, prompts, queries, 100_000, dim))
+    return text_p50
 
 
 def main() -> None:
@@ -177,6 +208,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=200, help="queries per latency measurement")
+    parser.add_argument("--models", nargs="+", default=["ViT-B-32", "dbprompt-proxy"])
     args = parser.parse_args()
 
     bf16 = resolve_bf16("cpu", None)
@@ -186,20 +218,12 @@ def main() -> None:
         f"({torch.get_num_threads()} threads), faiss {faiss.__version__}; bf16 resolved to {bf16}; "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
-    backbone = load_backbone("ViT-B-32")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = PromptedCLIP(backbone, PromptConfig()).eval()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        prompts = save_prompt_file(root / "prompts.safetensors", model)
         captions = (c for _, caps in generate(args.queries, seed=7, image_size=16) for c in caps)
         queries = list(dict.fromkeys(captions))[: args.queries]  # distinct: no query cache helps
-        report("Indexing", bench_indexing(root, model, prompts, args.images, args.batch_size, bf16))
-        lines, text_p50 = bench_text(model, queries)
-        report("Query text encoding (ViT-B-32 text tower + textual prompt, one query)", lines)
-        report("End to end at 100k: `Searcher.search_text`, k=10", bench_end_to_end(root, prompts, queries, 100_000))
-        report("Vector search, single query, k=10", bench_vectors(args.sizes, args.queries, text_p50))
+        text_p50 = {name: bench_backbone(name, root, args, queries, bf16) for name in args.models}
+        report("Vector search, single query, k=10", bench_vectors(args.sizes, args.queries, text_p50[args.models[0]]))
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end (other processes share these 2 cores)")
 
 

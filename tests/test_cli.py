@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from dbprompt.cli import build_parser, main
+from dbprompt.prompts import TRAIN_DEFAULTS
+from dbprompt.storage import read_prompt_file
 
 COMMANDS = ["train", "eval", "info", "demo", "index", "search", "serve"]
 
@@ -39,10 +41,14 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(tiny_db), "--prompts", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["rows"]) == {"zero-shot", "prompts (textual+visual)"}
+    label = "prompts (textual+visual+vocabulary)"
+    assert set(report["rows"]) == {"zero-shot", label}
     # The split recorded at training time is reused: 20 % of 40 images, give or take the hash.
     assert 2 <= report["images"] <= 16
-    assert report["rows"]["prompts (textual+visual)"]["trainable_params"] == 2 * (4 * 64 + 2 * 64) + 2  # every layer, two gates
+    vocab = read_prompt_file(out).tensors["text_vocab.ids"]
+    assert 5 < len(vocab) <= TRAIN_DEFAULTS.vocab  # the tiny database's caption tokens
+    # every layer, two gates, an offset per vocabulary token
+    assert report["rows"][label]["trainable_params"] == 2 * (4 * 64 + 2 * 64) + 2 + 64 * len(vocab)
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "dbprompt-tiny" in info and '"text_len": 4' in info
@@ -57,7 +63,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
 
 
 def test_nothing_to_train_is_refused(tiny_db, tmp_path, capsys):
-    code = main(["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-tiny", "--text-len", "0", "--visual-len", "0"])
+    code = main(["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-tiny", "--text-len", "0", "--visual-len", "0", "--vocab", "0"])
     assert code == 2 and "nothing to train" in capsys.readouterr().err
 
 

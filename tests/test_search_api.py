@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 import os
 import socket
@@ -142,7 +143,12 @@ def test_page_and_openapi_docs(client):
     assert {"/api/databases", "/api/databases/{name}/search", "/api/databases/{name}/search/image"} <= set(
         schema["paths"]
     )
-    assert client.get("/docs").status_code == 200
+    for docs in ("/docs", "/redoc"):  # the API docs work offline: their scripts come from this server
+        page = client.get(docs)
+        assert page.status_code == 200
+        scripts = re.findall(r'<script src="([^"]+)"', page.text)
+        assert scripts and all(src.startswith("/") for src in scripts)
+        assert all(client.get(src).status_code == 200 for src in scripts)
 
 
 BAD_REQUESTS = [

@@ -70,11 +70,10 @@ def shown(page) -> list[dict]:
     )
 
 
-def test_typing_a_query_shows_images_of_the_selected_database(site, browser):
-    base, captions = site
-    outside, console_errors = [], []
+def _page_on_this_server_only(browser, base: str):
+    """A page whose requests elsewhere are aborted and listed: the site must not need the internet."""
+    outside: list[str] = []
     page = browser.new_page()
-    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
 
     def only_this_server(route):
         if route.request.url.startswith(base):
@@ -84,6 +83,14 @@ def test_typing_a_query_shows_images_of_the_selected_database(site, browser):
             route.abort()
 
     page.route("**/*", only_this_server)
+    return page, outside
+
+
+def test_typing_a_query_shows_images_of_the_selected_database(site, browser):
+    base, captions = site
+    page, outside = _page_on_this_server_only(browser, base)
+    console_errors = []
+    page.on("console", lambda msg: console_errors.append(msg.text) if msg.type == "error" else None)
     page.goto(base + "/")
     page.wait_for_function("() => document.querySelectorAll('#database option').length === 2", timeout=10_000)
 
@@ -117,4 +124,16 @@ def test_typing_a_query_shows_images_of_the_selected_database(site, browser):
     page.fill("#query", "x" * 600)
     assert len(page.input_value("#query")) == 500  # the page keeps queries within the server's limit
     assert outside == [] and console_errors == []
+    page.close()
+
+
+def test_api_docs_render_offline(site, browser):
+    base, _ = site
+    page, outside = _page_on_this_server_only(browser, base)
+    page.goto(base + "/docs")
+    # Swagger UI has fetched /openapi.json and drawn one block per operation.
+    page.wait_for_selector(".opblock-summary-path", timeout=15_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+    assert any("/api/databases/{name}/search" in p for p in paths)
+    assert outside == []
     page.close()

@@ -79,7 +79,8 @@ def run_one(
     best: tuple[float, PromptedCLIP, dict] | None = None
     started = time.perf_counter()
     for lr in (method.lr, *method.other_lrs):
-        model = build(method, load_backbone(cfg.model, device=device), seed).to(device)
+        captions = [c for r in train for c in r.captions]
+        model = build(method, load_backbone(cfg.model, device=device), seed, captions).to(device)
         row = {"method": method.name, "n": n, "seed": seed, "trainable_params": model.trainable_parameter_count()}
         row["artifact_bytes"] = artifact_bytes(model)
         score = 0.0

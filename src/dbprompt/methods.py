@@ -7,13 +7,14 @@ Trainer and the same evaluation, so a comparison differs in the method alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from safetensors.torch import save as st_save
 
 from .backbones import BackboneAdapter
 from .model import PromptedCLIP
-from .prompts import PromptConfig
+from .prompts import TRAIN_DEFAULTS, PromptConfig
 from .train import TrainConfig
 
 NO_PROMPTS = PromptConfig(text_len=0, visual_len=0)
@@ -32,8 +33,11 @@ class Method:
     notes: str = field(default="", compare=False)
 
 
-def build(method: Method, backbone: BackboneAdapter, seed: int = 0) -> PromptedCLIP:
-    """A model whose trainable parameters are exactly the method's. Mutates `backbone` for LoRA/full/projection."""
+def build(method: Method, backbone: BackboneAdapter, seed: int = 0, captions: Sequence[str] = ()) -> PromptedCLIP:
+    """A model whose trainable parameters are exactly the method's. Mutates `backbone` for LoRA/full/projection.
+
+    `captions` (the training captions) choose the tokens of a vocabulary-tuning method.
+    """
     torch.manual_seed(seed)
     backbone.requires_grad_(False)
     if method.tune == "full":
@@ -48,7 +52,7 @@ def build(method: Method, backbone: BackboneAdapter, seed: int = 0) -> PromptedC
         inject_adapter_in_model(config, backbone)
     elif method.tune not in ("none", "prompts"):
         raise ValueError(f"unknown tuning kind {method.tune!r}")
-    return PromptedCLIP(backbone, method.prompts)
+    return PromptedCLIP.for_captions(backbone, method.prompts, captions)
 
 
 def artifact_bytes(model: PromptedCLIP) -> int:
@@ -85,11 +89,29 @@ METHODS: dict[str, Method] = {
         Method("textual", "prompts", _LITERATURE.replace(visual_len=0), lr=3e-3, notes="CoOp-style"),
         Method("visual-shallow", "prompts", _LITERATURE.replace(text_len=0), lr=3e-3, notes="VPT-shallow"),
         Method("visual-deep", "prompts", _LITERATURE.replace(text_len=0, visual_depth=0), lr=3e-3, notes="VPT-deep"),
-        Method("textual+visual", "prompts", PromptConfig(), lr=TrainConfig().lr, notes="the paper's method, dbprompt train's defaults"),
+        Method("textual+visual", "prompts", PromptConfig(), lr=TrainConfig().lr, notes="the paper's method: deep, gated"),
+        Method(
+            "textual+visual+vocab",
+            "prompts",
+            TRAIN_DEFAULTS,
+            lr=TrainConfig().lr,
+            other_lrs=(3e-4,),
+            notes="dbprompt train's defaults: the paper's method plus vocabulary offsets",
+        ),
         Method("full", "full", lr=1e-5, other_lrs=(1e-4,), notes="all weights"),
         Method("lora", "lora", lr=1e-3, notes="PEFT LoRA r=8 on both towers' attention"),
         Method("projection", "projection", lr=1e-3, notes="both output projections"),
         *VARIANTS,
     )
 }
-COMPARED = ("zero-shot", "textual", "visual-shallow", "visual-deep", "textual+visual", "full", "lora", "projection")
+COMPARED = (
+    "zero-shot",
+    "textual",
+    "visual-shallow",
+    "visual-deep",
+    "textual+visual",
+    "textual+visual+vocab",
+    "full",
+    "lora",
+    "projection",
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import PROMPT_ID, BackboneAdapter, UnsupportedPromptError
-from .prompts import PromptConfig, PromptTokens
+from .prompts import PromptConfig, PromptTokens, TokenOffsets, frequent_tokens
 
 
 class PromptedCLIP(nn.Module):
@@ -19,13 +20,21 @@ class PromptedCLIP(nn.Module):
     always come from the same code.
     """
 
-    def __init__(self, backbone: BackboneAdapter, config: PromptConfig):
+    def __init__(self, backbone: BackboneAdapter, config: PromptConfig, vocabulary: torch.Tensor | None = None):
+        """`vocabulary`: the token ids that get offsets when `config.vocab` is on (see `for_captions`)."""
         super().__init__()
         self.backbone = backbone
         self.config = config
         self._check_supported(backbone, config)
         self.text_prompt: PromptTokens | None = None
         self.visual_prompt: PromptTokens | None = None
+        self.text_vocab: TokenOffsets | None = None
+        if config.vocab:
+            if vocabulary is None:
+                raise ValueError("PromptConfig.vocab needs the token ids to tune: build with PromptedCLIP.for_captions")
+            if len(vocabulary) > config.vocab:
+                raise ValueError(f"{len(vocabulary)} vocabulary ids, more than PromptConfig.vocab = {config.vocab}")
+            self.text_vocab = TokenOffsets(vocabulary, backbone.text_width)
         if config.text_len:
             if config.text_len >= backbone.context_length - 2:
                 raise ValueError(
@@ -50,6 +59,16 @@ class PromptedCLIP(nn.Module):
                 std=config.init_std,
                 gate=config.gate,
             )
+
+    @classmethod
+    def for_captions(cls, backbone: BackboneAdapter, config: PromptConfig, captions: Sequence[str]) -> "PromptedCLIP":
+        """A model whose vocabulary offsets (if any) cover the tokens most used by these training captions."""
+        if not config.vocab:
+            return cls(backbone, config)
+        if not captions:
+            raise ValueError("PromptConfig.vocab needs training captions to choose its tokens")
+        ids = backbone.tokenize(list(captions), backbone.context_length - config.text_len)
+        return cls(backbone, config, frequent_tokens(ids, config.vocab))
 
     @staticmethod
     def _check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:
@@ -88,6 +107,8 @@ class PromptedCLIP(nn.Module):
     def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         ids = self.backbone.trim_text_padding(ids)
         x = self.backbone.text_token_embeddings(ids)
+        if self.text_vocab is not None:
+            x = self.text_vocab(ids, x)
         prompt = self.text_prompt
         if prompt is None:
             features = self.backbone.text_from_embeddings(x, ids)
@@ -96,9 +117,10 @@ class PromptedCLIP(nn.Module):
             long_ids = torch.cat([ids[:, : prompt.prefix], filler, ids[:, prompt.prefix :]], dim=1)
             features = self.backbone.text_from_embeddings(prompt.insert(x), long_ids, prompt.layer_hook())
             if prompt.gate is not None:
-                with torch.no_grad():
-                    zero_shot = self.backbone.text_from_embeddings(x, ids)
-                features = prompt.blend(features, zero_shot)
+                # The gate blends towards the unprompted features: zero-shot, or with vocabulary offsets.
+                with torch.no_grad() if self.text_vocab is None else contextlib.nullcontext():
+                    unprompted = self.backbone.text_from_embeddings(x, ids)
+                features = prompt.blend(features, unprompted)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -119,16 +141,16 @@ class PromptedCLIP(nn.Module):
         return self.encode_text(self.tokenize(texts).to(device), normalize=normalize)
 
     def prompt_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the prompts, keyed by module path: what a prompt file holds."""
+        """Only the prompts (and the vocabulary's token ids), keyed by module path: what a prompt file holds."""
         return {
             name: p.detach()
-            for name, p in self.named_parameters()
-            if name.startswith(("text_prompt.", "visual_prompt."))
+            for name, p in [*self.named_parameters(), *self.named_buffers()]
+            if name.startswith(_PROMPT_MODULES)
         }
 
     def load_prompt_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = dict(self.named_parameters())
-        expected = set(self.prompt_state_dict())
+        own = dict(self.prompt_state_dict())
+        expected = set(own)
         if set(state) != expected:
             raise ValueError(f"prompt tensors {sorted(state)} do not match the config's {sorted(expected)}")
         with torch.no_grad():
@@ -141,6 +163,9 @@ class PromptedCLIP(nn.Module):
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+_PROMPT_MODULES = ("text_prompt.", "visual_prompt.", "text_vocab.")
 
 
 def _depth(requested: int, layers: int) -> int:

@@ -20,6 +20,7 @@ from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -116,7 +117,8 @@ def create_app(
         if not index_dirs:
             raise ValueError("give at least one index directory")
         searchers = open_searchers(index_dirs, device=device, bf16=bf16)
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from here: FastAPI's default pages load them from a CDN.
+    app = FastAPIOffline(
         title="dbprompt search",
         description="Text and image search over image databases, each through its own trained prompts.",
         version="1",

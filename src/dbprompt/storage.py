@@ -23,6 +23,7 @@ from .model import PromptedCLIP
 from .prompts import PromptConfig
 
 FORMAT = "dbprompt-prompts/1"
+VOCABULARY_IDS = "text_vocab.ids"
 
 
 class PromptFileError(ValueError):
@@ -50,7 +51,7 @@ class PromptFile:
 
     @property
     def parameter_count(self) -> int:
-        return sum(t.numel() for t in self.tensors.values())
+        return sum(t.numel() for t in self.tensors.values() if t.is_floating_point())
 
     @property
     def extra(self) -> dict:
@@ -60,7 +61,10 @@ class PromptFile:
 def save_prompt_file(path: str | Path, model: PromptedCLIP, extra: dict | None = None) -> Path:
     """Write the model's prompts atomically; `extra` is any JSON-able summary (e.g. training results)."""
     path = Path(path)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in model.prompt_state_dict().items()}
+    tensors = {
+        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.prompt_state_dict().items()
+    }
     bb = model.backbone
     metadata = {
         "format": FORMAT,
@@ -120,8 +124,10 @@ def load_prompted_model(
             f"fingerprint {pf.fingerprint}); the loaded backbone is {backbone.name} "
             f"({backbone.pretrained}, fingerprint {backbone.fingerprint()})"
         )
-    model = PromptedCLIP(backbone, pf.config)
+    if pf.config.vocab and VOCABULARY_IDS not in pf.tensors:
+        raise PromptFileError(f"{pf.path}: the prompt config tunes a vocabulary but the file lacks its token ids")
     try:
+        model = PromptedCLIP(backbone, pf.config, pf.tensors.get(VOCABULARY_IDS))
         model.load_prompt_state_dict(pf.tensors)
     except ValueError as exc:
         raise PromptFileError(f"{pf.path}: {exc}") from None

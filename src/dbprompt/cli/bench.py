@@ -10,6 +10,8 @@ from ..atomic import atomic_write_text
 from ..methods import COMPARED, METHODS
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
+# Rows the targets are checked for: the paper's method, and dbprompt train's defaults.
+TARGET_METHODS = ("textual+visual", "textual+visual+vocab")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +55,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rows = run(cfg, args.out, jobs=args.jobs, train=not args.report_only)
     summary = summarize(rows, cfg)
     table = markdown(summary, cfg)
-    lines = targets(summary)
+    lines = [line for method in TARGET_METHODS if method in cfg.methods for line in targets(summary, method)]
     print(table)
     print("\n".join(lines))
     if args.benchmarks_md:

@@ -13,7 +13,7 @@ from ..data import Record, assign_splits, records_for
 from ..evaluate import evaluate
 from ..metrics import format_table
 from ..model import PromptedCLIP
-from ..prompts import PromptConfig
+from ..prompts import TRAIN_DEFAULTS, PromptConfig
 from ..runtime import pick_device, resolve_bf16
 from ..storage import load_prompted_model, read_prompt_file, save_prompt_file
 from ..train import TrainConfig, Trainer
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_prompt_args(p: argparse.ArgumentParser) -> None:
-    d = PromptConfig()
+    d = TRAIN_DEFAULTS
     g = p.add_argument_group("prompts")
     g.add_argument("--text-len", type=int, default=d.text_len, help="textual prompt vectors (0: none)")
     g.add_argument("--text-depth", type=int, default=d.text_depth, help="layers with their own textual prompts (1: shallow, 0: every layer)")
@@ -70,6 +70,7 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--visual-len", type=int, default=d.visual_len, help="visual prompt tokens (0: none)")
     g.add_argument("--visual-depth", type=int, default=d.visual_depth, help="layers with their own visual prompts (1: shallow, 0: every layer)")
     g.add_argument("--gate", action=argparse.BooleanOptionalAction, default=d.gate, help="start exactly at zero-shot through a residual gate (costs a second forward pass per encode)")
+    g.add_argument("--vocab", type=int, default=d.vocab, help="tune the token embeddings of up to this many of the training captions' tokens, starting at zero-shot (0: none; default: %(default)s)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -104,9 +105,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         visual_len=args.visual_len,
         visual_depth=args.visual_depth,
         gate=args.gate,
+        vocab=args.vocab,
     )
     if not config.kinds:
-        raise ValueError("nothing to train: --text-len and --visual-len are both 0")
+        raise ValueError("nothing to train: --text-len, --visual-len and --vocab are all 0")
     cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -119,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     backbone = backbone_from_args(args, device)
     torch.manual_seed(args.seed)
-    model = PromptedCLIP(backbone, config)
+    model = PromptedCLIP.for_captions(backbone, config, [c for r in splits["train"] for c in r.captions])
     out = Path(args.out)
     print(
         f"training {'+'.join(config.kinds)} prompts ({model.trainable_parameter_count():,} parameters) on "
@@ -182,7 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if prompted is not None:
         metrics = evaluate(prompted, records, device=device, bf16=bf16, batch_size=args.batch_size)
         metrics |= {
-            "trainable_params": sum(t.numel() for t in pf.tensors.values()),
+            "trainable_params": pf.parameter_count,
             "artifact_bytes": Path(args.prompts).stat().st_size,
         }
         rows.append(("prompts (" + "+".join(pf.config.kinds) + ")", metrics))

@@ -1,6 +1,7 @@
 """Prompt modules: they know the backbone's token interface, nothing of training or files."""
 
-from .config import PromptConfig
+from .config import TRAIN_DEFAULTS, PromptConfig
 from .tokens import PromptTokens
+from .vocabulary import TokenOffsets, frequent_tokens
 
-__all__ = ["PromptConfig", "PromptTokens"]
+__all__ = ["TRAIN_DEFAULTS", "PromptConfig", "PromptTokens", "TokenOffsets", "frequent_tokens"]

@@ -23,9 +23,13 @@ class PromptConfig:
     # Residual gate: features = zero-shot + g * (prompted - zero-shot), g starting at 0, so
     # training starts exactly at zero-shot and moves away only as far as the loss pays for.
     gate: bool = True
+    # Learnable offsets for the token embeddings of up to this many of the training captions'
+    # tokens (those in most captions), starting at zero (0: none). Needs the training captions,
+    # so it is off here and on in TRAIN_DEFAULTS.
+    vocab: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("text_len", "visual_len"):
+        for name in ("text_len", "visual_len", "vocab"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("text_depth", "visual_depth"):
@@ -39,7 +43,7 @@ class PromptConfig:
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k, n in (("textual", self.text_len), ("visual", self.visual_len)) if n]
+        return [k for k, n in (("textual", self.text_len), ("visual", self.visual_len), ("vocabulary", self.vocab)) if n]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -52,3 +56,7 @@ class PromptConfig:
         if unknown:
             raise ValueError(f"unknown prompt options {sorted(unknown)} (written by a newer dbprompt?)")
         return cls(**data)
+
+
+# What `dbprompt train` uses unless told otherwise: chosen on validation splits (BENCHMARKS.md).
+TRAIN_DEFAULTS = PromptConfig(vocab=1024)
