@@ -79,7 +79,12 @@ VARIANTS: tuple[Method, ...] = tuple(
         ("deep-gated", _DEEP, 1e-2),
         ("deep-gated-lr3e-3", _DEEP, 3e-3),
         ("deep-gated-lr1e-3", _DEEP, 1e-3),
+        ("deep-gated-vocab", TRAIN_DEFAULTS, 1e-3),
+        ("deep-gated-vocab-lr3e-4", TRAIN_DEFAULTS, 3e-4),
     )
+) + tuple(
+    Method(f"vocab-lr{lr:.0e}".replace("e-0", "e-"), "prompts", NO_PROMPTS.replace(vocab=TRAIN_DEFAULTS.vocab), lr=lr)
+    for lr in (1e-2, 1e-3, 3e-4)
 )
 
 METHODS: dict[str, Method] = {
