@@ -4,8 +4,8 @@
    prompted encoder alone, against the backbone's own `encode_image` on the same tensors.
 2. Query text encoding, one query at a time: the backbone's own text tower, dbprompt train's
    default prompts (gated: two passes) in fp32 and bf16, and ungated prompts (`--no-gate`).
-3. Vector search over 100k and 1M random unit vectors: exact (IndexFlatIP) against IVF tuned
-   for recall@10 >= 0.95, recall measured on held-out queries. Two distributions: uniform on
+3. Vector search over 100k and 1M random unit vectors: exact (IndexFlatIP) against IVF (and,
+   up to 200k, HNSW) tuned for recall@10 >= 0.95, recall measured on held-out queries. Two distributions: uniform on
    the sphere (no structure, the worst case for any partitioning index) and clustered (the
    neighbourhood structure real embeddings have).
 4. End to end at 100k: `Searcher.search_text` on an index directory written by `write_index`
@@ -51,6 +51,7 @@ from dbprompt.world import generate, write_database
 
 DIM = 512
 K = 10
+HNSW_MAX = 200_000
 
 
 def percentiles(seconds: list[float]) -> str:
@@ -140,11 +141,16 @@ def bench_vectors(sizes: list[int], n_queries: int, text_p50: float) -> list[str
             tune_q, test_q = make(rng, 256, centres), make(rng, n_queries, centres)
             cos, truth = faiss.knn(test_q, vectors, K, metric=faiss.METRIC_INNER_PRODUCT)
             described = f"{name} ({cos[:, 0].mean():.2f} / {cos[:, -1].mean():.2f})"
-            for kind in ("exact", "ivf"):
+            for kind in ("exact", "ivf", "hnsw"):
+                if kind == "hnsw" and n > HNSW_MAX:
+                    continue  # building the graph takes tens of minutes on 2 cores
+                # As the product runs: `dbprompt index` builds on every core, searchers use one thread.
+                faiss.omp_set_num_threads(os.cpu_count() or 1)
                 start = time.perf_counter()
                 index, factory = make_vector_index(vectors, kind)
                 params, _ = tune_search(index, kind, vectors, tune_q)
                 built = time.perf_counter() - start
+                faiss.omp_set_num_threads(1)
                 seconds = timed(lambda q: index.search(q[None], K), test_q)
                 recall = recall_at_k(index.search(test_q, K)[1], truth)
                 cells = [f"{n:,}", described, factory, str(params or "-"), percentiles(seconds)]
