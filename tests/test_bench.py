@@ -14,7 +14,7 @@ SMALL = dict(
     shifts=("visual",),
     sizes=(12,),
     seeds=(0,),
-    methods=("zero-shot", "textual+visual", "full", "lora", "projection"),
+    methods=("zero-shot", "textual+visual", "dbprompt", "full", "lora", "projection"),
     val_images=6,
     test_images=8,
     epochs={12: 1},
@@ -24,16 +24,19 @@ SMALL = dict(
 
 def test_methods_train_exactly_what_they_claim():
     counts = {}
-    for name in ("zero-shot", "textual", "textual+visual", "full", "lora", "projection"):
-        model = build(METHODS[name], load_backbone("dbprompt-tiny"))
+    captions = ["a red circle on the left", "a blue star at the top"]
+    for name in ("zero-shot", "textual", "textual+visual", "dbprompt", "full", "lora", "projection"):
+        model = build(METHODS[name], load_backbone("dbprompt-tiny"), captions=captions)
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         counts[name] = model.trainable_parameter_count()
         if name == "lora":
             assert trainable and all("lora_" in n for n in trainable)
+        if name == "dbprompt":  # the vocabulary covers the captions' word pieces
+            assert len(model.text_vocab.ids) == len(set(model.tokenize(captions).flatten().tolist()))
         if name == "projection":
             assert trainable == {"backbone.model.text_projection", "backbone.model.visual.proj"}
     assert counts["zero-shot"] == 0
-    assert counts["textual"] < counts["textual+visual"] < counts["lora"] < counts["full"]
+    assert counts["textual"] < counts["textual+visual"] < counts["dbprompt"] < counts["lora"] < counts["full"]
     assert counts["full"] == sum(p.numel() for p in load_backbone("dbprompt-tiny").parameters())
 
 
@@ -44,11 +47,12 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     saved = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert saved == sorted(f"visual-12-0-{m}.json" for m in SMALL["methods"])
     # A second run reads the saved rows instead of training again.
+    full = SMALL["methods"].index("full")
     (tmp_path / "runs" / "visual-12-0-full.json").write_text(
-        json.dumps(rows[2] | {"metrics": rows[2]["metrics"] | {"clip_benchmark/t2i_R@1": 99.0}})
+        json.dumps(rows[full] | {"metrics": rows[full]["metrics"] | {"clip_benchmark/t2i_R@1": 99.0}})
     )
     again = run(cfg, tmp_path, log=lambda _: None)
-    assert again[2]["metrics"]["clip_benchmark/t2i_R@1"] == 99.0
+    assert again[full]["metrics"]["clip_benchmark/t2i_R@1"] == 99.0
     summary = summarize(again, cfg)
     zero_shot = next(e for e in summary if e["method"] == "zero-shot")
     tv = next(e for e in summary if e["method"] == "textual+visual")

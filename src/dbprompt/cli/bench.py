@@ -11,7 +11,7 @@ from ..methods import COMPARED, METHODS
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
 # Rows the targets are checked for: the paper's method, and dbprompt train's defaults.
-TARGET_METHODS = ("textual+visual", "textual+visual+vocab")
+TARGET_METHODS = ("textual+visual", "dbprompt")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
