@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 from .backbones import RANDOM, shipped_weights
+from .data import load_database
 from .world import write_database
 
 # The demo's backbone: the pre-trained proxy when the package ships one, else a tiny random model.
 PROXY = "dbprompt-proxy"
 FALLBACK = "dbprompt-tiny"
-DOMAIN = "both"
+# Captions in words the proxy barely saw in pre-training: the case prompts + vocabulary are for.
+DOMAIN = "textual"
 
 
 def _run(argv: list[str]) -> None:
@@ -56,7 +58,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.serve:
         _run(serve)
     else:
-        print(f"\nsearch it:  dbprompt search {shlex.quote(str(index))} \"a small red star on a white background\"")
+        query = load_database(db).records[0].captions[0]  # a description the database does hold
+        print(f"\nsearch it:  dbprompt search {shlex.quote(str(index))} {shlex.quote(query)}")
         print(f"web page:   dbprompt {shlex.join(serve)}   then open http://127.0.0.1:{args.port}/")
     sys.stdout.flush()
     return 0
