@@ -168,8 +168,9 @@ def summarize(rows: list[dict], cfg: BenchConfig) -> list[dict]:
         entry = {"shift": shift, "n": n, "method": method, "seeds": len(group)}
         for key in REPORT_KEYS:
             entry[key], entry[key + ":spread"] = _mean_spread([r["metrics"][key] for r in group])
-        entry["trainable_params"] = group[0]["trainable_params"]
-        entry["artifact_bytes"] = group[0]["artifact_bytes"]
+        # A vocabulary's size, and so these, can differ a little between seeds' training sets.
+        entry["trainable_params"] = round(statistics.fmean(r["trainable_params"] for r in group))
+        entry["artifact_bytes"] = round(statistics.fmean(r["artifact_bytes"] for r in group))
         entry["train_seconds"] = statistics.fmean(r["train_seconds"] for r in group)
         summary.append(entry)
     index = {(e["shift"], e["n"], e["method"]): e for e in summary}

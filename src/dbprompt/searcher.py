@@ -82,8 +82,7 @@ def open_searchers(
     device = pick_device(device)
     bf16 = resolve_bf16(device, bf16)
     # Queries come one at a time, which FAISS runs on one thread anyway; its idle OpenMP team
-    # only fights torch's for the cores (exact search at 100k: 2.0 ms with one thread, 15.8 ms
-    # with two, measured right after a torch matmul on 2 cores).
+    # only fights torch's for the cores (several times slower right after a torch forward).
     faiss.omp_set_num_threads(1)
     prompt_files = list(prompt_files) if prompt_files is not None else [None] * len(index_dirs)
     if len(prompt_files) != len(index_dirs):

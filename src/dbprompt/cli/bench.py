@@ -10,8 +10,9 @@ from ..atomic import atomic_write_text
 from ..methods import COMPARED, METHODS
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
-# Rows the targets are checked for: the paper's method, and dbprompt train's defaults.
-TARGET_METHODS = ("textual+visual", "dbprompt")
+# Rows the targets are checked for: the paper's method, dbprompt train's defaults, and
+# those defaults with a validation-chosen learning rate.
+TARGET_METHODS = ("textual+visual", "dbprompt", "textual+visual+vocab")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
