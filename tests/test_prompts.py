@@ -99,3 +99,31 @@ def test_gated_prompts_start_exactly_at_zero_shot(tiny_backbone):
         assert torch.allclose(text_f, plain.encode_text(ids), atol=1e-6)
     clip_loss(image_f, text_f, tiny_backbone.logit_scale).backward()
     assert gated.text_prompt.gate.grad.abs() > 0 and gated.visual_prompt.gate.grad.abs() > 0
+
+
+def test_gated_text_in_one_batched_pass_equals_two_passes(tiny_backbone):
+    """At inference the prompted and unprompted captions share one pass of the tower."""
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=0, gate=True)).eval()
+    with torch.no_grad():
+        model.text_prompt.gate.fill_(0.6)
+        model.text_prompt.tokens.normal_()
+    assert tiny_backbone.text_padding_is_inert()
+    ids = model.tokenize(["a red circle on the left", "a blue star", LONG_CAPTION])
+    calls = []
+    original = tiny_backbone.text_from_embeddings
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    tiny_backbone.text_from_embeddings = counting
+    try:
+        with torch.no_grad():
+            batched = model.encode_text(ids)
+        assert calls == [6]  # one pass, prompted and unprompted rows together
+        with torch.enable_grad():
+            separate = model.encode_text(ids).detach()
+        assert calls == [6, 3, 3]
+    finally:
+        del tiny_backbone.text_from_embeddings
+    assert torch.allclose(batched, separate, atol=1e-5)

@@ -115,12 +115,38 @@ class PromptedCLIP(nn.Module):
         else:
             filler = ids.new_full((ids.shape[0], prompt.length), PROMPT_ID)
             long_ids = torch.cat([ids[:, : prompt.prefix], filler, ids[:, prompt.prefix :]], dim=1)
+            if prompt.gate is not None and not torch.is_grad_enabled() and self.backbone.text_padding_is_inert():
+                features, unprompted = self._text_pair(x, ids, long_ids, prompt)
+                return self._finish(prompt.blend(features, unprompted), normalize)
             features = self.backbone.text_from_embeddings(prompt.insert(x), long_ids, prompt.layer_hook())
             if prompt.gate is not None:
                 # The gate blends towards the unprompted features: zero-shot, or with vocabulary offsets.
                 with torch.no_grad() if self.text_vocab is None else contextlib.nullcontext():
                     unprompted = self.backbone.text_from_embeddings(x, ids)
                 features = prompt.blend(features, unprompted)
+        return self._finish(features, normalize)
+
+    def _text_pair(
+        self, x: torch.Tensor, ids: torch.Tensor, long_ids: torch.Tensor, prompt: PromptTokens
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompted and unprompted text features from one batched pass of the tower.
+
+        The unprompted rows are padded at the end to the prompted length; where padding is
+        inert (causal attention, end-token pooling) that leaves their features unchanged, and
+        the tower's weights are read once instead of twice, which is what a single query costs.
+        """
+        batch, extra = x.shape[0], long_ids.shape[1] - ids.shape[1]
+        plain = F.pad(x, (0, 0, 0, extra))
+        plain_ids = F.pad(ids, (0, extra), value=PROMPT_ID)
+        hook = prompt.layer_hook()
+        rows_hook = None if hook is None else (lambda i, h: torch.cat([hook(i, h[:batch]), h[batch:]]))
+        both = self.backbone.text_from_embeddings(
+            torch.cat([prompt.insert(x), plain]), torch.cat([long_ids, plain_ids]), rows_hook
+        )
+        return both[:batch], both[batch:]
+
+    @staticmethod
+    def _finish(features: torch.Tensor, normalize: bool) -> torch.Tensor:
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -134,7 +160,7 @@ class PromptedCLIP(nn.Module):
                 with torch.no_grad():
                     zero_shot = self.backbone.image_from_tokens(x)
                 features = prompt.blend(features, zero_shot)
-        return F.normalize(features, dim=-1) if normalize else features
+        return self._finish(features, normalize)
 
     def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         device = next(self.parameters()).device

@@ -63,8 +63,12 @@ class BackboneAdapter(nn.Module, ABC):
     def tokenize(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
         """Token ids [B, context_length]; truncation keeps the end token."""
 
+    def text_padding_is_inert(self) -> bool:
+        """True when tokens after a caption's end cannot change its features (causal attention, end-token pooling)."""
+        return False
+
     def trim_text_padding(self, ids: torch.Tensor) -> torch.Tensor:
-        """Drop trailing all-padding columns when they cannot change the result (causal towers).
+        """Drop trailing all-padding columns when they cannot change the result.
 
         Captions are much shorter than the context, so this cuts text cost severalfold.
         """

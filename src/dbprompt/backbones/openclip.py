@@ -127,9 +127,13 @@ class OpenClipAdapter(BackboneAdapter):
     def tokenize(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
         return self.tokenizer(list(texts), context_length=context_length)
 
+    def text_padding_is_inert(self) -> bool:
+        t = self._text
+        return not t.problem and t.attn_mask is not None and t.pool_type in ("argmax", "eos")
+
     def trim_text_padding(self, ids: torch.Tensor) -> torch.Tensor:
         t = self._text
-        if t.problem or t.attn_mask is None or t.pool_type not in ("argmax", "eos"):
+        if not self.text_padding_is_inert():
             return ids  # bidirectional attention or last-token pooling: padding matters
         used = int((ids != t.pad_id).any(dim=0).nonzero().max()) + 1 if ids.numel() else ids.shape[1]
         return ids[:, :used]
