@@ -115,7 +115,7 @@ class PromptedCLIP(nn.Module):
         else:
             filler = ids.new_full((ids.shape[0], prompt.length), PROMPT_ID)
             long_ids = torch.cat([ids[:, : prompt.prefix], filler, ids[:, prompt.prefix :]], dim=1)
-            if prompt.gate is not None and not torch.is_grad_enabled() and self.backbone.text_padding_is_inert():
+            if prompt.gate is not None and self._one_text_pass(x):
                 features, unprompted = self._text_pair(x, ids, long_ids, prompt)
                 return self._finish(prompt.blend(features, unprompted), normalize)
             features = self.backbone.text_from_embeddings(prompt.insert(x), long_ids, prompt.layer_hook())
@@ -125,6 +125,15 @@ class PromptedCLIP(nn.Module):
                     unprompted = self.backbone.text_from_embeddings(x, ids)
                 features = prompt.blend(features, unprompted)
         return self._finish(features, normalize)
+
+    def _one_text_pass(self, x: torch.Tensor) -> bool:
+        """Whether `_text_pair` applies: inference, inert padding, and not bf16 on a CPU.
+
+        On this project's CPU (no AMX) a bf16 batch of two hit a kernel 6x slower than two
+        single passes (BENCHMARKS.md, Search), and no AMX machine was at hand to check.
+        """
+        cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        return not torch.is_grad_enabled() and not cpu_bf16 and self.backbone.text_padding_is_inert()
 
     def _text_pair(
         self, x: torch.Tensor, ids: torch.Tensor, long_ids: torch.Tensor, prompt: PromptTokens
