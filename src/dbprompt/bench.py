@@ -78,8 +78,8 @@ def run_one(
     bf16 = resolve_bf16(device, cfg.bf16)
     best: tuple[float, PromptedCLIP, dict] | None = None
     started = time.perf_counter()
+    captions = [c for r in train for c in r.captions]
     for lr in (method.lr, *method.other_lrs):
-        captions = [c for r in train for c in r.captions]
         model = build(method, load_backbone(cfg.model, device=device), seed, captions).to(device)
         row = {"method": method.name, "n": n, "seed": seed, "trainable_params": model.trainable_parameter_count()}
         row["artifact_bytes"] = artifact_bytes(model)

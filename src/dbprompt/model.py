@@ -67,7 +67,7 @@ class PromptedCLIP(nn.Module):
             return cls(backbone, config)
         if not captions:
             raise ValueError("PromptConfig.vocab needs training captions to choose its tokens")
-        ids = backbone.tokenize(list(captions), backbone.context_length - config.text_len)
+        ids = backbone.tokenize(list(captions), _caption_length(backbone, config))
         return cls(backbone, config, frequent_tokens(ids, config.vocab))
 
     @staticmethod
@@ -98,8 +98,7 @@ class PromptedCLIP(nn.Module):
 
     @property
     def text_context_length(self) -> int:
-        """Captions are cut to this many tokens so that caption + prompts fit the context."""
-        return self.backbone.context_length - self.config.text_len
+        return _caption_length(self.backbone, self.config)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.backbone.tokenize(texts, self.text_context_length)
@@ -201,6 +200,11 @@ class PromptedCLIP(nn.Module):
 
 
 _PROMPT_MODULES = ("text_prompt.", "visual_prompt.", "text_vocab.")
+
+
+def _caption_length(backbone: BackboneAdapter, config: PromptConfig) -> int:
+    """Captions are cut to this many tokens so that caption + prompts fit the context."""
+    return backbone.context_length - config.text_len
 
 
 def _depth(requested: int, layers: int) -> int:

@@ -36,8 +36,9 @@ class TokenOffsets(nn.Module):
 def frequent_tokens(ids: torch.Tensor, limit: int) -> torch.Tensor:
     """The ids used by most captions of `ids` [N, L] (ties: smaller id first), at most `limit` of them.
 
-    Counting captions rather than occurrences keeps padding and start/end tokens from
-    crowding out words.
+    Counting captions rather than occurrences keeps a piece repeated inside a few captions
+    (or padding, repeated in every one) from outranking pieces many captions use. The start,
+    end and padding ids are in every caption, so they are always among the first.
     """
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
