@@ -87,3 +87,20 @@ def test_epoch_plan_is_a_function_of_seed_and_epoch(tiny_records):
     assert not (a[0] == c[0]).all()
     for i, caption in zip(a[0], a[1]):
         assert caption in tiny_records[i].captions
+
+
+def test_gated_visual_prompts_reuse_cached_zero_shot_features(tiny_backbone, tiny_records):
+    cached = _trainer(tiny_backbone, tiny_records, epochs=2)
+    cached.run()
+    assert cached.zero_shot_images.shape[0] == len(cached.train_records)
+    with torch.no_grad():
+        images = cached.images.batch([r.path for r in cached.train_records[:3]])
+        assert torch.allclose(cached.zero_shot_images[:3], cached.model.image_zero_shot(images), atol=1e-5)
+    recomputed = _trainer(tiny_backbone, tiny_records, epochs=2, cache_zero_shot=False)
+    recomputed.run()
+    assert recomputed.zero_shot_images is None
+    for name, p in cached.named.items():
+        assert torch.allclose(p, recomputed.named[name], atol=1e-5), name
+    ungated = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=4, gate=False), epochs=1)
+    ungated.run()
+    assert ungated.zero_shot_images is None  # nothing to blend towards

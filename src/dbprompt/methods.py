@@ -81,6 +81,11 @@ VARIANTS: tuple[Method, ...] = tuple(
         ("deep-gated-lr1e-3", _DEEP, 1e-3),
         ("deep-gated-vocab", TRAIN_DEFAULTS, 1e-3),
         ("deep-gated-vocab-lr3e-4", TRAIN_DEFAULTS, 3e-4),
+        ("deep-gated-vocab-drop0.1", TRAIN_DEFAULTS.replace(dropout=0.1), 1e-3),
+        ("deep-gated-vocab-drop0.3", TRAIN_DEFAULTS.replace(dropout=0.3), 1e-3),
+        ("deep-gated-vocab-drop0.5", TRAIN_DEFAULTS.replace(dropout=0.5), 1e-3),
+        ("deep-gated-vocab-couple", TRAIN_DEFAULTS.replace(couple=True), 1e-3),
+        ("deep-gated-vocab-phrase", TRAIN_DEFAULTS.replace(text_init="a picture of"), 1e-3),
     )
 ) + tuple(
     Method(f"vocab-lr{lr:.0e}".replace("e-0", "e-"), "prompts", NO_PROMPTS.replace(vocab=TRAIN_DEFAULTS.vocab), lr=lr)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import PROMPT_ID, BackboneAdapter, UnsupportedPromptError
-from .prompts import PromptConfig, PromptTokens, TokenOffsets, frequent_tokens
+from .prompts import CoupledPromptTokens, PromptConfig, PromptTokens, TokenOffsets, frequent_tokens
 
 
 class PromptedCLIP(nn.Module):
@@ -34,7 +34,7 @@ class PromptedCLIP(nn.Module):
                 raise ValueError("PromptConfig.vocab needs the token ids to tune: build with PromptedCLIP.for_captions")
             if len(vocabulary) > config.vocab:
                 raise ValueError(f"{len(vocabulary)} vocabulary ids, more than PromptConfig.vocab = {config.vocab}")
-            self.text_vocab = TokenOffsets(vocabulary, backbone.text_width)
+            self.text_vocab = TokenOffsets(vocabulary, backbone.text_width, config.dropout)
         if config.text_len:
             if config.text_len >= backbone.context_length - 2:
                 raise ValueError(
@@ -49,8 +49,11 @@ class PromptedCLIP(nn.Module):
                 std=config.init_std,
                 init=self._phrase_embeddings(config.text_init) if config.text_init else None,
                 gate=config.gate,
+                dropout=config.dropout,
             )
-        if config.visual_len:
+        if config.couple:
+            self.visual_prompt = self._coupled_visual_prompt(backbone, config)
+        elif config.visual_len:
             self.visual_prompt = PromptTokens(
                 config.visual_len,
                 backbone.vision_width,
@@ -58,7 +61,20 @@ class PromptedCLIP(nn.Module):
                 depth=_depth(config.visual_depth, backbone.vision_num_layers),
                 std=config.init_std,
                 gate=config.gate,
+                dropout=config.dropout,
             )
+
+    def _coupled_visual_prompt(self, backbone: BackboneAdapter, config: PromptConfig) -> CoupledPromptTokens:
+        assert self.text_prompt is not None  # PromptConfig checks couple needs a textual prompt
+        visual_depth = _depth(config.visual_depth, backbone.vision_num_layers)
+        if visual_depth != self.text_prompt.depth:
+            raise ValueError(
+                f"couple needs one prompt depth on both towers; {backbone.name} gives text depth "
+                f"{self.text_prompt.depth} and visual depth {visual_depth}: set --text-depth and --visual-depth"
+            )
+        return CoupledPromptTokens(
+            self.text_prompt, backbone.vision_width, backbone.vision_prefix_len, config.gate, config.dropout
+        )
 
     @classmethod
     def for_captions(cls, backbone: BackboneAdapter, config: PromptConfig, captions: Sequence[str]) -> "PromptedCLIP":
@@ -157,7 +173,10 @@ class PromptedCLIP(nn.Module):
     def _finish(features: torch.Tensor, normalize: bool) -> torch.Tensor:
         return F.normalize(features, dim=-1) if normalize else features
 
-    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    def encode_image(
+        self, images: torch.Tensor, normalize: bool = True, zero_shot: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`zero_shot`: these images' `image_zero_shot` features, if already known (training caches them)."""
         x = self.backbone.image_tokens(images)
         prompt = self.visual_prompt
         if prompt is None:
@@ -165,10 +184,21 @@ class PromptedCLIP(nn.Module):
         else:
             features = self.backbone.image_from_tokens(prompt.insert(x), prompt.length, prompt.layer_hook())
             if prompt.gate is not None:
-                with torch.no_grad():
-                    zero_shot = self.backbone.image_from_tokens(x)
-                features = prompt.blend(features, zero_shot)
+                if zero_shot is None:
+                    with torch.no_grad():
+                        zero_shot = self.backbone.image_from_tokens(x)
+                features = prompt.blend(features, zero_shot.to(features.dtype))
         return self._finish(features, normalize)
+
+    def image_zero_shot_is_fixed(self) -> bool:
+        """Whether the gate's zero-shot image features stay the same all training (and so can be cached)."""
+        gated = self.visual_prompt is not None and self.visual_prompt.gate is not None
+        return gated and not any(p.requires_grad for p in self.backbone.image_parameters())
+
+    def image_zero_shot(self, images: torch.Tensor) -> torch.Tensor:
+        """The unprompted, unnormalised image features that a gated visual prompt blends towards."""
+        with torch.no_grad():
+            return self.backbone.image_from_tokens(self.backbone.image_tokens(images))
 
     def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         device = next(self.parameters()).device

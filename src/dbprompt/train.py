@@ -43,6 +43,9 @@ class TrainConfig:
     checkpoint_every: int = 50
     # In-memory cache of decoded, transformed training images.
     image_cache_mb: int = 2048
+    # Compute each training image's zero-shot features for a gated visual prompt once, not
+    # every step. Off only to measure what it saves.
+    cache_zero_shot: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.grad_accum < 1:
@@ -186,6 +189,8 @@ class Trainer:
         # With a frozen image side, image features are computed once, not every step.
         self.train_image_features: torch.Tensor | None = None
         self.val_image_features: torch.Tensor | None = None
+        # Zero-shot features of the training images, for a gated visual prompt's blend.
+        self.zero_shot_images: torch.Tensor | None = None
 
     # --- checkpoints ----------------------------------------------------------------
     @property
@@ -292,10 +297,20 @@ class Trainer:
                 image_features = self.train_image_features[torch.as_tensor(idx)].to(self.device)
             else:
                 images = self.images.batch([self.train_records[i].path for i in idx]).to(self.device)
-                image_features = self.model.encode_image(images)
+                zero_shot = None if self.zero_shot_images is None else self.zero_shot_images[torch.as_tensor(idx)]
+                image_features = self.model.encode_image(images, zero_shot=zero_shot)
             text_features = self.model.encode_text(ids)
             loss = clip_loss(image_features, text_features, self.model.backbone.logit_scale)
         return loss, len(idx)
+
+    def _cache_zero_shot_images(self) -> None:
+        """Zero-shot features of every training image, in fixed chunks so a resumed run gets the same numbers."""
+        b, paths = self.cfg.batch_size, [r.path for r in self.train_records]
+        chunks = []
+        for start in tqdm(range(0, len(paths), b), desc="caching zero-shot features", disable=not self.progress, leave=False):
+            with precision(self.device, self.bf16):
+                chunks.append(self.model.image_zero_shot(self.images.batch(paths[start : start + b]).to(self.device)))
+        self.zero_shot_images = torch.cat(chunks)
 
     def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
         """Train to the end (or, for tests and time limits, stop after `stop_after_steps` optimizer steps)."""
@@ -313,6 +328,8 @@ class Trainer:
                 bf16=self.bf16,
                 progress="caching image features" if self.progress else None,
             )
+        if self.cfg.cache_zero_shot and self.model.image_zero_shot_is_fixed() and self.zero_shot_images is None:
+            self._cache_zero_shot_images()
         if not resumed:
             self._record_validation(0, None)
         started, pairs = time.perf_counter(), 0

@@ -71,6 +71,8 @@ def add_prompt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--visual-depth", type=int, default=d.visual_depth, help="layers with their own visual prompts (1: shallow, 0: every layer)")
     g.add_argument("--gate", action=argparse.BooleanOptionalAction, default=d.gate, help="start exactly at zero-shot through a residual gate (costs a second forward pass per encode)")
     g.add_argument("--vocab", type=int, default=d.vocab, help="tune the token embeddings of up to this many of the training captions' tokens, starting at zero-shot (0: none; default: %(default)s)")
+    g.add_argument("--prompt-dropout", type=float, default=d.dropout, help="drop each prompt vector and word offset with this probability in a training step")
+    g.add_argument("--couple", action=argparse.BooleanOptionalAction, default=d.couple, help="MaPLe-style: derive the visual prompts from the textual ones by a learned linear map")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -106,6 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         visual_depth=args.visual_depth,
         gate=args.gate,
         vocab=args.vocab,
+        dropout=args.prompt_dropout,
+        couple=args.couple,
     )
     if not config.kinds:
         raise ValueError("nothing to train: --text-len, --visual-len and --vocab are all 0")

@@ -27,6 +27,12 @@ class PromptConfig:
     # tokens (those in most captions), starting at zero (0: none). Needs the training captions,
     # so it is off here and on in TRAIN_DEFAULTS.
     vocab: int = 0
+    # Prompt dropout: each prompt vector and word offset is dropped with this probability
+    # in a training step.
+    dropout: float = 0.0
+    # MaPLe-style coupling: the visual prompts are a learned linear map of the textual ones
+    # (needs text_len == visual_len and equal depths).
+    couple: bool = False
 
     def __post_init__(self) -> None:
         for name in ("text_len", "visual_len", "vocab"):
@@ -35,6 +41,13 @@ class PromptConfig:
         for name in ("text_depth", "visual_depth"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: every layer), got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.couple and not (self.text_len and self.text_len == self.visual_len):
+            raise ValueError(
+                f"couple needs textual and visual prompts of one length, got text_len {self.text_len} "
+                f"and visual_len {self.visual_len}"
+            )
         if self.text_init is not None and not self.text_init.strip():
             raise ValueError("text_init must be a non-empty phrase or None")
 

@@ -12,12 +12,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .tokens import drop_vectors
+
 
 class TokenOffsets(nn.Module):
-    """One zero-initialised offset vector per listed token id, added wherever that id occurs."""
+    """One zero-initialised offset vector per listed token id, added wherever that id occurs.
 
-    def __init__(self, ids: torch.Tensor, width: int):
+    With `dropout` p > 0 a token's offset is dropped with probability p in a training step
+    (the same for all its occurrences in the batch), so the database's words keep working
+    with their pre-trained embeddings too.
+    """
+
+    def __init__(self, ids: torch.Tensor, width: int, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
         if ids.numel() == 0:
             raise ValueError("a token vocabulary needs at least one token id")
@@ -30,7 +38,8 @@ class TokenOffsets(nn.Module):
         """Token embeddings `x` [B, L, D] of token `ids` [B, L], with the listed tokens' offsets added."""
         rows = torch.searchsorted(self.ids, ids.contiguous()).clamp(max=self.ids.numel() - 1)
         hit = (self.ids[rows] == ids).unsqueeze(-1)
-        return x + torch.where(hit, self.offsets[rows].to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+        offsets = drop_vectors(self.offsets, self.dropout, self.training)
+        return x + torch.where(hit, offsets[rows].to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def frequent_tokens(ids: torch.Tensor, limit: int) -> torch.Tensor:
