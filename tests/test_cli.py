@@ -11,6 +11,7 @@ import pytest
 from dbprompt.cli import build_parser, main
 from dbprompt.prompts import TRAIN_DEFAULTS
 from dbprompt.storage import read_prompt_file
+from dbprompt.train import DEFAULT_ANCHORS
 
 COMMANDS = ["train", "eval", "info", "demo", "index", "search", "serve"]
 
@@ -37,7 +38,11 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress"]
     args += ["--model", "dbprompt-tiny", "--pretrained", "random"]
     assert main(args + ["--text-len", "4", "--visual-len", "2", "--val-fraction", "0.2", "--test-fraction", "0.2"]) == 0
-    assert out.exists() and (tmp_path / "shapes.safetensors.work" / "checkpoint.safetensors").exists()
+    assert out.exists()
+    # One training per default anchor weight, each with its own checkpoint; validation kept one.
+    work = tmp_path / "shapes.safetensors.work"
+    assert all((work / f"candidate-{i}" / "checkpoint.safetensors").exists() for i in range(len(DEFAULT_ANCHORS)))
+    assert read_prompt_file(out).extra["train_config"]["anchor"] in DEFAULT_ANCHORS
     capsys.readouterr()
     assert main(["eval", str(tiny_db), "--prompts", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

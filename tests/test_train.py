@@ -104,3 +104,50 @@ def test_gated_visual_prompts_reuse_cached_zero_shot_features(tiny_backbone, tin
     ungated = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=4, gate=False), epochs=1)
     ungated.run()
     assert ungated.zero_shot_images is None  # nothing to blend towards
+
+
+def test_text_anchor_keeps_captions_near_zero_shot(tiny_backbone, tiny_records):
+    import pytest
+
+    with pytest.raises(ValueError, match="anchor"):
+        TrainConfig(anchor=-1.0)
+    vocab = PromptConfig(text_len=0, visual_len=0, vocab=64)
+    captions = [c for r in records_for(tiny_records, "train") for c in r.captions]
+
+    def trained(anchor: float) -> PromptedCLIP:
+        torch.manual_seed(0)
+        model = PromptedCLIP.for_captions(tiny_backbone, vocab, captions)
+        cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-2, seed=0, checkpoint_every=0, anchor=anchor)
+        Trainer(model, records_for(tiny_records, "train"), [], cfg, device="cpu", bf16=False, progress=False).run()
+        return model.eval()
+
+    free, anchored = trained(0.0), trained(50.0)
+    ids = free.tokenize(captions[:12])
+    with torch.no_grad():
+        zero_shot = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=0)).encode_text(ids)
+        assert torch.allclose(free.text_zero_shot(ids), zero_shot, atol=1e-6)
+        drift = {name: float((1 - (m.encode_text(ids) * zero_shot).sum(-1)).mean()) for name, m in (("free", free), ("anchored", anchored))}
+    assert drift["free"] > 0.01  # the offsets did move the captions
+    assert drift["anchored"] < drift["free"] / 2
+
+
+def test_candidates_keep_what_validation_scores_best(tiny_backbone, tiny_records, tmp_path):
+    from dbprompt.train import train_candidates
+
+    configs = [TrainConfig(epochs=2, batch_size=8, lr=lr, seed=0, checkpoint_every=0, anchor=a) for lr, a in ((1e-2, 0.0), (3e-2, 4.0))]
+
+    def fresh():
+        torch.manual_seed(0)
+        return PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4))
+
+    train, val = records_for(tiny_records, "train"), records_for(tiny_records, "val")
+    alone = [train_candidates(fresh, train, val, [c], device="cpu", bf16=False, progress=False, log=lambda _: None) for c in configs]
+    model, result, chosen = train_candidates(
+        fresh, train, val, configs, device="cpu", bf16=False, work_dir=tmp_path, progress=False, log=lambda _: None
+    )
+    scores = [r.best_score for _, r, _ in alone]
+    assert chosen == configs[scores.index(max(scores))] and result.best_score == max(scores)
+    assert all((tmp_path / f"candidate-{i}" / "checkpoint.safetensors").exists() for i in range(2))
+    # Without a validation split there is nothing to choose with: only the first is trained.
+    _, _, only = train_candidates(fresh, train, [], configs, device="cpu", bf16=False, progress=False, log=lambda _: None)
+    assert only == configs[0]

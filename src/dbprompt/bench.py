@@ -24,7 +24,7 @@ from .evaluate import evaluate
 from .model import PromptedCLIP
 from .methods import COMPARED, METHODS, Method, artifact_bytes, build
 from .runtime import pick_device, resolve_bf16
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, train_candidates
 from .world import write_database
 
 # Target databases are drawn with seeds the proxy's source data never used.
@@ -73,27 +73,29 @@ def train_subset(pool: list[Record], n: int, seed: int) -> list[Record]:
 def run_one(
     method: Method, train: list[Record], val: list[Record], test: list[Record], cfg: BenchConfig, n: int, seed: int
 ) -> dict:
-    """Train with each of the method's learning rates, keep the one validation prefers, test it once."""
+    """Train with each of the method's learning rates and anchors, keep what validation prefers, test it once."""
     device = pick_device(cfg.device)
     bf16 = resolve_bf16(device, cfg.bf16)
-    best: tuple[float, PromptedCLIP, dict] | None = None
     started = time.perf_counter()
     captions = [c for r in train for c in r.captions]
-    for lr in (method.lr, *method.other_lrs):
-        model = build(method, load_backbone(cfg.model, device=device), seed, captions).to(device)
-        row = {"method": method.name, "n": n, "seed": seed, "trainable_params": model.trainable_parameter_count()}
-        row["artifact_bytes"] = artifact_bytes(model)
-        score = 0.0
-        if method.tune != "none":
-            tcfg = TrainConfig(epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=lr, seed=seed, checkpoint_every=0)
-            trainer = Trainer(model, train, val, tcfg, device=device, bf16=bf16, progress=False, log=lambda _: None)
-            result = trainer.run()
-            trainer.restore_best()
-            score = result.best_score
-            row |= {"lr": lr, "best_epoch": result.best_epoch, "history": result.history}
-        if best is None or score > best[0]:
-            best = (score, model, row)
-    _, model, row = best
+
+    def fresh() -> PromptedCLIP:
+        return build(method, load_backbone(cfg.model, device=device), seed, captions).to(device)
+
+    row: dict = {"method": method.name, "n": n, "seed": seed}
+    if method.tune == "none":
+        model = fresh()
+    else:
+        configs = [
+            TrainConfig(epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=lr, seed=seed, checkpoint_every=0, anchor=a)
+            for lr in (method.lr, *method.other_lrs)
+            for a in method.anchors
+        ]
+        model, result, chosen = train_candidates(
+            fresh, train, val, configs, device=device, bf16=bf16, progress=False, log=lambda _: None
+        )
+        row |= {"lr": chosen.lr, "anchor": chosen.anchor, "best_epoch": result.best_epoch, "history": result.history}
+    row |= {"trainable_params": model.trainable_parameter_count(), "artifact_bytes": artifact_bytes(model)}
     row["train_seconds"] = time.perf_counter() - started
     row["metrics"] = evaluate(model, test, device=device, bf16=bf16)
     return row

@@ -15,7 +15,7 @@ from safetensors.torch import save as st_save
 from .backbones import BackboneAdapter
 from .model import PromptedCLIP
 from .prompts import TRAIN_DEFAULTS, PromptConfig
-from .train import TrainConfig
+from .train import DEFAULT_ANCHORS, TrainConfig
 
 NO_PROMPTS = PromptConfig(text_len=0, visual_len=0)
 
@@ -30,6 +30,9 @@ class Method:
     # Further learning rates tried; validation picks one (per database, seed and size).
     other_lrs: tuple[float, ...] = ()
     lora_rank: int = 8
+    # TrainConfig.anchor weights tried (the pull of text features towards zero-shot); with
+    # several, validation picks one, as for learning rates.
+    anchors: tuple[float, ...] = (0.0,)
     notes: str = field(default="", compare=False)
 
 
@@ -88,6 +91,8 @@ VARIANTS: tuple[Method, ...] = tuple(
         ("deep-gated-vocab-phrase", TRAIN_DEFAULTS.replace(text_init="a picture of"), 1e-3),
     )
 ) + tuple(
+    Method(f"tv-deep-gated-vocab-anchor{a:g}", "prompts", TRAIN_DEFAULTS, lr=1e-3, anchors=(a,)) for a in (8.0, 32.0)
+) + tuple(
     Method(f"vocab-lr{lr:.0e}".replace("e-0", "e-"), "prompts", NO_PROMPTS.replace(vocab=TRAIN_DEFAULTS.vocab), lr=lr)
     for lr in (1e-2, 1e-3, 3e-4)
 )
@@ -100,7 +105,14 @@ METHODS: dict[str, Method] = {
         Method("visual-shallow", "prompts", _LITERATURE.replace(text_len=0), lr=3e-3, notes="VPT-shallow"),
         Method("visual-deep", "prompts", _LITERATURE.replace(text_len=0, visual_depth=0), lr=3e-3, notes="VPT-deep"),
         Method("textual+visual", "prompts", PromptConfig(), lr=TrainConfig().lr, notes="the paper's method: deep, gated"),
-        Method("dbprompt", "prompts", TRAIN_DEFAULTS, lr=TrainConfig().lr, notes="dbprompt train's defaults: the paper's method plus vocabulary offsets"),
+        Method(
+            "dbprompt",
+            "prompts",
+            TRAIN_DEFAULTS,
+            lr=TrainConfig().lr,
+            anchors=DEFAULT_ANCHORS,
+            notes="dbprompt train's defaults: the paper's method, vocabulary offsets, text anchor chosen on validation",
+        ),
         Method(
             "textual+visual+vocab",
             "prompts",

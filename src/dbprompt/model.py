@@ -141,6 +141,12 @@ class PromptedCLIP(nn.Module):
                 features = prompt.blend(features, unprompted)
         return self._finish(features, normalize)
 
+    def text_zero_shot(self, ids: torch.Tensor) -> torch.Tensor:
+        """The bare backbone's unit-length text features (no prompts, no vocabulary offsets)."""
+        ids = self.backbone.trim_text_padding(ids)
+        with torch.no_grad():
+            return self._finish(self.backbone.text_from_embeddings(self.backbone.text_token_embeddings(ids), ids), True)
+
     def _one_text_pass(self, x: torch.Tensor) -> bool:
         """Whether `_text_pair` applies: inference, inert padding, and not bf16 on a CPU.
 

@@ -28,6 +28,9 @@ from .model import PromptedCLIP
 from .runtime import precision
 
 CHECKPOINT = "checkpoint.safetensors"
+# `dbprompt train`'s text anchor weights (TrainConfig.anchor): one training each, and validation
+# keeps the better (BENCHMARKS.md: 0 is what a vocabulary shift needs, 32 what shifted images need).
+DEFAULT_ANCHORS = (0.0, 32.0)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,10 @@ class TrainConfig:
     checkpoint_every: int = 50
     # In-memory cache of decoded, transformed training images.
     image_cache_mb: int = 2048
+    # Weight of a pull of each caption's features towards its zero-shot features, 1 - cosine
+    # (KgCoOp, Yao et al. 2023). On shifted images, tuning the text side alone was seen to drag
+    # all captions towards one direction, lowering the loss while retrieval fell; the pull stops that.
+    anchor: float = 0.0
     # Compute each training image's zero-shot features for a gated visual prompt once, not
     # every step. Off only to measure what it saves.
     cache_zero_shot: bool = True
@@ -52,6 +59,8 @@ class TrainConfig:
             raise ValueError("epochs >= 1, batch_size >= 2 and grad_accum >= 1 are required")
         if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("lr must be > 0 and warmup_fraction in [0, 1)")
+        if self.anchor < 0:
+            raise ValueError(f"anchor must be >= 0, got {self.anchor}")
 
 
 @dataclass
@@ -301,6 +310,9 @@ class Trainer:
                 image_features = self.model.encode_image(images, zero_shot=zero_shot)
             text_features = self.model.encode_text(ids)
             loss = clip_loss(image_features, text_features, self.model.backbone.logit_scale)
+            if self.cfg.anchor:
+                zero_shot = self.model.text_zero_shot(ids)
+                loss = loss + self.cfg.anchor * (1 - (text_features.float() * zero_shot.float()).sum(-1)).mean()
         return loss, len(idx)
 
     def _cache_zero_shot_images(self) -> None:
@@ -385,3 +397,38 @@ class Trainer:
             pairs_per_second=pairs / seconds if seconds > 0 else 0.0,
             finished=finished,
         )
+
+
+def train_candidates(
+    build: Callable[[], PromptedCLIP],
+    train_records: Sequence[Record],
+    val_records: Sequence[Record],
+    configs: Sequence[TrainConfig],
+    *,
+    device: str,
+    bf16: bool,
+    work_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[PromptedCLIP, TrainResult, TrainConfig]:
+    """Train a fresh model per config and keep the one validation scores best (ties: the earlier).
+
+    Each candidate checkpoints in its own work subdirectory, so a resumed run skips those done.
+    """
+    if not configs:
+        raise ValueError("no training configuration to try")
+    if not val_records and len(configs) > 1:
+        log("no validation split to choose with: training only the first candidate")
+        configs = configs[:1]
+    best: tuple[PromptedCLIP, TrainResult, TrainConfig] | None = None
+    for i, cfg in enumerate(configs):
+        sub = Path(work_dir) / f"candidate-{i}" if work_dir and len(configs) > 1 else work_dir
+        if len(configs) > 1:
+            log(f"candidate {i + 1}/{len(configs)}: lr {cfg.lr:g}, anchor {cfg.anchor:g}")
+        trainer = Trainer(build(), train_records, val_records, cfg, device=device, bf16=bf16, work_dir=sub, progress=progress, log=log)
+        result = trainer.run(resume=resume)
+        trainer.restore_best()
+        if best is None or result.best_score > best[1].best_score:
+            best = (trainer.model, result, cfg)
+    return best

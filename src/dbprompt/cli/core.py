@@ -16,7 +16,7 @@ from ..model import PromptedCLIP
 from ..prompts import TRAIN_DEFAULTS, PromptConfig
 from ..runtime import pick_device, resolve_bf16
 from ..storage import load_prompted_model, read_prompt_file, save_prompt_file
-from ..train import TrainConfig, Trainer
+from ..train import DEFAULT_ANCHORS, TrainConfig, train_candidates
 from .common import add_data_args, add_model_args, add_runtime_args, add_split_args, backbone_from_args, load_db
 
 TABLE_KEYS = ("trainable_params", "artifact_bytes") + tuple(
@@ -82,6 +82,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=d.lr)
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--warmup", type=float, default=d.warmup_fraction, help="fraction of steps for linear warm-up")
+    g.add_argument("--anchor", type=float, nargs="+", default=list(DEFAULT_ANCHORS), help="pull of caption features towards zero-shot's (KgCoOp-style; 0: off); with several, one training each and validation keeps the best (default: %(default)s)")
     g.add_argument("--grad-accum", type=int, default=d.grad_accum)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="optimizer steps between checkpoints")
@@ -113,37 +114,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if not config.kinds:
         raise ValueError("nothing to train: --text-len, --visual-len and --vocab are all 0")
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup_fraction=args.warmup,
-        grad_accum=args.grad_accum,
-        seed=args.seed,
-        checkpoint_every=args.checkpoint_every,
-    )
+    configs = [
+        TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_fraction=args.warmup,
+            grad_accum=args.grad_accum,
+            seed=args.seed,
+            checkpoint_every=args.checkpoint_every,
+            anchor=anchor,
+        )
+        for anchor in dict.fromkeys(args.anchor)
+    ]
     backbone = backbone_from_args(args, device)
-    torch.manual_seed(args.seed)
-    model = PromptedCLIP.for_captions(backbone, config, [c for r in splits["train"] for c in r.captions])
+    captions = [c for r in splits["train"] for c in r.captions]
+
+    def fresh() -> PromptedCLIP:
+        torch.manual_seed(args.seed)
+        return PromptedCLIP.for_captions(backbone, config, captions)
+
     out = Path(args.out)
     print(
-        f"training {'+'.join(config.kinds)} prompts ({model.trainable_parameter_count():,} parameters) on "
+        f"training {'+'.join(config.kinds)} prompts ({fresh().trainable_parameter_count():,} parameters) on "
         f"{backbone.name} [{backbone.pretrained}]: {len(splits['train'])} train / {len(splits['val'])} val images, "
         f"device {device}, bf16 {'on' if bf16 else 'off'}"
     )
-    trainer = Trainer(
-        model,
+    model, result, cfg = train_candidates(
+        fresh,
         splits["train"],
         splits["val"],
-        cfg,
+        configs,
         device=device,
         bf16=bf16,
         work_dir=args.work_dir or out.with_name(out.name + ".work"),
+        resume=args.resume,
         progress=not args.no_progress,
     )
-    result = trainer.run(resume=args.resume)
-    trainer.restore_best()
     extra = {
         "best_epoch": result.best_epoch,
         "best_val_score": result.best_score,
@@ -155,7 +163,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "pairs_per_second": result.pairs_per_second,
     }
     save_prompt_file(out, model, extra)
-    print(f"wrote {out} ({out.stat().st_size:,} bytes); best epoch {result.best_epoch} (0 = before training) by validation T2I R@1 {result.best_score:.1f}")
+    print(
+        f"wrote {out} ({out.stat().st_size:,} bytes); anchor {cfg.anchor:g}, best epoch {result.best_epoch} "
+        f"(0 = before training) by validation T2I R@1 {result.best_score:.1f}"
+    )
     return 0
 
 
