@@ -44,6 +44,11 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     cfg = BenchConfig(**SMALL)
     rows = run(cfg, tmp_path, log=lambda _: None)
     assert [r["method"] for r in rows] == list(SMALL["methods"])
+    # Each trained row says which learning rate and anchor validation kept, from those tried.
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["dbprompt"]["anchor"] in METHODS["dbprompt"].anchors
+    assert by_method["full"]["lr"] in (METHODS["full"].lr, *METHODS["full"].other_lrs)
+    assert "anchor" not in by_method["zero-shot"]
     saved = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert saved == sorted(f"visual-12-0-{m}.json" for m in SMALL["methods"])
     # A second run reads the saved rows instead of training again.
