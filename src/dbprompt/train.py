@@ -311,8 +311,8 @@ class Trainer:
             text_features = self.model.encode_text(ids)
             loss = clip_loss(image_features, text_features, self.model.backbone.logit_scale)
             if self.cfg.anchor:
-                zero_shot = self.model.text_zero_shot(ids)
-                loss = loss + self.cfg.anchor * (1 - (text_features.float() * zero_shot.float()).sum(-1)).mean()
+                plain = self.model.text_zero_shot(ids)
+                loss = loss + self.cfg.anchor * (1 - (text_features.float() * plain.float()).sum(-1)).mean()
         return loss, len(idx)
 
     def _cache_zero_shot_images(self) -> None:
