@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dbprompt.cli import build_parser, main
 from dbprompt.prompts import TRAIN_DEFAULTS
@@ -80,3 +81,20 @@ def test_random_weights_must_be_asked_for(tiny_db, tmp_path, capsys):
 
 def test_parser_builds():
     assert build_parser().prog == "dbprompt"
+
+
+def test_resumed_train_reuses_each_candidates_checkpoint(tiny_db, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "p.safetensors"
+    args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress"]
+    args += ["--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2"]
+    assert main(args) == 0
+    first = load_file(str(out))
+    work = tmp_path / "p.safetensors.work"
+    stamps = {p: p.stat().st_mtime_ns for p in work.glob("candidate-*/checkpoint.safetensors")}
+    assert len(stamps) == len(DEFAULT_ANCHORS)
+    assert main(args + ["--resume"]) == 0
+    again = load_file(str(out))
+    assert set(again) == set(first) and all(torch.equal(again[k], first[k]) for k in first)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished candidates are not re-trained
