@@ -79,12 +79,22 @@ class PromptedCLIP(nn.Module):
     @classmethod
     def for_captions(cls, backbone: BackboneAdapter, config: PromptConfig, captions: Sequence[str]) -> "PromptedCLIP":
         """A model whose vocabulary offsets (if any) cover the tokens most used by these training captions."""
+        return cls(backbone, config, cls.caption_vocabulary(backbone, config, captions))
+
+    @staticmethod
+    def caption_vocabulary(
+        backbone: BackboneAdapter, config: PromptConfig, captions: Sequence[str]
+    ) -> torch.Tensor | None:
+        """The token ids `config`'s vocabulary offsets would cover for these captions (None: no vocabulary).
+
+        Apart from `for_captions` so that several models of one database tokenize its captions once.
+        """
         if not config.vocab:
-            return cls(backbone, config)
+            return None
         if not captions:
             raise ValueError("PromptConfig.vocab needs training captions to choose its tokens")
         ids = backbone.tokenize(list(captions), _caption_length(backbone, config))
-        return cls(backbone, config, frequent_tokens(ids, config.vocab))
+        return frequent_tokens(ids, config.vocab)
 
     @staticmethod
     def _check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:

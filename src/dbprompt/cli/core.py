@@ -129,11 +129,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         for anchor in dict.fromkeys(args.anchor)
     ]
     backbone = backbone_from_args(args, device)
-    captions = [c for r in splits["train"] for c in r.captions]
+    vocabulary = PromptedCLIP.caption_vocabulary(backbone, config, [c for r in splits["train"] for c in r.captions])
 
     def fresh() -> PromptedCLIP:
         torch.manual_seed(args.seed)
-        return PromptedCLIP.for_captions(backbone, config, captions)
+        return PromptedCLIP(backbone, config, vocabulary)
 
     out = Path(args.out)
     print(
