@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from dbprompt.bench import BenchConfig, markdown, run, summarize, targets
+from safetensors.torch import save_file
+
+from dbprompt.bench import BenchConfig, markdown, run, run_one, summarize, target_splits, targets
 from dbprompt.cli.bench import write_section
 from dbprompt.methods import METHODS, build
 from dbprompt.backbones import load_backbone
@@ -49,6 +51,8 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     assert by_method["dbprompt"]["anchor"] in METHODS["dbprompt"].anchors
     assert by_method["full"]["lr"] in (METHODS["full"].lr, *METHODS["full"].other_lrs)
     assert "anchor" not in by_method["zero-shot"]
+    first = json.loads((tmp_path / "results.json").read_text())["this_run"]
+    assert first["runs_trained"] == len(SMALL["methods"]) and first["wall_seconds"] > 0
     saved = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert saved == sorted(f"visual-12-0-{m}.json" for m in SMALL["methods"])
     # A second run reads the saved rows instead of training again.
@@ -68,7 +72,7 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     assert table.count("\n") == 1 + len(SMALL["methods"])
     assert any("textual+visual gains" in line for line in targets(summary))
     results = json.loads((tmp_path / "results.json").read_text())
-    assert len(results["rows"]) == len(SMALL["methods"])
+    assert len(results["rows"]) == len(SMALL["methods"]) and results["this_run"]["runs_trained"] == 0
 
 
 def test_section_is_replaced_between_markers(tmp_path):
@@ -78,3 +82,16 @@ def test_section_is_replaced_between_markers(tmp_path):
     write_section(path, "table two")
     text = path.read_text()
     assert text.startswith("# Benchmarks\n\nintro\n") and "table two" in text and "table one" not in text
+
+
+def test_comparison_runs_on_the_weights_it_is_given(tmp_path):
+    weights = tmp_path / "other.safetensors"
+    save_file(load_backbone("dbprompt-tiny", "random", seed=7).model.state_dict(), str(weights))
+    rows = {}
+    for label, pretrained in (("default", None), ("other", str(weights))):
+        cfg = BenchConfig(**SMALL | {"pretrained": pretrained})
+        data = target_splits(tmp_path, "visual", cfg)
+        rows[label] = run_one(METHODS["zero-shot"], data["train"][:12], data["val"], data["test"], cfg, 12, 0)
+    assert rows["other"]["backbone"] == load_backbone("dbprompt-tiny", str(weights)).fingerprint()
+    assert rows["default"]["backbone"] == load_backbone("dbprompt-tiny").fingerprint() != rows["other"]["backbone"]
+    assert rows["default"]["metrics"] != rows["other"]["metrics"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from dbprompt.data import records_for
 from dbprompt.model import PromptedCLIP
@@ -151,3 +155,20 @@ def test_candidates_keep_what_validation_scores_best(tiny_backbone, tiny_records
     # Without a validation split there is nothing to choose with: only the first is trained.
     _, _, only = train_candidates(fresh, train, [], configs, device="cpu", bf16=False, progress=False, log=lambda _: None)
     assert only == configs[0]
+
+
+def test_trainer_with_hard_negatives_trains_and_resumes(tiny_backbone, tiny_records, tmp_path):
+    trainer = _trainer(tiny_backbone, tiny_records, tmp_path, epochs=2, hard_negative_group=4)
+    assert trainer.look_alikes is not None
+    assert trainer.run().finished
+
+
+def test_checkpoint_made_before_an_option_existed_still_resumes(tiny_backbone, tiny_records, tmp_path):
+    _trainer(tiny_backbone, tiny_records, tmp_path).run(stop_after_steps=1)
+    path = tmp_path / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    older = json.loads(meta["train_config"])
+    del older["hard_negative_group"]
+    save_file(load_file(str(path)), str(path), metadata=meta | {"train_config": json.dumps(older)})
+    assert _trainer(tiny_backbone, tiny_records, tmp_path).run(resume=True).finished

@@ -36,6 +36,8 @@ REPORT_KEYS = tuple(f"clip_benchmark/{d}_R@{k}" for d in ("t2i", "i2t") for k in
 @dataclass
 class BenchConfig:
     model: str = "dbprompt-proxy"
+    # Weights for `model` (an open_clip tag or a checkpoint path); None: what dbprompt ships for it.
+    pretrained: str | None = None
     shifts: tuple[str, ...] = ("visual", "textual", "both")
     sizes: tuple[int, ...] = (500, 2000)
     seeds: tuple[int, ...] = (0, 1)
@@ -80,9 +82,11 @@ def run_one(
     captions = [c for r in train for c in r.captions]
 
     def fresh() -> PromptedCLIP:
-        return build(method, load_backbone(cfg.model, device=device), seed, captions).to(device)
+        return build(method, load_backbone(cfg.model, cfg.pretrained, device=device), seed, captions).to(device)
 
-    row: dict = {"method": method.name, "n": n, "seed": seed}
+    # Which weights, so rows made with another backbone are never mixed up with these.
+    weights = load_backbone(cfg.model, cfg.pretrained, device=device).fingerprint()
+    row: dict = {"method": method.name, "n": n, "seed": seed, "backbone": weights}
     if method.tune == "none":
         model = fresh()
     else:
@@ -133,6 +137,7 @@ def run(
         for name in cfg.methods
     ]
     todo = [t for t in tasks if not t[6].exists()] if train else []
+    started = time.perf_counter()
     if jobs > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -143,9 +148,14 @@ def run(
     else:
         for task in todo:
             _log_row(_task(task), log)
+    # The whole command's time, what "how long the comparison takes" means (per-run times overlap).
+    this_run = {"runs_trained": len(todo), "jobs": jobs, "wall_seconds": time.perf_counter() - started}
+    if todo:
+        log(f"{len(todo)} runs in {this_run['wall_seconds'] / 60:.1f} min with {jobs} job(s)")
     rows = [json.loads(t[6].read_text()) for t in tasks if t[6].exists()]
     summary = summarize(rows, cfg)
-    atomic_write_text(out / "results.json", json.dumps({"config": asdict(cfg), "rows": rows, "summary": summary}, indent=1))
+    results = {"config": asdict(cfg), "this_run": this_run, "rows": rows, "summary": summary}
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     return rows
 
 

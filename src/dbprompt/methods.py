@@ -134,7 +134,6 @@ COMPARED = (
     "visual-deep",
     "textual+visual",
     "dbprompt",
-    "textual+visual+vocab",
     "full",
     "lora",
     "projection",

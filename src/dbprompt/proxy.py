@@ -33,6 +33,9 @@ SOURCE_SEED = 0
 TEST_SEED = 1000
 TEST_IMAGES = 1000
 VAL_FRACTION = 0.03
+# The recipe of the shipped weights (BENCHMARKS.md, Proxy backbone): what `dbprompt proxy pretrain` does by default.
+IMAGES = 28000
+RECIPE = TrainConfig(epochs=16, batch_size=64, lr=1e-3, weight_decay=0.1, warmup_fraction=0.05)
 
 
 def source_test_records(work_dir: Path) -> list:
@@ -45,8 +48,8 @@ def source_test_records(work_dir: Path) -> list:
 def pretrain(
     work_dir: str | Path,
     *,
-    images: int = 30000,
-    cfg: TrainConfig = TrainConfig(epochs=6, batch_size=256, lr=1e-3, weight_decay=0.1, warmup_fraction=0.05),
+    images: int = IMAGES,
+    cfg: TrainConfig = RECIPE,
     device: str = "auto",
     bf16: bool | None = None,
     resume: bool = False,
@@ -89,7 +92,8 @@ def pretrain(
         "train_seconds": result.seconds,
         "pairs_per_second": result.pairs_per_second,
         "history": result.history,
-        "command": f"dbprompt proxy pretrain --images {images} --epochs {cfg.epochs} --batch-size {cfg.batch_size} --lr {cfg.lr}",
+        "command": f"dbprompt proxy pretrain --images {images} --epochs {cfg.epochs} --batch-size {cfg.batch_size} --lr {cfg.lr}"
+        + (f" --hard-negatives {cfg.hard_negative_group}" if cfg.hard_negative_group > 1 else ""),
     }
     atomic_write_text(out.with_name(f"{NAME}.record.json"), json.dumps(record, indent=2))
     return record

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .atomic import atomic_path
+from .batches import LookAlikes, find_look_alikes, grouped_order
 from .data.records import Record
 from .embeddings import encode_image_files, load_image_batch
 from .evaluate import evaluate, selection_score
@@ -53,6 +54,9 @@ class TrainConfig:
     # Compute each training image's zero-shot features for a gated visual prompt once, not
     # every step. Off only to measure what it saves.
     cache_zero_shot: bool = True
+    # Batches made of runs of this many look-alike images (captions sharing most words), so
+    # that each batch holds hard negatives; 0 or 1: random batches. See batches.py.
+    hard_negative_group: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.grad_accum < 1:
@@ -61,6 +65,8 @@ class TrainConfig:
             raise ValueError("lr must be > 0 and warmup_fraction in [0, 1)")
         if self.anchor < 0:
             raise ValueError(f"anchor must be >= 0, got {self.anchor}")
+        if self.hard_negative_group < 0:
+            raise ValueError(f"hard_negative_group must be >= 0, got {self.hard_negative_group}")
 
 
 @dataclass
@@ -94,10 +100,16 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
-def epoch_plan(records: Sequence[Record], seed: int, epoch: int) -> tuple[np.ndarray, list[str]]:
-    """This epoch's image order and one caption per image: a pure function of (seed, epoch)."""
+def epoch_plan(
+    records: Sequence[Record], seed: int, epoch: int, look_alikes: LookAlikes | None = None, group: int = 0
+) -> tuple[np.ndarray, list[str]]:
+    """This epoch's image order and one caption per image: a pure function of (seed, epoch).
+
+    With `look_alikes` and a `group` above 1, the order is made of runs of look-alikes.
+    """
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(records))
+    grouped = look_alikes is not None and group > 1
+    order = grouped_order(look_alikes, group, rng) if grouped else rng.permutation(len(records))
     picks = rng.integers(0, 1 << 30, size=len(records))
     captions = [records[i].captions[picks[j] % len(records[i].captions)] for j, i in enumerate(order)]
     return order, captions
@@ -200,6 +212,9 @@ class Trainer:
         self.val_image_features: torch.Tensor | None = None
         # Zero-shot features of the training images, for a gated visual prompt's blend.
         self.zero_shot_images: torch.Tensor | None = None
+        group = cfg.hard_negative_group
+        # Enough candidates that a run still fills when its closest look-alikes are taken.
+        self.look_alikes = find_look_alikes(self.train_records, 4 * group) if group > 1 else None
 
     # --- checkpoints ----------------------------------------------------------------
     @property
@@ -234,7 +249,8 @@ class Trainer:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         tensors = load_file(str(path))
-        saved_cfg = json.loads(meta["train_config"])
+        # Options added since the checkpoint was made count as their defaults.
+        saved_cfg = json.loads(json.dumps(asdict(TrainConfig()))) | json.loads(meta["train_config"])
         if saved_cfg != json.loads(json.dumps(asdict(self.cfg))):
             raise ValueError(
                 f"{path}: checkpoint was made with other training options {saved_cfg}; "
@@ -349,7 +365,9 @@ class Trainer:
         bar = tqdm(total=total_steps, initial=self.state.step, unit="step", disable=not self.progress)
         while self.state.epoch < self.cfg.epochs:
             self.model.train()
-            order, captions = epoch_plan(self.train_records, self.cfg.seed, self.state.epoch)
+            order, captions = epoch_plan(
+                self.train_records, self.cfg.seed, self.state.epoch, self.look_alikes, self.cfg.hard_negative_group
+            )
             losses: list[float] = []
             while self.state.micro < self.micro_per_epoch:
                 loss, n = self._micro_batch_loss(order, captions, self.state.micro)

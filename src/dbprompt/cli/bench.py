@@ -11,7 +11,7 @@ from ..methods import COMPARED, METHODS
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
 # Rows the targets are checked for: the paper's method, dbprompt train's defaults, and
-# those defaults with a validation-chosen learning rate.
+# (when asked for with --methods) those defaults with a validation-chosen learning rate.
 TARGET_METHODS = ("textual+visual", "dbprompt", "textual+visual+vocab")
 
 
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     m = bench_sub.add_parser("methods", help="zero-shot, prompts, full FT, LoRA, projection-only on shifted targets", description="Train and test every method on each shifted target database, N training pairs, several seeds; resumable.")
     m.add_argument("--out", default="runs/methods", help="data, per-run results and results.json (default: %(default)s)")
     m.add_argument("--model", default=d.model)
+    m.add_argument("--pretrained", default=None, help="the model's weights: an open_clip tag or a checkpoint file (default: those dbprompt ships)")
     m.add_argument("--shifts", nargs="+", default=list(d.shifts))
     m.add_argument("--sizes", nargs="+", type=int, default=list(d.sizes))
     m.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
@@ -47,6 +48,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         raise ValueError(f"no epoch budget for sizes {missing}: add --epochs SIZE:EPOCHS")
     cfg = BenchConfig(
         model=args.model,
+        pretrained=args.pretrained,
         shifts=tuple(args.shifts),
         sizes=tuple(args.sizes),
         seeds=tuple(args.seeds),

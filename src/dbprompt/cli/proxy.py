@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
 
-from ..train import TrainConfig
+from .. import proxy
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,11 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     proxy_sub = p.add_subparsers(dest="proxy_command", required=True, metavar="ACTION")
     pre = proxy_sub.add_parser("pretrain", help="pre-train from random weights (resumable)", description="Pre-train dbprompt-proxy on the source domain and write its fp16 weights and record into the package.")
     pre.add_argument("--work-dir", default="runs/proxy", help="data and checkpoints (default: %(default)s)")
-    pre.add_argument("--images", type=int, default=30000)
-    pre.add_argument("--epochs", type=int, default=6)
-    pre.add_argument("--batch-size", type=int, default=256)
-    pre.add_argument("--lr", type=float, default=1e-3)
+    pre.add_argument("--images", type=int, default=proxy.IMAGES, help="source images to write (default: %(default)s)")
+    pre.add_argument("--epochs", type=int, default=proxy.RECIPE.epochs, help="(default: %(default)s)")
+    pre.add_argument("--batch-size", type=int, default=proxy.RECIPE.batch_size, help="(default: %(default)s)")
+    pre.add_argument("--lr", type=float, default=proxy.RECIPE.lr, help="(default: %(default)s)")
     pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--hard-negatives", type=int, default=0, metavar="K", help="batches made of runs of K look-alike images (captions sharing most words); 0: random batches (default: %(default)s)")
     pre.add_argument("--device", default="auto")
     pre.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     pre.add_argument("--resume", action="store_true")
@@ -29,12 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .. import proxy
-
-    cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=0.1, warmup_fraction=0.05, seed=args.seed
+    cfg = replace(
+        proxy.RECIPE,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        hard_negative_group=args.hard_negatives,
     )
     record = proxy.pretrain(
         args.work_dir,
@@ -51,8 +55,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .. import proxy
-
     recorded, now = proxy.check(args.work_dir, device=args.device)
     print(f"source test T2I R@1: recorded {recorded:.1f}, now {now:.1f}")
     return 0 if abs(recorded - now) <= 1.0 else 1
