@@ -81,12 +81,15 @@ def run_one(
     started = time.perf_counter()
     captions = [c for r in train for c in r.captions]
 
-    def fresh() -> PromptedCLIP:
-        return build(method, load_backbone(cfg.model, cfg.pretrained, device=device), seed, captions).to(device)
+    row: dict = {"method": method.name, "n": n, "seed": seed}
 
-    # Which weights, so rows made with another backbone are never mixed up with these.
-    weights = load_backbone(cfg.model, cfg.pretrained, device=device).fingerprint()
-    row: dict = {"method": method.name, "n": n, "seed": seed, "backbone": weights}
+    def fresh() -> PromptedCLIP:
+        backbone = load_backbone(cfg.model, cfg.pretrained, device=device)
+        if "backbone" not in row:
+            # Which weights (before a method changes them), so rows made with another backbone are never mixed up.
+            row["backbone"] = backbone.fingerprint()
+        return build(method, backbone, seed, captions).to(device)
+
     if method.tune == "none":
         model = fresh()
     else:
