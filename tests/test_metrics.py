@@ -271,3 +271,26 @@ def test_format_table_default_keys_and_missing_key() -> None:
     assert table.splitlines()[2].split() == ["zero-shot", "16.7", "100.0", "100.0", "66.7", "100.0", "100.0"]
     with pytest.raises(KeyError, match="nope"):
         format_table([("zero-shot", m)], keys=("nope",))
+
+
+def test_distractors_only_lengthen_text_to_image_ranks() -> None:
+    # Distractor 0 beats every caption's image except t0's (.9) and t5's (.6 ties a negative already).
+    distractor = np.array([[0.85, 0.95, 0.95]], dtype=np.float32)
+    # As an image, its score for caption t is SCORES[t] @ distractor: t0 .955, t1 1.205, ...
+    plain = hand_metrics()
+    m = retrieval_metrics(SCORES, np.eye(3, dtype=np.float32), LABELS, ks=(1, 2), distractors=distractor)
+    scores = SCORES @ distractor[0]
+    own = SCORES[np.arange(6), LABELS]
+    expected_t2i = np.array([1, 3, 3, 2, 2, 2]) + (scores >= own)
+    assert m["clip_benchmark/t2i_mean_rank"] == pytest.approx(expected_t2i.mean())
+    assert m["clip_benchmark/t2i_mean_rank"] > plain["clip_benchmark/t2i_mean_rank"]
+    assert m["open_clip/t2i_mean_rank"] == pytest.approx(np.mean(expected_t2i[:3]))
+    # Image->text queries are the captioned images only, so they do not change.
+    for key in plain:
+        if "i2t" in key:
+            assert m[key] == plain[key]
+
+
+def test_distractors_of_another_width_raise() -> None:
+    with pytest.raises(ValueError, match="distractors"):
+        retrieval_metrics(SCORES, np.eye(3, dtype=np.float32), LABELS, distractors=np.ones((2, 4), dtype=np.float32))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dbprompt.data import records_for
+from dbprompt.evaluate import evaluate
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
 from dbprompt.train import TrainConfig, Trainer, epoch_plan
@@ -81,6 +83,25 @@ def test_textual_only_training_caches_image_features(tiny_backbone, tiny_records
     visual = _trainer(tiny_backbone, tiny_records, epochs=1)
     visual.run()
     assert visual.train_image_features is None
+
+
+def test_validation_ranks_among_training_images_too(tiny_backbone, tiny_records, monkeypatch):
+    import dbprompt.train as train_module
+
+    for config in (PromptConfig(text_len=4, visual_len=0), PromptConfig(text_len=4, visual_len=4)):
+        trainer = _trainer(tiny_backbone, tiny_records, config=config, epochs=1)
+        n_val, n_train = len(trainer.val_records), len(trainer.train_records)
+        monkeypatch.setattr(train_module, "VALIDATION_GALLERY", n_val + 3)
+        picks = trainer._distractor_indices()
+        assert len(picks) == 3 and len(set(picks)) == 3 and max(picks) >= n_train // 2
+        trainer.run()
+        alone = evaluate(trainer.model, trainer.val_records, device="cpu", bf16=False)
+        distractors = [trainer.train_records[i].path for i in picks]
+        crowded = evaluate(trainer.model, trainer.val_records, device="cpu", bf16=False, distractors=distractors)
+        assert crowded["clip_benchmark/t2i_mean_rank"] > alone["clip_benchmark/t2i_mean_rank"]
+        assert trainer._validate() == pytest.approx(crowded)
+        monkeypatch.setattr(train_module, "VALIDATION_GALLERY", 1)
+        assert trainer._distractor_indices() == []
 
 
 def test_epoch_plan_is_a_function_of_seed_and_epoch(tiny_records):

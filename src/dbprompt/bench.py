@@ -24,7 +24,7 @@ from .evaluate import evaluate
 from .model import PromptedCLIP
 from .methods import COMPARED, METHODS, Method, artifact_bytes, build
 from .runtime import pick_device, resolve_bf16
-from .train import TrainConfig, train_candidates
+from .train import VALIDATION_GALLERY, TrainConfig, train_candidates
 from .world import write_database
 
 # Target databases are drawn with seeds the proxy's source data never used.
@@ -102,6 +102,7 @@ def run_one(
             fresh, train, val, configs, device=device, bf16=bf16, progress=False, log=lambda _: None
         )
         row |= {"lr": chosen.lr, "anchor": chosen.anchor, "best_epoch": result.best_epoch, "history": result.history}
+        row["validation_gallery"] = VALIDATION_GALLERY
     row |= {"trainable_params": model.trainable_parameter_count(), "artifact_bytes": artifact_bytes(model)}
     row["train_seconds"] = time.perf_counter() - started
     row["metrics"] = evaluate(model, test, device=device, bf16=bf16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -31,12 +32,15 @@ def evaluate(
     bf16: bool,
     batch_size: int = 64,
     image_features: torch.Tensor | None = None,
+    distractors: Sequence[Path] = (),
     progress: str | None = None,
 ) -> dict[str, float]:
     """Both common retrieval definitions on `records`.
 
-    `image_features` may be passed when the image side is known not to change
-    (only a textual prompt is trained), so validation does not re-encode images.
+    `distractors` are further images that text->image queries rank against (see
+    retrieval_metrics). `image_features` may be passed when the image side is known not
+    to change (only a textual prompt is trained), so validation does not re-encode
+    images: the records' features, then the distractors'.
     """
     if not records:
         raise ValueError("nothing to evaluate: the split is empty")
@@ -44,10 +48,18 @@ def evaluate(
     texts, owner = caption_index(records)
     if image_features is None:
         image_features = encode_image_files(
-            model, [r.path for r in records], device=device, bf16=bf16, batch_size=batch_size, progress=progress
+            model,
+            [r.path for r in records] + list(distractors),
+            device=device,
+            bf16=bf16,
+            batch_size=batch_size,
+            progress=progress,
         )
+    if len(image_features) != len(records) + len(distractors):
+        raise ValueError(f"{len(image_features)} image features for {len(records)} images and {len(distractors)} distractors")
     text_features = encode_captions(model, texts, device=device, bf16=bf16)
-    return retrieval_metrics(text_features, image_features, owner)
+    n = len(records)
+    return retrieval_metrics(text_features, image_features[:n], owner, distractors=image_features[n:])
 
 
 def selection_score(metrics: dict[str, float]) -> float:

@@ -51,17 +51,28 @@ def retrieval_metrics(
     text_to_image: np.ndarray | Sequence[int],
     ks: Sequence[int] = (1, 5, 10),
     *,
+    distractors: np.ndarray | torch.Tensor | None = None,
     chunk_size: int = 256,
 ) -> dict[str, float]:
     """Recall@k and median/mean rank under both the CLIP_benchmark and open_clip definitions.
 
     ``text_emb`` is [T, D], ``image_emb`` is [I, D], ``text_to_image[t]`` is the
-    index of caption t's image. ``chunk_size`` is the number of queries scored at
-    once (peak memory is about ``chunk_size * max(T, I)`` scores). Raises
-    ValueError on inconsistent inputs.
+    index of caption t's image. ``distractors`` ([J, D]) are uncaptioned images
+    that text->image queries must also rank against, so a small query set can be
+    scored in a gallery as large as the one search will use. ``chunk_size`` is the
+    number of queries scored at once (peak memory is about ``chunk_size * max(T, I + J)``
+    scores). Raises ValueError on inconsistent inputs.
     """
     texts, images, labels = _validated(text_emb, image_emb, text_to_image, ks, chunk_size)
     image_ids = torch.arange(len(images), device=images.device)
+    gallery, gallery_ids = images, image_ids
+    if distractors is not None and len(distractors):
+        extra = torch.as_tensor(distractors).detach().to(device=images.device, dtype=torch.float32)
+        if extra.ndim != 2 or extra.shape[1] != images.shape[1] or not torch.isfinite(extra).all():
+            raise ValueError(f"distractors must be finite [J, {images.shape[1]}], got shape {tuple(extra.shape)}")
+        gallery = torch.cat([images, extra])
+        # Indices past the captioned images: never any caption's positive.
+        gallery_ids = torch.arange(len(gallery), device=images.device)
     # np.unique returns the index of each value's first occurrence; every image occurs.
     first_caption = torch.as_tensor(
         np.unique(labels.cpu().numpy(), return_index=True)[1], device=texts.device
@@ -69,9 +80,9 @@ def retrieval_metrics(
     first_texts = texts[first_caption]
 
     ranks = {
-        "clip_benchmark/t2i": _best_positive_ranks(texts, labels, images, image_ids, chunk_size),
+        "clip_benchmark/t2i": _best_positive_ranks(texts, labels, gallery, gallery_ids, chunk_size),
         "clip_benchmark/i2t": _best_positive_ranks(images, image_ids, texts, labels, chunk_size),
-        "open_clip/t2i": _best_positive_ranks(first_texts, image_ids, images, image_ids, chunk_size),
+        "open_clip/t2i": _best_positive_ranks(first_texts, image_ids, gallery, gallery_ids, chunk_size),
         "open_clip/i2t": _best_positive_ranks(images, image_ids, first_texts, image_ids, chunk_size),
     }
     metrics: dict[str, float] = {}
