@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from dbprompt.bench import BenchConfig, markdown, run, run_one, summarize, target_splits, targets
 from dbprompt.cli.bench import write_section
 from dbprompt.methods import METHODS, build
+from dbprompt.train import VALIDATION_GALLERY
 from dbprompt.backbones import load_backbone
 
 SMALL = dict(
@@ -51,6 +52,7 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     assert by_method["dbprompt"]["anchor"] in METHODS["dbprompt"].anchors
     assert by_method["full"]["lr"] in (METHODS["full"].lr, *METHODS["full"].other_lrs)
     assert "anchor" not in by_method["zero-shot"]
+    assert by_method["full"]["validation_gallery"] == VALIDATION_GALLERY
     first = json.loads((tmp_path / "results.json").read_text())["this_run"]
     assert first["runs_trained"] == len(SMALL["methods"]) and first["wall_seconds"] > 0
     saved = sorted(p.name for p in (tmp_path / "runs").iterdir())
