@@ -111,7 +111,7 @@ METHODS: dict[str, Method] = {
             TRAIN_DEFAULTS,
             lr=TrainConfig().lr,
             anchors=DEFAULT_ANCHORS,
-            notes="dbprompt train's defaults: the paper's method, vocabulary offsets, text anchor chosen on validation",
+            notes="dbprompt train's defaults: the paper's method, and vocabulary offsets",
         ),
         Method(
             "textual+visual+vocab",
