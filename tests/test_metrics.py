@@ -274,9 +274,9 @@ def test_format_table_default_keys_and_missing_key() -> None:
 
 
 def test_distractors_only_lengthen_text_to_image_ranks() -> None:
-    # Distractor 0 beats every caption's image except t0's (.9) and t5's (.6 ties a negative already).
+    # As an image, the distractor scores SCORES[t] @ distractor for caption t (1.005 to 1.375),
+    # above every caption's own image, so each text->image rank grows by one.
     distractor = np.array([[0.85, 0.95, 0.95]], dtype=np.float32)
-    # As an image, its score for caption t is SCORES[t] @ distractor: t0 .955, t1 1.205, ...
     plain = hand_metrics()
     m = retrieval_metrics(SCORES, np.eye(3, dtype=np.float32), LABELS, ks=(1, 2), distractors=distractor)
     scores = SCORES @ distractor[0]

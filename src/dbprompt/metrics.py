@@ -65,14 +65,14 @@ def retrieval_metrics(
     """
     texts, images, labels = _validated(text_emb, image_emb, text_to_image, ks, chunk_size)
     image_ids = torch.arange(len(images), device=images.device)
-    gallery, gallery_ids = images, image_ids
+    gallery = images
     if distractors is not None and len(distractors):
         extra = torch.as_tensor(distractors).detach().to(device=images.device, dtype=torch.float32)
         if extra.ndim != 2 or extra.shape[1] != images.shape[1] or not torch.isfinite(extra).all():
             raise ValueError(f"distractors must be finite [J, {images.shape[1]}], got shape {tuple(extra.shape)}")
         gallery = torch.cat([images, extra])
-        # Indices past the captioned images: never any caption's positive.
-        gallery_ids = torch.arange(len(gallery), device=images.device)
+    # Distractors' ids run past the captioned images', so they are never any caption's positive.
+    gallery_ids = torch.arange(len(gallery), device=images.device)
     # np.unique returns the index of each value's first occurrence; every image occurs.
     first_caption = torch.as_tensor(
         np.unique(labels.cpu().numpy(), return_index=True)[1], device=texts.device
