@@ -53,6 +53,8 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     assert by_method["full"]["lr"] in (METHODS["full"].lr, *METHODS["full"].other_lrs)
     assert "anchor" not in by_method["zero-shot"]
     assert by_method["full"]["validation_gallery"] == VALIDATION_GALLERY
+    # Only dbprompt's own recipe calibrates the temperature; the reference points train as published.
+    assert by_method["dbprompt"]["calibrate_temperature"] and not by_method["full"]["calibrate_temperature"]
     first = json.loads((tmp_path / "results.json").read_text())["this_run"]
     assert first["runs_trained"] == len(SMALL["methods"]) and first["wall_seconds"] > 0
     saved = sorted(p.name for p in (tmp_path / "runs").iterdir())
@@ -73,6 +75,13 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     table = markdown(summary, cfg)
     assert table.count("\n") == 1 + len(SMALL["methods"])
     assert any("textual+visual gains" in line for line in targets(summary))
+    # A calibrated full fine-tuning row is a second reference, with its own ratio.
+    calibrated = again[full] | {"method": "full-calibrated", "metrics": again[full]["metrics"] | {"clip_benchmark/t2i_R@1": 80.0}}
+    tv2 = next(e for e in summarize(again + [calibrated], cfg) if e["method"] == "textual+visual")
+    zs = zero_shot["clip_benchmark/t2i_R@1"]
+    assert abs(tv2["gain_vs_full_calibrated"] - (tv["clip_benchmark/t2i_R@1"] - zs) / (80.0 - zs)) < 1e-9
+    assert tv2["gain_vs_full"] == tv["gain_vs_full"] and "gain_vs_full_calibrated" not in tv
+    assert any("calibrated full fine-tuning's T2I R@1 gain" in line for line in targets([tv2, zero_shot]))
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["rows"]) == len(SMALL["methods"]) and results["this_run"]["runs_trained"] == 0
 

@@ -43,7 +43,11 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     # One training by default, checkpointed in the work directory.
     assert DEFAULT_ANCHORS == (0.0,)
     assert (tmp_path / "shapes.safetensors.work" / "checkpoint.safetensors").exists()
-    assert read_prompt_file(out).extra["train_config"]["anchor"] == 0
+    saved = read_prompt_file(out)
+    assert saved.extra["train_config"]["anchor"] == 0
+    # The calibrated temperature trains but stays out of the prompt file: it ranks nothing.
+    assert saved.extra["train_config"]["calibrate_temperature"] is True
+    assert not any("logit_scale" in k for k in saved.tensors)
     capsys.readouterr()
     assert main(["eval", str(tiny_db), "--prompts", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -89,10 +93,11 @@ def test_resumed_train_reuses_each_candidates_checkpoint(tiny_db, tmp_path):
     out = tmp_path / "p.safetensors"
     args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress"]
     args += ["--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2"]
-    args += ["--anchor", "0", "32"]
+    args += ["--anchor", "0", "32", "--no-calibrate-temperature"]
     assert main(args) == 0
     first = load_file(str(out))
     assert read_prompt_file(out).extra["train_config"]["anchor"] in (0, 32)
+    assert read_prompt_file(out).extra["train_config"]["calibrate_temperature"] is False
     work = tmp_path / "p.safetensors.work"
     stamps = {p: p.stat().st_mtime_ns for p in work.glob("candidate-*/checkpoint.safetensors")}
     assert len(stamps) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from dbprompt.data import records_for
 from dbprompt.evaluate import evaluate
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
-from dbprompt.train import TrainConfig, Trainer, epoch_plan
+from dbprompt.train import LOSS_SCALE, TrainConfig, Trainer, calibrate_logit_scale, clip_loss, epoch_plan
 
 
 def _trainer(backbone, records, work_dir=None, config=PromptConfig(text_len=4, visual_len=4), **cfg):
@@ -35,14 +36,16 @@ def _trainer(backbone, records, work_dir=None, config=PromptConfig(text_len=4, v
 
 def test_training_lowers_the_loss_and_leaves_the_backbone_alone(tiny_backbone, tiny_records):
     before = {k: v.clone() for k, v in tiny_backbone.state_dict().items()}
-    trainer = _trainer(tiny_backbone, tiny_records, epochs=8)
+    # At the backbone's temperature, so that the loss's fall is the prompts' doing.
+    trainer = _trainer(tiny_backbone, tiny_records, epochs=8, calibrate_temperature=False)
     result = trainer.run()
     losses = [h["train_loss"] for h in result.history if h["train_loss"] is not None]
     assert result.finished and len(losses) == 8
     assert losses[-1] < losses[0] - 0.05
     after = tiny_backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert set(result.best_state) == {"text_prompt.tokens", "visual_prompt.tokens", "text_prompt.gate", "visual_prompt.gate"}
+    prompts = {"text_prompt.tokens", "visual_prompt.tokens", "text_prompt.gate", "visual_prompt.gate"}
+    assert set(result.best_state) == prompts
     assert 0 <= result.best_epoch <= 8
 
 
@@ -184,12 +187,61 @@ def test_trainer_with_hard_negatives_trains_and_resumes(tiny_backbone, tiny_reco
     assert trainer.run().finished
 
 
-def test_checkpoint_made_before_an_option_existed_still_resumes(tiny_backbone, tiny_records, tmp_path):
-    _trainer(tiny_backbone, tiny_records, tmp_path).run(stop_after_steps=1)
-    path = tmp_path / "checkpoint.safetensors"
+def _forget_option(path, name: str) -> None:
+    """Make a checkpoint look as if written before TrainConfig had option `name`."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     older = json.loads(meta["train_config"])
-    del older["hard_negative_group"]
+    del older[name]
     save_file(load_file(str(path)), str(path), metadata=meta | {"train_config": json.dumps(older)})
+
+
+def test_checkpoint_made_before_an_option_existed_still_resumes(tiny_backbone, tiny_records, tmp_path):
+    _trainer(tiny_backbone, tiny_records, tmp_path).run(stop_after_steps=1)
+    _forget_option(tmp_path / "checkpoint.safetensors", "hard_negative_group")
     assert _trainer(tiny_backbone, tiny_records, tmp_path).run(resume=True).finished
+
+
+def test_calibration_picks_the_temperature_that_fits_the_pairs():
+    torch.manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(128, 16), dim=-1)
+    noisy = torch.nn.functional.normalize(images + 0.8 * torch.randn(128, 16), dim=-1)
+
+    def loss(features, scale):
+        return sum(float(clip_loss(images[i : i + 32], features[i : i + 32], torch.tensor(scale))) for i in range(0, 128, 32))
+
+    chosen = calibrate_logit_scale(images, noisy, batch_size=32)
+    assert 0 < chosen < math.log(45)
+    assert loss(noisy, chosen) < min(loss(noisy, math.log(45)), loss(noisy, 0.0))
+    assert loss(noisy, chosen) <= min(loss(noisy, chosen + d) for d in (-0.1, 0.1)) + 1e-6
+    # Captions that match their images exactly call for a sharper temperature.
+    assert calibrate_logit_scale(images, images, batch_size=32) > chosen + 1
+
+
+def test_trainer_calibrates_its_own_temperature_and_leaves_the_backbone_s(tiny_backbone, tiny_records):
+    backbone_scale = float(tiny_backbone.logit_scale)
+    trainer = _trainer(tiny_backbone, tiny_records)
+    trainer._calibrate_temperature()
+    order, captions = epoch_plan(trainer.train_records, 0, 0)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        images = model.encode_image(trainer.images.batch([trainer.train_records[i].path for i in order]))
+        texts = model.encode_text(model.tokenize(captions))
+    calibrated = float(trainer.loss_scale.detach())
+    assert calibrated == pytest.approx(calibrate_logit_scale(images, texts, 8), abs=1e-6)
+    assert trainer.named[LOSS_SCALE] is trainer.loss_scale
+    result = trainer.run()
+    # The temperature then trains with the prompts; the backbone's own is untouched.
+    assert result.finished and float(trainer.loss_scale.detach()) != calibrated
+    assert float(tiny_backbone.logit_scale) == backbone_scale
+
+    plain = _trainer(tiny_backbone, tiny_records, calibrate_temperature=False)
+    assert LOSS_SCALE not in plain.named and plain.loss_scale is tiny_backbone.logit_scale
+
+
+def test_checkpoint_from_before_calibration_resumes_only_without_it(tiny_backbone, tiny_records, tmp_path):
+    _trainer(tiny_backbone, tiny_records, tmp_path, calibrate_temperature=False).run(stop_after_steps=1)
+    _forget_option(tmp_path / "checkpoint.safetensors", "calibrate_temperature")
+    with pytest.raises(ValueError, match="other training options"):
+        _trainer(tiny_backbone, tiny_records, tmp_path).run(resume=True)
+    assert _trainer(tiny_backbone, tiny_records, tmp_path, calibrate_temperature=False).run(resume=True).finished

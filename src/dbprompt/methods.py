@@ -33,6 +33,9 @@ class Method:
     # TrainConfig.anchor weights tried (the pull of text features towards zero-shot); with
     # several, validation picks one, as for learning rates.
     anchors: tuple[float, ...] = (0.0,)
+    # TrainConfig.calibrate_temperature. Off for the reference points, which train as their
+    # literature does (at the backbone's temperature; full fine-tuning also learns it).
+    calibrate_temperature: bool = False
     notes: str = field(default="", compare=False)
 
 
@@ -111,7 +114,8 @@ METHODS: dict[str, Method] = {
             TRAIN_DEFAULTS,
             lr=TrainConfig().lr,
             anchors=DEFAULT_ANCHORS,
-            notes="dbprompt train's defaults: the paper's method, and vocabulary offsets",
+            calibrate_temperature=TrainConfig().calibrate_temperature,
+            notes="dbprompt train's defaults: the paper's method, vocabulary offsets, a calibrated temperature",
         ),
         Method(
             "textual+visual+vocab",
@@ -124,6 +128,9 @@ METHODS: dict[str, Method] = {
         Method("full", "full", lr=1e-5, other_lrs=(1e-4,), notes="all weights"),
         Method("lora", "lora", lr=1e-3, notes="PEFT LoRA r=8 on both towers' attention"),
         Method("projection", "projection", lr=1e-3, notes="both output projections"),
+        # The reference points with dbprompt's calibrated temperature: is the gain the prompts'?
+        Method("full-calibrated", "full", lr=1e-5, other_lrs=(1e-4,), calibrate_temperature=True, notes="all weights, calibrated temperature"),
+        Method("lora-calibrated", "lora", lr=1e-3, calibrate_temperature=True, notes="LoRA, calibrated temperature"),
         *VARIANTS,
     )
 }
@@ -137,4 +144,6 @@ COMPARED = (
     "full",
     "lora",
     "projection",
+    "full-calibrated",
+    "lora-calibrated",
 )

@@ -37,6 +37,13 @@ DEFAULT_ANCHORS = (0.0,)
 # gallery search will use. In a 300-image gallery, prompts on shifted images scored 4 points
 # over zero-shot where the same weights lost 5 on a 1,000-image test (BENCHMARKS.md).
 VALIDATION_GALLERY = 1000
+# Training pairs the temperature is calibrated on (TrainConfig.calibrate_temperature).
+CALIBRATION_PAIRS = 512
+# The trained temperature's name among the Trainer's parameters (checkpoints); not part of the
+# model or of prompt files: ranking by cosine does not depend on it.
+LOSS_SCALE = "loss.logit_scale"
+# Checkpoints made before these TrainConfig options existed were trained with these values.
+_ABSENT_MEANS = {"calibrate_temperature": False}
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,11 @@ class TrainConfig:
     # Batches made of runs of this many look-alike images (captions sharing most words), so
     # that each batch holds hard negatives; 0 or 1: random batches. See batches.py.
     hard_negative_group: int = 0
+    # Train the loss's temperature, starting from the value that best fits the untrained
+    # model's features on this database (calibrate_logit_scale), instead of the backbone's.
+    # On shifted images the backbone's is far too sharp (the proxy's 45 against about 10),
+    # and prompts were seen to lower the loss by collapsing the features instead.
+    calibrate_temperature: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.grad_accum < 1:
@@ -103,6 +115,21 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     logits = logit_scale.exp().clamp(max=100) * image_features.float() @ text_features.float().t()
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+
+def calibrate_logit_scale(
+    image_features: torch.Tensor, text_features: torch.Tensor, batch_size: int, grid: int = 64
+) -> float:
+    """The log logit scale in [0, ln 100] that minimises the mean in-batch clip_loss of these pairs."""
+    candidates = torch.linspace(0.0, math.log(100.0), grid)
+    losses = torch.zeros(grid)
+    for start in range(0, len(image_features) - 1, batch_size):
+        img, txt = image_features[start : start + batch_size].float(), text_features[start : start + batch_size].float()
+        if len(img) < 2:
+            break
+        for i, c in enumerate(candidates):
+            losses[i] += clip_loss(img, txt, c)
+    return float(candidates[int(losses.argmin())])
 
 
 def epoch_plan(
@@ -201,6 +228,10 @@ class Trainer:
         self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not self.named:
             raise ValueError("nothing to train: no parameter requires grad")
+        self.loss_scale = model.backbone.logit_scale
+        if cfg.calibrate_temperature:
+            self.loss_scale = torch.nn.Parameter(self.loss_scale.detach().float().clone())
+            self.named[LOSS_SCALE] = self.loss_scale
         self.optimizer, self.optimizer_order = _make_optimizer(self.named, cfg)
         self.micro_per_epoch = len(self.train_records) // cfg.batch_size + (
             1 if len(self.train_records) % cfg.batch_size >= 2 else 0
@@ -254,8 +285,9 @@ class Trainer:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         tensors = load_file(str(path))
-        # Options added since the checkpoint was made count as their defaults.
-        saved_cfg = json.loads(json.dumps(asdict(TrainConfig()))) | json.loads(meta["train_config"])
+        # Options added since the checkpoint was made count as their defaults, except those
+        # whose absence meant off.
+        saved_cfg = json.loads(json.dumps(asdict(TrainConfig()))) | _ABSENT_MEANS | json.loads(meta["train_config"])
         if saved_cfg != json.loads(json.dumps(asdict(self.cfg))):
             raise ValueError(
                 f"{path}: checkpoint was made with other training options {saved_cfg}; "
@@ -337,7 +369,7 @@ class Trainer:
                 zero_shot = None if self.zero_shot_images is None else self.zero_shot_images[torch.as_tensor(idx)]
                 image_features = self.model.encode_image(images, zero_shot=zero_shot)
             text_features = self.model.encode_text(ids)
-            loss = clip_loss(image_features, text_features, self.model.backbone.logit_scale)
+            loss = clip_loss(image_features, text_features, self.loss_scale)
             if self.cfg.anchor:
                 plain = self.model.text_zero_shot(ids)
                 loss = loss + self.cfg.anchor * (1 - (text_features.float() * plain.float()).sum(-1)).mean()
@@ -351,6 +383,31 @@ class Trainer:
             with precision(self.device, self.bf16):
                 chunks.append(self.model.image_zero_shot(self.images.batch(paths[start : start + b]).to(self.device)))
         self.zero_shot_images = torch.cat(chunks)
+
+    def _calibrate_temperature(self) -> None:
+        """Start the loss's temperature where it best fits the untrained model on epoch 0's first pairs."""
+        order, captions = epoch_plan(
+            self.train_records, self.cfg.seed, 0, self.look_alikes, self.cfg.hard_negative_group
+        )
+        n, b = min(CALIBRATION_PAIRS, len(order)), self.cfg.batch_size
+        self.model.eval()
+        images, texts = [], []
+        with torch.no_grad():
+            for start in range(0, n, b):
+                idx = torch.as_tensor(order[start : min(n, start + b)])
+                with precision(self.device, self.bf16):
+                    if self.train_image_features is not None:
+                        images.append(self.train_image_features[idx].float())
+                    else:
+                        batch = self.images.batch([self.train_records[i].path for i in idx]).to(self.device)
+                        zero_shot = None if self.zero_shot_images is None else self.zero_shot_images[idx]
+                        images.append(self.model.encode_image(batch, zero_shot=zero_shot).float().cpu())
+                    ids = self.model.tokenize(captions[start : start + len(idx)]).to(self.device)
+                    texts.append(self.model.encode_text(ids).float().cpu())
+            before = float(self.loss_scale.exp())
+            self.loss_scale.fill_(calibrate_logit_scale(torch.cat(images), torch.cat(texts), b))
+            after = float(self.loss_scale.exp())
+        self.log(f"loss temperature calibrated on {n} training pairs: logit scale {before:.1f} -> {after:.1f}")
 
     def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
         """Train to the end (or, for tests and time limits, stop after `stop_after_steps` optimizer steps)."""
@@ -371,6 +428,8 @@ class Trainer:
         if self.cfg.cache_zero_shot and self.model.image_zero_shot_is_fixed() and self.zero_shot_images is None:
             self._cache_zero_shot_images()
         if not resumed:
+            if self.cfg.calibrate_temperature:
+                self._calibrate_temperature()
             self._record_validation(0, None)
         started, pairs = time.perf_counter(), 0
         total_steps = self.steps_per_epoch * self.cfg.epochs

@@ -83,6 +83,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay)
     g.add_argument("--warmup", type=float, default=d.warmup_fraction, help="fraction of steps for linear warm-up")
     g.add_argument("--anchor", type=float, nargs="+", default=list(DEFAULT_ANCHORS), help="pull of caption features towards zero-shot's (KgCoOp-style; 0: off); with several, one training each and validation keeps the best (default: %(default)s)")
+    g.add_argument("--calibrate-temperature", action=argparse.BooleanOptionalAction, default=d.calibrate_temperature, help="train the loss's temperature from the value that fits the untrained model on this database, not the backbone's")
     g.add_argument("--grad-accum", type=int, default=d.grad_accum)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="optimizer steps between checkpoints")
@@ -125,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             checkpoint_every=args.checkpoint_every,
             anchor=anchor,
+            calibrate_temperature=args.calibrate_temperature,
         )
         for anchor in dict.fromkeys(args.anchor)
     ]
