@@ -1,9 +1,9 @@
 """How far the backbone's temperature is from what a shifted database's pairs call for.
 
 For each target of the method comparison: the untrained (zero-shot) in-batch contrastive loss
-of the first 512 training pairs of epoch 0 (the pairs the Trainer calibrates on) at the backbone's logit scale and at the one
-`calibrate_logit_scale` picks (what `dbprompt train` starts from), and in-batch T2I R@1,
-which no temperature changes. A loss far above its calibrated value is a loss that prompts
+of the first 512 training pairs of epoch 0 (the pairs the Trainer calibrates on), at the
+backbone's logit scale and at the one `calibrate_logit_scale` picks (where `dbprompt train`
+starts), and in-batch T2I R@1, which no temperature changes. A loss far above its calibrated value is a loss that prompts
 can lower without retrieving any better.
 
     python benchmarks/temperature.py [--n 2000] [--seed 0] [--out runs/methods]

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from dbprompt import proxy
 from dbprompt.backbones import load_backbone, shipped_weights
+from dbprompt.data import records_for
+from dbprompt.model import PromptedCLIP
+from dbprompt.prompts import PromptConfig
+from dbprompt.train import LOSS_SCALE, Trainer
 
 
 def test_proxy_ships_and_loads_by_name():
@@ -24,3 +29,22 @@ def test_proxy_reproduces_its_recorded_source_recall(tmp_path):
     recorded, now = proxy.check(tmp_path)
     assert recorded == json.loads(proxy.RECORD.read_text())["source_test_metrics"]["clip_benchmark/t2i_R@1"]
     assert now == pytest.approx(recorded, abs=1.0)
+
+
+def test_pretraining_learns_the_backbone_s_own_temperature(tiny_records):
+    # The shipped weights were pre-trained so: the calibrated temperature is for adaptation.
+    backbone = load_backbone("dbprompt-tiny")
+    backbone.requires_grad_(True)
+    trainer = Trainer(
+        PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=0)),
+        records_for(tiny_records, "train"),
+        [],
+        replace(proxy.RECIPE, epochs=1, batch_size=8),
+        device="cpu",
+        bf16=False,
+        progress=False,
+        log=lambda _: None,
+    )
+    assert trainer.loss_scale is backbone.logit_scale and LOSS_SCALE not in trainer.named
+    before = float(backbone.logit_scale.detach())
+    assert trainer.run().finished and float(backbone.logit_scale.detach()) != before
