@@ -107,7 +107,7 @@ METHODS: dict[str, Method] = {
         Method("textual", "prompts", _LITERATURE.replace(visual_len=0), lr=3e-3, notes="CoOp-style"),
         Method("visual-shallow", "prompts", _LITERATURE.replace(text_len=0), lr=3e-3, notes="VPT-shallow"),
         Method("visual-deep", "prompts", _LITERATURE.replace(text_len=0, visual_depth=0), lr=3e-3, notes="VPT-deep"),
-        Method("textual+visual", "prompts", PromptConfig(), lr=TrainConfig().lr, notes="the paper's method: deep, gated"),
+        Method("textual+visual", "prompts", PromptConfig(), lr=1e-3, notes="the paper's method: deep, gated"),
         Method(
             "dbprompt",
             "prompts",
@@ -121,7 +121,7 @@ METHODS: dict[str, Method] = {
             "textual+visual+vocab",
             "prompts",
             TRAIN_DEFAULTS,
-            lr=TrainConfig().lr,
+            lr=1e-3,
             other_lrs=(3e-4,),
             notes="dbprompt train's defaults with the learning rate chosen on validation",
         ),
