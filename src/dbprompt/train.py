@@ -124,7 +124,7 @@ def calibrate_logit_scale(
     """The log logit scale in [0, ln 100] that minimises the mean in-batch clip_loss of these pairs."""
     candidates = torch.linspace(0.0, math.log(100.0), grid)
     losses = torch.zeros(grid)
-    for start in range(0, len(image_features) - 1, batch_size):
+    for start in range(0, len(image_features), batch_size):
         img, txt = image_features[start : start + batch_size].float(), text_features[start : start + batch_size].float()
         if len(img) < 2:
             break
@@ -357,24 +357,29 @@ class Trainer:
                 + ("  (best)" if self.state.best_epoch == epoch else "")
             )
 
+    def _pair_features(
+        self, order: np.ndarray, captions: list[str], start: int, stop: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image features, caption features and caption token ids of the plan's pairs start..stop."""
+        idx = torch.as_tensor(order[start:stop])
+        ids = self.model.tokenize(captions[start:stop]).to(self.device)
+        if self.train_image_features is not None:
+            image_features = self.train_image_features[idx].to(self.device)
+        else:
+            images = self.images.batch([self.train_records[i].path for i in idx]).to(self.device)
+            zero_shot = None if self.zero_shot_images is None else self.zero_shot_images[idx]
+            image_features = self.model.encode_image(images, zero_shot=zero_shot)
+        return image_features, self.model.encode_text(ids), ids
+
     def _micro_batch_loss(self, order: np.ndarray, captions: list[str], micro: int) -> tuple[torch.Tensor, int]:
         b = self.cfg.batch_size
-        idx = order[micro * b : (micro + 1) * b]
-        texts = captions[micro * b : (micro + 1) * b]
-        ids = self.model.tokenize(texts).to(self.device)
         with precision(self.device, self.bf16):
-            if self.train_image_features is not None:
-                image_features = self.train_image_features[torch.as_tensor(idx)].to(self.device)
-            else:
-                images = self.images.batch([self.train_records[i].path for i in idx]).to(self.device)
-                zero_shot = None if self.zero_shot_images is None else self.zero_shot_images[torch.as_tensor(idx)]
-                image_features = self.model.encode_image(images, zero_shot=zero_shot)
-            text_features = self.model.encode_text(ids)
+            image_features, text_features, ids = self._pair_features(order, captions, micro * b, (micro + 1) * b)
             loss = clip_loss(image_features, text_features, self.loss_scale)
             if self.cfg.anchor:
                 plain = self.model.text_zero_shot(ids)
                 loss = loss + self.cfg.anchor * (1 - (text_features.float() * plain.float()).sum(-1)).mean()
-        return loss, len(idx)
+        return loss, len(ids)
 
     def _cache_zero_shot_images(self) -> None:
         """Zero-shot features of every training image, in fixed chunks so a resumed run gets the same numbers."""
@@ -395,16 +400,10 @@ class Trainer:
         images, texts = [], []
         with torch.no_grad():
             for start in range(0, n, b):
-                idx = torch.as_tensor(order[start : min(n, start + b)])
                 with precision(self.device, self.bf16):
-                    if self.train_image_features is not None:
-                        images.append(self.train_image_features[idx].float())
-                    else:
-                        batch = self.images.batch([self.train_records[i].path for i in idx]).to(self.device)
-                        zero_shot = None if self.zero_shot_images is None else self.zero_shot_images[idx]
-                        images.append(self.model.encode_image(batch, zero_shot=zero_shot).float().cpu())
-                    ids = self.model.tokenize(captions[start : start + len(idx)]).to(self.device)
-                    texts.append(self.model.encode_text(ids).float().cpu())
+                    image_features, text_features, _ = self._pair_features(order, captions, start, min(n, start + b))
+                images.append(image_features.float().cpu())
+                texts.append(text_features.float().cpu())
             before = float(self.loss_scale.exp())
             self.loss_scale.fill_(calibrate_logit_scale(torch.cat(images), torch.cat(texts), b))
             after = float(self.loss_scale.exp())
