@@ -64,6 +64,19 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     assert "dbprompt-tiny" in info and '"text_len": 4' in info
 
 
+def test_train_says_when_validation_kept_zero_shot(tiny_db, tmp_path, capsys):
+    args = ["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--epochs", "1", "--batch-size", "8"]
+    args += ["--model", "dbprompt-tiny", "--pretrained", "random", "--no-progress", "--text-len", "2", "--visual-len", "2"]
+    # A learning rate too small to change any ranking: no trained epoch beats the untrained state.
+    assert main(args + ["--lr", "1e-12"]) == 0
+    out = capsys.readouterr().out
+    assert "best epoch 0" in out and "no trained epoch beat zero-shot" in out
+    # Ungated prompts start away from zero-shot, so the note would be wrong there.
+    args[3] = str(tmp_path / "ungated.safetensors")
+    assert main(args + ["--lr", "1e-12", "--no-gate"]) == 0
+    assert "no trained epoch beat zero-shot" not in capsys.readouterr().out
+
+
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-proxy"]) == 2
     err = capsys.readouterr().err

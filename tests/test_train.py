@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dbprompt.data import records_for
+from dbprompt.embeddings import encode_image_files
 from dbprompt.evaluate import evaluate
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
@@ -124,11 +125,24 @@ def test_gated_visual_prompts_reuse_cached_zero_shot_features(tiny_backbone, tin
     with torch.no_grad():
         images = cached.images.batch([r.path for r in cached.train_records[:3]])
         assert torch.allclose(cached.zero_shot_images[:3], cached.model.image_zero_shot(images), atol=1e-5)
+    # The validation gallery's too: its images, then the training images that fill it up.
+    gallery = len(cached.val_records) + len(cached._distractor_indices())
+    assert cached.val_zero_shot_images.shape[0] == gallery
     recomputed = _trainer(tiny_backbone, tiny_records, epochs=2, cache_zero_shot=False)
     recomputed.run()
-    assert recomputed.zero_shot_images is None
+    assert recomputed.zero_shot_images is None and recomputed.val_zero_shot_images is None
     for name, p in cached.named.items():
         assert torch.allclose(p, recomputed.named[name], atol=1e-5), name
+    for a, b in zip(cached.state.history, recomputed.state.history, strict=True):
+        assert a["val_score"] == pytest.approx(b["val_score"], abs=1e-3)
+    # With the gate open, features built on a misaligned cache would differ.
+    with torch.no_grad():
+        cached.model.visual_prompt.gate.fill_(0.7)
+    paths = [r.path for r in cached.val_records]
+    known = cached.val_zero_shot_images[: len(paths)]
+    with_cache = encode_image_files(cached.model.eval(), paths, device="cpu", bf16=False, zero_shot=known)
+    assert torch.allclose(with_cache, encode_image_files(cached.model, paths, device="cpu", bf16=False), atol=1e-5)
+    assert not torch.allclose(with_cache, torch.nn.functional.normalize(known.float(), dim=-1), atol=1e-3)
     ungated = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=4, gate=False), epochs=1)
     ungated.run()
     assert ungated.zero_shot_images is None  # nothing to blend towards

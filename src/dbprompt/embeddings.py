@@ -19,10 +19,16 @@ def load_image_batch(paths: Sequence[Path], transform: Callable) -> torch.Tensor
     return torch.stack([transform(open_image(p)) for p in paths])
 
 
-def embed_images(model: PromptedCLIP, images: torch.Tensor, device: str, bf16: bool) -> np.ndarray:
-    """Unit-length float32 image vectors; normalised after the cast so bf16 rounding leaves no drift."""
+def embed_images(
+    model: PromptedCLIP, images: torch.Tensor, device: str, bf16: bool, zero_shot: torch.Tensor | None = None
+) -> np.ndarray:
+    """Unit-length float32 image vectors; normalised after the cast so bf16 rounding leaves no drift.
+
+    `zero_shot`: the images' `image_zero_shot` features, when already known.
+    """
     with torch.no_grad(), precision(device, bf16):
-        features = model.encode_image(images.to(device), normalize=False)
+        zero_shot = None if zero_shot is None else zero_shot.to(device)
+        features = model.encode_image(images.to(device), normalize=False, zero_shot=zero_shot)
     return F.normalize(features.float(), dim=-1).cpu().numpy()
 
 
@@ -45,15 +51,35 @@ def encode_image_files(
     bf16: bool,
     batch_size: int = 64,
     progress: str | None = None,
+    zero_shot: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Unit-length float32 image features [N, E] on the CPU."""
+    """Unit-length float32 image features [N, E] on the CPU.
+
+    `zero_shot`: the images' `image_zero_shot_files`, so that a gated visual prompt does not
+    recompute what it blends towards.
+    """
     transform = model.backbone.image_transform()
     out = []
     bar = tqdm(total=len(paths), desc=progress, unit="img", disable=progress is None, leave=False)
-    for chunk in _batches(paths, batch_size):
-        out.append(torch.from_numpy(embed_images(model, load_image_batch(chunk, transform), device, bf16)))
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        known = None if zero_shot is None else zero_shot[start : start + batch_size]
+        out.append(torch.from_numpy(embed_images(model, load_image_batch(chunk, transform), device, bf16, known)))
         bar.update(len(chunk))
     bar.close()
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def image_zero_shot_files(
+    model: PromptedCLIP, paths: Sequence[Path], *, device: str, bf16: bool, batch_size: int = 64
+) -> torch.Tensor:
+    """`model.image_zero_shot` of each file [N, E] on the CPU, in encode_image_files' batches."""
+    transform = model.backbone.image_transform()
+    out = []
+    for start in range(0, len(paths), batch_size):
+        with precision(device, bf16):
+            images = load_image_batch(paths[start : start + batch_size], transform).to(device)
+            out.append(model.image_zero_shot(images).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .atomic import atomic_path
 from .batches import LookAlikes, find_look_alikes, grouped_order
 from .data.records import Record
-from .embeddings import encode_image_files, load_image_batch
+from .embeddings import encode_image_files, image_zero_shot_files, load_image_batch
 from .evaluate import evaluate, selection_score
 from .model import PromptedCLIP
 from .runtime import precision
@@ -64,8 +64,8 @@ class TrainConfig:
     # (KgCoOp, Yao et al. 2023). On shifted images, tuning the text side alone was seen to drag
     # all captions towards one direction, lowering the loss while retrieval fell; the pull stops that.
     anchor: float = 0.0
-    # Compute each training image's zero-shot features for a gated visual prompt once, not
-    # every step. Off only to measure what it saves.
+    # Compute the zero-shot features a gated visual prompt blends towards once per training
+    # and validation image, not at every step and validation. Off only to measure what it saves.
     cache_zero_shot: bool = True
     # Batches made of runs of this many look-alike images (captions sharing most words), so
     # that each batch holds hard negatives; 0 or 1: random batches. See batches.py.
@@ -247,8 +247,10 @@ class Trainer:
         # With a frozen image side, image features are computed once, not every step.
         self.train_image_features: torch.Tensor | None = None
         self.val_image_features: torch.Tensor | None = None
-        # Zero-shot features of the training images, for a gated visual prompt's blend.
+        # Zero-shot features of the training images, for a gated visual prompt's blend, and of
+        # the validation gallery (validation images, then distractors).
         self.zero_shot_images: torch.Tensor | None = None
+        self.val_zero_shot_images: torch.Tensor | None = None
         group = cfg.hard_negative_group
         # Enough candidates that a run still fills when its closest look-alikes are taken.
         self.look_alikes = find_look_alikes(self.train_records, 4 * group) if group > 1 else None
@@ -326,17 +328,34 @@ class Trainer:
     def _validate(self) -> dict[str, float] | None:
         if not self.val_records:
             return None
+        self.model.eval()  # before any encoding here: prompt dropout is for training steps only
         picks = self._distractor_indices()
         distractors = [self.train_records[i].path for i in picks]
-        if self._image_side_frozen() and self.val_image_features is None:
-            own = encode_image_files(self.model, [r.path for r in self.val_records], device=self.device, bf16=self.bf16)
-            self.val_image_features = torch.cat([own, self.train_image_features[torch.as_tensor(picks, dtype=torch.long)]])
+        own = [r.path for r in self.val_records]
+        if self._image_side_frozen():
+            if self.val_image_features is None:
+                own_features = encode_image_files(self.model, own, device=self.device, bf16=self.bf16)
+                picked = self.train_image_features[torch.as_tensor(picks, dtype=torch.long)]
+                self.val_image_features = torch.cat([own_features, picked])
+            image_features = self.val_image_features
+        elif self.cfg.cache_zero_shot and self.model.image_zero_shot_is_fixed():
+            # A gated visual prompt blends towards zero-shot features that never change: computed
+            # at the first validation only, they halve the image work of every later one.
+            if self.val_zero_shot_images is None:
+                self.val_zero_shot_images = image_zero_shot_files(
+                    self.model, own + distractors, device=self.device, bf16=self.bf16
+                )
+            image_features = encode_image_files(
+                self.model, own + distractors, device=self.device, bf16=self.bf16, zero_shot=self.val_zero_shot_images
+            )
+        else:
+            image_features = None
         return evaluate(
             self.model,
             self.val_records,
             device=self.device,
             bf16=self.bf16,
-            image_features=self.val_image_features if self._image_side_frozen() else None,
+            image_features=image_features,
             distractors=distractors,
         )
 

@@ -169,6 +169,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"wrote {out} ({out.stat().st_size:,} bytes); anchor {cfg.anchor:g}, best epoch {result.best_epoch} "
         f"(0 = before training) by validation T2I R@1 {result.best_score:.1f}"
     )
+    if result.best_epoch == 0 and config.gate:  # gated prompts start exactly at zero-shot
+        print(
+            "note: no trained epoch beat zero-shot on validation, so this prompt file ranks exactly as zero-shot "
+            "does. Prompts adapt mostly the captions' side: where the images themselves differ from the "
+            "backbone's (textures, noise, rotation), they were seen to gain little (BENCHMARKS.md, visual shift)."
+        )
     return 0
 
 
