@@ -71,15 +71,29 @@ def encode_image_files(
 
 
 def image_zero_shot_files(
-    model: PromptedCLIP, paths: Sequence[Path], *, device: str, bf16: bool, batch_size: int = 64
+    model: PromptedCLIP,
+    paths: Sequence[Path],
+    *,
+    device: str,
+    bf16: bool,
+    batch_size: int = 64,
+    load: Callable[[Sequence[Path]], torch.Tensor] | None = None,
+    progress: str | None = None,
 ) -> torch.Tensor:
-    """`model.image_zero_shot` of each file [N, E] on the CPU, in encode_image_files' batches."""
-    transform = model.backbone.image_transform()
+    """`model.image_zero_shot` of each file [N, E] on the CPU, in fixed batches (a resumed run gets the same numbers).
+
+    `load` turns a batch of paths into transformed images (default: decode from disk).
+    """
+    if load is None:
+        transform = model.backbone.image_transform()
+
+        def load(chunk: Sequence[Path]) -> torch.Tensor:
+            return load_image_batch(chunk, transform)
+
     out = []
-    for start in range(0, len(paths), batch_size):
+    for start in tqdm(range(0, len(paths), batch_size), desc=progress, disable=progress is None, leave=False):
         with precision(device, bf16):
-            images = load_image_batch(paths[start : start + batch_size], transform).to(device)
-            out.append(model.image_zero_shot(images).cpu())
+            out.append(model.image_zero_shot(load(paths[start : start + batch_size]).to(device)).cpu())
     return torch.cat(out) if out else torch.empty(0, 0)
 
 

@@ -340,11 +340,14 @@ class Trainer:
             image_features = self.val_image_features
         elif self.cfg.cache_zero_shot and self.model.image_zero_shot_is_fixed():
             # A gated visual prompt blends towards zero-shot features that never change: computed
-            # at the first validation only, they halve the image work of every later one.
+            # at the first validation only (the distractors' are the training cache's), they halve
+            # the image work of every later one.
             if self.val_zero_shot_images is None:
-                self.val_zero_shot_images = image_zero_shot_files(
-                    self.model, own + distractors, device=self.device, bf16=self.bf16
-                )
+                if self.zero_shot_images is None:
+                    self._cache_zero_shot_images()
+                own_zero_shot = image_zero_shot_files(self.model, own, device=self.device, bf16=self.bf16)
+                picked = self.zero_shot_images[torch.as_tensor(picks, dtype=torch.long, device=self.zero_shot_images.device)]
+                self.val_zero_shot_images = torch.cat([own_zero_shot, picked.cpu()])
             image_features = encode_image_files(
                 self.model, own + distractors, device=self.device, bf16=self.bf16, zero_shot=self.val_zero_shot_images
             )
@@ -401,13 +404,16 @@ class Trainer:
         return loss, len(ids)
 
     def _cache_zero_shot_images(self) -> None:
-        """Zero-shot features of every training image, in fixed chunks so a resumed run gets the same numbers."""
-        b, paths = self.cfg.batch_size, [r.path for r in self.train_records]
-        chunks = []
-        for start in tqdm(range(0, len(paths), b), desc="caching zero-shot features", disable=not self.progress, leave=False):
-            with precision(self.device, self.bf16):
-                chunks.append(self.model.image_zero_shot(self.images.batch(paths[start : start + b]).to(self.device)))
-        self.zero_shot_images = torch.cat(chunks)
+        """Zero-shot features of every training image, decoded through the training image cache."""
+        self.zero_shot_images = image_zero_shot_files(
+            self.model,
+            [r.path for r in self.train_records],
+            device=self.device,
+            bf16=self.bf16,
+            batch_size=self.cfg.batch_size,
+            load=self.images.batch,
+            progress="caching zero-shot features" if self.progress else None,
+        ).to(self.device)
 
     def _calibrate_temperature(self) -> None:
         """Start the loss's temperature where it best fits the untrained model on epoch 0's first pairs."""
