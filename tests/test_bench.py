@@ -45,8 +45,13 @@ def test_methods_train_exactly_what_they_claim():
 
 def test_comparison_runs_resumes_and_reports(tmp_path):
     cfg = BenchConfig(**SMALL)
-    rows = run(cfg, tmp_path, log=lambda _: None)
+    lines: list[str] = []
+    rows = run(cfg, tmp_path, log=lines.append)
     assert [r["method"] for r in rows] == list(SMALL["methods"])
+    # One line per finished run, counting up to the number of runs, and a time left that ends at 0.
+    total = len(SMALL["methods"])
+    assert [line.split(",")[0] for line in lines[:total]] == [f"[{i}/{total}" for i in range(1, total + 1)]
+    assert "about 0 min left]" in lines[total - 1] and lines[total].startswith(f"{total} runs in ")
     # Each trained row says which learning rate and anchor validation kept, from those tried.
     by_method = {r["method"]: r for r in rows}
     assert by_method["dbprompt"]["anchor"] in METHODS["dbprompt"].anchors

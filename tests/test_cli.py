@@ -71,6 +71,7 @@ def test_train_says_when_validation_kept_zero_shot(tiny_db, tmp_path, capsys):
     assert main(args + ["--lr", "1e-12"]) == 0
     out = capsys.readouterr().out
     assert "best epoch 0" in out and "no trained epoch beat zero-shot" in out
+    assert "--visual-len 32 --lr 1e-2 --epochs 4 " in out  # the sweep's best, at 4x this run's epochs
     # Ungated prompts start away from zero-shot, so the note would be wrong there.
     args[3] = str(tmp_path / "ungated.safetensors")
     assert main(args + ["--lr", "1e-12", "--no-gate"]) == 0

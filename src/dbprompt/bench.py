@@ -7,6 +7,7 @@ finished run is saved on its own, so an interrupted comparison resumes where it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -154,16 +155,17 @@ def run(
     ]
     todo = [t for t in tasks if not t[6].exists()] if train else []
     started = time.perf_counter()
-    if jobs > 1 and len(todo) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    with contextlib.ExitStack() as stack:
+        if jobs > 1 and len(todo) > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for row in pool.map(_task, todo):
-                _log_row(row, log)
-    else:
-        for task in todo:
-            _log_row(_task(task), log)
+            pool = stack.enter_context(ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")))
+            finished = pool.map(_task, todo)
+        else:
+            finished = map(_task, todo)
+        for done, row in enumerate(finished, 1):
+            _log_row(row, log, _progress(done, len(todo), time.perf_counter() - started))
     # The whole command's time, what "how long the comparison takes" means (per-run times overlap).
     this_run = {"runs_trained": len(todo), "jobs": jobs, "wall_seconds": time.perf_counter() - started}
     if todo:
@@ -175,9 +177,15 @@ def run(
     return rows
 
 
-def _log_row(row: dict, log: Callable[[str], None]) -> None:
+def _progress(done: int, total: int, elapsed: float) -> str:
+    """Runs done and a rough time left: on a CPU the whole comparison takes hours."""
+    left = elapsed / done * (total - done)
+    return f"[{done}/{total}, {elapsed / 60:.1f} min, about {left / 60:.0f} min left]"
+
+
+def _log_row(row: dict, log: Callable[[str], None], progress: str) -> None:
     log(
-        f"{row['shift']:8} N={row['n']:<5} seed={row['seed']} {row['method']:15} "
+        f"{progress} {row['shift']:8} N={row['n']:<5} seed={row['seed']} {row['method']:15} "
         f"T2I R@1 {row['metrics'][HEADLINE]:5.1f}  ({row['train_seconds']:.0f}s)"
     )
 
