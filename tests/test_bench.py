@@ -6,7 +6,7 @@ import json
 
 from safetensors.torch import save_file
 
-from dbprompt.bench import BenchConfig, markdown, run, run_one, summarize, target_splits, targets
+from dbprompt.bench import BenchConfig, default_jobs, markdown, run, run_one, summarize, target_splits, targets
 from dbprompt.cli.bench import write_section
 from dbprompt.methods import METHODS, build
 from dbprompt.train import VALIDATION_GALLERY
@@ -111,3 +111,10 @@ def test_comparison_runs_on_the_weights_it_is_given(tmp_path):
     assert rows["other"]["backbone"] == load_backbone("dbprompt-tiny", str(weights)).fingerprint()
     assert rows["default"]["backbone"] == load_backbone("dbprompt-tiny").fingerprint() != rows["other"]["backbone"]
     assert rows["default"]["metrics"] != rows["other"]["metrics"]
+
+
+def test_default_jobs_fill_a_cpu_and_stay_single_on_a_gpu(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert default_jobs("cpu") == 6
+    monkeypatch.setattr("dbprompt.bench.pick_device", lambda device: "cuda")
+    assert default_jobs("auto") == 1

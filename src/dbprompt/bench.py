@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -131,6 +132,12 @@ def _task(args: tuple) -> dict:
     row = run_one(METHODS[name], train, data["val"], data["test"], cfg, n, seed) | {"shift": shift}
     atomic_write_text(path, json.dumps(row))
     return row
+
+
+def default_jobs(device: str) -> int:
+    """One single-thread job per core on a CPU (two one-thread trainings beat one two-thread one
+    on a small CPU); one on an accelerator, where every process holds its own copy of the model."""
+    return (os.cpu_count() or 1) if pick_device(device) == "cpu" else 1
 
 
 def run(

@@ -33,14 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--val-images", type=int, default=d.val_images)
     m.add_argument("--test-images", type=int, default=d.test_images)
     m.add_argument("--device", default=d.device)
-    m.add_argument("--jobs", type=int, default=1, help="runs in parallel, one thread each (default: %(default)s)")
+    m.add_argument("--jobs", type=int, default=None, help="runs in parallel, one thread each (default: one per CPU core on a CPU, 1 on a GPU)")
     m.add_argument("--report-only", action="store_true", help="summarise the runs saved so far; train nothing")
     m.add_argument("--benchmarks-md", default=None, help="write the table into this Markdown file between markers")
     m.set_defaults(func=cmd_methods)
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from ..bench import BenchConfig, markdown, run, summarize, targets
+    from ..bench import BenchConfig, default_jobs, markdown, run, summarize, targets
 
     epochs = dict(tuple(int(v) for v in item.split(":")) for item in args.epochs)
     missing = [n for n in args.sizes if n not in epochs]
@@ -58,7 +58,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
         epochs=epochs,
         device=args.device,
     )
-    rows = run(cfg, args.out, jobs=args.jobs, train=not args.report_only)
+    jobs = args.jobs if args.jobs is not None else default_jobs(cfg.device)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    rows = run(cfg, args.out, jobs=jobs, train=not args.report_only)
     summary = summarize(rows, cfg)
     table = markdown(summary, cfg)
     lines = [line for method in TARGET_METHODS if method in cfg.methods for line in targets(summary, method)]
