@@ -5,8 +5,9 @@
 Runs the comparison's own `run_one` (same data, budgets and validation) for each method, one
 thread as the comparison's jobs use, and splits its wall time into: the forward passes of the
 training steps (with the loss); the rest of training (backward passes, optimizer steps,
-loading the backbone and decoding images); the per-epoch validation (epoch 0 included); the one-off passes before training (temperature calibration, the
-cached zero-shot image features), and the final test evaluation. The split comes from timing
+loading the backbone and decoding images); the per-epoch validation (epoch 0 included); the
+one-off passes before training (temperature calibration, the cached zero-shot image
+features); and the final test evaluation. The split comes from timing
 the Trainer's own methods; nothing they do is changed.
 """
 
