@@ -9,7 +9,7 @@ import torch
 from dbprompt.backbones import load_backbone
 from dbprompt.backbones.openclip import OpenClipAdapter
 from dbprompt.data import assign_splits, load_database
-from dbprompt.world import write_database
+from dbprompt_lab.world import write_database
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +33,12 @@ def adapter_for(net: torch.nn.Module, name: str, tokenizer_name: str = "ViT-B-32
     preprocess = open_clip.image_transform(net.visual.image_size, is_train=False)
     adapter = OpenClipAdapter(net, lambda: open_clip.get_tokenizer(tokenizer_name), preprocess, name, "random")
     return adapter.eval().requires_grad_(False)
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-identical results are promised on one thread (README, Reproducibility)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

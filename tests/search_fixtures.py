@@ -17,8 +17,7 @@ from dbprompt.backbones import BackboneAdapter
 from dbprompt.index import IndexInfo, build_index
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
-from dbprompt.storage import save_prompt_file
-from dbprompt.world import write_database
+from dbprompt_lab.world import write_database
 
 
 def make_prompt_file(path: Path, backbone: BackboneAdapter, seed: int) -> Path:
@@ -26,8 +25,8 @@ def make_prompt_file(path: Path, backbone: BackboneAdapter, seed: int) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # Ungated, so that untrained prompts already move the vectors away from zero-shot.
-        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, init_std=0.5, gate=False))
-    return save_prompt_file(path, model)
+        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, init_std=0.5, gate=False, vocab=0))
+    return model.save_prompt_file(path)
 
 
 def write_folder(root: Path, images: dict[str, tuple[tuple[int, int, int], str]]) -> Path:

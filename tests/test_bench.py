@@ -6,11 +6,11 @@ import json
 
 from safetensors.torch import save_file
 
-from dbprompt.bench import BenchConfig, default_jobs, markdown, run, run_one, summarize, target_splits, targets
-from dbprompt.cli.bench import write_section
-from dbprompt.methods import METHODS, build
-from dbprompt.train import VALIDATION_GALLERY
 from dbprompt.backbones import load_backbone
+from dbprompt.training.validation import VALIDATION_GALLERY
+from dbprompt_lab.bench import BenchConfig, default_jobs, markdown, run, run_one, summarize, target_splits, targets
+from dbprompt_lab.cli import write_section
+from dbprompt_lab.methods import COMPARED, EXPERIMENTS, METHODS, build, load_experiment
 
 SMALL = dict(
     model="dbprompt-tiny",
@@ -35,7 +35,7 @@ def test_methods_train_exactly_what_they_claim():
         if name == "lora":
             assert trainable and all("lora_" in n for n in trainable)
         if name == "dbprompt":  # the vocabulary covers the captions' word pieces
-            assert len(model.text_vocab.ids) == len(set(model.tokenize(captions).flatten().tolist()))
+            assert len(model.prompts.vocab.ids) == len(set(model.tokenize(captions).flatten().tolist()))
         if name == "projection":
             assert trainable == {"backbone.model.text_projection", "backbone.model.visual.proj"}
     assert counts["zero-shot"] == 0
@@ -116,5 +116,20 @@ def test_comparison_runs_on_the_weights_it_is_given(tmp_path):
 def test_default_jobs_fill_a_cpu_and_stay_single_on_a_gpu(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 6)
     assert default_jobs("cpu") == 6
-    monkeypatch.setattr("dbprompt.bench.pick_device", lambda device: "cuda")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     assert default_jobs("auto") == 1
+
+
+def test_sweeps_are_data_with_the_commands_that_ran_them():
+    import json
+
+    files = sorted(EXPERIMENTS.glob("*.json"))
+    assert files
+    for path in files:
+        data = json.loads(path.read_text())
+        assert data["commands"] and data["description"]
+        for method in load_experiment(path):
+            assert METHODS[method.name] == method and method.name not in COMPARED
+            # Every method a command names is one the registry knows.
+        named = {w for c in data["commands"] for w in c.split() if w.startswith(("tv-", "vis-", "vocab-"))}
+        assert named <= set(METHODS), named - set(METHODS)

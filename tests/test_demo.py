@@ -1,14 +1,15 @@
-"""`dbprompt demo` runs the whole day end to end and ends in a searchable index."""
+"""`dbprompt-lab demo` runs the whole day end to end through the Python API and ends in a searchable index."""
 
 from __future__ import annotations
 
 from dbprompt.cli import main
-from dbprompt.demo import FALLBACK
+from dbprompt_lab.cli import main as lab_main
+from dbprompt_lab.demo import FALLBACK
 
 
 def test_demo_end_to_end(tmp_path, capsys):
     work = tmp_path / "demo"
-    code = main(["demo", "--dir", str(work), "--images", "40", "--epochs", "1", "--model", FALLBACK, "--batch-size", "16"])
+    code = lab_main(["demo", "--dir", str(work), "--images", "40", "--epochs", "1", "--model", FALLBACK])
     out = capsys.readouterr().out
     assert code == 0
     assert (work / "database" / "metadata.jsonl").exists()
@@ -20,4 +21,3 @@ def test_demo_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", str(work / "index"), "a small red star", "-k", "3", "--json"]) == 0
     assert "score" in capsys.readouterr().out
-

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from search_fixtures import make_prompt_file, write_folder
 
-import dbprompt.index as index_module
+import dbprompt.index.build as index_module
 from dbprompt.backbones import load_backbone
 from dbprompt.cli import main
 from dbprompt.data import DataError, load_database
@@ -22,11 +22,15 @@ from dbprompt.index import (
     IndexFormatError,
     all_vectors,
     build_index,
-    open_index,
+    load_index,
     resolve_kind,
 )
-from dbprompt.searcher import open_searcher
-from dbprompt.storage import PromptFileError, file_sha256, load_prompted_model
+from dbprompt.compat import IncompatibleError
+from dbprompt.model import PromptedCLIP
+from dbprompt.prompts import PromptConfig
+from dbprompt.runtime import Runtime
+from dbprompt.searcher import Searcher, open_index
+from dbprompt.compat import file_sha256
 
 COLOURS = [(r, g, b) for r in (0, 120, 255) for g in (0, 120, 255) for b in (0, 255)]  # 18 distinct
 
@@ -41,7 +45,7 @@ def prompts(tmp_path, tiny_backbone):
 
 
 def vectors_by_key(index_dir):
-    index = open_index(index_dir)
+    index = load_index(index_dir)
     try:
         vectors = all_vectors(index.vectors)
         return {row.key: vectors[row.id] for row in index.all_rows()}
@@ -73,7 +77,7 @@ def test_build_writes_a_self_describing_index(tmp_path, tiny_backbone, prompts):
 def test_vectors_are_the_prompted_model_s(tmp_path, tiny_backbone, prompts):
     db = folder(tmp_path / "db", n=4)
     build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
-    model = load_prompted_model(prompts, tiny_backbone)
+    model = PromptedCLIP.from_prompt_file(prompts, tiny_backbone)
     transform = tiny_backbone.image_transform()
     pixels = torch.stack([transform(Image.open(db / "images" / f"{i:03d}.png").convert("RGB")) for i in range(4)])
     with torch.no_grad():
@@ -90,7 +94,7 @@ def test_approximate_kinds_find_each_image_first(tmp_path, tiny_backbone, prompt
     db = folder(tmp_path / "db", n=18)
     info = build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, kind=kind, progress=False)
     assert info.kind == kind and info.recall_at_10 >= 0.95 and info.search_params
-    searcher = open_searcher(tmp_path / "idx")
+    searcher = open_index(tmp_path / "idx")
     try:
         for i in (0, 7, 17):
             hits = searcher.search_image(Image.open(db / "images" / f"{i:03d}.png"), k=3)
@@ -134,7 +138,7 @@ def test_update_embeds_only_new_and_changed_and_drops_deleted(tmp_path, tiny_bac
     for key in ("images/000.png", "images/009.png"):
         assert np.array_equal(after[key], before[key])
     assert not np.allclose(after["images/001.png"], before["images/001.png"])
-    index = open_index(tmp_path / "idx")
+    index = load_index(tmp_path / "idx")
     try:
         rows = {r.key: r for r in index.all_rows()}
         assert rows["images/011.png"].captions == ("new colour 11",)
@@ -203,7 +207,7 @@ def test_interrupted_update_keeps_the_old_index_searchable(tmp_path, tiny_backbo
     interrupt_after(monkeypatch, calls=1)
     with pytest.raises(Interrupt):
         build_index(db, prompts, out, backbone=tiny_backbone, batch_size=4, checkpoint_every=4, progress=False)
-    index = open_index(out)
+    index = load_index(out)
     assert index.info.count == 6
     index.close()
     monkeypatch.undo()
@@ -220,7 +224,7 @@ def test_a_killed_rename_is_recovered(tmp_path, tiny_backbone, prompts):
     info = build_index(db, prompts, out, backbone=tiny_backbone, progress=False)
     assert info == first  # the old index came back, and was found up to date
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "db", "idx"]
-    assert open_index(out).info.count == 5
+    assert load_index(out).info.count == 5
 
 
 def test_bad_images_stop_the_build_or_are_skipped(tmp_path, tiny_backbone, prompts):
@@ -241,19 +245,19 @@ def test_index_refuses_other_prompts_and_backbones(tmp_path, tiny_backbone, prom
     db = folder(tmp_path / "db", n=3)
     build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
     other = make_prompt_file(tmp_path / "b.safetensors", tiny_backbone, seed=2)
-    with pytest.raises(IndexFormatError, match="sha256"):
-        open_searcher(tmp_path / "idx", prompt_file=other)
-    index = open_index(tmp_path / "idx")
-    with pytest.raises(IndexFormatError, match="fingerprint"):
-        index.check_backbone(load_backbone("dbprompt-tiny", seed=1))
+    with pytest.raises(IncompatibleError, match="sha256"):
+        open_index(tmp_path / "idx", prompt_file=other)
+    index = load_index(tmp_path / "idx")
+    with pytest.raises(IncompatibleError, match="fingerprint"):
+        Searcher(index, PromptedCLIP(load_backbone("dbprompt-tiny", seed=1), PromptConfig.none()), Runtime())
     index.close()
-    open_searcher(tmp_path / "idx", prompt_file=prompts).close()  # the right file is accepted
-    with pytest.raises(PromptFileError, match="fingerprint"):
-        load_prompted_model(other, load_backbone("dbprompt-tiny", seed=1))
+    open_index(tmp_path / "idx", prompt_file=prompts).close()  # the right file is accepted
+    with pytest.raises(IncompatibleError, match="fingerprint"):
+        PromptedCLIP.from_prompt_file(other, load_backbone("dbprompt-tiny", seed=1))
 
     shutil.copyfile(other, tmp_path / "idx" / "prompts.safetensors")  # tampered copy
     with pytest.raises(IndexFormatError, match="prompts.safetensors"):
-        open_index(tmp_path / "idx")
+        load_index(tmp_path / "idx")
 
 
 def test_never_replaces_a_directory_that_is_not_an_index(tmp_path, tiny_backbone, prompts):
@@ -270,15 +274,15 @@ def test_never_replaces_a_directory_that_is_not_an_index(tmp_path, tiny_backbone
 
 def test_broken_index_directories_are_named_in_errors(tmp_path, tiny_backbone, prompts):
     with pytest.raises(IndexFormatError, match="nowhere"):
-        open_index(tmp_path / "nowhere")
+        load_index(tmp_path / "nowhere")
     db = folder(tmp_path / "db", n=3)
     build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
     (tmp_path / "idx" / "vectors.faiss").unlink()
     with pytest.raises(IndexFormatError, match="vectors.faiss"):
-        open_index(tmp_path / "idx")
+        load_index(tmp_path / "idx")
     (tmp_path / "idx" / "manifest.json").write_text("{not json")
     with pytest.raises(IndexFormatError, match="manifest.json"):
-        open_index(tmp_path / "idx")
+        load_index(tmp_path / "idx")
 
 
 def test_cli_index_and_search(tmp_path, prompts, capsys):

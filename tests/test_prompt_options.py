@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from dbprompt.model import PromptedCLIP
-from dbprompt.prompts import PromptConfig, TokenOffsets
+from dbprompt.prompts import PromptConfig
+from dbprompt.prompts.vocabulary import TokenOffsets
 from dbprompt.prompts.tokens import drop_vectors
-from dbprompt.storage import load_prompted_model, save_prompt_file
-from dbprompt.train import clip_loss
+from dbprompt.training.loss import clip_loss
 
 CAPTIONS = ["a red circle on the left", "a blue star", "a green cross at the top"]
 
@@ -28,7 +28,7 @@ def test_drop_vectors_drops_whole_vectors_and_keeps_the_mean():
 
 def test_dropout_acts_in_training_only(tiny_backbone):
     torch.manual_seed(0)
-    config = PromptConfig(text_len=4, visual_len=4, gate=False)
+    config = PromptConfig(text_len=4, visual_len=4, gate=False, vocab=0)
     plain = PromptedCLIP(tiny_backbone, config)
     dropping = PromptedCLIP(tiny_backbone, config.replace(dropout=0.5))
     dropping.load_state_dict(plain.state_dict())
@@ -59,26 +59,26 @@ def test_offset_dropout_uses_pretrained_embedding_for_dropped_tokens():
 
 
 def test_coupled_visual_prompts_are_a_map_of_the_textual_ones(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, couple=True, gate=False)).train()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, couple=True, gate=False, vocab=0)).train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"text_prompt.tokens", "visual_prompt.map.weight", "visual_prompt.map.bias"}
-    expected = model.visual_prompt.map(model.text_prompt.tokens)
-    assert torch.equal(model.visual_prompt.vectors(), expected)
+    assert trainable == {"prompts.text.tokens", "prompts.visual.map.weight", "prompts.visual.map.bias"}
+    expected = model.prompts.visual.map(model.prompts.text.tokens)
+    assert torch.equal(model.prompts.visual.vectors(), expected)
     # The image loss alone reaches the textual tokens through the map.
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         fixed_text = model.encode_text(model.tokenize(CAPTIONS))
     clip_loss(model.encode_image(images), fixed_text, tiny_backbone.logit_scale).backward()
-    assert model.text_prompt.tokens.grad.abs().sum() > 0
-    assert model.visual_prompt.map.weight.grad.abs().sum() > 0
+    assert model.prompts.text.tokens.grad.abs().sum() > 0
+    assert model.prompts.visual.map.weight.grad.abs().sum() > 0
 
 
 def test_coupled_prompts_round_trip_through_a_prompt_file(tiny_backbone, tmp_path):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, couple=True)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, couple=True, vocab=0)).eval()
     with torch.no_grad():
-        model.visual_prompt.gate.fill_(0.7)
+        model.prompts.visual.gate.fill_(0.7)
     images = torch.randn(2, 3, 32, 32)
-    loaded = load_prompted_model(save_prompt_file(tmp_path / "c.safetensors", model))
+    loaded = PromptedCLIP.from_prompt_file(model.save_prompt_file(tmp_path / "c.safetensors"))
     assert set(loaded.prompt_state_dict()) == set(model.prompt_state_dict())
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.encode_image(images))
@@ -86,8 +86,8 @@ def test_coupled_prompts_round_trip_through_a_prompt_file(tiny_backbone, tmp_pat
 
 def test_coupling_needs_matching_prompts(tiny_backbone):
     with pytest.raises(ValueError, match="one length"):
-        PromptConfig(text_len=4, visual_len=2, couple=True)
+        PromptConfig(text_len=4, visual_len=2, couple=True, vocab=0)
     with pytest.raises(ValueError, match="one prompt depth"):
-        PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, text_depth=1, visual_depth=2, couple=True))
+        PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, text_depth=1, visual_depth=2, couple=True, vocab=0))
     with pytest.raises(ValueError, match="dropout"):
-        PromptConfig(dropout=1.0)
+        PromptConfig(dropout=1.0, vocab=0)

@@ -6,7 +6,7 @@ import torch
 
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
-from dbprompt.train import clip_loss
+from dbprompt.training.loss import clip_loss
 
 LONG_CAPTION = " ".join(["a large red circle on the left and a small blue star at the top"] * 10)
 
@@ -16,7 +16,7 @@ def _reference_text_features(model: PromptedCLIP, ids: torch.Tensor) -> torch.Te
     net = model.backbone.model
     n = model.config.text_len
     x = net.token_embedding(ids)
-    prompts = model.text_prompt.tokens[0].unsqueeze(0).expand(ids.shape[0], -1, -1)
+    prompts = model.prompts.text.tokens[0].unsqueeze(0).expand(ids.shape[0], -1, -1)
     x = torch.cat([x[:, :1], prompts, x[:, 1:]], dim=1)
     x = x + net.positional_embedding
     x = net.transformer(x, attn_mask=net.attn_mask)
@@ -27,7 +27,7 @@ def _reference_text_features(model: PromptedCLIP, ids: torch.Tensor) -> torch.Te
 
 
 def test_long_captions_keep_their_end_token_and_pool_there(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_depth=1, visual_len=0, gate=False)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_depth=1, visual_len=0, gate=False, vocab=0)).eval()
     ids = model.tokenize([LONG_CAPTION, "a red circle"])
     assert ids.shape == (2, tiny_backbone.context_length - 6)
     eot = tiny_backbone.tokenizer.eot_token_id
@@ -38,7 +38,7 @@ def test_long_captions_keep_their_end_token_and_pool_there(tiny_backbone):
 
 
 def test_visual_prompts_sit_after_class_token_without_positions(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=1)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=1, vocab=0)).eval()
     seen = {}
 
     def spy(layer, x):
@@ -48,49 +48,49 @@ def test_visual_prompts_sit_after_class_token_without_positions(tiny_backbone):
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         tokens = tiny_backbone.image_tokens(images)
-        inserted = model.visual_prompt.insert(tokens)
+        inserted = model.prompts.visual.insert(tokens)
         tiny_backbone.image_from_tokens(inserted, 3, spy)
     first = seen[0]
     assert first.shape[1] == tokens.shape[1] + 3
-    assert torch.equal(first[:, 1:4], model.visual_prompt.tokens[0].expand(2, -1, -1))
+    assert torch.equal(first[:, 1:4], model.prompts.visual.tokens[0].expand(2, -1, -1))
     assert torch.equal(first[:, :1], tokens[:, :1]) and torch.equal(first[:, 4:], tokens[:, 1:])
 
 
 def test_deep_prompts_replace_prompt_positions_before_each_layer(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=2)).eval()
-    hook = model.visual_prompt.layer_hook()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=2, vocab=0)).eval()
+    hook = model.prompts.visual.layer_hook()
     x = torch.zeros(2, 10, tiny_backbone.vision_width)
     assert torch.equal(hook(0, x), x)
     replaced = hook(1, x)
-    assert torch.equal(replaced[:, 1:4], model.visual_prompt.tokens[1].expand(2, -1, -1))
+    assert torch.equal(replaced[:, 1:4], model.prompts.visual.tokens[1].expand(2, -1, -1))
     assert replaced.shape == x.shape and torch.equal(replaced[:, 4:], x[:, 4:])
 
 
 def test_phrase_init_copies_token_embeddings(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_init="a photo of a", visual_len=0))
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_init="a photo of a", visual_len=0, vocab=0))
     ids = tiny_backbone.tokenize(["a photo of a"], tiny_backbone.context_length)[0]
     words = ids[1:5]
     expected = tiny_backbone.model.token_embedding.weight[words]
-    assert torch.allclose(model.text_prompt.tokens[0, :4], expected)
+    assert torch.allclose(model.prompts.text.tokens[0, :4], expected)
 
 
 def test_gradients_reach_only_the_prompts(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, visual_depth=2, gate=False)).train()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, visual_depth=2, gate=False, vocab=0)).train()
     assert not tiny_backbone.training
     ids = model.tokenize(["a red circle", "a blue star", "a green cross"])
     loss = clip_loss(model.encode_image(torch.randn(3, 3, 32, 32)), model.encode_text(ids), tiny_backbone.logit_scale)
     loss.backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"text_prompt.tokens", "visual_prompt.tokens"}
+    assert trainable == {"prompts.text.tokens", "prompts.visual.tokens"}
     assert all(p.grad is None for p in tiny_backbone.parameters())
-    assert model.text_prompt.tokens.grad.abs().sum() > 0
-    assert model.visual_prompt.tokens.grad[1].abs().sum() > 0  # the deep set is used too
+    assert model.prompts.text.tokens.grad.abs().sum() > 0
+    assert model.prompts.visual.tokens.grad[1].abs().sum() > 0  # the deep set is used too
     assert model.trainable_parameter_count() == 2 * 4 * 64 + 2 * 4 * 64  # text depth 0 = both layers
 
 
 def test_gated_prompts_start_exactly_at_zero_shot(tiny_backbone):
-    gated = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, gate=True)).train()
-    plain = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=0)).eval()
+    gated = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, gate=True, vocab=0)).train()
+    plain = PromptedCLIP(tiny_backbone, PromptConfig.none()).eval()
     ids = gated.tokenize(["a red circle on the left", "a blue star"])
     images = torch.randn(2, 3, 32, 32)
     image_f, text_f = gated.encode_image(images), gated.encode_text(ids)
@@ -98,15 +98,15 @@ def test_gated_prompts_start_exactly_at_zero_shot(tiny_backbone):
         assert torch.allclose(image_f, plain.encode_image(images), atol=1e-6)
         assert torch.allclose(text_f, plain.encode_text(ids), atol=1e-6)
     clip_loss(image_f, text_f, tiny_backbone.logit_scale).backward()
-    assert gated.text_prompt.gate.grad.abs() > 0 and gated.visual_prompt.gate.grad.abs() > 0
+    assert gated.prompts.text.gate.grad.abs() > 0 and gated.prompts.visual.gate.grad.abs() > 0
 
 
 def test_gated_text_in_one_batched_pass_equals_two_passes(tiny_backbone):
     """At inference the prompted and unprompted captions share one pass of the tower."""
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=0, gate=True)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=0, gate=True, vocab=0)).eval()
     with torch.no_grad():
-        model.text_prompt.gate.fill_(0.6)
-        model.text_prompt.tokens.normal_()
+        model.prompts.text.gate.fill_(0.6)
+        model.prompts.text.tokens.normal_()
     assert tiny_backbone.text_padding_is_inert()
     ids = model.tokenize(["a red circle on the left", "a blue star", LONG_CAPTION])
     calls = []

@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 
-from dbprompt import proxy
 from dbprompt.backbones import load_backbone, shipped_weights
 from dbprompt.data import records_for
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
-from dbprompt.train import LOSS_SCALE, Trainer
+from dbprompt.training.trainer import Trainer
+from dbprompt_lab import proxy
 
 
 def test_proxy_ships_and_loads_by_name():
@@ -36,15 +36,13 @@ def test_pretraining_learns_the_backbone_s_own_temperature(tiny_records):
     backbone = load_backbone("dbprompt-tiny")
     backbone.requires_grad_(True)
     trainer = Trainer(
-        PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=0)),
+        PromptedCLIP(backbone, PromptConfig.none()),
         records_for(tiny_records, "train"),
         [],
         replace(proxy.RECIPE, epochs=1, batch_size=8),
-        device="cpu",
-        bf16=False,
         progress=False,
         log=lambda _: None,
     )
-    assert trainer.loss_scale is backbone.logit_scale and LOSS_SCALE not in trainer.named
+    assert trainer.loss.scale is backbone.logit_scale and "loss.logit_scale" not in trainer.named
     before = float(backbone.logit_scale.detach())
     assert trainer.run().finished and float(backbone.logit_scale.detach()) != before

@@ -18,8 +18,9 @@ from search_fixtures import indexed_world, running_server
 
 import dbprompt.server as server_module
 from dbprompt.data import load_database
+from dbprompt.runtime import Runtime
+from dbprompt.model import PromptedCLIP
 from dbprompt.server import create_app
-from dbprompt.storage import load_prompted_model
 
 QUERIES = [
     f"a {size} {colour} {shape}"
@@ -46,7 +47,7 @@ def world(tmp_path_factory, tiny_backbone):
 
 @pytest.fixture(scope="module")
 def app(world):
-    return create_app(world["dirs"], device="cpu")
+    return create_app(world["dirs"], runtime=Runtime())
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_one_backbone_is_shared_and_each_database_uses_its_own_prompts(app, worl
     assert searchers["shapes"].model.backbone is searchers["textual"].model.backbone
     query = "a large red circle on the left"
     for name, directory in zip(("shapes", "textual"), world["dirs"]):
-        model = load_prompted_model(directory / "prompts.safetensors", searchers[name].model.backbone)
+        model = PromptedCLIP.from_prompt_file(directory / "prompts.safetensors", searchers[name].model.backbone)
         expected = model.encode_texts([query])[0].detach().numpy()
         np.testing.assert_allclose(searchers[name].encode_text(query), expected, atol=1e-5)
     assert not np.allclose(searchers["shapes"].encode_text(query), searchers["textual"].encode_text(query), atol=1e-3)
@@ -205,7 +206,7 @@ def test_a_file_swapped_after_indexing_is_not_served(tmp_path, tiny_backbone):
     target = db / "images" / "000001.png"
     target.unlink()
     os.symlink(secret, target)
-    with TestClient(create_app([info.path], device="cpu"), raise_server_exceptions=False) as client:
+    with TestClient(create_app([info.path], runtime=Runtime()), raise_server_exceptions=False) as client:
         for what in ("images", "thumbnails"):
             response = client.get(f"/api/databases/swap/{what}/1")
             assert response.status_code == 404 and "changed since indexing" in response.json()["detail"]
@@ -217,7 +218,7 @@ def test_a_file_swapped_after_indexing_is_not_served(tmp_path, tiny_backbone):
 
 
 def test_uploads_are_limited_and_checked(world, monkeypatch):
-    app = create_app(world["dirs"], device="cpu", max_upload_bytes=4096)
+    app = create_app(world["dirs"], runtime=Runtime(), max_upload_bytes=4096)
     url = "/api/databases/shapes/search/image"
     big = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     buf = io.BytesIO()

@@ -10,14 +10,15 @@ import torch
 from dbprompt.backbones import load_backbone
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
-from dbprompt.storage import PromptFileError, load_prompted_model, read_prompt_file, save_prompt_file
+from dbprompt.compat import IncompatibleError
+from dbprompt.storage import PromptFileError, read_prompt_file
 
 
 @pytest.fixture
 def prompt_file(tiny_backbone, tmp_path):
     torch.manual_seed(0)
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=3, visual_len=5, visual_depth=2, text_init="a photo of"))
-    return model, save_prompt_file(tmp_path / "p.safetensors", model, {"best_epoch": 2})
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=3, visual_len=5, visual_depth=2, text_init="a photo of", vocab=0))
+    return model, model.save_prompt_file(tmp_path / "p.safetensors", {"best_epoch": 2})
 
 
 def test_round_trip(prompt_file, tiny_backbone):
@@ -28,7 +29,7 @@ def test_round_trip(prompt_file, tiny_backbone):
     assert pf.config == model.config
     assert pf.extra == {"best_epoch": 2}
     assert pf.parameter_count == 2 * 3 * 64 + 2 * 5 * 64 + 2  # every layer of the tiny towers, two gates
-    loaded = load_prompted_model(path)
+    loaded = PromptedCLIP.from_prompt_file(path)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.eval().encode_image(images))
@@ -38,8 +39,8 @@ def test_round_trip(prompt_file, tiny_backbone):
 def test_another_backbone_is_refused(prompt_file):
     _, path = prompt_file
     other = load_backbone("dbprompt-tiny", seed=5)
-    with pytest.raises(PromptFileError, match="fingerprint"):
-        load_prompted_model(path, other)
+    with pytest.raises(IncompatibleError, match="fingerprint"):
+        PromptedCLIP.from_prompt_file(path, other)
 
 
 def test_pickles_and_garbage_are_refused_without_unpickling(tmp_path):
@@ -52,7 +53,7 @@ def test_pickles_and_garbage_are_refused_without_unpickling(tmp_path):
     with pytest.raises(PromptFileError, match="evil.safetensors: not a dbprompt prompt file"):
         read_prompt_file(evil)
     torch_file = tmp_path / "prompts.pt"
-    torch.save({"text_prompt.tokens": torch.zeros(1)}, torch_file)
+    torch.save({"prompts.text.tokens": torch.zeros(1)}, torch_file)
     with pytest.raises(PromptFileError, match="prompts.pt: not a dbprompt prompt file"):
         read_prompt_file(torch_file)
     with pytest.raises(PromptFileError, match="no such prompt file"):
@@ -78,6 +79,6 @@ def test_write_is_atomic(prompt_file, monkeypatch):
 
     monkeypatch.setattr(storage, "st_save", failing_save)
     with pytest.raises(RuntimeError):
-        save_prompt_file(path, model)
+        model.save_prompt_file(path)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]

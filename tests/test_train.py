@@ -1,4 +1,4 @@
-"""Training lowers the loss, only touches prompts, and resumes exactly."""
+"""Training lowers the loss, only touches prompts, and resumes exactly; through the Trainer's public interface."""
 
 from __future__ import annotations
 
@@ -11,27 +11,27 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dbprompt.data import records_for
-from dbprompt.embeddings import encode_image_files
-from dbprompt.evaluate import evaluate
+from dbprompt.evaluation import evaluate_models
 from dbprompt.model import PromptedCLIP
+from dbprompt.pipeline import encode_records, encode_texts
 from dbprompt.prompts import PromptConfig
-from dbprompt.train import LOSS_SCALE, TrainConfig, Trainer, calibrate_logit_scale, clip_loss, epoch_plan
+from dbprompt.training.candidates import train_candidates
+from dbprompt.training.checkpoint import CHECKPOINT
+from dbprompt.training.config import TrainConfig
+from dbprompt.training.loss import ContrastiveLoss, calibrate_logit_scale, clip_loss
+from dbprompt.training.trainer import Trainer, epoch_plan
+from dbprompt.training.validation import distractor_positions
+
+PROMPTS = PromptConfig(text_len=4, visual_len=4, vocab=0)
 
 
-def _trainer(backbone, records, work_dir=None, config=PromptConfig(text_len=4, visual_len=4), **cfg):
+def _trainer(backbone, records, work_dir=None, config=PROMPTS, **cfg):
     torch.manual_seed(0)
     model = PromptedCLIP(backbone, config)
     options = dict(epochs=3, batch_size=8, lr=1e-2, seed=0, checkpoint_every=2) | cfg
     return Trainer(
-        model,
-        records_for(records, "train"),
-        records_for(records, "val"),
-        TrainConfig(**options),
-        device="cpu",
-        bf16=False,
-        work_dir=work_dir,
-        progress=False,
-        log=lambda _: None,
+        model, records_for(records, "train"), records_for(records, "val"), TrainConfig(**options),
+        work_dir=work_dir, progress=False, log=lambda _: None,
     )
 
 
@@ -45,15 +45,15 @@ def test_training_lowers_the_loss_and_leaves_the_backbone_alone(tiny_backbone, t
     assert losses[-1] < losses[0] - 0.05
     after = tiny_backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    prompts = {"text_prompt.tokens", "visual_prompt.tokens", "text_prompt.gate", "visual_prompt.gate"}
+    prompts = {"prompts.text.tokens", "prompts.visual.tokens", "prompts.text.gate", "prompts.visual.gate"}
     assert set(result.best_state) == prompts
     assert 0 <= result.best_epoch <= 8
 
 
-def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_backbone, tiny_records, tmp_path):
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_backbone, tiny_records, tmp_path, one_thread):
     straight = _trainer(tiny_backbone, tiny_records, tmp_path / "a").run()
     stopped = _trainer(tiny_backbone, tiny_records, tmp_path / "b").run(stop_after_steps=5)
-    assert not stopped.finished and (tmp_path / "b" / "checkpoint.safetensors").exists()
+    assert not stopped.finished and (tmp_path / "b" / CHECKPOINT).exists()
     # A fresh process would build a fresh model: different initial prompts must not matter.
     torch.manual_seed(123)
     resumed_trainer = _trainer(tiny_backbone, tiny_records, tmp_path / "b")
@@ -64,48 +64,42 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_backbone, tiny_re
     assert resumed.finished and resumed.steps == straight.steps
     for name in straight.best_state:
         assert torch.equal(straight.best_state[name], resumed.best_state[name]), name
-    final_a = _trainer(tiny_backbone, tiny_records, tmp_path / "a")
-    final_a.load_checkpoint()
-    for name, p in resumed_trainer.named.items():
-        assert torch.equal(p, final_a.named[name]), name
     assert [h["val_score"] for h in straight.history] == [h["val_score"] for h in resumed.history]
 
 
 def test_resume_refuses_other_options(tiny_backbone, tiny_records, tmp_path):
     _trainer(tiny_backbone, tiny_records, tmp_path).run(stop_after_steps=1)
-    import pytest
-
     with pytest.raises(ValueError, match="other training options"):
         _trainer(tiny_backbone, tiny_records, tmp_path, lr=0.5).run(resume=True)
 
 
-def test_textual_only_training_caches_image_features(tiny_backbone, tiny_records):
-    text_only = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=0), epochs=1)
+def test_frozen_image_side_is_encoded_once_and_cached(tiny_backbone, tiny_records):
+    text_only = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=0, vocab=0), epochs=1)
+    assert text_only.images.frozen
     text_only.run()
-    assert text_only.train_image_features is not None
-    assert text_only.train_image_features.shape[0] == len(text_only.train_records)
+    train = records_for(tiny_records, "train")
+    (expected,), _ = encode_records([text_only.model], train, text_only.runtime)
+    assert torch.allclose(text_only.images.features[: len(train)], expected, atol=1e-6)
     visual = _trainer(tiny_backbone, tiny_records, epochs=1)
+    assert not visual.images.frozen  # a visual prompt changes image features at every step
     visual.run()
-    assert visual.train_image_features is None
+    assert visual.images.features is None
 
 
-def test_validation_ranks_among_training_images_too(tiny_backbone, tiny_records, monkeypatch):
-    import dbprompt.train as train_module
-
-    for config in (PromptConfig(text_len=4, visual_len=0), PromptConfig(text_len=4, visual_len=4)):
+def test_validation_ranks_among_training_images_too(tiny_backbone, tiny_records):
+    assert distractor_positions(100, 10, gallery=13) == [0, 33, 66]
+    assert distractor_positions(5, 10, gallery=100) == [0, 1, 2, 3, 4]
+    assert distractor_positions(100, 10, gallery=1) == []
+    for config in (PromptConfig(text_len=4, visual_len=0, vocab=0), PROMPTS):
         trainer = _trainer(tiny_backbone, tiny_records, config=config, epochs=1)
-        n_val, n_train = len(trainer.val_records), len(trainer.train_records)
-        monkeypatch.setattr(train_module, "VALIDATION_GALLERY", n_val + 3)
-        picks = trainer._distractor_indices()
-        assert len(picks) == 3 and len(set(picks)) == 3 and max(picks) >= n_train // 2
-        trainer.run()
-        alone = evaluate(trainer.model, trainer.val_records, device="cpu", bf16=False)
-        distractors = [trainer.train_records[i].path for i in picks]
-        crowded = evaluate(trainer.model, trainer.val_records, device="cpu", bf16=False, distractors=distractors)
+        result = trainer.run()
+        val, train = records_for(tiny_records, "val"), records_for(tiny_records, "train")
+        trainer.restore_best()
+        alone = evaluate_models({"m": trainer.model}, val)["m"]
+        crowded = evaluate_models({"m": trainer.model}, val, distractors=train)["m"]  # the tiny database: all fit
         assert crowded["clip_benchmark/t2i_mean_rank"] > alone["clip_benchmark/t2i_mean_rank"]
-        assert trainer._validate() == pytest.approx(crowded)
-        monkeypatch.setattr(train_module, "VALIDATION_GALLERY", 1)
-        assert trainer._distractor_indices() == []
+        best = next(h for h in result.history if h["epoch"] == result.best_epoch)
+        assert best["clip_benchmark/t2i_R@1"] == pytest.approx(crowded["clip_benchmark/t2i_R@1"])
 
 
 def test_epoch_plan_is_a_function_of_seed_and_epoch(tiny_records):
@@ -118,39 +112,7 @@ def test_epoch_plan_is_a_function_of_seed_and_epoch(tiny_records):
         assert caption in tiny_records[i].captions
 
 
-def test_gated_visual_prompts_reuse_cached_zero_shot_features(tiny_backbone, tiny_records):
-    cached = _trainer(tiny_backbone, tiny_records, epochs=2)
-    cached.run()
-    assert cached.zero_shot_images.shape[0] == len(cached.train_records)
-    with torch.no_grad():
-        images = cached.images.batch([r.path for r in cached.train_records[:3]])
-        assert torch.allclose(cached.zero_shot_images[:3], cached.model.image_zero_shot(images), atol=1e-5)
-    # The validation gallery's too: its images, then the training images that fill it up.
-    gallery = len(cached.val_records) + len(cached._distractor_indices())
-    assert cached.val_zero_shot_images.shape[0] == gallery
-    recomputed = _trainer(tiny_backbone, tiny_records, epochs=2, cache_zero_shot=False)
-    recomputed.run()
-    assert recomputed.zero_shot_images is None and recomputed.val_zero_shot_images is None
-    for name, p in cached.named.items():
-        assert torch.allclose(p, recomputed.named[name], atol=1e-5), name
-    for a, b in zip(cached.state.history, recomputed.state.history, strict=True):
-        assert a["val_score"] == pytest.approx(b["val_score"], abs=1e-3)
-    # With the gate open, features built on a misaligned cache would differ.
-    with torch.no_grad():
-        cached.model.visual_prompt.gate.fill_(0.7)
-    paths = [r.path for r in cached.val_records]
-    known = cached.val_zero_shot_images[: len(paths)]
-    with_cache = encode_image_files(cached.model.eval(), paths, device="cpu", bf16=False, zero_shot=known)
-    assert torch.allclose(with_cache, encode_image_files(cached.model, paths, device="cpu", bf16=False), atol=1e-5)
-    assert not torch.allclose(with_cache, torch.nn.functional.normalize(known.float(), dim=-1), atol=1e-3)
-    ungated = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=4, gate=False), epochs=1)
-    ungated.run()
-    assert ungated.zero_shot_images is None  # nothing to blend towards
-
-
 def test_text_anchor_keeps_captions_near_zero_shot(tiny_backbone, tiny_records):
-    import pytest
-
     with pytest.raises(ValueError, match="anchor"):
         TrainConfig(anchor=-1.0)
     vocab = PromptConfig(text_len=0, visual_len=0, vocab=64)
@@ -160,13 +122,13 @@ def test_text_anchor_keeps_captions_near_zero_shot(tiny_backbone, tiny_records):
         torch.manual_seed(0)
         model = PromptedCLIP.for_captions(tiny_backbone, vocab, captions)
         cfg = TrainConfig(epochs=3, batch_size=8, lr=5e-2, seed=0, checkpoint_every=0, anchor=anchor)
-        Trainer(model, records_for(tiny_records, "train"), [], cfg, device="cpu", bf16=False, progress=False).run()
+        Trainer(model, records_for(tiny_records, "train"), [], cfg, progress=False).run()
         return model.eval()
 
     free, anchored = trained(0.0), trained(50.0)
     ids = free.tokenize(captions[:12])
     with torch.no_grad():
-        zero_shot = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=0)).encode_text(ids)
+        zero_shot = PromptedCLIP(tiny_backbone, PromptConfig.none()).encode_text(ids)
         assert torch.allclose(free.text_zero_shot(ids), zero_shot, atol=1e-6)
         drift = {name: float((1 - (m.encode_text(ids) * zero_shot).sum(-1)).mean()) for name, m in (("free", free), ("anchored", anchored))}
     assert drift["free"] > 0.01  # the offsets did move the captions
@@ -174,46 +136,54 @@ def test_text_anchor_keeps_captions_near_zero_shot(tiny_backbone, tiny_records):
 
 
 def test_candidates_keep_what_validation_scores_best(tiny_backbone, tiny_records, tmp_path):
-    from dbprompt.train import train_candidates
-
     configs = [TrainConfig(epochs=2, batch_size=8, lr=lr, seed=0, checkpoint_every=0, anchor=a) for lr, a in ((1e-2, 0.0), (3e-2, 4.0))]
 
     def fresh():
         torch.manual_seed(0)
-        return PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4))
+        return PromptedCLIP(tiny_backbone, PROMPTS)
 
     train, val = records_for(tiny_records, "train"), records_for(tiny_records, "val")
-    alone = [train_candidates(fresh, train, val, [c], device="cpu", bf16=False, progress=False, log=lambda _: None) for c in configs]
-    model, result, chosen = train_candidates(
-        fresh, train, val, configs, device="cpu", bf16=False, work_dir=tmp_path, progress=False, log=lambda _: None
-    )
+    quiet = dict(progress=False, log=lambda _: None)
+    alone = [train_candidates(fresh, train, val, [c], **quiet) for c in configs]
+    model, result, chosen = train_candidates(fresh, train, val, configs, work_dir=tmp_path, **quiet)
     scores = [r.best_score for _, r, _ in alone]
     assert chosen == configs[scores.index(max(scores))] and result.best_score == max(scores)
-    assert all((tmp_path / f"candidate-{i}" / "checkpoint.safetensors").exists() for i in range(2))
+    assert all((tmp_path / f"candidate-{i}" / CHECKPOINT).exists() for i in range(2))
     # Without a validation split there is nothing to choose with: only the first is trained.
-    _, _, only = train_candidates(fresh, train, [], configs, device="cpu", bf16=False, progress=False, log=lambda _: None)
+    _, _, only = train_candidates(fresh, train, [], configs, **quiet)
     assert only == configs[0]
 
 
-def test_trainer_with_hard_negatives_trains_and_resumes(tiny_backbone, tiny_records, tmp_path):
-    trainer = _trainer(tiny_backbone, tiny_records, tmp_path, epochs=2, hard_negative_group=4)
-    assert trainer.look_alikes is not None
-    assert trainer.run().finished
+def test_a_custom_epoch_order_is_used_and_resumes(tiny_backbone, tiny_records, tmp_path):
+    seen = []
+
+    def reversed_order(rng, n):
+        seen.append(n)
+        return rng.permutation(n)[::-1].copy()
+
+    trainer = _trainer(tiny_backbone, tiny_records, tmp_path, epochs=2)
+    trainer.order = reversed_order
+    assert trainer.run().finished and seen  # calibration's plan and each epoch's
 
 
-def _forget_option(path, name: str) -> None:
-    """Make a checkpoint look as if written before TrainConfig had option `name`."""
+def _rewrite_options(path, change) -> None:
+    """Make a checkpoint look as if written by another version's TrainConfig."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-    older = json.loads(meta["train_config"])
-    del older[name]
-    save_file(load_file(str(path)), str(path), metadata=meta | {"train_config": json.dumps(older)})
+    options = json.loads(meta["train_config"])
+    change(options)
+    save_file(load_file(str(path)), str(path), metadata=meta | {"train_config": json.dumps(options)})
 
 
-def test_checkpoint_made_before_an_option_existed_still_resumes(tiny_backbone, tiny_records, tmp_path):
+def test_checkpoints_from_older_versions_resume_when_they_mean_the_same(tiny_backbone, tiny_records, tmp_path):
     _trainer(tiny_backbone, tiny_records, tmp_path).run(stop_after_steps=1)
-    _forget_option(tmp_path / "checkpoint.safetensors", "hard_negative_group")
+    # Written when these options existed, at the values every run used: still resumes.
+    _rewrite_options(tmp_path / CHECKPOINT, lambda o: o.update(cache_zero_shot=True, hard_negative_group=0))
     assert _trainer(tiny_backbone, tiny_records, tmp_path).run(resume=True).finished
+    _trainer(tiny_backbone, tiny_records, tmp_path / "b").run(stop_after_steps=1)
+    _rewrite_options(tmp_path / "b" / CHECKPOINT, lambda o: o.update(hard_negative_group=8))
+    with pytest.raises(ValueError, match="hard_negative_group=8, which is gone"):
+        _trainer(tiny_backbone, tiny_records, tmp_path / "b").run(resume=True)
 
 
 def test_calibration_picks_the_temperature_that_fits_the_pairs():
@@ -232,30 +202,62 @@ def test_calibration_picks_the_temperature_that_fits_the_pairs():
     assert calibrate_logit_scale(images, images, batch_size=32) > chosen + 1
 
 
+def test_the_loss_is_open_clip_s_symmetric_infonce():
+    from open_clip.loss import ClipLoss
+
+    torch.manual_seed(0)
+    images, texts = torch.randn(8, 16), torch.randn(8, 16)
+    loss = ContrastiveLoss(torch.tensor(math.log(20.0)))
+    with torch.no_grad():
+        ours = float(loss(images, texts))
+    assert ours == pytest.approx(float(ClipLoss()(images, texts, torch.tensor(20.0))), abs=1e-6)
+    labels = torch.arange(8)
+    logits = 20.0 * images @ texts.t()
+    by_hand = (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.t(), labels)) / 2
+    assert ours == pytest.approx(float(by_hand), abs=1e-5)
+
+
 def test_trainer_calibrates_its_own_temperature_and_leaves_the_backbone_s(tiny_backbone, tiny_records):
     backbone_scale = float(tiny_backbone.logit_scale)
-    trainer = _trainer(tiny_backbone, tiny_records)
-    trainer._calibrate_temperature()
+    trainer = _trainer(tiny_backbone, tiny_records, epochs=1)
+    at_start = []
+    trainer.on_epoch = lambda entry: at_start.append(float(trainer.loss.scale.detach())) if entry["epoch"] == 0 else None
+    trainer.run()
+    # Epoch 0's temperature is the best fit of the untrained model on epoch 0's first pairs.
     order, captions = epoch_plan(trainer.train_records, 0, 0)
-    model = trainer.model.eval()
-    with torch.no_grad():
-        images = model.encode_image(trainer.images.batch([trainer.train_records[i].path for i in order]))
-        texts = model.encode_text(model.tokenize(captions))
-    calibrated = float(trainer.loss_scale.detach())
-    assert calibrated == pytest.approx(calibrate_logit_scale(images, texts, 8), abs=1e-6)
-    assert trainer.named[LOSS_SCALE] is trainer.loss_scale
-    result = trainer.run()
+    model = PromptedCLIP(tiny_backbone, PROMPTS).eval()  # untrained gated prompts rank as zero-shot
+    (images,), _ = encode_records([model], [trainer.train_records[i] for i in order], trainer.runtime)
+    texts = encode_texts(model, captions, trainer.runtime)
+    assert at_start[0] == pytest.approx(calibrate_logit_scale(images, texts, 8), abs=1e-6)
     # The temperature then trains with the prompts; the backbone's own is untouched.
-    assert result.finished and float(trainer.loss_scale.detach()) != calibrated
+    assert float(trainer.loss.scale.detach()) != at_start[0]
+    assert "loss.logit_scale" in trainer.named
     assert float(tiny_backbone.logit_scale) == backbone_scale
-
     plain = _trainer(tiny_backbone, tiny_records, calibrate_temperature=False)
-    assert LOSS_SCALE not in plain.named and plain.loss_scale is tiny_backbone.logit_scale
+    assert "loss.logit_scale" not in plain.named and plain.loss.scale is tiny_backbone.logit_scale
 
 
 def test_checkpoint_from_before_calibration_resumes_only_without_it(tiny_backbone, tiny_records, tmp_path):
     _trainer(tiny_backbone, tiny_records, tmp_path, calibrate_temperature=False).run(stop_after_steps=1)
-    _forget_option(tmp_path / "checkpoint.safetensors", "calibrate_temperature")
+    _rewrite_options(tmp_path / CHECKPOINT, lambda o: o.pop("calibrate_temperature"))
     with pytest.raises(ValueError, match="other training options"):
         _trainer(tiny_backbone, tiny_records, tmp_path).run(resume=True)
     assert _trainer(tiny_backbone, tiny_records, tmp_path, calibrate_temperature=False).run(resume=True).finished
+
+
+def test_bad_training_images_stop_the_run_or_are_skipped(tiny_backbone, tiny_records, tmp_path):
+    import dataclasses
+
+    from dbprompt.data import BadInputReport, DataError
+
+    train = records_for(tiny_records, "train")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    bad = train[:-1] + [dataclasses.replace(train[-1], path=broken)]
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
+    with pytest.raises(DataError, match="broken.png"):
+        Trainer(PromptedCLIP(tiny_backbone, PROMPTS), bad, [], cfg, progress=False).run()
+    report = BadInputReport()
+    trainer = Trainer(PromptedCLIP(tiny_backbone, PROMPTS), bad, [], cfg, progress=False, skip_bad=True, report=report)
+    assert trainer.run().finished and len(trainer.train_records) == len(train) - 1
+    assert report.counts == {"not an image": 1}

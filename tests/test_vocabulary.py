@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from dbprompt.model import PromptedCLIP
-from dbprompt.prompts import PromptConfig, TokenOffsets, frequent_tokens
-from dbprompt.storage import PromptFileError, load_prompted_model, read_prompt_file, save_prompt_file
-from dbprompt.train import clip_loss
+from dbprompt.prompts import PromptConfig
+from dbprompt.prompts.vocabulary import TokenOffsets, frequent_tokens
+from dbprompt.storage import PromptFileError, read_prompt_file
+from dbprompt.training.loss import clip_loss
 
 CAPTIONS = ["a crimson disc on the left", "a cobalt wedge at the top", "a crimson wedge in the middle"]
 
@@ -44,36 +45,36 @@ def test_vocabulary_needs_its_token_ids(tiny_backbone):
     with pytest.raises(ValueError, match="captions"):
         PromptedCLIP.for_captions(tiny_backbone, PromptConfig(vocab=8), [])
     small = PromptedCLIP.for_captions(tiny_backbone, PromptConfig(text_len=0, visual_len=0, vocab=3), CAPTIONS)
-    assert small.text_vocab.ids.numel() == 3
+    assert small.prompts.vocab.ids.numel() == 3
 
 
 def test_vocabulary_starts_at_zero_shot_and_learns(tiny_backbone):
     model = _vocab_model(tiny_backbone).train()
-    plain = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=0)).eval()
+    plain = PromptedCLIP(tiny_backbone, PromptConfig.none()).eval()
     ids = model.tokenize(CAPTIONS)
     # The tokens of every training caption are covered.
-    assert set(torch.unique(ids).tolist()) <= set(model.text_vocab.ids.tolist())
+    assert set(torch.unique(ids).tolist()) <= set(model.prompts.vocab.ids.tolist())
     images = torch.randn(3, 3, 32, 32)
     image_f, text_f = model.encode_image(images), model.encode_text(ids)
     with torch.no_grad():
         assert torch.allclose(text_f, plain.encode_text(ids), atol=1e-6)
     clip_loss(image_f, text_f, tiny_backbone.logit_scale).backward()
     # With a zero gate only the unprompted pass reaches the loss, and it carries the offsets' gradient.
-    assert model.text_vocab.offsets.grad.abs().sum() > 0
+    assert model.prompts.vocab.offsets.grad.abs().sum() > 0
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"text_prompt.tokens", "text_prompt.gate", "visual_prompt.tokens", "visual_prompt.gate", "text_vocab.offsets"}
+    assert trainable == {"prompts.text.tokens", "prompts.text.gate", "prompts.visual.tokens", "prompts.visual.gate", "prompts.vocab.offsets"}
 
 
 def test_unknown_query_words_keep_their_embeddings(tiny_backbone):
     model = _vocab_model(tiny_backbone, text_len=0, visual_len=0).eval()
     with torch.no_grad():
-        model.text_vocab.offsets.normal_()
-    plain = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=0)).eval()
+        model.prompts.vocab.offsets.normal_()
+    plain = PromptedCLIP(tiny_backbone, PromptConfig.none()).eval()
     ids = model.tokenize(["zebra giraffe", CAPTIONS[0]])
-    unseen = set(ids[0].tolist()) - {0} - set(model.text_vocab.ids.tolist())
+    unseen = set(ids[0].tolist()) - {0} - set(model.prompts.vocab.ids.tolist())
     assert len(unseen) == 2  # the two animal words were never in a training caption
     tokens = tiny_backbone.text_token_embeddings(ids)
-    shifted = model.text_vocab(ids, tokens)
+    shifted = model.prompts.vocab(ids, tokens)
     for position, token in enumerate(ids[0].tolist()):
         assert torch.equal(shifted[0, position], tokens[0, position]) == (token in unseen)
     with torch.no_grad():
@@ -83,20 +84,20 @@ def test_unknown_query_words_keep_their_embeddings(tiny_backbone):
 def test_vocabulary_round_trips_through_a_prompt_file(tiny_backbone, tmp_path):
     model = _vocab_model(tiny_backbone).eval()
     with torch.no_grad():
-        model.text_vocab.offsets.normal_()
-        model.text_prompt.gate.fill_(0.5)
-    path = save_prompt_file(tmp_path / "v.safetensors", model)
+        model.prompts.vocab.offsets.normal_()
+        model.prompts.text.gate.fill_(0.5)
+    path = model.save_prompt_file(tmp_path / "v.safetensors")
     pf = read_prompt_file(path)
-    assert pf.tensors["text_vocab.ids"].dtype == torch.int64
+    assert pf.tensors["vocab.ids"].dtype == torch.int64
     assert pf.parameter_count == model.trainable_parameter_count()
-    loaded = load_prompted_model(path)
+    loaded = PromptedCLIP.from_prompt_file(path)
     with torch.no_grad():
         assert torch.equal(loaded.encode_texts(CAPTIONS), model.encode_texts(CAPTIONS))
 
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(str(path))
-    del tensors["text_vocab.ids"]
+    del tensors["vocab.ids"]
     save_file(tensors, str(path), metadata=pf.metadata)
     with pytest.raises(PromptFileError, match="token ids"):
-        load_prompted_model(path)
+        PromptedCLIP.from_prompt_file(path)

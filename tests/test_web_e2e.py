@@ -9,6 +9,7 @@ import pytest
 from search_fixtures import indexed_world, running_server
 
 from dbprompt.data import load_database
+from dbprompt.runtime import Runtime
 from dbprompt.server import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -36,7 +37,7 @@ def site(tmp_path_factory, tiny_backbone):
     }
     captions = {name: {c for r in load_database(db).records for c in r.captions} for name, db in dbs.items()}
     assert not captions["shapes"] & captions["textual"]  # so a caption tells the database apart
-    with running_server(create_app([root / "shapes", root / "textual"], device="cpu")) as base:
+    with running_server(create_app([root / "shapes", root / "textual"], runtime=Runtime())) as base:
         yield base, captions
 
 

@@ -2,17 +2,16 @@
 
 import json
 import re
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import dbprompt.world.writer as writer
-from dbprompt.world import DOMAINS, describe, generate, sample, write_database
-from dbprompt.world.captions import SOURCE_POSITIONS, TEXTUAL_POSITIONS
-from dbprompt.world.render import cell_centre
-from dbprompt.world.scene import BACKGROUNDS, COLOURS, POSITIONS
+import dbprompt_lab.world.writer as writer
+from dbprompt_lab.world import DOMAINS, describe, generate, sample, write_database
+from dbprompt_lab.world.captions import SOURCE_POSITIONS, TEXTUAL_POSITIONS
+from dbprompt_lab.world.render import cell_centre
+from dbprompt_lab.world.scene import BACKGROUNDS, COLOURS, POSITIONS
 
 VOCAB = describe()
 TEXTUAL_ONLY = set(VOCAB["textual_only_words"])
@@ -201,14 +200,3 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="unknown domain"):
         write_database(out, 3, domain="sketch")
     assert len((out / "metadata.jsonl").read_text().splitlines()) == 3
-
-
-def test_throughput_is_reported(tmp_path, capsys):
-    n = 400
-    rates = {}
-    for domain in ("source", "visual"):
-        start = time.perf_counter()
-        write_database(tmp_path / domain, n, domain=domain)
-        rates[domain] = n / (time.perf_counter() - start)
-    with capsys.disabled():
-        print("\nworld throughput at 64 px, written to disk: " + ", ".join(f"{d} {r:.0f} images/s" for d, r in rates.items()))

@@ -1,8 +1,11 @@
-"""Where and in what precision to run: detected from the hardware, never assumed."""
+"""Where and in what precision to run: detected from the hardware once per command, never assumed."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -10,6 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def pick_device(requested: str = "auto") -> str:
+    """`auto`: CUDA when present, else the CPU; an explicit CUDA device must exist."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
@@ -21,7 +25,7 @@ def bf16_supported(device: str) -> bool:
     """Whether bf16 autocast pays off: Ampere+ GPUs, and CPUs with AMX tiles.
 
     Measured on a 2-core AVX512-BF16 CPU without AMX: bf16 training ran 1.3-2x slower
-    than fp32 (benchmarks/bench_core.py), so AVX512-BF16 alone does not count.
+    than fp32 (BENCHMARKS.md, Precision), so AVX512-BF16 alone does not count.
     """
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
@@ -29,18 +33,49 @@ def bf16_supported(device: str) -> bool:
     return bool(probe and probe())
 
 
-def resolve_bf16(device: str, requested: bool | None) -> bool:
-    """None means: on where the hardware supports it."""
-    return bf16_supported(device) if requested is None else requested
+def default_workers() -> int:
+    """Image-decoding worker processes: one core is left to the model (none on a 1-core machine)."""
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
-@contextlib.contextmanager
-def precision(device: str, bf16: bool) -> Iterator[None]:
-    """bf16 autocast; on CPU also the math attention kernel, which trains faster there under bf16."""
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    with contextlib.ExitStack() as stack:
-        if bf16:
-            stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
-            if device_type == "cpu":
-                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
-        yield
+@dataclass(frozen=True)
+class Runtime:
+    """A resolved device, precision and decoding parallelism, passed down instead of (device, bf16) pairs."""
+
+    device: str = "cpu"
+    bf16: bool = False
+    # Worker processes decoding images while the model computes (0: decode in the main process).
+    workers: int = 0
+
+    @classmethod
+    def resolve(cls, device: str = "auto", bf16: bool | None = None, workers: int | None = None) -> "Runtime":
+        """`auto` picks CUDA when present; bf16 None means on where the hardware pays off."""
+        device = pick_device(device)
+        return cls(
+            device=device,
+            bf16=bf16_supported(device) if bf16 is None else bf16,
+            workers=default_workers() if workers is None else workers,
+        )
+
+    def replace(self, **changes) -> "Runtime":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def device_type(self) -> str:
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """bf16 autocast when on; on CPU also the math attention kernel, which trains faster there under bf16."""
+        with contextlib.ExitStack() as stack:
+            if self.bf16:
+                stack.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
+                if self.device_type == "cpu":
+                    stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            yield
+
+    def describe(self) -> str:
+        return f"device {self.device}, bf16 {'on' if self.bf16 else 'off'}"
+
+
+CPU = Runtime()

@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image
 
 from .backbones import BackboneAdapter, load_backbone
-from .embeddings import embed_images, embed_texts
-from .index import Hit, SearchIndex, open_index
+from .compat import check_backbone, check_prompt_file
+from .data import open_image
+from .index import Hit, SearchIndex, load_index
 from .model import PromptedCLIP
-from .runtime import pick_device, resolve_bf16
-from .storage import load_prompted_model
+from .pipeline import embed_images, encode_texts
+from .runtime import Runtime
 
 TEXT_CACHE_SIZE = 4096
 # (model name, pretrained tag) -> the loaded backbone and the lock its searchers share.
@@ -31,13 +32,12 @@ _Backbones = dict[tuple[str, str | None], tuple[BackboneAdapter, threading.Lock]
 class Searcher:
     """One index with its prompted model. Thread-safe: encodes one query at a time per backbone."""
 
-    def __init__(self, index: SearchIndex, model: PromptedCLIP, *, device: str, bf16: bool, lock: threading.Lock):
-        index.check_backbone(model.backbone)
+    def __init__(self, index: SearchIndex, model: PromptedCLIP, runtime: Runtime, lock: threading.Lock | None = None):
+        check_backbone(str(index.info.path), index.info.backbone_id, model.backbone)
         self.index = index
         self.model = model
-        self.device = device
-        self.bf16 = bf16
-        self._lock = lock  # shared by every searcher on the same backbone: the CPU cores are too
+        self.runtime = runtime
+        self._lock = lock or threading.Lock()  # shared by every searcher on the same backbone: the cores are too
         self._transform = model.backbone.image_transform()
         self.encode_text = lru_cache(maxsize=TEXT_CACHE_SIZE)(self._encode_text)
 
@@ -49,14 +49,14 @@ class Searcher:
         if not text.strip():
             raise ValueError("the query is empty")
         with self._lock:
-            vector = embed_texts(self.model, [text], self.device, self.bf16)[0]
+            vector = encode_texts(self.model, [text], self.runtime)[0].numpy()
         vector.flags.writeable = False  # shared through the cache
         return vector
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
         pixels = self._transform(image.convert("RGB")).unsqueeze(0)
         with self._lock:
-            return embed_images(self.model, pixels, self.device, self.bf16)[0]
+            return embed_images(self.model, pixels, self.runtime)[0].numpy()
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
         return self.index.search(self.encode_text(text), k)
@@ -64,23 +64,35 @@ class Searcher:
     def search_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
         return self.index.search(self.encode_image(image), k)
 
+    def search(self, query: str | Image.Image | os.PathLike, k: int = 10) -> list[Hit]:
+        """Text (a str), an image, or the path of an image file; the k best images, best first."""
+        if isinstance(query, str):
+            return self.search_text(query, k)
+        if isinstance(query, Image.Image):
+            return self.search_image(query, k)
+        return self.search_image(open_image(query), k)
+
     def close(self) -> None:
         self.index.close()
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def open_searchers(
     index_dirs: Sequence[str | os.PathLike],
+    runtime: Runtime | None = None,
     *,
-    device: str = "auto",
-    bf16: bool | None = None,
     prompt_files: Sequence[str | os.PathLike | None] | None = None,
 ) -> dict[str, Searcher]:
     """Open indexes by directory name; each backbone is loaded once and shared.
 
     `prompt_files[i]`, when given, must be the very file index i was built with.
     """
-    device = pick_device(device)
-    bf16 = resolve_bf16(device, bf16)
+    runtime = runtime or Runtime.resolve()
     # Queries come one at a time, which FAISS runs on one thread anyway; its idle OpenMP team
     # only fights torch's for the cores (several times slower right after a torch forward).
     faiss.omp_set_num_threads(1)
@@ -91,11 +103,11 @@ def open_searchers(
     searchers: dict[str, Searcher] = {}
     try:
         for index_dir, prompt_file in zip(index_dirs, prompt_files):
-            index = open_index(index_dir)
+            index = load_index(index_dir)
             if index.name in searchers:
                 index.close()
                 raise ValueError(f"{index_dir}: two indexes are named {index.name!r}; rename one directory")
-            searchers[index.name] = _attach(index, prompt_file, backbones, device, bf16)
+            searchers[index.name] = _attach(index, prompt_file, backbones, runtime)
     except BaseException:
         for searcher in searchers.values():
             searcher.close()
@@ -103,33 +115,26 @@ def open_searchers(
     return searchers
 
 
-def _attach(
-    index: SearchIndex, prompt_file: str | os.PathLike | None, backbones: _Backbones, device: str, bf16: bool
-) -> Searcher:
+def _attach(index: SearchIndex, prompt_file: str | os.PathLike | None, backbones: _Backbones, runtime: Runtime) -> Searcher:
     """The index with its prompts on its backbone (loaded on first use); closes the index on failure."""
     try:
         if prompt_file is not None:
-            index.check_prompt_file(prompt_file)
+            check_prompt_file(str(index.info.path), index.info.prompt_sha256, prompt_file)
         info = index.info
         key = (info.backbone, info.pretrained)
         if key not in backbones:
-            backbones[key] = (load_backbone(info.backbone, info.pretrained, device=device), threading.Lock())
+            backbones[key] = (load_backbone(info.backbone, info.pretrained, device=runtime.device), threading.Lock())
         backbone, lock = backbones[key]
-        model = load_prompted_model(Path(prompt_file or index.prompt_file), backbone, device=device)
-        return Searcher(index, model, device=device, bf16=bf16, lock=lock)
+        model = PromptedCLIP.from_prompt_file(Path(prompt_file or index.prompt_file), backbone, device=runtime.device)
+        return Searcher(index, model, runtime, lock)
     except BaseException:
         index.close()
         raise
 
 
-def open_searcher(
-    index_dir: str | os.PathLike,
-    *,
-    prompt_file: str | os.PathLike | None = None,
-    device: str = "auto",
-    bf16: bool | None = None,
+def open_index(
+    index_dir: str | os.PathLike, *, prompt_file: str | os.PathLike | None = None, runtime: Runtime | None = None
 ) -> Searcher:
-    """One index; `prompt_file`, when given, must be the file the index was built with."""
-    (searcher,) = open_searchers([index_dir], device=device, bf16=bf16, prompt_files=[prompt_file]).values()
+    """An index ready to search by text or image; `prompt_file`, when given, must be the file it was built with."""
+    (searcher,) = open_searchers([index_dir], runtime, prompt_files=[prompt_file]).values()
     return searcher
-

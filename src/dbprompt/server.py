@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .index import Hit, ImageRow
+from .runtime import Runtime
 from .searcher import Searcher, open_searchers
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
@@ -108,15 +109,14 @@ def create_app(
     index_dirs: Sequence[str | os.PathLike] = (),
     *,
     searchers: Mapping[str, Searcher] | None = None,
-    device: str = "auto",
-    bf16: bool | None = None,
+    runtime: Runtime | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> FastAPI:
     """The app over `index_dirs` (opened here, one backbone shared) or over already-open `searchers`."""
     if searchers is None:
         if not index_dirs:
             raise ValueError("give at least one index directory")
-        searchers = open_searchers(index_dirs, device=device, bf16=bf16)
+        searchers = open_searchers(index_dirs, runtime)
     # /docs and /redoc with their scripts served from here: FastAPI's default pages load them from a CDN.
     app = FastAPIOffline(
         title="dbprompt search",
@@ -258,10 +258,9 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    device: str = "auto",
-    bf16: bool | None = None,
+    runtime: Runtime | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> None:
     """Open the indexes, then serve until interrupted."""
-    app = create_app(index_dirs, device=device, bf16=bf16, max_upload_bytes=max_upload_bytes)
+    app = create_app(index_dirs, runtime=runtime, max_upload_bytes=max_upload_bytes)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -6,7 +6,6 @@ in never runs code (no pickle anywhere).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,10 @@ from safetensors.torch import save as st_save
 
 from . import __version__
 from .atomic import atomic_write_bytes
-from .backbones import BackboneAdapter, load_backbone
-from .model import PromptedCLIP
-from .prompts import PromptConfig
+from .compat import BackboneId
+from .prompts.config import PromptConfig
 
-FORMAT = "dbprompt-prompts/1"
-VOCABULARY_IDS = "text_vocab.ids"
+FORMAT = "dbprompt-prompts/2"
 
 
 class PromptFileError(ValueError):
@@ -50,6 +47,10 @@ class PromptFile:
         return self.metadata["backbone_fingerprint"]
 
     @property
+    def backbone_id(self) -> BackboneId:
+        return BackboneId(self.backbone, self.pretrained, self.fingerprint)
+
+    @property
     def parameter_count(self) -> int:
         return sum(t.numel() for t in self.tensors.values() if t.is_floating_point())
 
@@ -58,21 +59,19 @@ class PromptFile:
         return json.loads(self.metadata.get("extra", "{}"))
 
 
-def save_prompt_file(path: str | Path, model: PromptedCLIP, extra: dict | None = None) -> Path:
-    """Write the model's prompts atomically; `extra` is any JSON-able summary (e.g. training results)."""
+def write_prompt_file(
+    path: str | Path, tensors: dict[str, torch.Tensor], config: PromptConfig, bb: BackboneId, extra: dict | None = None
+) -> Path:
+    """Write prompt tensors atomically with what rebuilds and checks their model; `extra`: any JSON-able summary."""
     path = Path(path)
-    tensors = {
-        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in model.prompt_state_dict().items()
-    }
-    bb = model.backbone
+    tensors = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in tensors.items()}
     metadata = {
         "format": FORMAT,
         "dbprompt_version": __version__,
         "backbone": bb.name,
         "pretrained": bb.pretrained or "",
-        "backbone_fingerprint": bb.fingerprint(),
-        "prompt_config": model.config.to_json(),
+        "backbone_fingerprint": bb.fingerprint,
+        "prompt_config": config.to_json(),
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
     atomic_write_bytes(path, st_save(tensors, metadata=metadata))
@@ -90,7 +89,7 @@ def read_prompt_file(path: str | Path) -> PromptFile:
     except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
         raise PromptFileError(f"{path}: not a dbprompt prompt file (not valid safetensors: {exc})") from None
     if metadata.get("format") != FORMAT:
-        raise PromptFileError(f"{path}: not a dbprompt prompt file (format {metadata.get('format')!r})")
+        raise PromptFileError(f"{path}: not a {FORMAT} prompt file (format {metadata.get('format')!r})")
     missing = {"backbone", "backbone_fingerprint", "prompt_config"} - set(metadata)
     if missing:
         raise PromptFileError(f"{path}: metadata lacks {sorted(missing)}")
@@ -105,30 +104,3 @@ def _read_metadata(data: bytes) -> dict[str, str]:
     header_len = int.from_bytes(data[:8], "little")
     header = json.loads(data[8 : 8 + header_len])
     return header.get("__metadata__", {}) or {}
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def load_prompted_model(
-    path: str | Path, backbone: BackboneAdapter | None = None, *, device: str = "cpu"
-) -> PromptedCLIP:
-    """Rebuild the prompted model a file was trained for; refuse any other backbone."""
-    pf = read_prompt_file(path)
-    if backbone is None:
-        backbone = load_backbone(pf.backbone, pf.pretrained, device=device)
-    if backbone.fingerprint() != pf.fingerprint:
-        raise PromptFileError(
-            f"{pf.path}: prompts were trained on {pf.backbone} ({pf.pretrained or 'random'}, "
-            f"fingerprint {pf.fingerprint}); the loaded backbone is {backbone.name} "
-            f"({backbone.pretrained}, fingerprint {backbone.fingerprint()})"
-        )
-    if pf.config.vocab and VOCABULARY_IDS not in pf.tensors:
-        raise PromptFileError(f"{pf.path}: the prompt config tunes a vocabulary but the file lacks its token ids")
-    try:
-        model = PromptedCLIP(backbone, pf.config, pf.tensors.get(VOCABULARY_IDS))
-        model.load_prompt_state_dict(pf.tensors)
-    except ValueError as exc:
-        raise PromptFileError(f"{pf.path}: {exc}") from None
-    return model.to(device).eval()

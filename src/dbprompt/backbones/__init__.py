@@ -1,7 +1,7 @@
 """Backbone adapters: the token-level stages of a frozen CLIP that prompts need."""
 
 from .base import PROMPT_ID, BackboneAdapter, LayerHook, UnsupportedPromptError
-from .factory import RANDOM, load_backbone, shipped_weights
+from .factory import RANDOM, load_backbone, load_named_backbone, shipped_weights
 
 __all__ = [
     "PROMPT_ID",
@@ -10,5 +10,6 @@ __all__ = [
     "LayerHook",
     "UnsupportedPromptError",
     "load_backbone",
+    "load_named_backbone",
     "shipped_weights",
 ]

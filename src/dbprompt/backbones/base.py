@@ -134,14 +134,7 @@ class BackboneAdapter(nn.Module, ABC):
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
 
+    @property
     @abstractmethod
-    def attention_module_names(self) -> list[str]:
-        """Qualified names (relative to this adapter) of both towers' attention modules, for LoRA."""
-
-    @abstractmethod
-    def image_parameters(self) -> list[nn.Parameter]:
-        """Every weight of the image side (to know whether image features can be cached)."""
-
-    @abstractmethod
-    def projection_parameters(self) -> list[nn.Parameter]:
-        """The output projections of both towers (for the projection-only baseline)."""
+    def image_tower(self) -> nn.Module:
+        """The module holding every weight of the image side (to know whether image features can be cached)."""

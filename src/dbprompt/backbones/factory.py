@@ -60,3 +60,12 @@ def load_backbone(
     adapter.eval()
     adapter.requires_grad_(False)
     return adapter
+
+
+def load_named_backbone(model: str, pretrained: str | None, *, device: str = "cpu") -> OpenClipAdapter:
+    """`load_backbone` for what a user named, refusing to fall back to random weights silently."""
+    if pretrained is None and shipped_weights(model) is None:
+        tags = open_clip.list_pretrained_tags_by_model(model) if model in open_clip.list_models() else []
+        hint = f" (open_clip has: {', '.join(tags[:4])})" if tags else ""
+        raise ValueError(f"--model {model}: say which weights with --pretrained TAG{hint}, a checkpoint file, or 'random'")
+    return load_backbone(model, pretrained, device=device)

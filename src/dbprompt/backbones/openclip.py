@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-from open_clip.utils import to_2tuple
 from open_clip.timm_model import TimmModel
-from open_clip.transformer import TextTransformer, VisionTransformer, text_global_pool
+from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
+from . import shim
 from .base import BackboneAdapter, LayerHook
+
+_text_pool = shim.text_pool()
 
 
 def _timm_vit_class() -> type | None:
@@ -78,7 +80,8 @@ class OpenClipAdapter(BackboneAdapter):
             self.text_width = self._text.token_embedding.embedding_dim
             self.text_num_layers = len(self._text.transformer.resblocks)
         visual = model.visual
-        self.image_size = to_2tuple(visual.image_size)
+        size = visual.image_size
+        self.image_size = (size, size) if isinstance(size, int) else tuple(size)
         self._vision_kind = self._classify_vision(visual)
         if self._vision_kind == "openclip":
             self.vision_width = visual.class_embedding.shape[-1]
@@ -153,7 +156,7 @@ class OpenClipAdapter(BackboneAdapter):
         x = t.ln_final(x)
         # The placeholder ids of prompt positions never match an end token, so the
         # pooled position shifts with the prompts.
-        pooled = text_global_pool(x, ids, t.pool_type, eos_token_id=t.eos_id)
+        pooled = _text_pool(x, ids, t.pool_type, t.eos_id)
         if t.projection is None:
             return pooled
         if isinstance(t.projection, nn.Linear):
@@ -164,12 +167,8 @@ class OpenClipAdapter(BackboneAdapter):
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
         if self._vision_kind == "openclip":
-            return visual._embeds(images)
-        trunk = visual.trunk
-        x = trunk.patch_embed(images)
-        x = trunk._pos_embed(x)
-        x = trunk.patch_drop(x)
-        return trunk.norm_pre(x)
+            return shim.openclip_image_tokens(visual, images)
+        return shim.timm_image_tokens(visual.trunk, images)
 
     def image_from_tokens(
         self, x: torch.Tensor, num_prompts: int = 0, hook: LayerHook | None = None
@@ -180,7 +179,7 @@ class OpenClipAdapter(BackboneAdapter):
             x = _run_blocks(visual.transformer, x, hook)
             if num_prompts:
                 x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
-            pooled, _ = visual._pool(x)
+            pooled = shim.openclip_image_pool(visual, x)
             return pooled @ visual.proj if visual.proj is not None else pooled
         trunk = visual.trunk
         for i, block in enumerate(trunk.blocks):
@@ -206,25 +205,9 @@ class OpenClipAdapter(BackboneAdapter):
     def image_transform(self) -> Callable:
         return self._preprocess
 
-    def attention_module_names(self) -> list[str]:
-        return [n for n, m in self.named_modules() if isinstance(m, nn.MultiheadAttention)]
-
-    def image_parameters(self) -> list[nn.Parameter]:
-        return list(self.model.visual.parameters())
-
-    def projection_parameters(self) -> list[nn.Parameter]:
-        params: list[nn.Parameter] = []
-        text_proj = getattr(self._text, "projection", None)
-        if isinstance(text_proj, nn.Linear):
-            params += list(text_proj.parameters())
-        elif isinstance(text_proj, nn.Parameter):
-            params.append(text_proj)
-        visual = self.model.visual
-        if isinstance(getattr(visual, "proj", None), nn.Parameter):
-            params.append(visual.proj)
-        elif isinstance(visual, TimmModel):
-            params += list(visual.head.parameters())
-        return params
+    @property
+    def image_tower(self) -> nn.Module:
+        return self.model.visual
 
 
 def _run_blocks(

@@ -1,4 +1,8 @@
-"""The `dbprompt` command: each group of subcommands lives in its own module and registers itself."""
+"""The `dbprompt` command: a thin layer over the Python API; each group of subcommands registers itself.
+
+Nothing heavy is imported to build the parser: torch, open_clip and FAISS load only when a
+command runs, so `--help` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from . import bench, core, proxy, search
+from . import evaluate, search, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,10 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt a frozen CLIP to one image database with trainable prompts, then index and search it.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    core.register(sub)
+    train.register(sub)
+    evaluate.register(sub)
     search.register(sub)
-    proxy.register(sub)
-    bench.register(sub)
     return parser
 
 

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from ..index import APPROX_THRESHOLD, KINDS
-from .common import add_data_args, add_runtime_args, load_db
+from ..data.database import ReadOptions
+from ..index.manifest import APPROX_THRESHOLD, KINDS
+from .common import add_database_args, add_runtime_args, options_of, runtime_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
             "changed images and drops deleted ones; an interrupted run resumes."
         ),
     )
-    add_data_args(p)
+    add_database_args(p)
     p.add_argument("--prompts", required=True, metavar="FILE", help="prompt file trained for this database")
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create or update")
     p.add_argument(
@@ -72,11 +73,11 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from ..index import build_index
+    from ..api import build_index
 
     info = build_index(
-        load_db(args), args.prompts, args.out, batch_size=args.batch_size, kind=args.kind, device=args.device,
-        bf16=args.bf16, skip_bad=args.skip_bad, progress=args.progress,
+        args.db, args.prompts, args.out, kind=args.kind, batch_size=args.batch_size, runtime=runtime_of(args),
+        progress=args.progress, **options_of(args, ReadOptions),
     )
     build = info.last_build
     print(
@@ -89,21 +90,16 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from ..data import open_image
-    from ..searcher import open_searcher
+    from pathlib import Path
+
+    from ..api import open_index
 
     if (args.query is None) == (args.image is None):
         raise ValueError("give either a text QUERY or --image PATH")
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
-    searcher = open_searcher(args.index_dir, prompt_file=args.prompts, device=args.device, bf16=args.bf16)
-    try:
-        if args.image is not None:
-            hits = searcher.search_image(open_image(args.image), args.k)
-        else:
-            hits = searcher.search_text(args.query, args.k)
-    finally:
-        searcher.close()
+    with open_index(args.index_dir, prompt_file=args.prompts, runtime=runtime_of(args)) as searcher:
+        hits = searcher.search(Path(args.image) if args.image is not None else args.query, args.k)
     rows = [
         {"rank": i, "score": round(h.score, 6), "id": h.image.id, "key": h.image.key, "path": str(h.image.path),
          "captions": list(h.image.captions)}
@@ -132,7 +128,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
     serve(
-        args.index_dirs, host=args.host, port=args.port, device=args.device, bf16=args.bf16,
+        args.index_dirs, host=args.host, port=args.port, runtime=runtime_of(args),
         max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
     return 0

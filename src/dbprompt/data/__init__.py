@@ -1,11 +1,11 @@
 """Database readers: every supported layout becomes a list of Records, one per image."""
 
-from .database import FORMATS, Database, detect_format, load_database
+from .database import FORMATS, Database, ReadOptions, detect_format, load_database, read_database
 from .errors import BadInputReport, BadItem, DataError
-from .images import check_image, open_image
+from .images import open_image
 from .readers import read_csv, read_imagefolder, read_karpathy
 from .records import SPLITS, Record
-from .splits import assign_splits, records_for
+from .splits import SplitConfig, assign_splits, records_for, split_records
 
 __all__ = [
     "FORMATS",
@@ -14,14 +14,17 @@ __all__ = [
     "BadItem",
     "DataError",
     "Database",
+    "ReadOptions",
     "Record",
+    "SplitConfig",
     "assign_splits",
-    "check_image",
     "detect_format",
     "load_database",
     "open_image",
     "read_csv",
+    "read_database",
     "read_imagefolder",
     "read_karpathy",
     "records_for",
+    "split_records",
 ]

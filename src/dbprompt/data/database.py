@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..options import option
 from .errors import BAD_METADATA, BadInputReport, DataError
 from .readers import METADATA_NAMES, imagefolder_metadata, read_csv, read_imagefolder, read_karpathy
 from .records import Record
 
 FORMATS = ("imagefolder", "karpathy", "csv")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a database: the same options for train, eval and index."""
+
+    format: str = option("auto", "database layout", choices=["auto", *FORMATS])
+    image_root: str | None = option(None, "directory image paths are relative to (Karpathy, CSV)")
+    image_column: str = option("filepath", "CSV/TSV image column")
+    caption_column: str = option("title", "CSV/TSV caption column")
+    skip_bad: bool = option(False, "skip and count bad images and captions instead of stopping at the first")
 
 
 @dataclass
@@ -77,3 +90,9 @@ def load_database(
     if not records:
         raise DataError(str(source), BAD_METADATA, f"no usable records ({report.summary()})")
     return Database(records, source, report)
+
+
+def read_database(path: str | os.PathLike, options: ReadOptions = ReadOptions()) -> Database:
+    """`load_database` with a ReadOptions (what the CLI and the Python API pass around)."""
+    kwargs = dataclasses.asdict(options)
+    return load_database(path, kwargs.pop("format"), **kwargs)

@@ -29,8 +29,22 @@ class DataError(ValueError):
 
 
 def location(file: Path, line: int, unit: str = "line") -> str:
-    """`file:line`, or `file: images[i]` for an index into a Karpathy `images` list."""
+    """`file:line`, `file: images[i]` for an index into a Karpathy `images` list, or the file alone."""
+    if unit == "file":
+        return str(file)
     return f"{file}:{line}" if unit == "line" else f"{file}: images[{line}]"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a database's metadata names an item: a file and line, or an index into a Karpathy list."""
+
+    file: Path
+    line: int
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return location(self.file, self.line, self.unit)
 
 
 @dataclass(frozen=True)
@@ -80,3 +94,6 @@ class Reporter:
         if not self.skip_bad:
             raise DataError(item.where, problem, detail)
         self.report.items.append(item)
+
+    def bad_at(self, at: "Location", problem: str, detail: str = "") -> None:
+        self.bad(at.file, at.line, problem, detail, at.unit)

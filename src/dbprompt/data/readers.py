@@ -1,7 +1,8 @@
 """Readers for the three database layouts; each returns one Record per image, captions merged.
 
-Every reader works in two passes: metadata first (cheap, so a typo fails fast), then an
-eager decode of every referenced image (catches truncation, which `verify()` misses).
+Readers check the metadata and that every referenced file exists and is not empty; they do not
+decode images. The first decode of each image (when a command first needs its pixels) finds
+truncated or non-image files and names the metadata line through `Record.origin`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from .errors import (
     UNREADABLE_FILE,
     BadInputReport,
     DataError,
+    Location,
     Reporter,
-    location,
 )
-from .images import check_images
+from .images import stat_problem
 from .records import SPLITS, Record
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
@@ -41,22 +42,9 @@ class _Bad(Exception):
         self.problem, self.detail = problem, detail
 
 
-@dataclass(frozen=True)
-class _Where:
-    file: Path
-    line: int
-    unit: str = "line"
-
-    def __str__(self) -> str:
-        return location(self.file, self.line, self.unit)
-
-    def bad(self, reporter: Reporter, problem: str, detail: str = "") -> None:
-        reporter.bad(self.file, self.line, problem, detail, self.unit)
-
-
 @dataclass
 class _Item:
-    where: _Where
+    where: Location
     key: str
     path: Path
     captions: list[str]
@@ -90,7 +78,7 @@ def _locate(raw: Any, base: Path, key_root: Path) -> tuple[str, Path]:
     return key.as_posix(), path
 
 
-def _captions(value: Any, where: _Where, reporter: Reporter) -> list[str]:
+def _captions(value: Any, where: Location, reporter: Reporter) -> list[str]:
     """Validate a caption or list of captions; empty ones are reported one by one and dropped."""
     values = value if isinstance(value, list) else [value]
     if not values or not all(isinstance(v, str) for v in values):
@@ -100,26 +88,27 @@ def _captions(value: Any, where: _Where, reporter: Reporter) -> list[str]:
         if caption.strip():
             kept.append(caption.strip())
         else:
-            where.bad(reporter, EMPTY_CAPTION, f"caption {i} of {len(values)}" if len(values) > 1 else "")
+            reporter.bad_at(where, EMPTY_CAPTION, f"caption {i} of {len(values)}" if len(values) > 1 else "")
     return kept
 
 
 def _assemble(items: list[_Item], reporter: Reporter) -> list[Record]:
-    """Decode every image once, then merge items of the same image in file order."""
-    errors = check_images(item.path for item in items)
+    """Check each file exists and is not empty, then merge items of the same image in file order."""
+    problems = {path: stat_problem(path) for path in dict.fromkeys(item.path for item in items)}
     merged: dict[str, _Item] = {}
     for item in items:
-        error = errors[item.path]
-        if error is not None:
-            item.where.bad(reporter, error.problem, error.where + (f" ({error.detail})" if error.detail else ""))
+        problem = problems[item.path]
+        if problem is not None:
+            kind, detail = problem
+            reporter.bad_at(item.where, kind, str(item.path) + (f" ({detail})" if detail else ""))
             continue
         first = merged.setdefault(item.key, _Item(item.where, item.key, item.path, [], item.split))
         if first.split != item.split:
             detail = f"{item.key} is {item.split!r} here but {first.split!r} at {first.where}"
-            item.where.bad(reporter, CONFLICTING_SPLIT, detail)
+            reporter.bad_at(item.where, CONFLICTING_SPLIT, detail)
             continue
         first.captions.extend(item.captions)
-    return [Record(i.key, i.path, tuple(i.captions), i.split) for i in merged.values()]
+    return [Record(i.key, i.path, tuple(i.captions), i.split, origin=i.where) for i in merged.values()]
 
 
 # ---- row-based metadata: imagefolder (jsonl/csv) and open_clip CSV/TSV -----------------------
@@ -192,7 +181,7 @@ def _row_items(
 ) -> Iterator[_Item]:
     image_col, caption_col, split_col = columns
     for line, row in rows:
-        where = _Where(file, line)
+        where = Location(file, line)
         try:
             for col in (image_col, caption_col):
                 if col not in row:
@@ -203,7 +192,7 @@ def _row_items(
                 raise _Bad(CONFLICTING_SPLIT, f"split {split!r} inside the {folder_split!r} folder")
             captions = _captions(row[caption_col], where, reporter)
         except _Bad as e:
-            where.bad(reporter, e.problem, e.detail)
+            reporter.bad_at(where, e.problem, e.detail)
             continue
         if captions:
             yield _Item(where, key, path, captions, split or folder_split)
@@ -280,7 +269,7 @@ def read_csv(
 # ---- Karpathy split JSON ----------------------------------------------------------------------
 
 
-def _karpathy_item(entry: Any, where: _Where, root: Path, reporter: Reporter) -> _Item | None:
+def _karpathy_item(entry: Any, where: Location, root: Path, reporter: Reporter) -> _Item | None:
     if not isinstance(entry, dict):
         raise _Bad(BAD_METADATA, f"expected a JSON object, got {type(entry).__name__}")
     folder = entry.get("filepath") or ""
@@ -321,11 +310,11 @@ def read_karpathy(
     reporter = Reporter(skip_bad, report if report is not None else BadInputReport())
     items = []
     for index, entry in enumerate(images):
-        where = _Where(path, index, unit="image")
+        where = Location(path, index, unit="image")
         try:
             item = _karpathy_item(entry, where, root, reporter)
         except _Bad as e:
-            where.bad(reporter, e.problem, e.detail)
+            reporter.bad_at(where, e.problem, e.detail)
             continue
         if item is not None:
             items.append(item)

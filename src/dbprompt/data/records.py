@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .errors import Location
 
 SPLITS = ("train", "val", "test")
 
@@ -13,9 +15,12 @@ class Record:
     """One image and all of its captions.
 
     `split` is None when the source file does not say; `assign_splits` then fills it.
+    `origin` is where the metadata names the image (`file:line`), so a problem found when the
+    image is first decoded can point the user at the line to fix.
     """
 
     key: str
     path: Path
     captions: tuple[str, ...]
     split: str | None = None
+    origin: Location | None = field(default=None, compare=False)

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from dataclasses import dataclass
 from typing import Iterable
 
+from ..options import option
 from .records import SPLITS, Record
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How images are split when the database file names no split (recorded in the prompt file)."""
+
+    val_fraction: float = option(0.1, "held-out images for choosing the epoch")
+    test_fraction: float = option(0.1, "held-out images for the final evaluation")
+    split_seed: int = option(0, "seed of the split by image")
 
 
 def _unit_hash(key: str, seed: int) -> float:
@@ -59,3 +70,9 @@ def records_for(records: Iterable[Record], split: str) -> list[Record]:
     if unsplit:
         raise ValueError(f"{len(unsplit)} record(s) have no split (e.g. {unsplit[0]!r}); call assign_splits first")
     return [r for r in records if r.split == split]
+
+
+def split_records(records: Iterable[Record], config: SplitConfig = SplitConfig()) -> dict[str, list[Record]]:
+    """train, val, test and all: the records of each split."""
+    records = assign_splits(records, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.split_seed)
+    return {s: records_for(records, s) for s in SPLITS} | {"all": records}

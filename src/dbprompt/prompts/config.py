@@ -1,4 +1,8 @@
-"""Every prompt option in one dataclass, saved with the prompts so a file rebuilds its own model."""
+"""Every prompt option in one dataclass, saved with the prompts so a file rebuilds its own model.
+
+Its defaults are `dbprompt train`'s, chosen on validation splits (BENCHMARKS.md); the CLI's flags
+are built from these fields.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +10,33 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from ..options import option
+
 
 @dataclass(frozen=True)
 class PromptConfig:
-    # Textual prompt: `text_len` vectors right after the start token.
-    text_len: int = 8
-    # 1 = shallow; d > 1 replaces the prompt positions with a fresh set before each of the
-    # first d layers; 0 = before every layer. Defaults: chosen on validation (BENCHMARKS.md).
-    text_depth: int = 0
-    # Initialise the first vectors from this phrase's token embeddings instead of noise.
-    text_init: str | None = None
-    # Visual prompt: `visual_len` tokens right after the class/prefix tokens.
-    visual_len: int = 8
-    visual_depth: int = 0
-    init_std: float = 0.02
-    # Residual gate: features = zero-shot + g * (prompted - zero-shot), g starting at 0, so
-    # training starts exactly at zero-shot and moves away only as far as the loss pays for.
-    gate: bool = True
-    # Learnable offsets for the token embeddings of up to this many of the training captions'
-    # tokens (those in most captions), starting at zero (0: none). Needs the training captions,
-    # so it is off here and on in TRAIN_DEFAULTS.
-    vocab: int = 0
-    # Prompt dropout: each prompt vector and word offset is dropped with this probability
-    # in a training step.
-    dropout: float = 0.0
-    # MaPLe-style coupling: the visual prompts are a learned linear map of the textual ones
-    # (needs text_len == visual_len and equal depths).
-    couple: bool = False
+    text_len: int = option(8, "textual prompt vectors, right after the start token (0: none)")
+    text_depth: int = option(0, "layers with their own textual prompts (1: shallow, 0: every layer)")
+    text_init: str | None = option(None, 'initialise the textual prompt from a phrase, e.g. "a photo of a"')
+    visual_len: int = option(8, "visual prompt tokens, right after the class token (0: none)")
+    visual_depth: int = option(0, "layers with their own visual prompts (1: shallow, 0: every layer)")
+    init_std: float = option(0.02, "standard deviation of the prompts' random initialisation", cli=False)
+    gate: bool = option(
+        True,
+        "start exactly at zero-shot through a residual gate: features = zero-shot + g * (prompted - zero-shot), "
+        "g from 0 (costs a second forward pass per encode)",
+    )
+    vocab: int = option(
+        1024,
+        "tune the token embeddings of up to this many of the training captions' word pieces (those in most "
+        "captions), starting at zero-shot (0: none)",
+    )
+    dropout: float = option(
+        0.0, "drop each prompt vector and word offset with this probability in a training step", flag="--prompt-dropout"
+    )
+    couple: bool = option(
+        False, "MaPLe-style: derive the visual prompts from the textual ones by a learned linear map (same length and depth)"
+    )
 
     def __post_init__(self) -> None:
         for name in ("text_len", "visual_len", "vocab"):
@@ -51,6 +55,11 @@ class PromptConfig:
         if self.text_init is not None and not self.text_init.strip():
             raise ValueError("text_init must be a non-empty phrase or None")
 
+    @classmethod
+    def none(cls) -> "PromptConfig":
+        """No prompts at all: the backbone's zero-shot model through the same code path."""
+        return cls(text_len=0, visual_len=0, vocab=0)
+
     def replace(self, **changes) -> "PromptConfig":
         return dataclasses.replace(self, **changes)
 
@@ -63,13 +72,12 @@ class PromptConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "PromptConfig":
+        """Options a file's dbprompt version did not have yet read as off (vocabulary: 0)."""
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("the prompt config is not a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown prompt options {sorted(unknown)} (written by a newer dbprompt?)")
-        return cls(**data)
-
-
-# What `dbprompt train` uses unless told otherwise: chosen on validation splits (BENCHMARKS.md).
-TRAIN_DEFAULTS = PromptConfig(vocab=1024)
+        return cls(**({"vocab": 0} | data))

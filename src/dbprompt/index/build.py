@@ -1,0 +1,300 @@
+"""Building an index: embed a database through its visual prompt, checkpointing as it goes.
+
+Building never touches a finished index in place: embeddings are checkpointed in chunks in a
+work directory beside the output (so an interrupted run resumes), and the new index is
+written aside and renamed over the old one. Re-running reuses the vectors of unchanged
+images (same prompts, backbone, file size and mtime) and drops images that are gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from ..atomic import atomic_dir, atomic_path, atomic_write_text
+from ..backbones import BackboneAdapter, load_backbone
+from ..compat import file_sha256
+from ..data import Database, DataError, Record, load_database
+from ..model import PromptedCLIP
+from ..pipeline import decode_batches, embed_images, encode_texts
+from ..runtime import Runtime
+from ..storage import read_prompt_file
+from .manifest import MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo
+from .metadata import ImageRow, write_metadata
+from .search import load_index
+from .vectors import KINDS, all_vectors, make_vector_index, resolve_kind, tune_search
+
+TUNE_QUERIES = 256
+
+
+@dataclass
+class _Embedded:
+    """What is known about one image's vector: the file state it was computed from."""
+
+    stamp: tuple[int, int]
+    size: tuple[int, int]
+    vector: np.ndarray
+
+
+class _WorkDir:
+    """Checkpoints beside the output, locked against a second builder, valid for one prompt + backbone."""
+
+    def __init__(self, out: Path, identity: dict[str, str]):
+        self.out = out
+        self.path = out.with_name(f".{out.name}.work")
+        self.identity = identity
+        self._lock_file = None
+        self._chunks = 0
+
+    def __enter__(self) -> "_WorkDir":
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.path / "lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise OSError(f"{self.path}: another `dbprompt index` is writing this index") from None
+        self._recover(self.out)
+        state = self.path / "state.json"
+        if not state.is_file() or json.loads(state.read_text()) != self.identity:
+            for old in self.path.glob("chunk-*.npz"):
+                old.unlink()
+            atomic_write_text(state, json.dumps(self.identity))
+        self._chunks = len(list(self.path.glob("chunk-*.npz")))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock_file.close()
+
+    @staticmethod
+    def _recover(out: Path) -> None:
+        """Undo what a killed rename left behind: restore the old index if the new one never arrived."""
+        old = out.with_name(f".{out.name}.old")
+        if old.is_dir() and not out.exists():
+            os.replace(old, out)
+        for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+    def load(self) -> dict[str, _Embedded]:
+        found: dict[str, _Embedded] = {}
+        for chunk in sorted(self.path.glob("chunk-*.npz")):
+            with np.load(chunk) as data:
+                for key, stamp, size, vector in zip(data["keys"], data["stamps"], data["sizes"], data["vectors"]):
+                    found[str(key)] = _Embedded(tuple(map(int, stamp)), tuple(map(int, size)), vector)
+        return found
+
+    def save(self, items: dict[str, _Embedded]) -> None:
+        if not items:
+            return
+        with atomic_path(self.path / f"chunk-{self._chunks:06d}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                keys=np.array(list(items)),
+                stamps=np.array([e.stamp for e in items.values()], dtype=np.int64),
+                sizes=np.array([e.size for e in items.values()], dtype=np.int64),
+                vectors=np.stack([e.vector for e in items.values()]),
+            )
+        self._chunks += 1
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, list[ImageRow], dict[str, _Embedded]]:
+    """The existing index's rows, and its vectors when they were made with the same prompts and backbone."""
+    try:
+        index = load_index(out)
+    except IndexFormatError:
+        return None, [], {}
+    try:
+        info, rows = index.info, index.all_rows()
+        if {"prompt_sha256": info.prompt_sha256, "fingerprint": info.fingerprint} != identity:
+            return info, rows, {}
+        vectors = all_vectors(index.vectors)
+        return info, rows, {r.key: _Embedded(r.stamp, (r.width, r.height), vectors[r.id]) for r in rows}
+    finally:
+        index.close()
+
+
+def _embed(
+    model: PromptedCLIP,
+    todo: list[Record],
+    stamps: dict[str, tuple[int, int]],
+    work: _WorkDir,
+    runtime: Runtime,
+    *,
+    batch_size: int,
+    skip_bad: bool,
+    report,
+    checkpoint_every: int,
+    progress: bool,
+) -> dict[str, _Embedded]:
+    """Embed `todo`, checkpointing every `checkpoint_every` images (and on the way out of an error)."""
+    done: dict[str, _Embedded] = {}
+    pending: dict[str, _Embedded] = {}
+    transform = model.backbone.image_transform()
+    try:
+        for batch in decode_batches(
+            todo, transform, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report,
+            progress="embedding" if progress and todo else None,
+        ):
+            if batch.indices:
+                vectors = embed_images(model, batch.images, runtime).numpy()
+                for i, size, vector in zip(batch.indices, batch.sizes, vectors):
+                    pending[todo[i].key] = _Embedded(stamps[todo[i].key], size, vector)
+            if len(pending) >= checkpoint_every:
+                work.save(pending)
+                done.update(pending)
+                pending = {}
+    finally:
+        work.save(pending)
+    done.update(pending)
+    return done
+
+
+def _tuning_queries(model: PromptedCLIP, records: Sequence[Record], runtime: Runtime) -> np.ndarray | None:
+    """Caption vectors: the real query distribution, modality gap included (None without captions)."""
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(records), min(TUNE_QUERIES, len(records)), replace=False)
+    captions = [records[i].captions[rng.integers(len(records[i].captions))] for i in picks if records[i].captions]
+    if not captions:
+        return None
+    return encode_texts(model, captions, runtime, batch_size=64).numpy()
+
+
+def _check_replaceable(out: Path) -> None:
+    """An index directory is replaced as a whole: never let that be anything but an index."""
+    if out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise IndexFormatError(f"{out}: exists and is not a dbprompt index; refusing to replace it")
+
+
+def write_index(
+    out_dir: str | os.PathLike,
+    prompt_file: str | os.PathLike,
+    vectors: np.ndarray,
+    rows: Sequence[ImageRow],
+    *,
+    kind: str = "auto",
+    tune_queries: np.ndarray | None = None,
+    database: str = "",
+    last_build: dict[str, object] | None = None,
+) -> IndexInfo:
+    """Write an index directory from unit vectors (row i of `vectors` is image `rows[i]`), atomically.
+
+    An approximate index is tuned on `tune_queries` (default: a sample of the vectors themselves).
+    """
+    if len(vectors) != len(rows) or any(row.id != i for i, row in enumerate(rows)):
+        raise ValueError("rows must be numbered 0..n-1, one per vector")
+    out, pf = Path(out_dir), read_prompt_file(prompt_file)
+    _check_replaceable(out)
+    resolved = resolve_kind(kind, len(rows))
+    index, factory = make_vector_index(vectors, resolved)
+    if tune_queries is None:
+        sample = np.random.default_rng(0).choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False)
+        tune_queries = vectors[sample]
+    params, recall = tune_search(index, resolved, vectors, tune_queries)
+    info = IndexInfo(
+        path=out,
+        backbone=pf.backbone,
+        pretrained=pf.pretrained,
+        fingerprint=pf.fingerprint,
+        prompt_sha256=file_sha256(prompt_file),
+        kind=resolved,
+        factory=factory,
+        count=len(rows),
+        dim=int(vectors.shape[1]),
+        search_params=params,
+        recall_at_10=round(recall, 4),
+        database=database,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        last_build=last_build or {},
+    )
+    with atomic_dir(out) as tmp:
+        shutil.copyfile(prompt_file, tmp / PROMPTS)
+        faiss.write_index(index, str(tmp / VECTORS))
+        write_metadata(tmp / METADATA, rows)
+        atomic_write_text(tmp / MANIFEST, json.dumps(info.to_json(), indent=2) + "\n")
+    return info
+
+
+def build_index(
+    db: str | os.PathLike | Database,
+    prompt_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    kind: str = "auto",
+    runtime: Runtime | None = None,
+    skip_bad: bool = False,
+    backbone: BackboneAdapter | None = None,
+    checkpoint_every: int = 1024,
+    progress: bool = True,
+) -> IndexInfo:
+    """Create or update the index of `db` (a path or a loaded Database) searched through `prompt_file`.
+
+    Only new or changed images are embedded; a run interrupted at any point resumes where
+    its last checkpoint ended, and `out_dir` is either the old index or the new one, never a mix.
+    """
+    if batch_size < 1 or checkpoint_every < 1:
+        raise ValueError("batch_size and checkpoint_every must be at least 1")
+    if kind not in KINDS:
+        raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
+    out, prompt_file = Path(out_dir), Path(prompt_file)
+    _check_replaceable(out)
+    pf = read_prompt_file(prompt_file)
+    database = db if isinstance(db, Database) else load_database(db, skip_bad=skip_bad)
+    runtime = runtime or Runtime.resolve()
+    if backbone is None:
+        backbone = load_backbone(pf.backbone, pf.pretrained, device=runtime.device)
+    model = PromptedCLIP.from_prompt_file(prompt_file, backbone, device=runtime.device)
+    identity = {"prompt_sha256": file_sha256(prompt_file), "fingerprint": backbone.fingerprint()}
+    records = database.records
+    stamps = {r.key: _stamp(r.path) for r in records}
+
+    with _WorkDir(out, identity) as work:
+        old_info, old_rows, known = _previous(out, identity)
+        known.update(work.load())
+        todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
+        fresh = _embed(
+            model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
+            checkpoint_every=checkpoint_every, progress=progress,
+        )
+        known.update(fresh)
+        kept = [r for r in records if r.key in known and known[r.key].stamp == stamps[r.key]]
+        if not kept:
+            raise DataError(str(database.source), "no usable images", "; ".join(map(str, database.report.items[:3])))
+        rows = [
+            ImageRow(i, r.key, r.path, r.captions, *stamps[r.key], *known[r.key].size) for i, r in enumerate(kept)
+        ]
+        resolved = resolve_kind(kind, len(rows))
+        if old_info is not None and not todo and rows == old_rows and old_info.kind == resolved:
+            work.remove()
+            return old_info  # nothing changed
+        vectors = np.stack([known[r.key].vector for r in kept]).astype(np.float32, copy=False)
+        queries = _tuning_queries(model, kept, runtime) if resolved != "exact" else None
+        gone = {r.key for r in old_rows} - {r.key for r in rows}
+        info = write_index(
+            out, prompt_file, vectors, rows, kind=resolved, tune_queries=queries, database=str(database.source),
+            last_build={
+                "embedded": len(fresh),
+                "reused": len(rows) - len(fresh),
+                "removed": len(gone),
+                "skipped": [str(item) for item in database.report.items],
+            },
+        )
+        work.remove()
+    return info

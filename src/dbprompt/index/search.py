@@ -1,0 +1,106 @@
+"""An opened index: vector search plus the metadata of the images it returns, without the database."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from ..compat import file_sha256
+from .manifest import METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_info
+from .metadata import COLUMNS, ImageRow, connect_read_only
+from .vectors import set_search_params
+
+
+@dataclass(frozen=True)
+class Hit:
+    score: float
+    image: ImageRow
+
+
+class SearchIndex:
+    """Vectors and metadata of one index directory. Thread-safe."""
+
+    def __init__(self, info: IndexInfo, vectors: faiss.Index, metadata: sqlite3.Connection):
+        self.info = info
+        self.vectors = vectors
+        self._db = metadata
+        self._db_lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def prompt_file(self) -> Path:
+        return self.info.path / PROMPTS
+
+    def search(self, query: np.ndarray, k: int = 10) -> list[Hit]:
+        """The k nearest images to one unit-length query vector, best first."""
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if query.shape[1] != self.info.dim:
+            raise ValueError(f"query has dimension {query.shape[1]}, the index {self.info.dim}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        scores, ids = self.vectors.search(query, min(k, self.info.count))
+        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        rows = self.rows([i for i, _ in found])
+        return [Hit(s, rows[i]) for i, s in found]
+
+    def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._db_lock:
+            result = self._db.execute(f"SELECT {COLUMNS} FROM images WHERE id IN ({marks})", list(ids)).fetchall()
+        return {row[0]: ImageRow.from_sql(row) for row in result}
+
+    def row(self, image_id: int) -> ImageRow | None:
+        return self.rows([image_id]).get(image_id)
+
+    def all_rows(self) -> list[ImageRow]:
+        with self._db_lock:
+            result = self._db.execute(f"SELECT {COLUMNS} FROM images ORDER BY id").fetchall()
+        return [ImageRow.from_sql(row) for row in result]
+
+    def close(self) -> None:
+        with self._db_lock:
+            self._db.close()
+
+
+def load_index(index_dir: str | os.PathLike) -> SearchIndex:
+    """Open an index's vectors and metadata, after checking the directory is complete and consistent."""
+    info = read_info(index_dir)
+    for name in (PROMPTS, VECTORS, METADATA):
+        if not (info.path / name).is_file():
+            raise IndexFormatError(f"{info.path}: incomplete index, {name} is missing")
+    if file_sha256(info.path / PROMPTS) != info.prompt_sha256:
+        raise IndexFormatError(f"{info.path / PROMPTS}: does not match the sha256 recorded in its manifest")
+    try:
+        vectors = faiss.read_index(str(info.path / VECTORS))
+    except RuntimeError as exc:
+        raise IndexFormatError(f"{info.path / VECTORS}: unreadable FAISS index: {exc}") from None
+    db = connect_read_only(info.path / METADATA)
+    try:
+        (rows,) = db.execute("SELECT COUNT(*) FROM images").fetchone()
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise IndexFormatError(f"{info.path / METADATA}: unreadable metadata: {exc}") from None
+    if not (vectors.ntotal == rows == info.count) or vectors.d != info.dim:
+        db.close()
+        raise IndexFormatError(
+            f"{info.path}: inconsistent index: {vectors.ntotal} vectors of dimension {vectors.d}, "
+            f"{rows} metadata rows, manifest says {info.count} of dimension {info.dim}"
+        )
+    try:
+        set_search_params(vectors, info.search_params)
+    except ValueError as exc:
+        db.close()
+        raise IndexFormatError(f"{info.path}: {exc}") from None
+    return SearchIndex(info, vectors, db)

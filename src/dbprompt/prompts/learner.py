@@ -1,0 +1,120 @@
+"""The one module that owns every learnable vector of a database's prompts (CoOp's PromptLearner).
+
+Only its parameters go to the optimizer, and its state dict is exactly what a prompt file holds.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..backbones.base import BackboneAdapter, UnsupportedPromptError
+from .config import PromptConfig
+from .coupling import CoupledPromptTokens
+from .tokens import PromptTokens
+from .vocabulary import TokenOffsets, frequent_tokens
+
+VOCABULARY_IDS = "vocab.ids"
+
+
+class PromptLearner(nn.Module):
+    """Textual prompt, visual prompt and vocabulary offsets of one database, built for one backbone."""
+
+    def __init__(self, backbone: BackboneAdapter, config: PromptConfig, vocabulary: torch.Tensor | None = None):
+        super().__init__()
+        check_supported(backbone, config)
+        self.text: PromptTokens | None = None
+        self.visual: PromptTokens | None = None
+        self.vocab: TokenOffsets | None = None
+        if config.vocab:
+            if vocabulary is None:
+                raise ValueError("PromptConfig.vocab needs the token ids to tune: build with PromptedCLIP.for_captions")
+            if len(vocabulary) > config.vocab:
+                raise ValueError(f"{len(vocabulary)} vocabulary ids, more than PromptConfig.vocab = {config.vocab}")
+            self.vocab = TokenOffsets(vocabulary, backbone.text_width, config.dropout)
+        if config.text_len:
+            if config.text_len >= backbone.context_length - 2:
+                raise ValueError(
+                    f"text_len {config.text_len} leaves no room for a caption in "
+                    f"{backbone.name}'s context of {backbone.context_length} tokens"
+                )
+            self.text = PromptTokens(
+                config.text_len,
+                backbone.text_width,
+                prefix=backbone.text_prefix_len,
+                depth=depth_of(config.text_depth, backbone.text_num_layers),
+                std=config.init_std,
+                init=phrase_embeddings(backbone, config.text_init) if config.text_init else None,
+                gate=config.gate,
+                dropout=config.dropout,
+            )
+        if config.couple:
+            self.visual = self._coupled_visual(backbone, config)
+        elif config.visual_len:
+            self.visual = PromptTokens(
+                config.visual_len,
+                backbone.vision_width,
+                prefix=backbone.vision_prefix_len,
+                depth=depth_of(config.visual_depth, backbone.vision_num_layers),
+                std=config.init_std,
+                gate=config.gate,
+                dropout=config.dropout,
+            )
+
+    def _coupled_visual(self, backbone: BackboneAdapter, config: PromptConfig) -> CoupledPromptTokens:
+        assert self.text is not None  # PromptConfig checks couple needs a textual prompt
+        visual_depth = depth_of(config.visual_depth, backbone.vision_num_layers)
+        if visual_depth != self.text.depth:
+            raise ValueError(
+                f"couple needs one prompt depth on both towers; {backbone.name} gives text depth "
+                f"{self.text.depth} and visual depth {visual_depth}: set --text-depth and --visual-depth"
+            )
+        return CoupledPromptTokens(self.text, backbone.vision_width, backbone.vision_prefix_len, config.gate, config.dropout)
+
+    def no_weight_decay(self) -> set[str]:
+        """Gates: scalars that decay would pull back towards zero-shot for no reason (as CLIP spares gains and biases)."""
+        return {n for n, p in self.named_parameters() if p.ndim < 2}
+
+
+def check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:
+    checks = (
+        ("textual", config.text_len, backbone.text_prompt_problem()),
+        ("visual", config.visual_len, backbone.visual_prompt_problem()),
+    )
+    for kind, length, problem in checks:
+        if length and problem:
+            raise UnsupportedPromptError(
+                f"model {backbone.name} cannot take {kind} prompts: {problem}. "
+                f"Use --{'text' if kind == 'textual' else 'visual'}-len 0."
+            )
+
+
+def caption_vocabulary(backbone: BackboneAdapter, config: PromptConfig, captions: Sequence[str]) -> torch.Tensor | None:
+    """The token ids `config`'s vocabulary offsets would cover for these training captions (None: no vocabulary)."""
+    if not config.vocab:
+        return None
+    if not captions:
+        raise ValueError("PromptConfig.vocab needs training captions to choose its tokens")
+    ids = backbone.tokenize(list(captions), caption_length(backbone, config))
+    return frequent_tokens(ids, config.vocab)
+
+
+def phrase_embeddings(backbone: BackboneAdapter, phrase: str) -> torch.Tensor:
+    """The token embeddings of a phrase's word pieces (no start or end token)."""
+    ids = backbone.tokenize([phrase], backbone.context_length)[0]
+    start = backbone.text_prefix_len
+    end = int((ids != 0).nonzero().max()) if start else int((ids != 0).sum())
+    with torch.no_grad():
+        return backbone.text_token_embeddings(ids[start:end].unsqueeze(0))[0].float()
+
+
+def caption_length(backbone: BackboneAdapter, config: PromptConfig) -> int:
+    """Captions are cut to this many tokens so that caption + prompts fit the context."""
+    return backbone.context_length - config.text_len
+
+
+def depth_of(requested: int, layers: int) -> int:
+    """0 means every layer; more than the tower has means every layer too."""
+    return layers if requested == 0 else min(requested, layers)

@@ -1,0 +1,1 @@
+"""Contrastive training of a PromptedCLIP: config, loss, cached images, checkpoints, validation and the loop."""

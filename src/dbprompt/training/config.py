@@ -1,0 +1,45 @@
+"""Training options: one dataclass whose fields carry their help text; `dbprompt train`'s flags are built from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..options import option
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(10, "passes over the training images")
+    batch_size: int = option(64, "image-caption pairs per step (the contrastive loss's negatives)")
+    lr: float = option(2e-3, "peak learning rate (chosen on validation with the calibrated temperature)")
+    weight_decay: float = option(0.0, "AdamW weight decay of matrices (never of gates or the temperature)")
+    warmup_fraction: float = option(0.1, "fraction of steps of linear warm-up before the cosine decay", flag="--warmup")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    seed: int = option(0, "seed of the prompts' initialisation, the epochs' order and caption choice")
+    checkpoint_every: int = option(50, "optimizer steps between checkpoints (0: only at epoch ends)")
+    image_cache_mb: int = option(2048, "memory for decoded training and validation images (the rest is decoded each epoch)")
+    anchor: float = option(
+        0.0,
+        "pull of caption features towards zero-shot's, 1 - cosine (KgCoOp; 0: off); several values train once "
+        "each and validation keeps the best",
+        nargs="+",
+    )
+    calibrate_temperature: bool = option(
+        True,
+        "train the loss's temperature from the value that fits the untrained model on this database, "
+        "not the backbone's (which is far too sharp for pairs it matches poorly)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.grad_accum < 1:
+            raise ValueError("epochs >= 1, batch_size >= 2 and grad_accum >= 1 are required")
+        if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
+            raise ValueError("lr must be > 0 and warmup_fraction in [0, 1)")
+        if self.anchor < 0:
+            raise ValueError(f"anchor must be >= 0, got {self.anchor}")
+        if self.checkpoint_every < 0 or self.image_cache_mb < 0:
+            raise ValueError("checkpoint_every and image_cache_mb must be >= 0")
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

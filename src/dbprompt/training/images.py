@@ -1,0 +1,93 @@
+"""A run's training and validation images, decoded once: as pixels up to a budget, or as frozen features.
+
+One rule decides what is kept: when nothing on the image side trains (`image_side_trainable`),
+image features never change, so each image is encoded once and only its features are kept;
+otherwise the transformed pixels are kept in memory up to the budget and the model encodes them
+at every step. The first pass over the images is also where a bad file is found.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+
+from ..data.errors import BadInputReport
+from ..data.records import Record
+from ..model import PromptedCLIP
+from ..pipeline import decode_batches, embed_images
+from ..runtime import Runtime
+
+
+class ImageBank:
+    """Images by position in `records`; `frozen` holds features instead of pixels (see the module's rule)."""
+
+    def __init__(self, records: Sequence[Record], model: PromptedCLIP, runtime: Runtime, budget_bytes: int, batch_size: int = 64):
+        self.records = list(records)
+        self.model = model
+        self.runtime = runtime
+        self.transform = model.backbone.image_transform()
+        self.budget = budget_bytes
+        self.batch_size = batch_size
+        self.frozen = not model.image_side_trainable()
+        self.features: torch.Tensor | None = None  # [N, E] when frozen
+        self._pixels: dict[int, torch.Tensor] = {}
+        self._used = 0
+
+    def first_pass(self, *, skip_bad: bool = False, report: BadInputReport | None = None, progress: str | None = None) -> list[int]:
+        """Decode every image once; returns the positions of those that could not be read (with `skip_bad`)."""
+        kept: list[int] = []
+        features = []
+        was_training = self.model.training
+        self.model.eval()
+        for batch in decode_batches(
+            self.records, self.transform, self.runtime, batch_size=self.batch_size, skip_bad=skip_bad, report=report,
+            progress=progress,
+        ):
+            kept += batch.indices
+            if self.frozen:
+                features.append(embed_images(self.model, batch.images, self.runtime))
+            else:
+                for i, pixels in zip(batch.indices, batch.images):
+                    self._keep(i, pixels)
+        self.model.train(was_training)
+        if self.frozen and features:
+            full = torch.zeros(len(self.records), features[0].shape[1])
+            full[torch.as_tensor(kept, dtype=torch.long)] = torch.cat(features)
+            self.features = full
+        return sorted(set(range(len(self.records))) - set(kept))
+
+    def _keep(self, i: int, pixels: torch.Tensor) -> None:
+        size = pixels.numel() * pixels.element_size()
+        if self._used + size <= self.budget:
+            self._pixels[i] = pixels
+            self._used += size
+
+    def pixels(self, indices: Sequence[int]) -> torch.Tensor:
+        """Transformed images [len, 3, H, W], from memory or decoded again (beyond the budget)."""
+        missing = [i for i in indices if i not in self._pixels]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            in_process = self.runtime.replace(workers=0)  # one batch: starting workers would cost more
+            for batch in decode_batches([self.records[i] for i in missing], self.transform, in_process):
+                fresh.update({missing[j]: t for j, t in zip(batch.indices, batch.images)})
+        return torch.stack([self._pixels[i] if i in self._pixels else fresh[i] for i in indices])
+
+    def encode(self, indices: Sequence[int]) -> torch.Tensor:
+        """Image features of these positions as the model gives them now (grad flows where it trains)."""
+        if self.frozen:
+            return self.features[torch.as_tensor(list(indices), dtype=torch.long)].to(self.runtime.device)
+        return self.model.encode_image(self.pixels(indices).to(self.runtime.device))
+
+    def encode_all(self, indices: Sequence[int]) -> torch.Tensor:
+        """Unit features of many images without grad, in batches (for validation)."""
+        if self.frozen:
+            return self.features[torch.as_tensor(list(indices), dtype=torch.long)]
+        out = [embed_images(self.model, self.pixels(chunk), self.runtime) for chunk in _chunks(indices, self.batch_size)]
+        return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+

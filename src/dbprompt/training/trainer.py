@@ -1,0 +1,268 @@
+"""The training loop: contrastive steps over whatever in a PromptedCLIP requires grad (the prompts by default).
+
+Deterministic under a seed: each epoch's order and caption choice are pure functions of
+(seed, epoch), so a run resumed from a checkpoint replays exactly what an uninterrupted run
+would have done (bit for bit on one thread; see README, Reproducibility).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data.errors import BadInputReport
+from ..data.records import Record
+from ..evaluation import selection_score
+from ..model import PromptedCLIP
+from ..runtime import CPU, Runtime
+from .checkpoint import Checkpointer, TrainState
+from .config import TrainConfig
+from .images import ImageBank
+from .loss import ContrastiveLoss
+from .validation import Validator
+
+# Training pairs the temperature is calibrated on (TrainConfig.calibrate_temperature).
+CALIBRATION_PAIRS = 512
+# How an epoch orders its images, from the epoch's random generator (the lab groups look-alikes).
+EpochOrder = Callable[[np.random.Generator, int], np.ndarray]
+
+
+def random_order(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.permutation(n)
+
+
+def epoch_plan(records: Sequence[Record], seed: int, epoch: int, order: EpochOrder = random_order) -> tuple[np.ndarray, list[str]]:
+    """This epoch's image order and one caption per image: a pure function of (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    permutation = order(rng, len(records))
+    picks = rng.integers(0, 1 << 30, size=len(records))
+    captions = [records[i].captions[picks[j] % len(records[i].captions)] for j, i in enumerate(permutation)]
+    return permutation, captions
+
+
+def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    warmup = max(1, int(total_steps * warmup_fraction)) if warmup_fraction > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_score: float
+    history: list[dict]
+    steps: int
+    seconds: float
+    pairs_per_second: float
+    finished: bool
+
+
+class Trainer:
+    """Trains `model` on `train_records`, keeps the epoch validation scores best, checkpoints in `work_dir`."""
+
+    def __init__(
+        self,
+        model: PromptedCLIP,
+        train_records: Sequence[Record],
+        val_records: Sequence[Record],
+        cfg: TrainConfig,
+        runtime: Runtime = CPU,
+        *,
+        work_dir: str | Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        order: EpochOrder = random_order,
+        skip_bad: bool = False,
+        report: BadInputReport | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+    ):
+        if len(train_records) < 2:
+            raise ValueError(f"training needs at least 2 images, got {len(train_records)}")
+        self.model = model.to(runtime.device)
+        self.cfg, self.runtime, self.progress, self.log, self.order = cfg, runtime, progress, log, order
+        self.skip_bad, self.report, self.on_epoch = skip_bad, report, on_epoch
+        self.loss = ContrastiveLoss(model.backbone.logit_scale, own=cfg.calibrate_temperature).to(runtime.device)
+        self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if not self.named:
+            raise ValueError("nothing to train: no parameter requires grad")
+        self.named |= {f"loss.{n}": p for n, p in self.loss.named_parameters()}
+        no_decay = model.no_weight_decay() | {f"loss.{n}" for n, _ in self.loss.named_parameters()}
+        self.optimizer, self.optimizer_order = _make_optimizer(self.named, no_decay, cfg)
+        self.images = ImageBank(list(train_records) + list(val_records), model, runtime, cfg.image_cache_mb << 20, cfg.batch_size)
+        self.train_idx = list(range(len(train_records)))
+        self.val_idx = list(range(len(train_records), len(train_records) + len(val_records)))
+        self.checkpoints = Checkpointer(work_dir, cfg)
+        self.state = TrainState()
+        self.best_state: dict[str, torch.Tensor] = {}
+        self._set_schedule()
+
+    def _set_schedule(self) -> None:
+        """Steps per epoch follow the training images that decoded (all, unless some were skipped)."""
+        n, b = len(self.train_idx), self.cfg.batch_size
+        self.micro_per_epoch = n // b + (1 if n % b >= 2 else 0)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / self.cfg.grad_accum)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(self.steps_per_epoch * self.cfg.epochs, self.cfg.warmup_fraction)
+        )
+
+    @property
+    def train_records(self) -> list[Record]:
+        return [self.images.records[i] for i in self.train_idx]
+
+    def _prepare(self) -> None:
+        """The first decode of every image: bad ones stop the run, or with skip_bad leave it."""
+        bad = set(self.images.first_pass(skip_bad=self.skip_bad, report=self.report, progress="reading images" if self.progress else None))
+        if bad:
+            self.train_idx = [i for i in self.train_idx if i not in bad]
+            self.val_idx = [i for i in self.val_idx if i not in bad]
+            if len(self.train_idx) < 2:
+                raise ValueError(f"training needs at least 2 readable images, got {len(self.train_idx)}")
+            self._set_schedule()
+        self.validator = Validator(self.images, self.train_idx, self.val_idx)
+
+    def _pairs_loss(self, order: np.ndarray, captions: list[str], start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image and caption features of the plan's pairs start..stop, and the caption token ids."""
+        ids = self.model.tokenize(captions[start:stop]).to(self.runtime.device)
+        images = self.images.encode([self.train_idx[i] for i in order[start:stop]])
+        return images, self.model.encode_text(ids), ids
+
+    def _micro_batch_loss(self, order: np.ndarray, captions: list[str], micro: int) -> torch.Tensor:
+        b = self.cfg.batch_size
+        with self.runtime.autocast():
+            image_features, text_features, ids = self._pairs_loss(order, captions, micro * b, (micro + 1) * b)
+            loss = self.loss(image_features, text_features)
+            if self.cfg.anchor:
+                plain = self.model.text_zero_shot(ids)
+                loss = loss + self.cfg.anchor * (1 - (text_features.float() * plain.float()).sum(-1)).mean()
+        return loss
+
+    def _calibrate_temperature(self) -> None:
+        """Start the loss's temperature where it best fits the untrained model on epoch 0's first pairs."""
+        order, captions = epoch_plan(self.train_records, self.cfg.seed, 0, self.order)
+        n, b = min(CALIBRATION_PAIRS, len(order)), self.cfg.batch_size
+        self.model.eval()
+        images, texts = [], []
+        with torch.no_grad():
+            for start in range(0, n, b):
+                with self.runtime.autocast():
+                    image_features, text_features, _ = self._pairs_loss(order, captions, start, min(n, start + b))
+                images.append(image_features.float().cpu())
+                texts.append(text_features.float().cpu())
+        before, after = self.loss.calibrate(torch.cat(images), torch.cat(texts), b)
+        self.log(f"loss temperature calibrated on {n} training pairs: logit scale {before:.1f} -> {after:.1f}")
+
+    def _record_validation(self, epoch: int, train_loss: float | None) -> None:
+        metrics = self.validator()
+        score = selection_score(metrics) if metrics is not None else float(epoch)
+        entry = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
+        if metrics is not None:
+            entry.update({k: metrics[k] for k in ("clip_benchmark/t2i_R@1", "clip_benchmark/i2t_R@1")})
+        self.state.history.append(entry)
+        if score > self.state.best_score:
+            self.state.best_score, self.state.best_epoch = score, epoch
+            self.best_state = {n: p.detach().cpu().clone() for n, p in self.named.items()}
+        if metrics is not None:
+            best = "  (best)" if self.state.best_epoch == epoch else ""
+            self.log(f"epoch {epoch}: val T2I R@1 {entry['clip_benchmark/t2i_R@1']:.1f}  I2T R@1 {entry['clip_benchmark/i2t_R@1']:.1f}{best}")
+        if self.on_epoch is not None:
+            self.on_epoch(entry)
+
+    def _save(self) -> None:
+        self.checkpoints.save(self.named, self.best_state, self.optimizer, self.optimizer_order, self.scheduler, self.state)
+
+    def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
+        """Train to the end (or, for tests and time limits, stop after `stop_after_steps` optimizer steps)."""
+        torch.manual_seed(self.cfg.seed)
+        self._prepare()
+        loaded = self.checkpoints.load(self.named, self.optimizer, self.optimizer_order, self.scheduler, self.runtime.device) if resume else None
+        if resume:
+            self.log(f"resumed at epoch {loaded[0].epoch + 1}, step {loaded[0].step}" if loaded else "no checkpoint to resume from; starting fresh")
+        if loaded:
+            self.state, self.best_state = loaded
+        else:
+            if self.cfg.calibrate_temperature:
+                self._calibrate_temperature()
+            self._record_validation(0, None)
+        started, pairs = time.perf_counter(), 0
+        bar = tqdm(total=self.steps_per_epoch * self.cfg.epochs, initial=self.state.step, unit="step", disable=not self.progress)
+        while self.state.epoch < self.cfg.epochs:
+            self.model.train()
+            order, captions = epoch_plan(self.train_records, self.cfg.seed, self.state.epoch, self.order)
+            losses: list[float] = []
+            while self.state.micro < self.micro_per_epoch:
+                loss = self._micro_batch_loss(order, captions, self.state.micro)
+                (loss / self.cfg.grad_accum).backward()
+                losses.append(float(loss.detach()))
+                pairs += min(self.cfg.batch_size, len(order) - self.state.micro * self.cfg.batch_size)
+                self.state.micro += 1
+                if self.state.micro % self.cfg.grad_accum and self.state.micro < self.micro_per_epoch:
+                    continue
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.state.step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=self.state.epoch + 1, loss=f"{losses[-1]:.3f}")
+                if self.cfg.checkpoint_every and self.state.step % self.cfg.checkpoint_every == 0:
+                    self._save()
+                if stop_after_steps is not None and self.state.step >= stop_after_steps:
+                    self._save()
+                    bar.close()
+                    return self._result(started, pairs, finished=False)
+            self.state.epoch += 1
+            self.state.micro = 0
+            self._record_validation(self.state.epoch, float(np.mean(losses)) if losses else None)
+            self._save()
+        bar.close()
+        return self._result(started, pairs, finished=True)
+
+    def restore_best(self) -> None:
+        """Put the parameters validation preferred back into the model."""
+        with torch.no_grad():
+            for name, tensor in self.best_state.items():
+                self.named[name].copy_(tensor)
+
+    def _result(self, started: float, pairs: int, *, finished: bool) -> TrainResult:
+        seconds = time.perf_counter() - started
+        return TrainResult(
+            best_state=dict(self.best_state),
+            best_epoch=self.state.best_epoch,
+            best_score=self.state.best_score,
+            history=list(self.state.history),
+            steps=self.state.step,
+            seconds=seconds,
+            pairs_per_second=pairs / seconds if seconds > 0 else 0.0,
+            finished=finished,
+        )
+
+
+def _make_optimizer(
+    named: dict[str, torch.nn.Parameter], no_decay: set[str], cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, list[str]]:
+    """AdamW with decay on matrices only (not on gains, biases, gates or the temperature), as CLIP trains.
+
+    Returns the parameter names in the optimizer's own index order, for checkpoints. The fused
+    kernel avoids a slow per-tensor step when large tensors are trainable.
+    """
+    decay = [n for n, p in named.items() if p.ndim >= 2 and n not in no_decay]
+    flat = [n for n in named if n not in decay]
+    groups = [
+        {"params": [named[n] for n in decay], "weight_decay": cfg.weight_decay},
+        {"params": [named[n] for n in flat], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=True)
+    return optimizer, decay + flat

@@ -1,0 +1,182 @@
+"""`dbprompt-lab`: the lab's commands: the demo, the proxy backbone, and the method comparison."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from dbprompt.atomic import atomic_write_text
+from dbprompt.runtime import Runtime
+
+from . import proxy
+from .methods import COMPARED, METHODS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbprompt-lab", description="The lab beside dbprompt: synthetic world, proxy backbone, method comparison."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register_demo(sub)
+    register_proxy(sub)
+    register_bench(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"dbprompt-lab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run a user's whole day offline on a synthetic database", description="Build a synthetic database, evaluate zero-shot, train prompts, evaluate again, and index it for search, through dbprompt's Python API.")
+    p.add_argument("--dir", default=".demo", help="working directory (default: %(default)s)")
+    p.add_argument("--images", type=int, default=600, help="images in the synthetic database")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: dbprompt train's)")
+    p.add_argument("--model", default=None, help="backbone (default: the shipped proxy)")
+    p.add_argument("--serve", action="store_true", help="start the web server at the end")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def register_proxy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("proxy", help="pre-train or check the shipped proxy backbone", description="The proxy backbone: a small open_clip CLIP pre-trained on the synthetic source domain.")
+    proxy_sub = p.add_subparsers(dest="proxy_command", required=True, metavar="ACTION")
+    pre = proxy_sub.add_parser("pretrain", help="pre-train from random weights (resumable)", description="Pre-train dbprompt-proxy on the source domain and write its fp16 weights and record into the package.")
+    pre.add_argument("--work-dir", default="runs/proxy", help="data and checkpoints (default: %(default)s)")
+    pre.add_argument("--images", type=int, default=proxy.IMAGES, help="source images to write (default: %(default)s)")
+    pre.add_argument("--epochs", type=int, default=proxy.RECIPE.epochs, help="(default: %(default)s)")
+    pre.add_argument("--batch-size", type=int, default=proxy.RECIPE.batch_size, help="(default: %(default)s)")
+    pre.add_argument("--lr", type=float, default=proxy.RECIPE.lr, help="(default: %(default)s)")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--hard-negatives", type=int, default=0, metavar="K", help="batches made of runs of K look-alike images (captions sharing most words); 0: random batches (default: %(default)s)")
+    pre.add_argument("--device", default="auto")
+    pre.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
+    pre.add_argument("--workers", type=int, default=None, help="image-decoding worker processes")
+    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--out", default=None, help="weights file (default: inside the package)")
+    pre.set_defaults(func=cmd_pretrain)
+    chk = proxy_sub.add_parser("check", help="re-measure the shipped proxy's source R@1", description="Regenerate the held-out source test set and compare T2I R@1 with the recorded value.")
+    chk.add_argument("--work-dir", default="runs/proxy")
+    chk.add_argument("--device", default="auto")
+    chk.set_defaults(func=cmd_check)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    cfg = replace(
+        proxy.RECIPE,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+    )
+    record = proxy.pretrain(
+        args.work_dir,
+        images=args.images,
+        cfg=cfg,
+        hard_negatives=args.hard_negatives,
+        runtime=Runtime.resolve(args.device, args.bf16, args.workers),
+        resume=args.resume,
+        out=Path(args.out) if args.out else proxy.WEIGHTS,
+    )
+    m = record["source_test_metrics"]
+    print(f"source test T2I R@1 {m['clip_benchmark/t2i_R@1']:.1f}, I2T R@1 {m['clip_benchmark/i2t_R@1']:.1f}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    recorded, now = proxy.check(args.work_dir, runtime=Runtime.resolve(args.device))
+    print(f"source test T2I R@1: recorded {recorded:.1f}, now {now:.1f}")
+    return 0 if abs(recorded - now) <= 1.0 else 1
+
+
+START, END = "<!-- methods:start -->", "<!-- methods:end -->"
+# Rows the targets are checked for: the paper's method and dbprompt train's defaults.
+TARGET_METHODS = ("textual+visual", "dbprompt")
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench import BenchConfig
+
+    d = BenchConfig()
+    p = sub.add_parser("bench", help="method comparison on the proxy world", description="Benchmarks that compare tuning methods like for like.")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    m = bench_sub.add_parser("methods", help="zero-shot, prompts, full FT, LoRA, projection-only on shifted targets", description="Train and test every method on each shifted target database, N training pairs, several seeds; resumable.")
+    m.add_argument("--out", default="runs/methods", help="data, per-run results and results.json (default: %(default)s)")
+    m.add_argument("--model", default=d.model)
+    m.add_argument("--pretrained", default=None, help="the model's weights: an open_clip tag or a checkpoint file (default: those dbprompt ships)")
+    m.add_argument("--shifts", nargs="+", default=list(d.shifts))
+    m.add_argument("--sizes", nargs="+", type=int, default=list(d.sizes))
+    m.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
+    m.add_argument("--methods", nargs="+", default=list(COMPARED), choices=list(METHODS), help="default: %(default)s")
+    m.add_argument("--epochs", nargs="+", default=[f"{n}:{e}" for n, e in d.epochs.items()], help="epoch budget per size, SIZE:EPOCHS (default: %(default)s)")
+    m.add_argument("--val-images", type=int, default=d.val_images)
+    m.add_argument("--test-images", type=int, default=d.test_images)
+    m.add_argument("--device", default=d.device)
+    m.add_argument("--jobs", type=int, default=None, help="runs in parallel, one thread each (default: one per CPU core on a CPU, 1 on a GPU)")
+    m.add_argument("--report-only", action="store_true", help="summarise the runs saved so far; train nothing")
+    m.add_argument("--benchmarks-md", default=None, help="write the table into this Markdown file between markers")
+    m.set_defaults(func=cmd_methods)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from .bench import BenchConfig, default_jobs, markdown, run, summarize, targets
+
+    epochs = dict(tuple(int(v) for v in item.split(":")) for item in args.epochs)
+    missing = [n for n in args.sizes if n not in epochs]
+    if missing:
+        raise ValueError(f"no epoch budget for sizes {missing}: add --epochs SIZE:EPOCHS")
+    cfg = BenchConfig(
+        model=args.model,
+        pretrained=args.pretrained,
+        shifts=tuple(args.shifts),
+        sizes=tuple(args.sizes),
+        seeds=tuple(args.seeds),
+        methods=tuple(args.methods),
+        val_images=args.val_images,
+        test_images=args.test_images,
+        epochs=epochs,
+        device=args.device,
+    )
+    jobs = args.jobs if args.jobs is not None else default_jobs(cfg.device)
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+    rows = run(cfg, args.out, jobs=jobs, train=not args.report_only)
+    summary = summarize(rows, cfg)
+    table = markdown(summary, cfg)
+    lines = [line for method in TARGET_METHODS if method in cfg.methods for line in targets(summary, method)]
+    print(table)
+    print("\n".join(lines))
+    if args.benchmarks_md:
+        write_section(Path(args.benchmarks_md), table + "\n\n" + "\n".join(f"- {line}" for line in lines))
+    return 0
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace the text between the markers (or append them), leaving the rest of the file alone."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{START}\n{body}\n{END}"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_text(path, text)

@@ -1,0 +1,58 @@
+"""Random access to the synthetic database: sample `index` of (domain, seed) is always the same."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from dbprompt_lab.world.captions import captions
+from dbprompt_lab.world.domains import Domain, get_domain
+from dbprompt_lab.world.render import render
+from dbprompt_lab.world.scene import Scene, sample_scene
+
+
+@dataclass(frozen=True)
+class Sample:
+    scene: Scene
+    image: np.ndarray  # uint8 (size, size, 3)
+    captions: list[str]
+
+
+def check_arguments(domain: str, image_size: int, captions_per_image: int) -> Domain:
+    """The named domain, once the arguments are known to make valid samples; lets callers fail before writing."""
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16, got {image_size}")
+    if captions_per_image < 1:
+        raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
+    return get_domain(domain)
+
+
+def sample(
+    index: int, *, domain: str = "source", seed: int = 0, image_size: int = 64, captions_per_image: int = 3
+) -> Sample:
+    """One image with its captions.
+
+    Each sample has its own generator keyed by (seed, domain, index), so samples
+    can be made in any order or in parallel, and two domains with the same seed
+    never share images (no accidental train/test overlap across domains).
+    """
+    d = check_arguments(domain, image_size, captions_per_image)
+    rng = np.random.default_rng([seed, zlib.crc32(d.name.encode()), index])
+    drawn = sample_scene(rng)
+    image = render(drawn, rng, size=image_size, shifted=d.visual_shift)
+    return Sample(drawn, image, captions(drawn, rng, textual=d.textual_shift, n=captions_per_image))
+
+
+def generate(
+    n: int, *, domain: str = "source", seed: int = 0, image_size: int = 64, captions_per_image: int = 3
+) -> list[tuple[np.ndarray, list[str]]]:
+    """The first `n` samples as (image, captions) pairs, for code that does not want files."""
+    return [
+        (s.image, s.captions)
+        for s in (
+            sample(i, domain=domain, seed=seed, image_size=image_size, captions_per_image=captions_per_image)
+            for i in range(n)
+        )
+    ]

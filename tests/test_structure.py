@@ -1,0 +1,120 @@
+"""The product stands apart from the lab: dbprompt imports nothing of dbprompt_lab and has no import cycle."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import dbprompt
+
+SRC = Path(dbprompt.__file__).resolve().parent.parent
+MAX_LINES = 400
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, at module level or inside functions, except under `if TYPE_CHECKING`."""
+    tree = ast.parse(path.read_text())
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            found.add(module)
+            # `from . import x` imports the submodule x when there is one.
+            for alias in node.names:
+                candidate = f"{module}.{alias.name}"
+                if (SRC / Path(*candidate.split("."))).with_suffix(".py").exists() or (SRC / Path(*candidate.split(".")) / "__init__.py").exists():
+                    found.add(candidate)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _graph(package: str) -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in (SRC / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = set()
+        for target in _imports(path):
+            parts = target.split(".")
+            # Importing a.b.c runs a and a.b first, unless the importer is inside them (already running).
+            for i in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:i])
+                if prefix in modules and prefix != name and not (name + ".").startswith(prefix + "."):
+                    edges.add(prefix)
+        graph[name] = edges
+    return graph
+
+
+def test_the_product_never_imports_the_lab():
+    offenders = {
+        _module_name(p): sorted(m for m in _imports(p) if m.split(".")[0] == "dbprompt_lab")
+        for p in (SRC / "dbprompt").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_import_cycle_in_the_product():
+    graph = _graph("dbprompt")
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def dfs(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif nxt not in state:
+                dfs(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            dfs(node)
+    assert cycles == []
+
+
+def test_the_graph_sees_function_level_imports(tmp_path):
+    """The cycle check counts an import inside a function, as the cli -> demo -> cli cycle was."""
+    graph = _graph("dbprompt")
+    assert "dbprompt.api" in graph["dbprompt.cli.train"]  # imported inside `run`
+
+
+def test_modules_stay_readable():
+    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
+def test_help_does_not_import_torch():
+    """`dbprompt --help` must answer at once: nothing heavy is imported to build the parser."""
+    code = "import sys; from dbprompt.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'open_clip', 'faiss') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
