@@ -59,6 +59,66 @@ def test_identity_without_prompts(family):
     assert image_diff <= 1e-5, name
 
 
+ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, text_norm=True, visual_norm=True)
+
+
+def _open_everything(model: PromptedCLIP) -> None:
+    """Gates open and offsets non-zero: the prompts now change both towers."""
+    with torch.no_grad():
+        for p in model.prompts.parameters():
+            p.normal_(0, 0.3)
+
+
+def test_gated_prompts_and_offsets_start_exactly_at_open_clip_s_encoders(family):
+    name, backbone = family
+    model = PromptedCLIP(backbone, ONE_PASS).eval()
+    ids = _ids(backbone)
+    images = torch.randn(2, 3, *backbone.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        text_diff = (model.encode_text(ids, normalize=False) - backbone.encode_text(ids)).abs().max()
+        image_diff = (model.encode_image(images, normalize=False) - backbone.encode_image(images)).abs().max()
+        _open_everything(model)
+        moved = (model.encode_text(ids) - PromptedCLIP(backbone, NO_PROMPTS).encode_text(ids)).abs().max()
+    assert text_diff <= 1e-5 and image_diff <= 1e-5, name
+    assert moved > 1e-3, name  # and they are not inert
+
+
+def test_each_block_runs_once_per_encode(family):
+    """One pass: no second, unprompted run of either tower."""
+    name, backbone = family
+    model = PromptedCLIP(backbone, ONE_PASS).eval()
+    calls = []
+    handles = [
+        m.register_forward_pre_hook(lambda *_: calls.append(1))
+        for m in backbone.modules()
+        if m.__class__.__name__ in ("ResidualAttentionBlock", "Block") and hasattr(m, "mlp")
+    ]
+    mlps = [m.mlp for m in backbone.modules() if m.__class__.__name__ in ("ResidualAttentionBlock", "Block")]
+    for mlp in mlps:
+        handles.append(mlp.register_forward_pre_hook(lambda *_: calls.append(1)))
+    try:
+        with torch.no_grad():
+            model.encode_image(torch.randn(2, 3, *backbone.image_size))
+            model.encode_text(_ids(backbone, 2))
+    finally:
+        for h in handles:
+            h.remove()
+    # Prompted blocks run in parts (their MLP is called), the others whole: each block counts once.
+    assert len(calls) == backbone.text_num_layers + backbone.vision_num_layers, name
+
+
+def test_gradients_reach_the_prompts_and_never_the_backbone(family):
+    name, backbone = family
+    model = PromptedCLIP(backbone, ONE_PASS).train()
+    _open_everything(model)
+    images = torch.randn(2, 3, *backbone.image_size)
+    loss = (model.encode_image(images) @ model.encode_text(_ids(backbone, 2)).t()).sum()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.prompts.named_parameters()}
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads.values()), name
+    assert all(p.grad is None for p in backbone.parameters()), name
+
+
 def test_prompts_change_both_towers(family):
     name, backbone = family
     text_len = 0 if "SigLIP" in name else 4  # SigLIP's tokenizer comes from the hub; ids below are raw

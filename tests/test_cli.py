@@ -59,8 +59,8 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     assert report["images"] == len(recorded) != len(split_records(records)["test"])
     vocab = read_prompt_file(out).tensors["vocab.ids"]
     assert 5 < len(vocab) <= PromptConfig().vocab  # the tiny database's caption tokens
-    # every layer, two gates, an offset per vocabulary token
-    assert report["rows"][label]["trainable_params"] == 2 * (4 * 64 + 2 * 64) + 2 + 64 * len(vocab)
+    # every layer, a gate per layer and head of each tower, an offset per vocabulary token
+    assert report["rows"][label]["trainable_params"] == 2 * (4 * 64 + 2 * 64) + 2 * 2 * 2 + 64 * len(vocab)
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "dbprompt-tiny" in info and '"text_len": 4' in info

@@ -88,7 +88,7 @@ def test_gradients_reach_only_the_prompts(tiny_backbone):
     assert model.trainable_parameter_count() == 2 * 4 * 64 + 2 * 4 * 64  # text depth 0 = both layers
 
 
-def test_gated_prompts_start_exactly_at_zero_shot(tiny_backbone):
+def test_gated_prompts_start_exactly_at_zero_shot_and_learn_from_there(tiny_backbone):
     gated = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, gate=True, vocab=0)).train()
     plain = PromptedCLIP(tiny_backbone, PromptConfig.none()).eval()
     ids = gated.tokenize(["a red circle on the left", "a blue star"])
@@ -98,32 +98,40 @@ def test_gated_prompts_start_exactly_at_zero_shot(tiny_backbone):
         assert torch.allclose(image_f, plain.encode_image(images), atol=1e-6)
         assert torch.allclose(text_f, plain.encode_text(ids), atol=1e-6)
     clip_loss(image_f, text_f, tiny_backbone.logit_scale).backward()
-    assert gated.prompts.text.gate.grad.abs() > 0 and gated.prompts.visual.gate.grad.abs() > 0
+    # At g = 0 the loss already moves the gates (and only through them the prompts).
+    assert gated.prompts.text.gate.grad.abs().sum() > 0 and gated.prompts.visual.gate.grad.abs().sum() > 0
+    assert gated.prompts.text.tokens.grad.abs().sum() == 0
 
 
-def test_gated_text_in_one_batched_pass_equals_two_passes(tiny_backbone):
-    """At inference the prompted and unprompted captions share one pass of the tower."""
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=0, gate=True, vocab=0)).eval()
+def test_a_gated_layer_is_prefix_attention_written_out(tiny_backbone):
+    """Block i with prompts P and gates g: out = A(x) + g * softmax(q K_P^T / sqrt(d)) V_P, then out-proj and MLP."""
+    from dbprompt.backbones.base import LayerPrompt
+
+    view = tiny_backbone.blocks("text")[0]
+    block = tiny_backbone.model.transformer.resblocks[0]
+    torch.manual_seed(0)
+    x, prompts, gate = torch.randn(2, 7, 64), torch.randn(3, 64), torch.tensor([0.7, -1.3])
+    mask = torch.full((7, 7), float("-inf")).triu(1)
     with torch.no_grad():
-        model.prompts.text.gate.fill_(0.6)
-        model.prompts.text.tokens.normal_()
-    assert tiny_backbone.text_padding_is_inert()
-    ids = model.tokenize(["a red circle on the left", "a blue star", LONG_CAPTION])
-    calls = []
-    original = tiny_backbone.text_from_embeddings
+        got = view.run(x, mask, LayerPrompt(prefix=prompts, gate=gate))
+        w, b = block.attn.in_proj_weight, block.attn.in_proj_bias
+        h, hp = block.ln_1(x), block.ln_1(prompts)
+        q, k, v = (h @ w.t() + b).split(64, dim=-1)
+        _, kp, vp = (hp @ w.t() + b).split(64, dim=-1)
+        heads = lambda t: t.unflatten(-1, (2, 32)).transpose(-3, -2) if t.ndim == 3 else t.unflatten(-1, (2, 32)).transpose(0, 1)
+        q, k, v, kp, vp = map(heads, (q, k, v, kp, vp))
+        own = torch.softmax(q @ k.transpose(-1, -2) / 32**0.5 + mask, dim=-1) @ v
+        to_prompts = torch.softmax(q @ kp.transpose(-1, -2) / 32**0.5, dim=-1) @ vp
+        a = (own + gate.view(1, 2, 1, 1) * to_prompts).transpose(1, 2).reshape(2, 7, 64)
+        x1 = x + block.attn.out_proj(a)
+        expected = x1 + block.mlp(block.ln_2(x1))
+    assert torch.allclose(got, expected, atol=1e-5)
 
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape[0])
-        return original(*args, **kwargs)
 
-    tiny_backbone.text_from_embeddings = counting
-    try:
-        with torch.no_grad():
-            batched = model.encode_text(ids)
-        assert calls == [6]  # one pass, prompted and unprompted rows together
-        with torch.enable_grad():
-            separate = model.encode_text(ids).detach()
-        assert calls == [6, 3, 3]
-    finally:
-        del tiny_backbone.text_from_embeddings
-    assert torch.allclose(batched, separate, atol=1e-5)
+def test_prompt_dropout_leaves_dropped_prompts_out_of_the_keys(tiny_backbone):
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=8, visual_len=0, gate=True, vocab=0, dropout=0.5)).train()
+    torch.manual_seed(0)
+    sizes = {p.prefix.shape[0] for _ in range(20) for p in model.prompts.text.layer_prompts()}
+    assert len(sizes) > 1 and max(sizes) <= 8  # a random subset of the 8 tokens each step
+    model.eval()
+    assert all(p.prefix.shape[0] == 8 for p in model.prompts.text.layer_prompts())

@@ -28,7 +28,8 @@ def test_round_trip(prompt_file, tiny_backbone):
     assert pf.fingerprint == tiny_backbone.fingerprint()
     assert pf.config == model.config
     assert pf.extra == {"best_epoch": 2}
-    assert pf.parameter_count == 2 * 3 * 64 + 2 * 5 * 64 + 2  # every layer of the tiny towers, two gates
+    # every layer of the tiny towers, and a gate per layer and head (2 layers, 2 heads, both towers)
+    assert pf.parameter_count == 2 * 3 * 64 + 2 * 5 * 64 + 2 * 2 * 2
     loaded = PromptedCLIP.from_prompt_file(path)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

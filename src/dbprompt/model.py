@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,7 +14,6 @@ from .backbones.base import PROMPT_ID, BackboneAdapter
 from .compat import BackboneId, check_backbone
 from .prompts.config import PromptConfig
 from .prompts.learner import VOCABULARY_IDS, PromptLearner, caption_length, caption_vocabulary
-from .prompts.tokens import PromptTokens
 from .storage import PromptFileError, read_prompt_file, write_prompt_file
 
 
@@ -98,7 +96,9 @@ class PromptedCLIP(nn.Module):
 
     def image_side_trainable(self) -> bool:
         """Whether image features can change in training (if not, they are computed once and cached)."""
-        return self.prompts.visual is not None or any(p.requires_grad for p in self.backbone.image_tower.parameters())
+        if self.prompts.visual is not None or self.prompts.visual_norms is not None:
+            return True
+        return any(p.requires_grad for p in self.backbone.image_tower.parameters())
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -116,72 +116,35 @@ class PromptedCLIP(nn.Module):
         return self.encode_text(self.tokenize(texts).to(device), normalize=normalize)
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """One pass of the text tower: word offsets on the embeddings, prompts inside or among the layers."""
         ids = self.backbone.trim_text_padding(ids)
         x = self.backbone.text_token_embeddings(ids)
         if self.prompts.vocab is not None:
             x = self.prompts.vocab(ids, x)
+        layers = self.prompts.layers("text")
         prompt = self.prompts.text
-        if prompt is None:
-            features = self.backbone.text_from_embeddings(x, ids)
-        else:
-            filler = ids.new_full((ids.shape[0], prompt.length), PROMPT_ID)
-            long_ids = torch.cat([ids[:, : prompt.prefix], filler, ids[:, prompt.prefix :]], dim=1)
-            if prompt.gate is not None and self._one_text_pass(x):
-                features, unprompted = self._text_pair(x, ids, long_ids, prompt)
-                return _finish(prompt.blend(features, unprompted), normalize)
-            features = self.backbone.text_from_embeddings(prompt.insert(x), long_ids, prompt.layer_hook())
-            if prompt.gate is not None:
-                # The gate blends towards the unprompted features: zero-shot, or with vocabulary offsets.
-                with torch.no_grad() if self.prompts.vocab is None else contextlib.nullcontext():
-                    unprompted = self.backbone.text_from_embeddings(x, ids)
-                features = prompt.blend(features, unprompted)
+        if prompt is None or prompt.gated:
+            return _finish(self.backbone.text_from_embeddings(x, ids, layers=layers), normalize)
+        filler = ids.new_full((ids.shape[0], prompt.length), PROMPT_ID)
+        long_ids = torch.cat([ids[:, : prompt.prefix], filler, ids[:, prompt.prefix :]], dim=1)
+        features = self.backbone.text_from_embeddings(prompt.insert(x), long_ids, prompt.layer_hook(), layers)
         return _finish(features, normalize)
 
     def text_zero_shot(self, ids: torch.Tensor) -> torch.Tensor:
-        """The bare backbone's unit-length text features (no prompts, no vocabulary offsets)."""
+        """The bare backbone's unit-length text features (no prompts, no offsets)."""
         ids = self.backbone.trim_text_padding(ids)
         with torch.no_grad():
             return _finish(self.backbone.text_from_embeddings(self.backbone.text_token_embeddings(ids), ids), True)
 
-    def _one_text_pass(self, x: torch.Tensor) -> bool:
-        """Whether `_text_pair` applies: inference, inert padding, and not bf16 on a CPU.
-
-        On this project's CPU (no AMX) a bf16 batch of two hit a kernel 6x slower than two
-        single passes (BENCHMARKS.md, Search), and no AMX machine was at hand to check.
-        """
-        cpu_bf16 = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-        return not torch.is_grad_enabled() and not cpu_bf16 and self.backbone.text_padding_is_inert()
-
-    def _text_pair(
-        self, x: torch.Tensor, ids: torch.Tensor, long_ids: torch.Tensor, prompt: PromptTokens
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompted and unprompted text features from one batched pass of the tower.
-
-        The unprompted rows are padded at the end to the prompted length; where padding is
-        inert (causal attention, end-token pooling) that leaves their features unchanged.
-        """
-        batch, extra = x.shape[0], long_ids.shape[1] - ids.shape[1]
-        plain = F.pad(x, (0, 0, 0, extra))
-        plain_ids = F.pad(ids, (0, extra), value=PROMPT_ID)
-        hook = prompt.layer_hook()
-        rows_hook = None if hook is None else (lambda i, h: torch.cat([hook(i, h[:batch]), h[batch:]]))
-        both = self.backbone.text_from_embeddings(
-            torch.cat([prompt.insert(x), plain]), torch.cat([long_ids, plain_ids]), rows_hook
-        )
-        return both[:batch], both[batch:]
-
     # --- images -------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """One pass of the image tower, prompts inside or among its layers."""
         x = self.backbone.image_tokens(images)
+        layers = self.prompts.layers("image")
         prompt = self.prompts.visual
-        if prompt is None:
-            features = self.backbone.image_from_tokens(x)
-        else:
-            features = self.backbone.image_from_tokens(prompt.insert(x), prompt.length, prompt.layer_hook())
-            if prompt.gate is not None:
-                with torch.no_grad():
-                    zero_shot = self.backbone.image_from_tokens(x)
-                features = prompt.blend(features, zero_shot.to(features.dtype))
+        if prompt is None or prompt.gated:
+            return _finish(self.backbone.image_from_tokens(x, layers=layers), normalize)
+        features = self.backbone.image_from_tokens(prompt.insert(x), prompt.length, prompt.layer_hook(), layers)
         return _finish(features, normalize)
 
 

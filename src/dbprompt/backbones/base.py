@@ -1,17 +1,21 @@
 """The token-level interface a frozen dual encoder offers to prompts.
 
-Prompt modules only ever see this interface: they get token sequences, may insert
-tokens, and may rewrite prompt positions between layers through a hook. Everything
-that knows a backbone's internals lives in the adapter that implements it.
+Prompt modules only ever see this interface: they get token sequences, may insert tokens,
+may rewrite prompt positions between layers through a hook, and may give each layer a
+`LayerPrompt` (key/value prompts behind a gate, offsets to its norms) that the layer's
+`BlockView` applies inside the block in the same single pass. Everything that knows a
+backbone's internals lives in the adapter that implements it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Called before transformer layer `i` with the current token sequence; returns it (possibly changed).
@@ -26,6 +30,80 @@ _FINGERPRINT_SAMPLES = 4096
 
 class UnsupportedPromptError(ValueError):
     """A prompt kind was asked of a tower that cannot take tokens."""
+
+
+Offsets = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class LayerPrompt:
+    """What one transformer layer gets from the prompts; every part starts at the backbone's own output.
+
+    `prefix` [P, D]: prompt tokens the layer's queries also attend to, as keys and values only
+    (deep prompts are replaced at the next layer, so their queries and MLP never mattered).
+    The attention to them is computed apart and scaled per head by `gate` [H], which starts
+    at 0 (LLaMA-Adapter's zero-init attention), so the layer begins exactly as the backbone's.
+    `norm1` / `norm2`: offsets (weight, bias) [D] to the affine of the block's two norms.
+    """
+
+    prefix: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
+    norm1: Offsets | None = None
+    norm2: Offsets | None = None
+
+
+def _norm(module: nn.Module, x: torch.Tensor, offsets: Offsets | None) -> torch.Tensor:
+    """The block's LayerNorm, its affine moved by `offsets`; computed in float as open_clip's and timm's are."""
+    if offsets is None:
+        return module(x)
+    weight, bias = module.weight + offsets[0], module.bias + offsets[1]
+    return F.layer_norm(x, module.normalized_shape, weight, bias, module.eps).to(x.dtype)
+
+
+class BlockView(ABC):
+    """One pre-norm transformer block seen in parts, so that prompts can act inside it.
+
+        x = x + attention_output(attend(qkv(norm1(x))))
+        x = x + mlp_branch(norm2(x))
+
+    Without a LayerPrompt the block's own forward runs, untouched (adapters injected by other
+    tools, e.g. LoRA, keep working).
+    """
+
+    num_heads: int
+    norm1: nn.Module
+    norm2: nn.Module
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The block's own forward."""
+
+    @abstractmethod
+    def qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values [B, H, L, head_dim] of the normed input h [B, L, D]."""
+
+    @abstractmethod
+    def attention_output(self, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The attention branch's contribution [B, L, D] from per-head outputs a [B, H, L, head_dim]."""
+
+    @abstractmethod
+    def mlp_branch(self, h: torch.Tensor) -> torch.Tensor:
+        """The MLP branch's contribution [B, L, D] from the normed input."""
+
+    def run(self, x: torch.Tensor, mask: torch.Tensor | None, p: LayerPrompt | None) -> torch.Tensor:
+        if p is None:
+            return self.forward(x, mask)
+        h = _norm(self.norm1, x, p.norm1)
+        q, k, v = self.qkv(h)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
+        if p.prefix is not None and p.prefix.shape[0]:
+            # Keys and values of the prompts, through the same norm and projections; one set for the batch.
+            _, pk, pv = self.qkv(_norm(self.norm1, p.prefix.to(h.dtype)[None], p.norm1))
+            batch = (q.shape[0], -1, -1, -1)
+            a_p = F.scaled_dot_product_attention(q, pk.expand(batch), pv.expand(batch))
+            a = a + p.gate.to(a.dtype).view(1, -1, 1, 1) * a_p
+        x = x + self.attention_output(a, h)
+        return x + self.mlp_branch(_norm(self.norm2, x, p.norm2))
 
 
 class BackboneAdapter(nn.Module, ABC):
@@ -58,6 +136,15 @@ class BackboneAdapter(nn.Module, ABC):
         """Why visual prompts cannot be used on this backbone, or None when they can."""
         return None
 
+    @abstractmethod
+    def blocks(self, tower: str) -> list[BlockView] | None:
+        """The tower's ("text" or "image") blocks as views, or None when its block type is not one the
+        adapter can open (then only inserted, ungated prompts work there)."""
+
+    @abstractmethod
+    def num_heads(self, tower: str) -> int:
+        """Attention heads per layer of the tower."""
+
     # --- text -----------------------------------------------------------------------
     @abstractmethod
     def tokenize(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
@@ -80,12 +167,17 @@ class BackboneAdapter(nn.Module, ABC):
 
     @abstractmethod
     def text_from_embeddings(
-        self, x: torch.Tensor, ids: torch.Tensor, hook: LayerHook | None = None
+        self,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        hook: LayerHook | None = None,
+        layers: Sequence[LayerPrompt | None] | None = None,
     ) -> torch.Tensor:
         """Features [B, E] from a full-length embedding sequence.
 
         `ids` has the same length as `x`; prompt positions hold PROMPT_ID so pooling
-        at the end token and padding masks land on the right positions.
+        at the end token and padding masks land on the right positions. `layers[i]` is
+        applied inside block i (see BlockView.run).
         """
 
     # --- image ----------------------------------------------------------------------
@@ -95,9 +187,16 @@ class BackboneAdapter(nn.Module, ABC):
 
     @abstractmethod
     def image_from_tokens(
-        self, x: torch.Tensor, num_prompts: int = 0, hook: LayerHook | None = None
+        self,
+        x: torch.Tensor,
+        num_prompts: int = 0,
+        hook: LayerHook | None = None,
+        layers: Sequence[LayerPrompt | None] | None = None,
     ) -> torch.Tensor:
-        """Features [B, E]; the `num_prompts` positions after the prefix are dropped before pooling."""
+        """Features [B, E]; the `num_prompts` positions after the prefix are dropped before pooling.
+
+        `layers[i]` is applied inside block i (see BlockView.run).
+        """
 
     # --- whole model ----------------------------------------------------------------
     @abstractmethod

@@ -15,7 +15,8 @@ from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
 from . import shim
-from .base import BackboneAdapter, LayerHook
+from .base import BackboneAdapter, BlockView, LayerHook, LayerPrompt
+from .blocks import OpenClipBlock, TimmBlock
 
 _text_pool = shim.text_pool()
 
@@ -108,6 +109,26 @@ class OpenClipAdapter(BackboneAdapter):
     def text_prompt_problem(self) -> str | None:
         return self._text.problem
 
+    def blocks(self, tower: str) -> list[BlockView] | None:
+        if tower == "text":
+            raw = [] if self._text.problem else list(self._text.transformer.resblocks)
+        elif self._vision_kind == "openclip":
+            raw = list(self.model.visual.transformer.resblocks)
+        elif self._vision_kind == "timm":
+            raw = list(self.model.visual.trunk.blocks)
+        else:
+            raw = []
+        for kind in (OpenClipBlock, TimmBlock):
+            if raw and all(kind.opens(b) for b in raw):
+                return [kind(b) for b in raw]
+        return None
+
+    def num_heads(self, tower: str) -> int:
+        views = self.blocks(tower)
+        if views is None:
+            raise ValueError(f"{self.name}: the {tower} tower's blocks are not open to prompts")
+        return views[0].num_heads
+
     def visual_prompt_problem(self) -> str | None:
         if self._vision_kind is not None:
             return None
@@ -146,13 +167,17 @@ class OpenClipAdapter(BackboneAdapter):
         return self._text.token_embedding(ids).to(cast)
 
     def text_from_embeddings(
-        self, x: torch.Tensor, ids: torch.Tensor, hook: LayerHook | None = None
+        self,
+        x: torch.Tensor,
+        ids: torch.Tensor,
+        hook: LayerHook | None = None,
+        layers: Sequence[LayerPrompt | None] | None = None,
     ) -> torch.Tensor:
         t = self._text
         length = x.shape[1]
         x = x + t.positional_embedding[:length].to(x.dtype)
         mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
-        x = _run_blocks(t.transformer, x, hook, attn_mask=mask)
+        x = self._run(t.transformer.resblocks, "text", x, mask, hook, layers)
         x = t.ln_final(x)
         # The placeholder ids of prompt positions never match an end token, so the
         # pooled position shifts with the prompts.
@@ -171,21 +196,22 @@ class OpenClipAdapter(BackboneAdapter):
         return shim.timm_image_tokens(visual.trunk, images)
 
     def image_from_tokens(
-        self, x: torch.Tensor, num_prompts: int = 0, hook: LayerHook | None = None
+        self,
+        x: torch.Tensor,
+        num_prompts: int = 0,
+        hook: LayerHook | None = None,
+        layers: Sequence[LayerPrompt | None] | None = None,
     ) -> torch.Tensor:
         visual = self.model.visual
         p = self.vision_prefix_len
         if self._vision_kind == "openclip":
-            x = _run_blocks(visual.transformer, x, hook)
+            x = self._run(visual.transformer.resblocks, "image", x, None, hook, layers)
             if num_prompts:
                 x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
             pooled = shim.openclip_image_pool(visual, x)
             return pooled @ visual.proj if visual.proj is not None else pooled
         trunk = visual.trunk
-        for i, block in enumerate(trunk.blocks):
-            if hook is not None:
-                x = hook(i, x)
-            x = block(x)
+        x = self._run(trunk.blocks, "image", x, None, hook, layers)
         x = trunk.norm(x)
         if num_prompts:
             x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
@@ -209,13 +235,25 @@ class OpenClipAdapter(BackboneAdapter):
     def image_tower(self) -> nn.Module:
         return self.model.visual
 
+    def _run(
+        self,
+        blocks: Sequence[nn.Module],
+        tower: str,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        hook: LayerHook | None,
+        layers: Sequence[LayerPrompt | None] | None,
+    ) -> torch.Tensor:
+        """The tower's blocks in order (its own forward, batch first): `hook` before block i, `layers[i]` inside it."""
+        views = self.blocks(tower) if layers is not None and any(p is not None for p in layers) else None
+        for i, block in enumerate(blocks):
+            if hook is not None:
+                x = hook(i, x)
+            p = layers[i] if layers is not None and i < len(layers) else None
+            if p is None:
+                x = block(x, attn_mask=mask) if mask is not None else block(x)
+            else:
+                x = views[i].run(x, mask, p)
+        return x
 
-def _run_blocks(
-    transformer: nn.Module, x: torch.Tensor, hook: LayerHook | None, attn_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """open_clip's Transformer.forward (batch first), with the hook called before each block."""
-    for i, block in enumerate(transformer.resblocks):
-        if hook is not None:
-            x = hook(i, x)
-        x = block(x, attn_mask=attn_mask)
-    return x
+

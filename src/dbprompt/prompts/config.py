@@ -23,9 +23,12 @@ class PromptConfig:
     init_std: float = option(0.02, "standard deviation of the prompts' random initialisation", cli=False)
     gate: bool = option(
         True,
-        "start exactly at zero-shot through a residual gate: features = zero-shot + g * (prompted - zero-shot), "
-        "g from 0 (costs a second forward pass per encode)",
+        "gated key/value prompts: each layer's attention to its prompts is scaled by a per-head gate that "
+        "starts at 0, so training starts exactly at zero-shot, in one pass (off: prompts inserted among the "
+        "tokens, as CoOp and VPT do)",
     )
+    text_norm: bool = option(False, "learn offsets to every LayerNorm's scale and shift in the text tower, from zero")
+    visual_norm: bool = option(False, "learn offsets to every LayerNorm's scale and shift in the image tower, from zero")
     vocab: int = option(
         1024,
         "tune the token embeddings of up to this many of the training captions' word pieces (those in most "
@@ -58,14 +61,18 @@ class PromptConfig:
     @classmethod
     def none(cls) -> "PromptConfig":
         """No prompts at all: the backbone's zero-shot model through the same code path."""
-        return cls(text_len=0, visual_len=0, vocab=0)
+        return cls(text_len=0, visual_len=0, vocab=0, text_norm=False, visual_norm=False)
 
     def replace(self, **changes) -> "PromptConfig":
         return dataclasses.replace(self, **changes)
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k, n in (("textual", self.text_len), ("visual", self.visual_len), ("vocabulary", self.vocab)) if n]
+        parts = (
+            ("textual", self.text_len), ("visual", self.visual_len), ("vocabulary", self.vocab),
+            ("text norms", self.text_norm), ("image norms", self.visual_norm),
+        )
+        return [k for k, n in parts if n]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -80,4 +87,4 @@ class PromptConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown prompt options {sorted(unknown)} (written by a newer dbprompt?)")
-        return cls(**({"vocab": 0} | data))
+        return cls(**({"vocab": 0, "text_norm": False, "visual_norm": False} | data))

@@ -17,7 +17,7 @@ from .tokens import PromptTokens
 class CoupledPromptTokens(PromptTokens):
     """Visual prompt tokens = map(textual prompt tokens), layer by layer; same length and depth."""
 
-    def __init__(self, source: PromptTokens, width: int, prefix: int, gate: bool = False, dropout: float = 0.0):
+    def __init__(self, source: PromptTokens, width: int, prefix: int, heads: int = 0, dropout: float = 0.0):
         nn.Module.__init__(self)
         self.length = source.length
         self.prefix = prefix
@@ -26,7 +26,7 @@ class CoupledPromptTokens(PromptTokens):
         # Held outside the module tree: the textual prompt owns (and saves) its tokens.
         self._source = (source,)
         self.map = nn.Linear(source.tokens.shape[-1], width)
-        self.gate = nn.Parameter(torch.zeros(())) if gate else None
+        self.gate = nn.Parameter(torch.zeros(self.depth, heads)) if heads else None
 
     def vectors(self) -> torch.Tensor:
         return self.map(self._source[0].tokens)

@@ -10,9 +10,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..backbones.base import BackboneAdapter, UnsupportedPromptError
+from ..backbones.base import BackboneAdapter, LayerPrompt, UnsupportedPromptError
 from .config import PromptConfig
 from .coupling import CoupledPromptTokens
+from .norms import NormOffsets
 from .tokens import PromptTokens
 from .vocabulary import TokenOffsets, frequent_tokens
 
@@ -20,7 +21,7 @@ VOCABULARY_IDS = "vocab.ids"
 
 
 class PromptLearner(nn.Module):
-    """Textual prompt, visual prompt and vocabulary offsets of one database, built for one backbone."""
+    """Textual prompt, visual prompt, norm offsets and vocabulary offsets of one database, for one backbone."""
 
     def __init__(self, backbone: BackboneAdapter, config: PromptConfig, vocabulary: torch.Tensor | None = None):
         super().__init__()
@@ -28,6 +29,10 @@ class PromptLearner(nn.Module):
         self.text: PromptTokens | None = None
         self.visual: PromptTokens | None = None
         self.vocab: TokenOffsets | None = None
+        self.text_norms = NormOffsets(backbone.text_num_layers, backbone.text_width) if config.text_norm else None
+        self.visual_norms = NormOffsets(backbone.vision_num_layers, backbone.vision_width) if config.visual_norm else None
+        text_heads = backbone.num_heads("text") if config.gate and config.text_len else 0
+        visual_heads = backbone.num_heads("image") if config.gate and config.visual_len else 0
         if config.vocab:
             if vocabulary is None:
                 raise ValueError("PromptConfig.vocab needs the token ids to tune: build with PromptedCLIP.for_captions")
@@ -35,7 +40,7 @@ class PromptLearner(nn.Module):
                 raise ValueError(f"{len(vocabulary)} vocabulary ids, more than PromptConfig.vocab = {config.vocab}")
             self.vocab = TokenOffsets(vocabulary, backbone.text_width, config.dropout)
         if config.text_len:
-            if config.text_len >= backbone.context_length - 2:
+            if not config.gate and config.text_len >= backbone.context_length - 2:
                 raise ValueError(
                     f"text_len {config.text_len} leaves no room for a caption in "
                     f"{backbone.name}'s context of {backbone.context_length} tokens"
@@ -43,15 +48,15 @@ class PromptLearner(nn.Module):
             self.text = PromptTokens(
                 config.text_len,
                 backbone.text_width,
-                prefix=backbone.text_prefix_len,
+                prefix=0 if config.gate else backbone.text_prefix_len,  # gated prompts take no position
                 depth=depth_of(config.text_depth, backbone.text_num_layers),
                 std=config.init_std,
                 init=phrase_embeddings(backbone, config.text_init) if config.text_init else None,
-                gate=config.gate,
+                heads=text_heads,
                 dropout=config.dropout,
             )
         if config.couple:
-            self.visual = self._coupled_visual(backbone, config)
+            self.visual = self._coupled_visual(backbone, config, visual_heads)
         elif config.visual_len:
             self.visual = PromptTokens(
                 config.visual_len,
@@ -59,11 +64,11 @@ class PromptLearner(nn.Module):
                 prefix=backbone.vision_prefix_len,
                 depth=depth_of(config.visual_depth, backbone.vision_num_layers),
                 std=config.init_std,
-                gate=config.gate,
+                heads=visual_heads,
                 dropout=config.dropout,
             )
 
-    def _coupled_visual(self, backbone: BackboneAdapter, config: PromptConfig) -> CoupledPromptTokens:
+    def _coupled_visual(self, backbone: BackboneAdapter, config: PromptConfig, heads: int) -> CoupledPromptTokens:
         assert self.text is not None  # PromptConfig checks couple needs a textual prompt
         visual_depth = depth_of(config.visual_depth, backbone.vision_num_layers)
         if visual_depth != self.text.depth:
@@ -71,7 +76,15 @@ class PromptLearner(nn.Module):
                 f"couple needs one prompt depth on both towers; {backbone.name} gives text depth "
                 f"{self.text.depth} and visual depth {visual_depth}: set --text-depth and --visual-depth"
             )
-        return CoupledPromptTokens(self.text, backbone.vision_width, backbone.vision_prefix_len, config.gate, config.dropout)
+        return CoupledPromptTokens(self.text, backbone.vision_width, backbone.vision_prefix_len, heads, config.dropout)
+
+    def layers(self, tower: str) -> list[LayerPrompt | None] | None:
+        """What each layer of the tower gets inside its block: gated prompts and norm offsets (None: nothing)."""
+        prompt, norms = (self.text, self.text_norms) if tower == "text" else (self.visual, self.visual_norms)
+        layers: list[LayerPrompt | None] = prompt.layer_prompts() if prompt is not None and prompt.gated else []
+        if norms is not None:
+            layers = norms.apply(layers)
+        return layers or None
 
     def no_weight_decay(self) -> set[str]:
         """Gates: scalars that decay would pull back towards zero-shot for no reason (as CLIP spares gains and biases)."""
@@ -80,14 +93,18 @@ class PromptLearner(nn.Module):
 
 def check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:
     checks = (
-        ("textual", config.text_len, backbone.text_prompt_problem()),
-        ("visual", config.visual_len, backbone.visual_prompt_problem()),
+        ("textual", "text", config.text_len, backbone.text_prompt_problem()),
+        ("visual", "image", config.visual_len, backbone.visual_prompt_problem()),
     )
-    for kind, length, problem in checks:
+    for kind, tower, length, problem in checks:
+        flag = "text" if tower == "text" else "visual"
         if length and problem:
+            raise UnsupportedPromptError(f"model {backbone.name} cannot take {kind} prompts: {problem}. Use --{flag}-len 0.")
+        opened = (length and config.gate) or (config.text_norm if tower == "text" else config.visual_norm)
+        if opened and backbone.blocks(tower) is None:
             raise UnsupportedPromptError(
-                f"model {backbone.name} cannot take {kind} prompts: {problem}. "
-                f"Use --{'text' if kind == 'textual' else 'visual'}-len 0."
+                f"model {backbone.name}'s {tower} tower has blocks dbprompt cannot open, so it takes neither gated "
+                f"prompts nor norm offsets there. Use --no-gate (inserted prompts) or --{flag}-len 0 and --no-{flag}-norm."
             )
 
 
@@ -111,8 +128,11 @@ def phrase_embeddings(backbone: BackboneAdapter, phrase: str) -> torch.Tensor:
 
 
 def caption_length(backbone: BackboneAdapter, config: PromptConfig) -> int:
-    """Captions are cut to this many tokens so that caption + prompts fit the context."""
-    return backbone.context_length - config.text_len
+    """Captions are cut to this many tokens so that caption + inserted prompts fit the context.
+
+    Gated prompts take no positions: the whole context is the caption's.
+    """
+    return backbone.context_length - (0 if config.gate else config.text_len)
 
 
 def depth_of(requested: int, layers: int) -> int:

@@ -1,11 +1,20 @@
-"""Learnable prompt tokens: inserted once after a prefix, optionally refreshed layer by layer."""
+"""Learnable prompt tokens, in one of two forms.
+
+Gated (the default): at each of the first `depth` layers a fresh set of tokens is offered to the
+layer's attention as keys and values only, behind a per-head gate that starts at 0, so the tower
+starts exactly at the backbone's output, in one pass (see LayerPrompt).
+
+Inserted (the literature's CoOp / VPT form, `gate=False`): tokens placed in the sequence right
+after a prefix; with depth d > 1 the prompt positions are overwritten with a fresh set before
+each of layers 1..d-1.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..backbones.base import LayerHook
+from ..backbones.base import LayerHook, LayerPrompt
 
 
 def drop_vectors(vectors: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -18,11 +27,11 @@ def drop_vectors(vectors: torch.Tensor, p: float, training: bool) -> torch.Tenso
 
 
 class PromptTokens(nn.Module):
-    """`length` learnable tokens placed right after the first `prefix` positions.
+    """`length` learnable tokens per layer for the first `depth` layers of a tower.
 
-    With depth d > 1 (deep prompting) the prompt positions are overwritten with a fresh
-    set before each of layers 1..d-1; layer 0 sees the set inserted at the input.
-    With `dropout` p > 0, each prompt vector is dropped with probability p in training.
+    `heads` > 0 makes them gated key/value prompts (one gate per layer and head); 0 makes
+    them inserted tokens after the first `prefix` positions. With `dropout` p > 0, each prompt
+    token is dropped with probability p in a training step.
     """
 
     def __init__(
@@ -33,7 +42,7 @@ class PromptTokens(nn.Module):
         depth: int = 1,
         std: float = 0.02,
         init: torch.Tensor | None = None,
-        gate: bool = False,
+        heads: int = 0,
         dropout: float = 0.0,
     ):
         super().__init__()
@@ -42,16 +51,30 @@ class PromptTokens(nn.Module):
         self.depth = depth
         self.dropout = dropout
         self.tokens = nn.Parameter(torch.randn(depth, length, width) * std)
-        self.gate = nn.Parameter(torch.zeros(())) if gate else None
+        self.gate = nn.Parameter(torch.zeros(depth, heads)) if heads else None
         if init is not None:
             k = min(length, init.shape[0])
             with torch.no_grad():
                 self.tokens[0, :k] = init[:k]
 
+    @property
+    def gated(self) -> bool:
+        return self.gate is not None
+
     def vectors(self) -> torch.Tensor:
         """The [depth, length, width] prompt vectors in use (a coupled prompt derives its own)."""
         return self.tokens
 
+    # --- gated key/value form -----------------------------------------------------------
+    def layer_prompts(self) -> list[LayerPrompt]:
+        """One LayerPrompt per prompted layer; dropped tokens leave that step's keys altogether."""
+        vectors = self.vectors()
+        if self.training and self.dropout:
+            keep = torch.rand(vectors.shape[:2], device=vectors.device) >= self.dropout
+            return [LayerPrompt(prefix=vectors[i][keep[i]], gate=self.gate[i]) for i in range(self.depth)]
+        return [LayerPrompt(prefix=vectors[i], gate=self.gate[i]) for i in range(self.depth)]
+
+    # --- inserted form ---------------------------------------------------------------------
     def _splice(self, x: torch.Tensor, tokens: torch.Tensor, replace: int) -> torch.Tensor:
         batch = x.shape[0]
         prompts = drop_vectors(tokens, self.dropout, self.training).to(x.dtype).unsqueeze(0).expand(batch, -1, -1)
@@ -60,10 +83,6 @@ class PromptTokens(nn.Module):
     def insert(self, x: torch.Tensor) -> torch.Tensor:
         """[B, L, D] -> [B, L + length, D]."""
         return self._splice(x, self.vectors()[0], replace=0)
-
-    def blend(self, prompted: torch.Tensor, zero_shot: torch.Tensor) -> torch.Tensor:
-        """Gated residual between the backbone's own features and the prompted ones."""
-        return zero_shot + self.gate.to(prompted.dtype) * (prompted - zero_shot)
 
     def layer_hook(self) -> LayerHook | None:
         if self.depth == 1:

@@ -1,13 +1,15 @@
-"""Prompted vs plain encoders and prompt vs full training, measured side by side in one run.
+"""Prompted vs plain encoders, and prompt training vs full fine-tuning and LoRA, side by side in one run.
 
-    python benchmarks/bench_core.py [--model ViT-B-32] [--batch 64] [--repeats 5] [--bf16|--no-bf16]
+    python -m dbprompt_lab.benchmarks.bench_core [--model ViT-B-32] [--batch 64] [--repeats 5] [--bf16|--no-bf16]
 
-Prints, on the same random-weight backbone and the same inputs:
-  * images/s of PromptedCLIP.encode_image (default deep gated prompts, and ungated ones)
-    vs open_clip's own encode_image;
-  * train-step pairs/s with prompts trainable vs all weights trainable (same loss, AdamW);
-  * peak RSS growth of each (this process, measured with ru_maxrss in a fresh subprocess).
-Each figure is the median of `--repeats` timed repetitions after one warm-up.
+On the same random-weight backbone and the same inputs, each figure in a fresh subprocess (so its
+peak memory is its own), the median of `--repeats` timed repetitions after one warm-up:
+  * images/s of `dbprompt train`'s default prompts' encode_image vs open_clip's own encode_image;
+  * seconds of a one-query text encode, prompted vs the backbone's own;
+  * train-step pairs/s of the default prompts vs all weights (full fine-tuning) vs LoRA (same loss, AdamW);
+  * peak RSS of each.
+Targets (issue "one pass"): encode >= 0.9x; one-query text <= 1.15x; prompt step >= 2x full and
+>= 1x LoRA; prompt peak memory <= 0.6x full's.
 """
 
 from __future__ import annotations
@@ -22,72 +24,92 @@ import time
 
 import torch
 
+CAPTION = "a large red circle on the left and a small blue star at the top, on a grey background"
+MODES = ("own-encode", "prompted-encode", "own-text", "prompted-text", "prompt-train", "full-train", "lora-train")
 
-def _setup(model_name: str, mode: str):
+
+def _setup(model_name: str, mode: str, device: str):
     from dbprompt.backbones import load_backbone
-    from dbprompt.methods import METHODS, build
-    from dbprompt.prompts import PromptConfig
-    from dbprompt.model import PromptedCLIP
+    from dbprompt_lab.methods import METHODS, build
 
-    backbone = load_backbone(model_name)
-    if mode == "full-train":
-        return build(METHODS["full"], backbone)
-    if mode == "own-encode":
+    backbone = load_backbone(model_name, device=device)
+    if mode in ("own-encode", "own-text"):
         return backbone
-    if mode == "ungated-encode":
-        return PromptedCLIP(backbone, PromptConfig(gate=False))
-    return PromptedCLIP(backbone, PromptConfig())
+    method = {"full-train": "full-calibrated", "lora-train": "lora-calibrated"}.get(mode, "dbprompt")
+    return build(METHODS[method], backbone, captions=[CAPTION]).to(device)
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
+def _time(fn, repeats: int, device: str) -> float:
+    def timed() -> float:
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed()  # warm-up
+    return statistics.median(timed() for _ in range(repeats))
 
 
-def measure(model_name: str, mode: str, batch: int, repeats: int, bf16: bool) -> dict:
+def measure(model_name: str, mode: str, batch: int, repeats: int, bf16: bool, device: str) -> dict:
     """One figure, in this process; run in a fresh subprocess so peak memory is its own."""
-    from dbprompt.runtime import precision
-    from dbprompt.train import clip_loss
+    from dbprompt.runtime import Runtime
+    from dbprompt.training.loss import ContrastiveLoss
 
+    runtime = Runtime(device=device, bf16=bf16)
     torch.manual_seed(0)
-    model = _setup(model_name, mode)
+    model = _setup(model_name, mode, device)
     backbone = getattr(model, "backbone", model)
-    images = torch.randn(batch, 3, *backbone.image_size)
-    captions = ["a large red circle on the left and a small blue star at the top, on a grey background"] * batch
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if mode in ("own-encode", "prompted-encode", "ungated-encode"):
+    images = torch.randn(batch, 3, *backbone.image_size, device=device)
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        return backbone.tokenize(texts, backbone.context_length)
+
+    one = tokenize([CAPTION]).to(device)
+    count = batch
+    if mode.endswith("encode"):
 
         def step():
-            with torch.no_grad(), precision("cpu", bf16):
+            with torch.no_grad(), runtime.autocast():
                 model.encode_image(images)
 
-        seconds = _time(step, repeats)
+    elif mode.endswith("text"):
+        count = 1
+
+        def step():
+            with torch.no_grad(), runtime.autocast():
+                model.encode_text(one)
+
     else:
-        ids = model.tokenize(captions)
-        params = [p for p in model.parameters() if p.requires_grad]
+        ids = tokenize([CAPTION] * batch).to(device)
+        loss = ContrastiveLoss(backbone.logit_scale).to(device)
+        params = [p for p in model.parameters() if p.requires_grad] + list(loss.parameters())
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
 
         def step():
-            with precision("cpu", bf16):
-                loss = clip_loss(model.encode_image(images), model.encode_text(ids), backbone.logit_scale)
-            loss.backward()
+            with runtime.autocast():
+                value = loss(model.encode_image(images), model.encode_text(ids))
+            value.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        seconds = _time(step, repeats)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds = _time(step, repeats, device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "mode": mode,
-        "per_second": batch / seconds,
+        "seconds": seconds,
+        "per_second": count / seconds,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "peak_rss_mb": peak / 1024,
-        "rss_growth_mb": (peak - base_rss) / 1024,
+        "peak_mb": peak,
     }
+
+
+RATIOS = (
+    ("prompted/own encode_image images/s (>= 0.9)", "prompted-encode", "own-encode", "per_second", 0.9, ">="),
+    ("prompted/own one-query text seconds (<= 1.15)", "prompted-text", "own-text", "seconds", 1.15, "<="),
+    ("prompt/full train pairs/s (>= 2)", "prompt-train", "full-train", "per_second", 2.0, ">="),
+    ("prompt/LoRA train pairs/s (>= 1)", "prompt-train", "lora-train", "per_second", 1.0, ">="),
+    ("prompt/full train peak memory (<= 0.6)", "prompt-train", "full-train", "peak_mb", 0.6, "<="),
+)
 
 
 def main() -> None:
@@ -95,30 +117,28 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--modes", nargs="+", default=None, help="measure only these")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="measure only these")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.model, args.one, args.batch, args.repeats, args.bf16)))
+        print(json.dumps(measure(args.model, args.one, args.batch, args.repeats, args.bf16, args.device)))
         return
+    print(f"{args.model}, batch {args.batch}, {args.device}, bf16 {'on' if args.bf16 else 'off'}, torch threads {torch.get_num_threads()}")
     results = {}
-    modes = ("own-encode", "prompted-encode", "ungated-encode", "prompt-train", "full-train")
-    for mode in args.modes or modes:
-        cmd = [sys.executable, __file__, "--one", mode, "--model", args.model, "--batch", str(args.batch), "--repeats", str(args.repeats), "--bf16" if args.bf16 else "--no-bf16"]
+    for mode in args.modes:
+        cmd = [sys.executable, "-m", "dbprompt_lab.benchmarks.bench_core", "--one", mode, "--model", args.model,
+               "--batch", str(args.batch), "--repeats", str(args.repeats), "--device", args.device,
+               "--bf16" if args.bf16 else "--no-bf16"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        results[mode] = json.loads(out)
-        r = results[mode]
-        print(f"{mode:16} {r['per_second']:8.1f} items/s  trainable {r['trainable_params']:>12,}  peak RSS {r['peak_rss_mb']:8.0f} MB")
-    ratios = (
-        ("gated prompted/own encode_image images/s", "prompted-encode", "own-encode", "per_second"),
-        ("ungated prompted/own encode_image images/s", "ungated-encode", "own-encode", "per_second"),
-        ("prompt/full train pairs/s", "prompt-train", "full-train", "per_second"),
-        ("prompt/full train peak RSS", "prompt-train", "full-train", "peak_rss_mb"),
-    )
-    for label, a, b, key in ratios:
+        r = results[mode] = json.loads(out)
+        print(f"{mode:16} {r['per_second']:9.1f} items/s  {r['seconds'] * 1000:8.1f} ms  trainable {r['trainable_params']:>12,}  peak {r['peak_mb']:8.0f} MB")
+    for label, a, b, key, target, sense in RATIOS:
         if a in results and b in results:
-            print(f"ratio {label}: {results[a][key] / results[b][key]:.2f}")
+            ratio = results[a][key] / results[b][key]
+            met = ratio >= target if sense == ">=" else ratio <= target
+            print(f"ratio {label}: {ratio:.2f} ({'met' if met else 'MISSED'})")
 
 
 if __name__ == "__main__":
