@@ -1,11 +1,12 @@
 """Which precision and attention kernel train fastest on this machine, side by side in one run.
 
-    python benchmarks/bench_precision.py [--model dbprompt-proxy] [--batch 128] [--repeats 5]
+    python -m dbprompt_lab.benchmarks.bench_precision [--model dbprompt-proxy] [--batch 128] [--repeats 5]
 
 Times one training step (forward, backward, AdamW) of full fine-tuning and of
 textual+visual prompt tuning under: fp32; bf16 autocast with the default SDPA kernel;
-bf16 autocast with the math SDPA kernel. Prints pairs/s and each ratio against fp32,
-plus what the CPU reports (AMX tiles, AVX512-BF16), which decides dbprompt's default.
+bf16 autocast with the math SDPA kernel (what `Runtime.autocast` uses on a CPU). Prints
+pairs/s and each ratio against fp32, plus what the CPU reports (AMX tiles, AVX512-BF16),
+which decides dbprompt's default.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dbprompt.backbones import RANDOM, load_backbone
-from dbprompt.methods import METHODS, build
+from dbprompt.model import PromptedCLIP
 from dbprompt.runtime import bf16_supported
-from dbprompt.train import clip_loss
+from dbprompt.training.loss import clip_loss
+from dbprompt_lab.methods import METHODS, build
 
 CAPTION = "a large red circle on the left and a small blue star at the top, on a grey background"
 SETTINGS = {
@@ -31,12 +33,14 @@ SETTINGS = {
 }
 
 
-def step_time(model, images, ids, bf16: bool, kernel, repeats: int) -> float:
+def step_time(
+    model: PromptedCLIP, images: torch.Tensor, ids: torch.Tensor, bf16: bool, kernel: SDPBackend | None, repeats: int
+) -> float:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
     scale = model.backbone.logit_scale
 
-    def step():
+    def step() -> None:
         with contextlib.ExitStack() as stack:
             if bf16:
                 stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))

@@ -14,7 +14,7 @@
 Parts 1, 2 and 4 run for each backbone of --models: ViT-B-32 (random weights: the size users
 run) and dbprompt-proxy (the shipped model the demo uses).
 
-Usage: .venv/bin/python benchmarks/bench_search.py [--models ViT-B-32 dbprompt-proxy] [--sizes 100000 1000000]
+Usage: python -m dbprompt_lab.benchmarks.bench_search [--models ViT-B-32 dbprompt-proxy] [--sizes 100000 1000000]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterable
 
 import faiss
 import numpy as np
@@ -33,24 +34,20 @@ import torch
 
 from dbprompt.backbones import load_backbone
 from dbprompt.data import load_database, open_image
-from dbprompt.embeddings import embed_images, embed_texts
-from dbprompt.index import (
-    ImageRow,
-    build_index,
-    make_vector_index,
-    recall_at_k,
-    tune_search,
-    write_index,
-)
+from dbprompt.index import ImageRow, build_index, write_index
+from dbprompt.index.vectors import make_vector_index, recall_at_k, tune_search
 from dbprompt.model import PromptedCLIP
-from dbprompt.prompts import TRAIN_DEFAULTS, PromptConfig
-from dbprompt.runtime import precision, resolve_bf16
-from dbprompt.searcher import open_searcher
+from dbprompt.pipeline import embed_images, encode_texts
+from dbprompt.prompts import PromptConfig
+from dbprompt.runtime import Runtime
+from dbprompt.searcher import open_index
 from dbprompt_lab.world import generate, write_database
 
 DIM = 512
 K = 10
 HNSW_MAX = 200_000
+# Vectors in the end-to-end indexes (part 4).
+END_TO_END = 100_000
 
 
 def percentiles(seconds: list[float]) -> str:
@@ -58,7 +55,7 @@ def percentiles(seconds: list[float]) -> str:
     return f"{p50:.2f} | {p99:.2f}"
 
 
-def timed(fn, items) -> list[float]:
+def timed(fn: Callable[..., object], items: Iterable) -> list[float]:
     out = []
     for item in items:
         start = time.perf_counter()
@@ -83,7 +80,7 @@ def clustered(rng: np.random.Generator, n: int, centres: np.ndarray) -> np.ndarr
     return unit(centres[picks] + noise)
 
 
-def bench_indexing(root: Path, model: PromptedCLIP, prompts: Path, n: int, batch: int, bf16: bool) -> list[str]:
+def bench_indexing(root: Path, model: PromptedCLIP, prompts: Path, n: int, batch: int, runtime: Runtime) -> list[str]:
     db = write_database(root / "db", n, image_size=64)
     backbone = model.backbone
     transform = backbone.image_transform()
@@ -91,14 +88,14 @@ def bench_indexing(root: Path, model: PromptedCLIP, prompts: Path, n: int, batch
     batches = list(torch.split(pixels, batch))
 
     def own(x: torch.Tensor) -> None:
-        with torch.no_grad(), precision("cpu", bf16):
+        with torch.no_grad(), runtime.autocast():
             backbone.encode_image(x)
 
     own(batches[0])  # warm-up
     t_own = sum(timed(own, batches))
-    t_prompted = sum(timed(lambda x: embed_images(model, x, "cpu", bf16), batches))
+    t_prompted = sum(timed(lambda x: embed_images(model, x, runtime), batches))
     start = time.perf_counter()
-    build_index(db, prompts, root / "idx", batch_size=batch, backbone=backbone, bf16=bf16, progress=False)
+    build_index(db, prompts, root / "idx", batch_size=batch, backbone=backbone, runtime=runtime, progress=False)
     t_index = time.perf_counter() - start
     rate = {name: n / t for name, t in (("own", t_own), ("prompted", t_prompted), ("index", t_index))}
     return [
@@ -110,15 +107,16 @@ def bench_indexing(root: Path, model: PromptedCLIP, prompts: Path, n: int, batch
     ]
 
 
-def bench_text(models: dict[str, PromptedCLIP], queries: list[str]) -> tuple[list[str], float]:
+def bench_text(models: dict[str, PromptedCLIP], queries: list[str], runtime: Runtime) -> tuple[list[str], float]:
     """p50/p99 per (model, precision); returns the lines and the default prompts' p50 as resolved."""
     lines = ["| text encoder | precision | p50 ms | p99 ms |", "|---|---|---:|---:|"]
-    resolved = resolve_bf16("cpu", None)
+    resolved = runtime.bf16
     p50 = 0.0
     for label, model in models.items():
         for bf16 in (False, True) if label.startswith("default") else (resolved,):
-            embed_texts(model, queries[:3], "cpu", bf16)  # warm-up
-            seconds = timed(lambda q: embed_texts(model, [q], "cpu", bf16), queries)
+            at = runtime.replace(bf16=bf16)
+            encode_texts(model, queries[:3], at)  # warm-up
+            seconds = timed(lambda q: encode_texts(model, [q], at), queries)
             precision_label = ("bf16 autocast" if bf16 else "fp32") + (" (as resolved)" if bf16 == resolved else "")
             lines.append(f"| {label} | {precision_label} | {percentiles(seconds)} |")
             if label.startswith("default") and bf16 == resolved:
@@ -164,7 +162,7 @@ def bench_vectors(sizes: list[int], n_queries: int, text_p50: float) -> list[str
     return lines
 
 
-def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int, dim: int) -> list[str]:
+def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int, dim: int, runtime: Runtime) -> list[str]:
     rng = np.random.default_rng(1)
     centres = unit(rng.standard_normal((n // 100, dim), dtype=np.float32))
     vectors = clustered(rng, n, centres)
@@ -175,7 +173,7 @@ def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int, dim:
     lines = ["| index | search params | recall@10 (tuning) | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
     for kind in ("exact", "ivf", "hnsw"):
         info = write_index(root / f"e2e-{kind}", prompts, vectors, rows, kind=kind)
-        searcher = open_searcher(info.path, device="cpu")
+        searcher = open_index(info.path, runtime=runtime)
         searcher.search_text("warm-up query", K)
         seconds = timed(lambda q: searcher.search_text(q, K), queries)
         cells = [info.factory, str(info.search_params or "-"), f"{info.recall_at_10:.3f}", percentiles(seconds)]
@@ -184,26 +182,27 @@ def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int, dim:
     return lines
 
 
-def bench_backbone(name: str, root: Path, args: argparse.Namespace, queries: list[str], bf16: bool) -> float:
+def bench_backbone(name: str, root: Path, args: argparse.Namespace, queries: list[str], runtime: Runtime) -> float:
     """Indexing, text encoding and end-to-end search for one backbone; returns the text p50 (s)."""
     backbone = load_backbone(name)
     vocabulary = [c for _, caps in generate(args.images, seed=3, image_size=16) for c in caps]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = PromptedCLIP.for_captions(backbone, TRAIN_DEFAULTS, vocabulary).eval()
-        ungated = PromptedCLIP(backbone, TRAIN_DEFAULTS.replace(gate=False, vocab=0)).eval()
-    own = PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=0)).eval()
+        model = PromptedCLIP.for_captions(backbone, PromptConfig(), vocabulary).eval()
+        ungated = PromptedCLIP(backbone, PromptConfig(gate=False, vocab=0)).eval()
+    own = PromptedCLIP(backbone, PromptConfig.none()).eval()
     prompts = model.save_prompt_file(root / f"{name}.safetensors")
-    report(f"{name}: indexing", bench_indexing(root / name, model, prompts, args.images, args.batch_size, bf16))
+    report(f"{name}: indexing", bench_indexing(root / name, model, prompts, args.images, args.batch_size, runtime))
     encoders = {
         "backbone's own (no prompts)": own,
         "default prompts (deep, gated, vocabulary)": model,
         "ungated deep prompts (`--no-gate`)": ungated,
     }
-    lines, text_p50 = bench_text(encoders, queries)
+    lines, text_p50 = bench_text(encoders, queries, runtime)
     report(f"{name}: query text encoding, one query", lines)
     dim = model.encode_texts(["x"]).shape[1]
-    report(f"{name}: end to end at 100k, `Searcher.search_text`, k=10", bench_end_to_end(root / name, prompts, queries, 100_000, dim))
+    e2e = bench_end_to_end(root / name, prompts, queries, END_TO_END, dim, runtime)
+    report(f"{name}: end to end at {END_TO_END // 1000}k, `Searcher.search_text`, k=10", e2e)
     return text_p50
 
 
@@ -216,18 +215,20 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["ViT-B-32", "dbprompt-proxy"])
     args = parser.parse_args()
 
-    bf16 = resolve_bf16("cpu", None)
+    # As the product resolves it: bf16 where the CPU pays off, image-decoding workers beside the model.
+    runtime = Runtime.resolve("cpu")
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU (CPU used)"
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), faiss {faiss.__version__}; bf16 resolved to {bf16}; "
+        f"({torch.get_num_threads()} threads), faiss {faiss.__version__}; bf16 resolved to {runtime.bf16}, "
+        f"{runtime.workers} image-decoding worker(s); "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         captions = (c for _, caps in generate(args.queries, seed=7, image_size=16) for c in caps)
         queries = list(dict.fromkeys(captions))[: args.queries]  # distinct: no query cache helps
-        text_p50 = {name: bench_backbone(name, root, args, queries, bf16) for name in args.models}
+        text_p50 = {name: bench_backbone(name, root, args, queries, runtime) for name in args.models}
         report("Vector search, single query, k=10", bench_vectors(args.sizes, args.queries, text_p50[args.models[0]]))
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end (other processes share these 2 cores)")
 

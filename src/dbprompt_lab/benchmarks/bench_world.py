@@ -1,6 +1,6 @@
 """Synthetic world generation speed, images generated and written per second, per domain.
 
-    python benchmarks/bench_world.py [--images 4000] [--size 64] [--dir DIR]
+    python -m dbprompt_lab.benchmarks.bench_world [--images 4000] [--size 64] [--dir DIR]
 
 Runs write_database with one process and with one process per core, side by side, in a
 temporary folder under DIR (default: the system's). Each image is its own PNG file, so the

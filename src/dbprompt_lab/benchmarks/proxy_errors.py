@@ -1,7 +1,7 @@
 """Which words the proxy confuses: for each text->image miss on the source test set, the words
 that differ between the query's image and the image ranked first.
 
-    python benchmarks/proxy_errors.py [--weights FILE] [--work-dir runs/proxy] [--top 15]
+    python -m dbprompt_lab.benchmarks.proxy_errors [--weights FILE] [--work-dir runs/proxy] [--top 15]
 
 Prints T2I R@1, how many misses are two-shape scenes, and the most frequent word differences
 (an empty difference: another image with exactly the same words, which no model can tell apart).
@@ -14,12 +14,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from dbprompt import proxy
 from dbprompt.backbones import load_backbone
-from dbprompt.embeddings import encode_captions, encode_image_files
 from dbprompt.evaluation import caption_index
 from dbprompt.model import PromptedCLIP
+from dbprompt.pipeline import encode_records, encode_texts
 from dbprompt.prompts import PromptConfig
+from dbprompt.runtime import CPU
+from dbprompt_lab import proxy
 
 
 def words(captions: tuple[str, ...]) -> Counter:
@@ -32,11 +33,11 @@ def main() -> None:
     ap.add_argument("--work-dir", default="runs/proxy", help="where the source test set is (or is written)")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
-    model = PromptedCLIP(load_backbone(proxy.NAME, args.weights), PromptConfig(text_len=0, visual_len=0)).eval()
+    model = PromptedCLIP(load_backbone(proxy.NAME, args.weights), PromptConfig.none()).eval()
     records = proxy.source_test_records(Path(args.work_dir))
     texts, owner = caption_index(records)
-    images = encode_image_files(model, [r.path for r in records], device="cpu", bf16=False)
-    first = (encode_captions(model, texts, device="cpu", bf16=False) @ images.t()).argmax(1).numpy()
+    (images,), _ = encode_records([model], records, CPU)
+    first = (encode_texts(model, texts, CPU) @ images.t()).argmax(1).numpy()
     misses = [q for q in range(len(texts)) if first[q] != owner[q]]
     print(f"T2I R@1 {100 * (1 - len(misses) / len(texts)):.1f} ({len(misses)} misses of {len(texts)} captions)")
     two = sum(" and a " in records[owner[q]].captions[0] for q in misses)

@@ -1,14 +1,14 @@
-"""Where one run of `dbprompt bench methods` spends its time, per method, side by side in one process.
+"""Where one run of `dbprompt-lab bench methods` spends its time, per method, side by side in one process.
 
-    python benchmarks/run_parts.py [--shift visual] [--n 500] [--methods dbprompt full ...] [--data runs/methods]
+    python -m dbprompt_lab.benchmarks.run_parts [--shift visual] [--n 500] [--methods dbprompt full ...]
+        [--data runs/methods]
 
 Runs the comparison's own `run_one` (same data, budgets and validation) for each method, one
 thread as the comparison's jobs use, and splits its wall time into: the forward passes of the
 training steps (with the loss); the rest of training (backward passes, optimizer steps,
-loading the backbone and decoding images); the per-epoch validation (epoch 0 included); the
-one-off passes before training (temperature calibration, the cached zero-shot image
-features); and the final test evaluation. The split comes from timing
-the Trainer's own methods; nothing they do is changed.
+loading the backbone and the first decode of every image); the per-epoch validation (epoch 0
+included); the one-off pass before training (temperature calibration); and the final test
+evaluation. The split comes from timing the Trainer's own methods; nothing they do is changed.
 """
 
 from __future__ import annotations
@@ -18,28 +18,30 @@ import contextlib
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
-from dbprompt import bench, train
-from dbprompt.methods import COMPARED, METHODS
+from dbprompt.training.trainer import Trainer
+from dbprompt.training.validation import Validator
+from dbprompt_lab import bench
+from dbprompt_lab.methods import COMPARED, METHODS
 
+# (owner, attribute) timed, and the part of the run it is counted in.
 _PARTS = {
-    "_micro_batch_loss": "forward",
-    "_validate": "validation",
-    "_calibrate_temperature": "before",
-    "_cache_zero_shot_images": "before",
+    (Trainer, "_micro_batch_loss"): "forward",
+    (Validator, "__call__"): "validation",
+    (Trainer, "_calibrate_temperature"): "before",
+    (bench, "evaluate_models"): "test",
 }
 
 
 @contextlib.contextmanager
 def timed_parts(seconds: dict[str, float]) -> Iterator[None]:
-    """Add the time spent in each Trainer part, and in the test evaluation, to `seconds`."""
-    originals = {name: getattr(train.Trainer, name) for name in _PARTS}
-    evaluate = bench.evaluate
+    """Add the time spent in each Trainer part, in validation and in the test evaluation to `seconds`."""
+    originals = {key: getattr(*key) for key in _PARTS}
 
-    def wrap(fn, part):
+    def wrap(fn: Callable, part: str) -> Callable:
         def timed(*args, **kwargs):
             start = time.perf_counter()
             try:
@@ -50,14 +52,12 @@ def timed_parts(seconds: dict[str, float]) -> Iterator[None]:
         return timed
 
     try:
-        for name, part in _PARTS.items():
-            setattr(train.Trainer, name, wrap(originals[name], part))
-        bench.evaluate = wrap(evaluate, "test")
+        for (owner, name), part in _PARTS.items():
+            setattr(owner, name, wrap(originals[owner, name], part))
         yield
     finally:
-        for name, fn in originals.items():
-            setattr(train.Trainer, name, fn)
-        bench.evaluate = evaluate
+        for (owner, name), fn in originals.items():
+            setattr(owner, name, fn)
 
 
 def main() -> None:

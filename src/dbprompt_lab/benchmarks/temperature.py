@@ -6,7 +6,7 @@ backbone's logit scale and at the one `calibrate_logit_scale` picks (where `dbpr
 starts), and in-batch T2I R@1, which no temperature changes. A loss far above its calibrated value is a loss that prompts
 can lower without retrieving any better.
 
-    python benchmarks/temperature.py [--n 2000] [--seed 0] [--out runs/methods]
+    python -m dbprompt_lab.benchmarks.temperature [--n 2000] [--seed 0] [--out runs/methods]
 
 Uses (or writes) the comparison's target databases under --out.
 """
@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 
 from dbprompt.backbones import load_backbone
-from dbprompt.bench import BenchConfig, target_splits, train_subset
-from dbprompt.embeddings import load_image_batch
-from dbprompt.methods import METHODS, build
-from dbprompt.train import CALIBRATION_PAIRS, calibrate_logit_scale, clip_loss, epoch_plan
+from dbprompt.pipeline import decode_batches
+from dbprompt.runtime import CPU
+from dbprompt.training.loss import calibrate_logit_scale, clip_loss
+from dbprompt.training.trainer import CALIBRATION_PAIRS, epoch_plan
+from dbprompt_lab.bench import BenchConfig, target_splits, train_subset
+from dbprompt_lab.methods import METHODS, build
 
 
 def main() -> None:
@@ -41,8 +43,10 @@ def main() -> None:
         model = build(METHODS["zero-shot"], load_backbone(cfg.model, device="cpu"), args.seed).eval()
         order, captions = epoch_plan(train, args.seed, 0)
         n, b = min(CALIBRATION_PAIRS, len(order)), cfg.batch_size
+        pairs = [train[i] for i in order[:n]]
+        pixels = torch.cat([batch.images for batch in decode_batches(pairs, model.backbone.image_transform(), CPU)])
         with torch.no_grad():
-            images = model.encode_image(load_image_batch([train[i].path for i in order[:n]], model.backbone.image_transform()))
+            images = model.encode_image(pixels)
             texts = model.encode_text(model.tokenize(captions[:n]))
         batches = [(images[s : s + b], texts[s : s + b]) for s in range(0, n, b)]
 

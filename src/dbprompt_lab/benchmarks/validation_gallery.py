@@ -3,7 +3,7 @@ scored after every epoch three ways: validation T2I R@1 among the 300 validation
 validation as the Trainer scores it (among validation plus training images, up to
 VALIDATION_GALLERY), and the 1,000-image test split (looked at here only, never to choose).
 
-    python benchmarks/validation_gallery.py [--shift visual] [--n 500] [--seed 0] [--anchor 0]
+    python -m dbprompt_lab.benchmarks.validation_gallery [--shift visual] [--n 500] [--seed 0] [--anchor 0]
         [--calibrate-temperature] [--out runs/methods]
 
 Uses (or writes) the comparison's target databases under --out.
@@ -17,10 +17,20 @@ from pathlib import Path
 import torch
 
 from dbprompt.backbones import load_backbone
-from dbprompt.bench import HEADLINE, BenchConfig, target_splits, train_subset
-from dbprompt.evaluation import evaluate
-from dbprompt.methods import METHODS, build
-from dbprompt.train import VALIDATION_GALLERY, TrainConfig, Trainer
+from dbprompt.data import Record
+from dbprompt.evaluation import evaluate_models
+from dbprompt.model import PromptedCLIP
+from dbprompt.runtime import CPU
+from dbprompt.training.config import TrainConfig
+from dbprompt.training.trainer import Trainer
+from dbprompt.training.validation import VALIDATION_GALLERY
+from dbprompt_lab.bench import HEADLINE, BenchConfig, target_splits, train_subset
+from dbprompt_lab.methods import METHODS, build
+
+
+def t2i_r1(model: PromptedCLIP, records: list[Record]) -> float:
+    """T2I R@1 among `records`' images alone, as the comparison's test scores."""
+    return evaluate_models({"prompts": model}, records, CPU)["prompts"][HEADLINE]
 
 
 def main() -> None:
@@ -53,11 +63,10 @@ def main() -> None:
     class Traced(Trainer):
         def _record_validation(self, epoch: int, train_loss: float | None) -> None:
             super()._record_validation(epoch, train_loss)
-            alone = evaluate(self.model, val, device="cpu", bf16=False)[HEADLINE]
-            tested = evaluate(self.model, test, device="cpu", bf16=False)[HEADLINE]
+            alone, tested = t2i_r1(self.model, val), t2i_r1(self.model, test)
             print(f"{epoch:5d}  {alone:18.1f}  {self.state.history[-1][HEADLINE]:18.1f}  {tested:17.1f}", flush=True)
 
-    Traced(model, train, val, options, device="cpu", bf16=False, progress=False, log=lambda _: None).run()
+    Traced(model, train, val, options, CPU, progress=False, log=lambda _: None).run()
 
 
 if __name__ == "__main__":
