@@ -29,7 +29,7 @@ from .data.splits import TOO_FEW_IMAGES, Splits
 from .evaluation import encode_split, score
 from .index import IndexInfo
 from .index import build_index as build_index_from
-from .metrics import TABLE_KS, saturated_keys
+from .metrics import CURVE_KS, TABLE_KS, saturated_keys
 from .model import PromptedCLIP
 from .options import split_kwargs
 from .prompts import PromptConfig
@@ -139,7 +139,7 @@ def train(
     database = _read(db, read)
     splits = split_records(database.records, splits_cfg)
     _check_validation(splits, database)
-    warnings = [w for w in (splits.small("val"), splits.small("test")) if w]
+    warnings = splits.warnings("val", "test")
     if backbone is None:
         if model is None:
             raise ValueError("say which backbone: model=NAME (and pretrained=...), or backbone=")
@@ -166,12 +166,13 @@ def train(
             resume=resume, log=log, runtime=runtime, progress=progress, skip_bad=read.skip_bad, report=database.report,
             on_epoch=on_epoch,
         )
+    summary = splits.to_json()
     extra = {
         "best_epoch": result.best_epoch,
         "best_val_score": result.best_score,
         "history": result.history,
         "train_config": dataclasses.asdict(cfg),
-        "splits": splits.to_json(),
+        "splits": summary,
         "read": record_read_options(read),
         "database": str(database.source),
         "train_images": len(splits["train"]),
@@ -180,7 +181,7 @@ def train(
     trained.save_prompt_file(out, extra)
     return TrainReport(
         out, config, cfg, result.best_epoch, result.best_score, result.history, len(splits["train"]),
-        len(splits["val"]), trained.trainable_parameter_count(), database.report, splits.to_json(), warnings,
+        len(splits["val"]), trained.trainable_parameter_count(), database.report, summary, warnings,
     )
 
 
@@ -241,17 +242,14 @@ def evaluate(
     read = reuse_read_options(db, read_kw, training, prompts, log) if prompts is not None else ReadOptions(**read_kw)
     database = _read(db, read)
     splits = split_records(database.records, dataclasses.replace(SplitConfig.from_recorded(training.get("splits", {})), **split_kw))
-    warnings = [w for w in [splits.small(split, trained=bool(training)) if split in ("val", "test") else None] if w]
+    warnings = splits.warnings(split, trained=bool(training))
     for warning in warnings:
         log(f"warning: {warning}")
-    if report is not None:
-        from .report.page import CURVE_KS as ks
-    else:
-        ks = TABLE_KS
     own, features = encode_split(
         list(models.values()), splits[split], runtime, batch_size=batch_size, skip_bad=read.skip_bad,
         report=database.report, progress=f"evaluating {split}" if progress else None,
     )
+    ks = CURVE_KS if report is not None else TABLE_KS
     curves = {name: score(m, own, f, runtime, ks) for (name, m), f in zip(models.items(), features)}
     rows = {name: {k: v for k, v in m.items() if _in_table(k)} for name, m in curves.items()}
     result = EvalReport(

@@ -35,8 +35,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-# The K of the tables (a report's curves have every K).
+# The K of the tables; a report's recall@K curves have every K up to 100 (each stops at its gallery's size).
 TABLE_KS = (1, 5, 10)
+CURVE_KS = tuple(range(1, 101))
 DEFAULT_TABLE_KEYS: tuple[str, ...] = (
     "clip_benchmark/t2i_R@1",
     "clip_benchmark/t2i_R@5",

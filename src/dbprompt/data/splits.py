@@ -154,6 +154,10 @@ class Splits:
         step = f"; each image is {100 / n:.1f} points of R@1" if n else ""
         return f"the {name} split has only {n} images{step}; splits made {self.how()}. For a bigger one, {self.remedy(split, trained)}."
 
+    def warnings(self, *splits: str, trained: bool = False) -> list[str]:
+        """`small`'s warnings for those of `splits` that are held out (val, test) and small."""
+        return [w for s in splits if s in ("val", "test") and (w := self.small(s, trained=trained))]
+
     def to_json(self) -> dict[str, Any]:
         """What the prompt file records: the config that reproduces the split, and a summary of it."""
         return dataclasses.asdict(self.config) | {"how": self.how(), "images": self.counts}

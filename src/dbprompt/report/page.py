@@ -20,7 +20,7 @@ from PIL import Image
 from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..data.records import Record
-from ..metrics import TABLE_KS
+from ..metrics import CURVE_KS, TABLE_KS
 from ..pipeline import encode_texts
 from ..runtime import Runtime
 from . import plots
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
     from ..api import EvalReport
     from ..model import PromptedCLIP
 
-# K of the recall curves: every K up to 100 (a curve stops at its gallery's size).
-CURVE_KS = tuple(range(1, 101))
 EXAMPLE_QUERIES = 6
 TOP = 5
 THUMBNAIL = 128
@@ -195,7 +193,7 @@ h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font
 table { border-collapse: collapse; margin: 0.8rem 0; font-variant-numeric: tabular-nums; }
 caption { text-align: left; color: #555; font-size: 0.85rem; padding-bottom: 0.3rem; }
 th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }
-th[scope=row], thead th:first-child { text-align: left; }
+th[scope=row], thead th:first-child { text-align: left; white-space: nowrap; }
 td.sat { color: #999; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.85rem; }
 .query { border-top: 1px solid #e3e3e3; padding-top: 0.3rem; }
