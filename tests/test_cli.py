@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 
 from dbprompt.cli import build_parser, main
 from dbprompt.data import SplitConfig, load_database, split_records
+from dbprompt.data.splits import assign_splits
 from dbprompt.prompts import PromptConfig
 from dbprompt.storage import read_prompt_file
 
@@ -71,19 +73,21 @@ def test_train_says_when_validation_kept_zero_shot(tiny_db, tmp_path, capsys):
     args += ["--model", "dbprompt-tiny", "--pretrained", "random", "--no-progress", "--text-len", "2", "--visual-len", "2"]
     # A learning rate too small to change any ranking: no trained epoch beats the untrained state.
     assert main(args + ["--lr", "1e-12"]) == 0
-    out = capsys.readouterr().out
-    assert "best epoch 0" in out and "no trained epoch beat zero-shot" in out
+    out, err = capsys.readouterr()
+    assert "best epoch 0" in out and "no trained epoch beat zero-shot" in err
+    # The note speaks of this database, not of the synthetic benchmark's shifts; with 8 validation images, of noise.
+    assert "textures" not in err and "rotation" not in err and "noisy" in err
     # Ungated prompts start away from zero-shot, so the note would be wrong there.
     args[3] = str(tmp_path / "ungated.safetensors")
     assert main(args + ["--lr", "1e-12", "--no-gate"]) == 0
-    assert "no trained epoch beat zero-shot" not in capsys.readouterr().out
+    assert "no trained epoch beat zero-shot" not in capsys.readouterr().err
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
-    assert main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-proxy"]) == 2
+    assert main(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-proxy"]) == 3
     err = capsys.readouterr().err
-    assert err.startswith("dbprompt train: error:") and "nowhere" in err
-    assert main(["info", str(tmp_path / "nothing.safetensors")]) == 2
+    assert err.startswith("dbprompt train: error:") and "nowhere" in err and len(err.splitlines()) == 1
+    assert main(["info", str(tmp_path / "nothing.safetensors")]) == 3
     assert "no such prompt file" in capsys.readouterr().err
 
 
@@ -120,3 +124,67 @@ def test_resumed_train_reuses_each_candidates_checkpoint(tiny_db, tmp_path):
     again = load_file(str(out))
     assert set(again) == set(first) and all(torch.equal(again[k], first[k]) for k in first)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished candidates are not re-trained
+
+
+def _with_file_splits(tiny_db, root, splits) -> "Path":
+    """A copy of the tiny database whose metadata names a split per image (cycling through `splits`)."""
+    db = root / "named"
+    shutil.copytree(tiny_db, db)
+    lines = (db / "metadata.jsonl").read_text().splitlines()
+    rows = [json.loads(line) | {"split": splits[i % len(splits)]} for i, line in enumerate(lines)]
+    (db / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return db
+
+
+def test_validation_is_carved_from_train_when_the_file_names_none(tiny_db, tmp_path, capsys):
+    db = _with_file_splits(tiny_db, tmp_path, ["train", "train", "train", "test"])  # 30 train, 10 test
+    out = tmp_path / "p.safetensors"
+    args = ["train", str(db), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--text-len", "2"]
+    assert main(args + ["--model", "dbprompt-tiny", "--pretrained", "random", "--no-progress", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert "carved out of its training images" in captured.err
+    assert result["val_images"] > 0 and result["train_images"] + result["val_images"] == 30
+    # Epochs were chosen on validation scores, not by their number.
+    assert all("clip_benchmark/t2i_R@1" in h for h in result["history"])
+    recorded = read_prompt_file(out).extra["splits"]
+    assert recorded["images"] == {"train": result["train_images"], "val": result["val_images"], "test": 10}
+    assert "carved" in recorded["how"] and recorded["val_fraction"] == 0.1
+    # eval reuses the file's test split, untouched by the carving.
+    assert main(["eval", str(db), "--prompts", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 10
+
+
+def test_carving_is_by_image_seeded_and_leaves_named_validation_alone(tiny_db):
+    records = load_database(tiny_db).records
+    named = [r.__class__(r.key, r.path, r.captions, "test" if i % 4 == 3 else "train") for i, r in enumerate(records)]
+    first = split_records(named, SplitConfig(val_fraction=0.3, split_seed=1))
+    assert first.carved and {r.key for r in first["val"]} == {r.key for r in split_records(named, SplitConfig(val_fraction=0.3, split_seed=1))["val"]}
+    assert {r.key for r in first["val"]} != {r.key for r in split_records(named, SplitConfig(val_fraction=0.3, split_seed=2))["val"]}
+    assert not {r.key for r in first["val"]} & {r.key for r in first["train"]}
+    assert [r.key for r in first["test"]] == [r.key for r in named if r.split == "test"]
+    with_val = [r.__class__(r.key, r.path, r.captions, "val" if i == 0 else r.split) for i, r in enumerate(named)]
+    kept = split_records(with_val, SplitConfig(val_fraction=0.3))
+    assert not kept.carved and [r.key for r in kept["val"]] == [named[0].key]
+    assert "as the database file names them" == kept.how()
+    # A hash split that drew no validation image still gets one.
+    for seed in range(20):
+        assert split_records(records[:12], SplitConfig(val_fraction=0.05, split_seed=seed))["val"]
+    assert assign_splits(named) == named  # the low-level assignment keeps the file's word
+
+
+def test_too_small_to_validate_is_bad_data(tiny_db, tmp_path, capsys):
+    db = _with_file_splits(tiny_db, tmp_path, ["train"] + ["test"] * 19)  # 2 training images: none to spare
+    code = main(["train", str(db), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-tiny", "--pretrained", "random"])
+    err = capsys.readouterr().err
+    assert code == 3 and "too few images" in err and str(db) in err
+
+
+def test_small_splits_are_warned_about_with_what_to_change(tiny_db, tmp_path, capsys):
+    args = ["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--epochs", "1", "--batch-size", "8"]
+    assert main(args + ["--model", "dbprompt-tiny", "--pretrained", "random", "--no-progress", "--text-len", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the validation split has only" in err and "raise --val-fraction" in err
+    assert "warning: the test split has only" in err and "seeded hash" in err
+    assert main(["eval", str(tiny_db), "--prompts", str(tmp_path / "p.safetensors")]) == 0
+    assert "train again with a higher --test-fraction" in capsys.readouterr().err

@@ -300,12 +300,13 @@ def test_cli_index_and_search(tmp_path, prompts, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["#", "score", "image", "caption"] and len(table) == 3
 
-    for argv, message in [
-        (["search", str(out)], "either a text QUERY or --image"),
-        (["search", str(out), "x", "-k", "0"], "-k must be at least 1"),
-        (["search", str(tmp_path / "db"), "x"], "not a dbprompt index"),
-        (["search", str(out), "x", "--prompts", str(db / "metadata.jsonl")], "sha256"),
-        (["index", str(db), "--prompts", str(tmp_path / "none.safetensors"), "--out", str(out)], "none.safetensors"),
+    # Usage errors exit 2, bad data (indexes, prompt files) 3.
+    for argv, message, code in [
+        (["search", str(out)], "either a text QUERY or --image", 2),
+        (["search", str(out), "x", "-k", "0"], "-k must be at least 1", 2),
+        (["search", str(tmp_path / "db"), "x"], "not a dbprompt index", 3),
+        (["search", str(out), "x", "--prompts", str(db / "metadata.jsonl")], "sha256", 3),
+        (["index", str(db), "--prompts", str(tmp_path / "none.safetensors"), "--out", str(out)], "none.safetensors", 3),
     ]:
-        assert main(argv) == 2
+        assert main(argv) == code
         assert message in capsys.readouterr().err

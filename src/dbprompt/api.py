@@ -13,6 +13,7 @@ train`'s, because the CLI's flags are built from the same fields.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -22,14 +23,18 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .backbones import BackboneAdapter, load_backbone, load_named_backbone
-from .data import BadInputReport, Database, ReadOptions, SplitConfig, read_database, split_records
-from .evaluation import evaluate_models
+from .data import BadInputReport, Database, DataError, ReadOptions, SplitConfig, read_database, split_records
+from .data.recorded import record_read_options, reuse_read_options
+from .data.splits import TOO_FEW_IMAGES, Splits
+from .evaluation import encode_split, score
 from .index import IndexInfo
 from .index import build_index as build_index_from
+from .metrics import CURVE_KS, TABLE_KS, saturated_keys
 from .model import PromptedCLIP
 from .options import split_kwargs
 from .prompts import PromptConfig
 from .prompts.learner import caption_vocabulary
+from .report.training_log import TrainingLog
 from .runtime import Runtime
 from .searcher import Searcher, open_index
 from .storage import read_prompt_file
@@ -53,11 +58,24 @@ class TrainReport:
     val_images: int
     trainable_parameters: int
     bad_input: BadInputReport = field(default_factory=BadInputReport)
+    splits: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def kept_zero_shot(self) -> bool:
         """Gated prompts kept at epoch 0 rank exactly as zero-shot does."""
         return self.best_epoch == 0 and self.config.gate
+
+    def to_json(self) -> dict[str, Any]:
+        """What `dbprompt train --json` prints."""
+        return {
+            "path": str(self.path), "bytes": self.path.stat().st_size, "best_epoch": self.best_epoch,
+            "best_val_score": self.best_score, "kept_zero_shot": self.kept_zero_shot,
+            "train_config": dataclasses.asdict(self.train_config), "prompt_config": dataclasses.asdict(self.config),
+            "trainable_parameters": self.trainable_parameters, "train_images": self.train_images,
+            "val_images": self.val_images, "splits": self.splits, "history": self.history,
+            "skipped": self.bad_input.counts, "warnings": self.warnings,
+        }
 
 
 @dataclass
@@ -71,6 +89,17 @@ class EvalReport:
     pretrained: str | None
     rows: dict[str, dict[str, float]]
     bad_input: BadInputReport = field(default_factory=BadInputReport)
+    database: str = ""
+    how: str = ""
+    saturated: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """What `dbprompt eval --json` prints (besides each row's parameter count and file size)."""
+        data = dataclasses.asdict(self) | {"skipped": self.bad_input.counts, "report": self.report and str(self.report)}
+        del data["bad_input"]
+        return data
 
 
 def _read(db: str | os.PathLike | Database, read: ReadOptions) -> Database:
@@ -90,13 +119,16 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    log_dir: str | os.PathLike | None = None,
     **options: Any,
 ) -> TrainReport:
     """Train prompts for one database on a frozen backbone and write them to `out` (a .safetensors file).
 
     `model`/`pretrained` name the backbone (or pass a loaded `backbone`). `anchors`: several text
     anchor weights, one training each, validation keeping the best. Checkpoints go to
-    `work_dir` (default: OUT.work); `resume` continues from them.
+    `work_dir` (default: OUT.work); `resume` continues from them. `log_dir` gets each epoch's
+    scores as CSV and TensorBoard scalars. Without a validation split in the database file,
+    validation is carved out of the training images (see `split_records`).
     """
     prompt_kw, train_kw, split_kw, read_kw = split_kwargs(options, PromptConfig, TrainConfig, SplitConfig, ReadOptions)
     config, splits_cfg, read = PromptConfig(**prompt_kw), SplitConfig(**split_kw), ReadOptions(**read_kw)
@@ -106,6 +138,8 @@ def train(
     runtime = runtime or Runtime.resolve()
     database = _read(db, read)
     splits = split_records(database.records, splits_cfg)
+    _check_validation(splits, database)
+    warnings = splits.warnings("val", "test")
     if backbone is None:
         if model is None:
             raise ValueError("say which backbone: model=NAME (and pretrained=...), or backbone=")
@@ -119,20 +153,27 @@ def train(
     out = Path(out)
     log(
         f"training {'+'.join(config.kinds)} prompts ({fresh().trainable_parameter_count():,} parameters) on "
-        f"{backbone.name} [{backbone.pretrained}]: {len(splits['train'])} train / {len(splits['val'])} val images, "
-        f"{runtime.describe()}"
+        f"{backbone.name} [{backbone.pretrained}]: {len(splits['train'])} train / {len(splits['val'])} val / "
+        f"{len(splits['test'])} test images (splits made {splits.how()}), {runtime.describe()}"
     )
+    for warning in warnings:
+        log(f"warning: {warning}")
     configs = [base.replace(anchor=a) for a in dict.fromkeys(anchors if anchors is not None else [base.anchor])]
-    trained, result, cfg = train_candidates(
-        fresh, splits["train"], splits["val"], configs, work_dir=work_dir or out.with_name(out.name + ".work"),
-        resume=resume, log=log, runtime=runtime, progress=progress, skip_bad=read.skip_bad, report=database.report,
-    )
+    with contextlib.ExitStack() as stack:
+        on_epoch = stack.enter_context(TrainingLog(log_dir, candidates=len(configs), resume=resume)) if log_dir else None
+        trained, result, cfg = train_candidates(
+            fresh, splits["train"], splits["val"], configs, work_dir=work_dir or out.with_name(out.name + ".work"),
+            resume=resume, log=log, runtime=runtime, progress=progress, skip_bad=read.skip_bad, report=database.report,
+            on_epoch=on_epoch,
+        )
+    summary = splits.to_json()
     extra = {
         "best_epoch": result.best_epoch,
         "best_val_score": result.best_score,
         "history": result.history,
         "train_config": dataclasses.asdict(cfg),
-        "splits": dataclasses.asdict(splits_cfg),
+        "splits": summary,
+        "read": record_read_options(read),
         "database": str(database.source),
         "train_images": len(splits["train"]),
         "pairs_per_second": result.pairs_per_second,
@@ -140,7 +181,19 @@ def train(
     trained.save_prompt_file(out, extra)
     return TrainReport(
         out, config, cfg, result.best_epoch, result.best_score, result.history, len(splits["train"]),
-        len(splits["val"]), trained.trainable_parameter_count(), database.report,
+        len(splits["val"]), trained.trainable_parameter_count(), database.report, summary, warnings,
+    )
+
+
+def _check_validation(splits: Splits, database: Database) -> None:
+    """Epochs are chosen on validation: refuse to train with none rather than keep the last epoch unseen."""
+    if splits["val"]:
+        return
+    if splits.config.val_fraction == 0:
+        raise ValueError("--val-fraction 0 leaves no validation images to choose the epoch with; give a fraction above 0")
+    raise DataError(
+        str(database.source), TOO_FEW_IMAGES,
+        f"{len(splits['train'])} training image(s) cannot spare one for validation (2 train, 1 validate at least)",
     )
 
 
@@ -154,23 +207,26 @@ def evaluate(
     runtime: Runtime | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    report: str | os.PathLike | None = None,
+    log: Callable[[str], None] = print,
     **options: Any,
 ) -> EvalReport:
     """Zero-shot and (given a prompt file) prompted Recall@K on a split, every image decoded once.
 
     Without split options the split recorded in the prompt file is reused, so the test images
-    are those training never saw.
+    are those training never saw; read options it recorded for this database are reused too.
+    `report`: a directory for an HTML report (recall@K curves, the validation curve, example
+    queries).
     """
     split_kw, read_kw = split_kwargs(options, SplitConfig, ReadOptions)
-    read = ReadOptions(**read_kw)
+    if report is not None and Path(report).exists() and not Path(report).is_dir():
+        raise ValueError(f"--report {report}: exists and is not a directory")
     runtime = runtime or Runtime.resolve()
     models: dict[str, PromptedCLIP] = {}
-    recorded: dict = {}
+    training: dict = {}
     if prompts is not None:
         pf = read_prompt_file(prompts)
-        recorded = dict(pf.extra.get("splits", {}))
-        if "seed" in recorded:  # the name before 0.2
-            recorded["split_seed"] = recorded.pop("seed")
+        training = pf.extra
         if model and model != pf.backbone:
             raise ValueError(f"{prompts} was trained on {pf.backbone}, not --model {model}")
         backbone = load_backbone(pf.backbone, pf.pretrained, device=runtime.device)
@@ -183,17 +239,36 @@ def evaluate(
     models["zero-shot"] = PromptedCLIP(backbone, PromptConfig.none()).to(runtime.device)
     if prompts is not None:
         models[label] = prompted
+    read = reuse_read_options(db, read_kw, training, prompts, log) if prompts is not None else ReadOptions(**read_kw)
     database = _read(db, read)
-    splits = split_records(database.records, SplitConfig(**(recorded | split_kw)))
-    records = splits[split]
-    rows = evaluate_models(
-        models, records, runtime, batch_size=batch_size, skip_bad=read.skip_bad, report=database.report,
-        progress=f"evaluating {split}" if progress else None,
+    splits = split_records(database.records, dataclasses.replace(SplitConfig.from_recorded(training.get("splits", {})), **split_kw))
+    warnings = splits.warnings(split, trained=bool(training))
+    for warning in warnings:
+        log(f"warning: {warning}")
+    own, features = encode_split(
+        list(models.values()), splits[split], runtime, batch_size=batch_size, skip_bad=read.skip_bad,
+        report=database.report, progress=f"evaluating {split}" if progress else None,
     )
-    return EvalReport(
-        split, len(records), sum(len(r.captions) for r in records), backbone.name, backbone.pretrained, rows,
-        database.report,
+    ks = CURVE_KS if report is not None else TABLE_KS
+    curves = {name: score(m, own, f, runtime, ks) for (name, m), f in zip(models.items(), features)}
+    rows = {name: {k: v for k, v in m.items() if _in_table(k)} for name, m in curves.items()}
+    result = EvalReport(
+        split, len(own), sum(len(r.captions) for r in own), backbone.name, backbone.pretrained, rows, database.report,
+        str(database.source), splits.how(), saturated_keys(list(rows["zero-shot"]), [len(r.captions) for r in own]),
+        warnings,
     )
+    if report is not None:
+        from .report.page import ReportInputs, write_report
+
+        inputs = ReportInputs(models, own, dict(zip(models, features)), curves, runtime, training or None)
+        result.report = write_report(report, result, inputs)
+    return result
+
+
+def _in_table(key: str) -> bool:
+    """The metrics eval reports: ranks, and R@K at the table's K (a report's curves have every K)."""
+    _, _, k = key.partition("_R@")
+    return not k or int(k) in TABLE_KS
 
 
 def build_index(
@@ -206,13 +281,16 @@ def build_index(
     runtime: Runtime | None = None,
     progress: bool = True,
     backbone: BackboneAdapter | None = None,
+    log: Callable[[str], None] = print,
     **options: Any,
 ) -> IndexInfo:
-    """Embed every image of `db` through the prompt file into the index directory `out` (created or updated)."""
+    """Embed every image of `db` through the prompt file into the index directory `out` (created or updated).
+
+    Read options the prompt file recorded for this database are reused unless given.
+    """
     (read_kw,) = split_kwargs(options, ReadOptions)
-    read = ReadOptions(**read_kw)
+    read = reuse_read_options(db, read_kw, read_prompt_file(prompts).extra, prompts, log)
     return build_index_from(
         _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime or Runtime.resolve(),
         skip_bad=read.skip_bad, backbone=backbone, progress=progress,
     )
-

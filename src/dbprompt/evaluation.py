@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .data.errors import BadInputReport
 from .data.records import Record
-from .metrics import retrieval_metrics
+from .metrics import TABLE_KS, retrieval_metrics
 from .model import PromptedCLIP
 from .pipeline import encode_records, encode_texts
 from .runtime import CPU, Runtime
@@ -26,11 +26,16 @@ def caption_index(records: Sequence[Record]) -> tuple[list[str], np.ndarray]:
 
 
 def score(
-    model: PromptedCLIP, records: Sequence[Record], image_features: torch.Tensor, runtime: Runtime = CPU
+    model: PromptedCLIP,
+    records: Sequence[Record],
+    image_features: torch.Tensor,
+    runtime: Runtime = CPU,
+    ks: Sequence[int] = TABLE_KS,
 ) -> dict[str, float]:
     """Both common retrieval definitions, given the features of `records`' images then of any distractors.
 
-    Text->image queries rank against the distractors too (see retrieval_metrics).
+    Text->image queries rank against the distractors too (see retrieval_metrics). More `ks`
+    than the table's give a report its recall@K curves from the same ranking.
     """
     if not records:
         raise ValueError("nothing to evaluate: the split is empty")
@@ -40,11 +45,11 @@ def score(
     texts, owner = caption_index(records)
     text_features = encode_texts(model, texts, runtime)
     n = len(records)
-    return retrieval_metrics(text_features, image_features[:n], owner, distractors=image_features[n:])
+    return retrieval_metrics(text_features, image_features[:n], owner, ks, distractors=image_features[n:])
 
 
-def evaluate_models(
-    models: Mapping[str, PromptedCLIP],
+def encode_split(
+    models: Sequence[PromptedCLIP],
     records: Sequence[Record],
     runtime: Runtime = CPU,
     *,
@@ -53,24 +58,32 @@ def evaluate_models(
     skip_bad: bool = False,
     report: BadInputReport | None = None,
     progress: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """Metrics of each model on `records`, every image decoded once for all of them.
+) -> tuple[list[Record], list[torch.Tensor]]:
+    """The split's records that decoded, and each model's image features: theirs, then the distractors'.
 
-    With `skip_bad`, images that fail to decode leave the evaluation (with their captions)
-    and are counted in `report`.
+    Every image is decoded once for all models. With `skip_bad`, images that fail to decode
+    leave the evaluation (with their captions) and are counted in `report`.
     """
     if not records:
         raise ValueError("nothing to evaluate: the split is empty")
-    for model in models.values():
+    for model in models:
         model.eval()
     gallery = list(records) + list(distractors)
     features, kept = encode_records(
-        list(models.values()), gallery, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report, progress=progress
+        list(models), gallery, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report, progress=progress
     )
     # `kept` is in input order: the split's own images first, then the distractors.
     own = [records[i] for i in kept if i < len(records)]
     if not own:
         raise ValueError("nothing to evaluate: no image of the split could be read")
+    return own, features
+
+
+def evaluate_models(
+    models: Mapping[str, PromptedCLIP], records: Sequence[Record], runtime: Runtime = CPU, **options: Any
+) -> dict[str, dict[str, float]]:
+    """Metrics of each model on `records`, every image decoded once for all of them; `options` as encode_split's."""
+    own, features = encode_split(list(models.values()), records, runtime, **options)
     return {name: score(model, own, f, runtime) for (name, model), f in zip(models.items(), features)}
 
 

@@ -35,6 +35,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+# The K of the tables; a report's recall@K curves have every K up to 100 (each stops at its gallery's size).
+TABLE_KS = (1, 5, 10)
+CURVE_KS = tuple(range(1, 101))
 DEFAULT_TABLE_KEYS: tuple[str, ...] = (
     "clip_benchmark/t2i_R@1",
     "clip_benchmark/t2i_R@5",
@@ -92,6 +95,29 @@ def retrieval_metrics(
         metrics[f"{prefix}_median_rank"] = float(np.floor(np.median(r)))
         metrics[f"{prefix}_mean_rank"] = float(np.mean(r))
     return metrics
+
+
+def saturated_keys(metrics: Sequence[str], captions_per_image: Sequence[int]) -> list[str]:
+    """The R@k keys every query hits by construction: k reaches past all the negatives a query ranks.
+
+    A text query has one positive among the images; an image query has its captions among all
+    captions (CLIP_benchmark) or its first caption among the first captions (open_clip). On a
+    gallery this small R@k says nothing about the model, so the table marks it.
+    """
+    n_images, n_captions = len(captions_per_image), sum(captions_per_image)
+    fewest = min(captions_per_image, default=0)
+    negatives = {
+        "clip_benchmark/t2i": n_images - 1,
+        "clip_benchmark/i2t": n_captions - fewest,
+        "open_clip/t2i": n_images - 1,
+        "open_clip/i2t": n_images - 1,
+    }
+    out = []
+    for key in metrics:
+        prefix, _, k = key.partition("_R@")
+        if k.isdigit() and prefix in negatives and int(k) > negatives[prefix]:
+            out.append(key)
+    return out
 
 
 def format_table(

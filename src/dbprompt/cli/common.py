@@ -1,18 +1,30 @@
-"""Option groups several subcommands share, built from the option dataclasses where there is one."""
+"""Option groups several subcommands share, built from the option dataclasses where there is one.
+
+Streams: a command's result goes to stdout (a table, or one JSON object with --json); every
+message (progress, notes, warnings) goes to stderr, so `dbprompt ... --json | jq` always parses.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
 
 from ..data.database import ReadOptions
+from ..data.recorded import recorded_fields
 from ..data.splits import SplitConfig
 from ..options import add_options, field_names
 
 
-def add_database_args(parser: argparse.ArgumentParser) -> None:
+def add_database_args(parser: argparse.ArgumentParser, *, from_prompts: bool = False) -> None:
+    """With `from_prompts`, unset flags mean: as recorded in the prompt file (for the same database)."""
     parser.add_argument("db", help="imagefolder directory (metadata.jsonl/csv), Karpathy JSON, or CSV/TSV file")
-    add_options(parser, ReadOptions, "database")
+    if from_prompts:
+        defaults = {name: None for name in recorded_fields()}
+        add_options(parser, ReadOptions, "database (unset: as recorded in the prompt file for this database, else as train reads it)", defaults=defaults)
+    else:
+        add_options(parser, ReadOptions, "database")
 
 
 def add_split_args(parser: argparse.ArgumentParser, *, from_prompts: bool = False) -> None:
@@ -37,6 +49,32 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: bool = True
         g.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
 
 
+def add_output_args(parser: argparse.ArgumentParser, *, progress: bool = True) -> None:
+    """--json, and --progress/--no-progress where the command has progress to show."""
+    g = parser.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text (messages stay on stderr)")
+    if progress:
+        g.add_argument(
+            "--progress", action=argparse.BooleanOptionalAction, default=None,
+            help="progress bars on stderr (default: only when stderr is a terminal; logs get the epoch lines alone)",
+        )
+
+
+def progress_of(args: argparse.Namespace) -> bool:
+    """Bars for a person at a terminal; none in a log file or pipe, where carriage returns make a mess."""
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
+def message(text: str) -> None:
+    """A note, warning or log line: stderr, so stdout holds only the result."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """The command's result: `data` as JSON with --json, else `text`."""
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
 def runtime_of(args: argparse.Namespace):
     from ..runtime import Runtime
 
@@ -53,4 +91,4 @@ def options_of(args: argparse.Namespace, *classes: type, skip_none: bool = False
 def report_skipped(report, db: str) -> None:
     """What --skip-bad left out, counted by kind (a BadInputReport)."""
     if report.items:
-        print(f"skipped bad input in {db}: {report.summary()}")
+        message(f"skipped bad input in {db}: {report.summary()}")

@@ -1,13 +1,17 @@
-"""`dbprompt eval` and `dbprompt info`: Recall@K before and after, and what a prompt file holds."""
+"""`dbprompt eval` and `dbprompt info`: Recall@K before and after, and what a prompt file or an index holds."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..data.database import ReadOptions
 from ..data.splits import SplitConfig
-from .common import add_database_args, add_model_args, add_runtime_args, add_split_args, options_of, report_skipped, runtime_of
+from .common import (
+    add_database_args, add_model_args, add_output_args, add_runtime_args, add_split_args, emit, message, options_of,
+    progress_of, report_skipped, runtime_of,
+)
 
 TABLE_KEYS = ("trainable_params", "artifact_bytes") + tuple(
     f"{d}/{k}" for d in ("clip_benchmark", "open_clip") for k in ("t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1")
@@ -16,24 +20,23 @@ TABLE_KEYS = ("trainable_params", "artifact_bytes") + tuple(
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="Recall@K zero-shot vs with prompts", description="Evaluate text<->image retrieval on a split: zero-shot and with a prompt file, side by side.")
-    add_database_args(p)
+    add_database_args(p, from_prompts=True)
     p.add_argument("--prompts", default=None, help="prompt file; without it only zero-shot is evaluated")
     add_model_args(p, required=False)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--report", default=None, metavar="DIR", help="also write an HTML report to DIR: recall@K curves, the validation curve, example queries")
     add_split_args(p, from_prompts=True)
     add_runtime_args(p)
+    add_output_args(p)
     p.set_defaults(func=run_eval)
 
-    p = sub.add_parser("info", help="show what a prompt file holds", description="Print a prompt file's metadata: backbone, fingerprint, prompt config, training summary.")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("info", help="show what a prompt file or an index holds", description="Print the metadata of a prompt file (backbone, fingerprint, prompt config, training summary) or of an index directory (its manifest and prompt file).")
+    p.add_argument("file", metavar="FILE_OR_INDEX_DIR")
+    add_output_args(p, progress=False)
     p.set_defaults(func=run_info)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..api import evaluate
     from ..metrics import format_table
     from ..storage import read_prompt_file
@@ -41,28 +44,39 @@ def run_eval(args: argparse.Namespace) -> int:
     options = options_of(args, SplitConfig, ReadOptions, skip_none=True)
     report = evaluate(
         args.db, args.prompts, model=args.model, pretrained=args.pretrained, split=args.split,
-        runtime=runtime_of(args), batch_size=args.batch_size, **options,
+        runtime=runtime_of(args), batch_size=args.batch_size, progress=progress_of(args), report=args.report,
+        log=message, **options,
     )
     report_skipped(report.bad_input, args.db)
     sizes = {"zero-shot": (0, 0)}
     if args.prompts:
         pf = read_prompt_file(args.prompts)
         sizes = {name: (pf.parameter_count, Path(args.prompts).stat().st_size) for name in report.rows} | sizes
-    rows = [(name, m | {"trainable_params": sizes[name][0], "artifact_bytes": sizes[name][1]}) for name, m in report.rows.items()]
-    if args.json:
-        print(json.dumps({"split": report.split, "images": report.images, "backbone": report.backbone, "rows": dict(rows)}, indent=2))
-    else:
-        print(f"{report.split} split: {report.images} images, {report.captions} captions, backbone {report.backbone} [{report.pretrained}]")
-        print("R@K in %; clip_benchmark = every caption a query, any caption a hit; open_clip = 1:1 pairs (first caption)")
-        print(format_table(rows, TABLE_KEYS))
+    rows = {name: m | {"trainable_params": sizes[name][0], "artifact_bytes": sizes[name][1]} for name, m in report.rows.items()}
+    # A saturated R@K is shown with a star: rename the column so the table says it, not just a footnote.
+    star = {k: k + "*" if k in report.saturated else k for k in TABLE_KEYS}
+    table = format_table([(name, {star[k]: m[k] for k in TABLE_KEYS}) for name, m in rows.items()], list(star.values()))
+    lines = [
+        f"{report.split} split: {report.images} images, {report.captions} captions, backbone {report.backbone} [{report.pretrained}]",
+        "R@K in %; clip_benchmark = every caption a query, any caption a hit; open_clip = 1:1 pairs (first caption)",
+        table,
+    ]
+    if any(k in report.saturated for k in TABLE_KEYS):
+        lines.append(
+            f"* saturated: K reaches every candidate a query ranks ({report.images} images, {report.captions} captions), "
+            "so every query hits and the number says nothing about the model; evaluate on more images"
+        )
+    if report.report:
+        message(f"report: {report.report}")
+    emit(args, report.to_json() | {"rows": rows}, "\n".join(lines))
     return 0
 
 
-def run_info(args: argparse.Namespace) -> int:
+def _prompt_file_info(path: str | Path) -> dict:
     from ..storage import read_prompt_file
 
-    pf = read_prompt_file(args.file)
-    info = {
+    pf = read_prompt_file(path)
+    return {
         "file": str(pf.path),
         "bytes": pf.path.stat().st_size,
         "dbprompt_version": pf.metadata.get("dbprompt_version"),
@@ -74,13 +88,27 @@ def run_info(args: argparse.Namespace) -> int:
         "tensors": {k: list(v.shape) for k, v in pf.tensors.items()},
         "training": pf.extra,
     }
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
+
+
+def _lines(info: dict) -> list[str]:
+    """One `key value` line per field; the training summary and the index's last build shortened."""
+    out = []
     for key, value in info.items():
         if key == "training":
-            summary = {k: value[k] for k in ("best_epoch", "best_val_score", "train_images", "database") if k in value}
-            print(f"{key:22} {json.dumps(summary)}")
-        else:
-            print(f"{key:22} {value if not isinstance(value, dict) else json.dumps(value)}")
+            value = {k: value[k] for k in ("best_epoch", "best_val_score", "train_images", "database") if k in value}
+        out.append(f"{key:22} {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return out
+
+
+def run_info(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if path.is_dir():
+        from ..index.manifest import PROMPTS, read_info
+
+        index = {"index": str(path)} | read_info(path).to_json()
+        prompts = _prompt_file_info(path / PROMPTS)
+        emit(args, index | {"prompts": prompts}, "\n".join(_lines(index) + ["", f"prompt file {PROMPTS}:"] + _lines(prompts)))
+        return 0
+    info = _prompt_file_info(path)
+    emit(args, info, "\n".join(_lines(info)))
     return 0

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from ..data.database import ReadOptions
 from ..index.manifest import APPROX_THRESHOLD, KINDS
-from .common import add_database_args, add_runtime_args, options_of, runtime_of
+from .common import add_database_args, add_output_args, add_runtime_args, emit, message, options_of, progress_of, runtime_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,15 +25,15 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
             "changed images and drops deleted ones; an interrupted run resumes."
         ),
     )
-    add_database_args(p)
+    add_database_args(p, from_prompts=True)
     p.add_argument("--prompts", required=True, metavar="FILE", help="prompt file trained for this database")
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create or update")
     p.add_argument(
         "--kind", choices=KINDS, default="auto",
         help=f"exact (inner product), ivf or hnsw (approximate); auto: exact up to {APPROX_THRESHOLD} images, then ivf",
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_runtime_args(p)
+    add_output_args(p)
     p.set_defaults(func=run_index)
 
 
@@ -49,9 +47,9 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("query", metavar="QUERY", nargs="?", help="text to search for")
     p.add_argument("--image", metavar="PATH", help="search with this image instead of text")
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--prompts", metavar="FILE", help="refuse to search unless the index was built with FILE")
     add_runtime_args(p, batch_size=False)
+    add_output_args(p, progress=False)
     p.set_defaults(func=run_search)
 
 
@@ -77,15 +75,16 @@ def run_index(args: argparse.Namespace) -> int:
 
     info = build_index(
         args.db, args.prompts, args.out, kind=args.kind, batch_size=args.batch_size, runtime=runtime_of(args),
-        progress=args.progress, **options_of(args, ReadOptions),
+        progress=progress_of(args), log=message, **options_of(args, ReadOptions, skip_none=True),
     )
     build = info.last_build
-    print(
-        f"{info.path}: {info.count} images, {info.kind} index ({info.factory}, recall@10 {info.recall_at_10:.3f}); "
-        f"embedded {build.get('embedded', 0)}, reused {build.get('reused', 0)}, removed {build.get('removed', 0)}"
-    )
     for problem in build.get("skipped", []):
-        print(f"skipped: {problem}", file=sys.stderr)
+        message(f"skipped: {problem}")
+    emit(
+        args, {"index": str(info.path)} | info.to_json(),
+        f"{info.path}: {info.count} images, {info.kind} index ({info.factory}, recall@10 {info.recall_at_10:.3f}); "
+        f"embedded {build.get('embedded', 0)}, reused {build.get('reused', 0)}, removed {build.get('removed', 0)}",
+    )
     return 0
 
 
@@ -105,11 +104,7 @@ def run_search(args: argparse.Namespace) -> int:
          "captions": list(h.image.captions)}
         for i, h in enumerate(hits, 1)
     ]
-    if args.json:
-        result = {"index": args.index_dir, "query": args.query, "image": args.image, "results": rows}
-        print(json.dumps(result, indent=2))
-    else:
-        print(_table(rows))
+    emit(args, {"index": args.index_dir, "query": args.query, "image": args.image, "results": rows}, _table(rows))
     return 0
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..data.database import ReadOptions
-from ..data.splits import SplitConfig
+from ..data.splits import SMALL_SPLIT, SplitConfig
 from ..options import add_options
 from ..prompts.config import PromptConfig
 from ..training.config import TrainConfig
-from .common import add_database_args, add_model_args, add_runtime_args, add_split_args, options_of, report_skipped, runtime_of
+from .common import (
+    add_database_args, add_model_args, add_output_args, add_runtime_args, add_split_args, emit, message, options_of,
+    progress_of, report_skipped, runtime_of,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = add_options(p, TrainConfig, "training")
     g.add_argument("--work-dir", default=None, help="checkpoint directory (default: OUT.work)")
     g.add_argument("--resume", action="store_true", help="continue from the work directory's checkpoint")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument("--log-dir", default=None, metavar="DIR", help="write each epoch's validation scores and loss to DIR/history.csv and as TensorBoard scalars")
     add_split_args(p)
     add_runtime_args(p, batch_size=False)
+    add_output_args(p)
     p.set_defaults(func=run)
 
 
@@ -35,19 +39,20 @@ def run(args: argparse.Namespace) -> int:
     anchors = anchors if isinstance(anchors, list) else [anchors]
     report = train(
         args.db, args.out, model=args.model, pretrained=args.pretrained, anchors=anchors, runtime=runtime_of(args),
-        work_dir=args.work_dir, resume=args.resume, progress=args.progress, **options,
+        work_dir=args.work_dir, resume=args.resume, progress=progress_of(args), log=message, log_dir=args.log_dir,
+        **options,
     )
     report_skipped(report.bad_input, args.db)
-    print(
-        f"wrote {report.path} ({report.path.stat().st_size:,} bytes); anchor {report.train_config.anchor:g}, "
-        f"best epoch {report.best_epoch} (0 = before training) by validation T2I R@1 {report.best_score:.1f}"
-    )
     if report.kept_zero_shot:
-        print(
-            "note: no trained epoch beat zero-shot on validation, so this prompt file ranks exactly as zero-shot "
-            "does. Prompts adapt mostly the captions' side: where the images themselves differ from the "
-            "backbone's (textures, noise, rotation), they were seen to gain little. The best there was a "
-            "visual-only prompt with 4x the epochs: --text-len 0 --vocab 0 --visual-len 32 --lr 1e-2 "
-            f"--epochs {4 * report.train_config.epochs} (+1.6 to +3.5 test points; BENCHMARKS.md, visual shift)."
+        message(
+            f"note: no trained epoch beat zero-shot on the {report.val_images} validation images, so this prompt file "
+            "ranks exactly as zero-shot does. Try more --epochs or another --lr; where the images themselves differ "
+            "from what the backbone saw, a visual prompt alone (--text-len 0 --vocab 0) may do better."
+            + (" With so few validation images the choice is also noisy." if report.val_images < SMALL_SPLIT else "")
         )
+    emit(
+        args, report.to_json(),
+        f"wrote {report.path} ({report.path.stat().st_size:,} bytes); anchor {report.train_config.anchor:g}, "
+        f"best epoch {report.best_epoch} (0 = before training) by validation T2I R@1 {report.best_score:.1f}",
+    )
     return 0

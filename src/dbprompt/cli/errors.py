@@ -1,0 +1,60 @@
+"""Exit codes, and the one place an exception becomes a message: scripts branch on the code, people read the line.
+
+    0  success
+    1  internal error: a bug in dbprompt (the traceback is printed for the bug report), or out of memory
+    2  usage: a bad option or combination of options (argparse's own code for the same)
+    3  bad data: a database, image, prompt file or index that is missing, unreadable, malformed,
+       or does not belong with the rest (a DataError, PromptFileError, IndexFormatError, ...)
+
+Only an internal error prints a traceback: every other message says what to fix.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+OK, INTERNAL, USAGE, BAD_DATA = 0, 1, 2, 3
+INTERRUPTED = 130
+
+
+def _bad_data_types() -> tuple[type[BaseException], ...]:
+    """Imported when an error is being handled, so building the parser imports nothing heavy."""
+    from ..compat import IncompatibleError
+    from ..data.errors import DataError
+    from ..index.manifest import IndexFormatError
+    from ..storage import PromptFileError
+
+    return DataError, PromptFileError, IndexFormatError, IncompatibleError, OSError
+
+
+def exit_code(exc: BaseException) -> int:
+    """The documented code for an exception (KeyboardInterrupt: 130, as shells expect)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return INTERRUPTED
+    if isinstance(exc, _bad_data_types()):
+        return BAD_DATA
+    if isinstance(exc, ValueError):
+        return USAGE
+    return INTERNAL
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError))
+
+
+def report(command: str, exc: BaseException) -> int:
+    """Print what went wrong on stderr and return the exit code."""
+    code = exit_code(exc)
+    prefix = f"dbprompt {command}: error:"
+    if code == INTERRUPTED:
+        print("interrupted", file=sys.stderr)
+    elif _out_of_memory(exc):
+        print(f"{prefix} out of memory ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); try a smaller --batch-size", file=sys.stderr)
+    elif code == INTERNAL:
+        traceback.print_exception(exc, file=sys.stderr)
+        print(f"{prefix} internal error ({type(exc).__name__}: {exc}). This is a bug in dbprompt: please report it with the traceback above.", file=sys.stderr)
+    else:
+        print(f"{prefix} {exc}", file=sys.stderr)
+    return code

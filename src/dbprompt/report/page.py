@@ -1,0 +1,208 @@
+"""`dbprompt eval --report DIR`: one HTML page that needs nothing but itself (figures and thumbnails inline).
+
+The page loads nothing from anywhere (its Content-Security-Policy forbids it), so it can be
+mailed, archived or opened offline. The figures are also written beside it as PNG files.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import torch
+from PIL import Image
+
+from .. import __version__
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..data.records import Record
+from ..metrics import CURVE_KS, TABLE_KS
+from ..pipeline import encode_texts
+from ..runtime import Runtime
+from . import plots
+
+if TYPE_CHECKING:
+    from ..api import EvalReport
+    from ..model import PromptedCLIP
+
+EXAMPLE_QUERIES = 6
+TOP = 5
+THUMBNAIL = 128
+DEFINITIONS = {
+    "clip_benchmark": "CLIP_benchmark: every caption is a text query; an image query hits when any of its captions does",
+    "open_clip": "open_clip: 1:1 pairs, each image with its first caption",
+}
+
+
+@dataclass
+class ReportInputs:
+    """What eval computed, kept for the page: every model's image features of the split's readable records."""
+
+    models: Mapping[str, "PromptedCLIP"]
+    records: Sequence[Record]
+    features: Mapping[str, torch.Tensor]
+    curves: Mapping[str, Mapping[str, float]]
+    runtime: Runtime
+    training: Mapping | None = None
+
+
+def write_report(out_dir: str | Path, report: "EvalReport", inputs: ReportInputs) -> Path:
+    """Write DIR/index.html (self-contained), DIR/recall.png and, with a training history, DIR/validation.png."""
+    out = Path(out_dir)
+    captions = [len(r.captions) for r in inputs.records]
+    galleries = {"t2i": len(captions), "i2t": sum(captions)}
+    figures = {"recall.png": plots.recall_curves(inputs.curves, CURVE_KS, galleries)}
+    history = (inputs.training or {}).get("history") or []
+    if any(h.get("clip_benchmark/t2i_R@1") is not None for h in history):
+        figures["validation.png"] = plots.validation_curve(history, inputs.training.get("best_epoch"))
+    for name, data in figures.items():
+        atomic_write_bytes(out / name, data)
+    page = out / "index.html"
+    atomic_write_text(page, _page(report, inputs, figures))
+    return page
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _thumbnail(path: Path) -> str:
+    """A small inline JPEG, or an empty string for an image that will not open (the page says so)."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((THUMBNAIL, THUMBNAIL))
+            if max(im.size) < THUMBNAIL:  # tiny images: whole pixels, not a blur
+                factor = THUMBNAIL // max(im.size)
+                im = im.resize((im.width * factor, im.height * factor), Image.Resampling.NEAREST)
+            buffer = io.BytesIO()
+            im.save(buffer, "JPEG", quality=85)
+    except (OSError, Image.DecompressionBombError):
+        return ""
+    return _data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def _table(report: "EvalReport", prefix: str) -> str:
+    head = "".join(f"<th>{d} R@{k}</th>" for d in ("text→image", "image→text") for k in TABLE_KS)
+    body = []
+    for name, metrics in report.rows.items():
+        cells = []
+        for direction in ("t2i", "i2t"):
+            for k in TABLE_KS:
+                key = f"{prefix}/{direction}_R@{k}"
+                mark = key in report.saturated
+                cells.append(f"<td{' class=sat' if mark else ''}>{metrics[key]:.1f}{'*' if mark else ''}</td>")
+        body.append(f"<tr><th scope=row>{html.escape(name)}</th>{''.join(cells)}</tr>")
+    return (
+        f"<table><caption>{html.escape(DEFINITIONS[prefix])}</caption>"
+        f"<thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _examples(inputs: ReportInputs) -> str:
+    """A few test captions as queries: each method's top images, the caption's own image outlined."""
+    records = list(inputs.records)
+    n = min(EXAMPLE_QUERIES, len(records))
+    picks = [i * len(records) // n for i in range(n)]
+    queries = [records[i].captions[0] for i in picks]
+    thumbs: dict[int, str] = {}
+    blocks = []
+    scores = {
+        name: encode_texts(model, queries, inputs.runtime) @ inputs.features[name][: len(records)].T
+        for name, model in inputs.models.items()
+    }
+    for q, (own, query) in enumerate(zip(picks, queries)):
+        rows = []
+        for name, s in scores.items():
+            rank = 1 + int((s[q] > s[q, own]).sum())
+            top = torch.topk(s[q], min(TOP, len(records))).indices.tolist()
+            cells = []
+            for i in top:
+                if i not in thumbs:
+                    thumbs[i] = _thumbnail(records[i].path)
+                alt = html.escape(records[i].captions[0], quote=True)
+                image = f'<img src="{thumbs[i]}" alt="{alt}" title="{alt}">' if thumbs[i] else '<span class="missing">unreadable</span>'
+                cells.append(f'<li class="{"hit" if i == own else ""}">{image}<span>{s[q, i]:.3f}</span></li>')
+            rows.append(
+                f'<div class="row"><p class="label">{html.escape(name)}<br><small>its image: rank {rank}</small></p>'
+                f'<ol>{"".join(cells)}</ol></div>'
+            )
+        blocks.append(f"<section class=query><h3>“{html.escape(query)}”</h3>{''.join(rows)}</section>")
+    return "".join(blocks)
+
+
+def _page(report: "EvalReport", inputs: ReportInputs, figures: Mapping[str, bytes]) -> str:
+    name = Path(report.database).name or report.database
+    warnings = [*report.warnings]
+    if report.saturated:
+        warnings.append("* saturated: K reaches every image (or caption) the query ranks, so every query hits; these numbers say nothing about the model.")
+    notes = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    recall = _data_uri(figures["recall.png"], "image/png")
+    if "validation.png" in figures:
+        training = (
+            f'<figure><img src="{_data_uri(figures["validation.png"], "image/png")}" alt="validation R@1 and training loss per epoch">'
+            "<figcaption>Validation R@1 after each epoch (epoch 0: before training), as recorded in the prompt file; "
+            "training keeps the epoch marked. Right: the mean contrastive loss of each epoch.</figcaption></figure>"
+        )
+    else:
+        training = "<p>No validation history: evaluated without a prompt file, or the file records none.</p>"
+    created = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<link rel="icon" href="data:,">
+<title>dbprompt report: {html.escape(name)}</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<header>
+<h1>Retrieval report: {html.escape(name)}</h1>
+<p class="meta">{html.escape(report.split)} split of <code>{html.escape(report.database)}</code>: {report.images:,} images, {report.captions:,} captions;
+backbone {html.escape(report.backbone)} [{html.escape(str(report.pretrained))}]; splits made {html.escape(report.how)}.</p>
+</header>
+{f'<ul class="warnings">{notes}</ul>' if notes else ''}
+<h2>Recall@K (%)</h2>
+{_table(report, "clip_benchmark")}
+{_table(report, "open_clip")}
+<figure><img src="{recall}" alt="recall@K curves, text to image and image to text, zero-shot and prompts">
+<figcaption>Recall@K for every K up to the gallery's size (CLIP_benchmark definition): the share of queries whose own image (caption) is among the first K.</figcaption></figure>
+<h2>Training</h2>
+{training}
+<h2>Example queries</h2>
+<p>Captions of {html.escape(report.split)} images used as text queries: each method's top {TOP} images with their scores; the caption's own image is outlined.</p>
+{_examples(inputs)}
+<footer>Made by dbprompt {__version__} on {created}.</footer>
+</body>
+</html>
+"""
+
+
+STYLE = """
+:root { font-family: system-ui, sans-serif; color: #222; background: #fafaf8; }
+body { max-width: 1000px; margin: 0 auto; padding: 1rem 1.5rem 3rem; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font-size: 0.95rem; font-weight: 600; }
+.meta { color: #555; } code { font-size: 0.9em; }
+.warnings { background: #fff4e5; border: 1px solid #f0c36d; border-radius: 6px; padding: 0.6rem 1.6rem; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-variant-numeric: tabular-nums; }
+caption { text-align: left; color: #555; font-size: 0.85rem; padding-bottom: 0.3rem; }
+th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }
+th[scope=row], thead th:first-child { text-align: left; white-space: nowrap; }
+td.sat { color: #999; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.85rem; }
+.query { border-top: 1px solid #e3e3e3; padding-top: 0.3rem; }
+.row { display: flex; align-items: center; gap: 0.8rem; }
+.label { width: 13rem; flex: none; font-size: 0.85rem; margin: 0.3rem 0; overflow-wrap: anywhere; }
+.row ol { display: flex; gap: 0.4rem; list-style: none; padding: 0; margin: 0.3rem 0; }
+.row li { display: flex; flex-direction: column; align-items: center; font-size: 0.75rem; color: #666; border: 3px solid transparent; border-radius: 4px; }
+.row li.hit { border-color: #2ca02c; }
+.row img { width: 96px; height: 96px; object-fit: contain; background: #eee; }
+.missing { width: 96px; height: 96px; display: grid; place-items: center; background: #eee; }
+footer { margin-top: 2rem; color: #888; font-size: 0.8rem; }
+"""

@@ -1,0 +1,81 @@
+"""`dbprompt train --log-dir DIR`: each epoch's validation scores and loss as CSV and TensorBoard scalars.
+
+Fed by the Trainer's `on_epoch` callback, so the rows appear while training runs (`tail -f
+DIR/history.csv`, `tensorboard --logdir DIR`). A resumed run appends.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+# CSV columns, and the TensorBoard tag of each entry key.
+COLUMNS = ("candidate", "epoch", "train_loss", "val_score", "val_t2i_R@1", "val_i2t_R@1", "time")
+TAGS = {
+    "train_loss": "train/loss",
+    "val_score": "val/score",
+    "clip_benchmark/t2i_R@1": "val/t2i_R@1",
+    "clip_benchmark/i2t_R@1": "val/i2t_R@1",
+}
+
+
+class TrainingLog:
+    """A callable for `Trainer(on_epoch=...)` that writes DIR/history.csv and TensorBoard event files.
+
+    With several candidates (`--anchor 0 32`), each has its own TensorBoard run
+    (DIR/candidate-N) and CSV rows. The Trainer's entries do not say which candidate they
+    belong to, so a new one is recognised by its epoch not following the last entry's.
+    """
+
+    def __init__(self, log_dir: str | Path, *, candidates: int = 1, resume: bool = False):
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.dir = Path(log_dir)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ValueError(f"--log-dir {self.dir}: exists and is not a directory")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._writer_class = SummaryWriter
+        self._multi = candidates > 1
+        self._candidate, self._last_epoch = 0, None
+        path = self.dir / "history.csv"
+        append = resume and path.exists()
+        self._file = open(path, "a" if append else "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._file)
+        if not append:
+            self._csv.writerow(COLUMNS)
+            self._file.flush()
+        self._writers: dict[int, Any] = {}
+
+    def _writer(self, candidate: int):
+        if candidate not in self._writers:
+            run = self.dir / f"candidate-{candidate}" if self._multi else self.dir
+            self._writers[candidate] = self._writer_class(log_dir=str(run))
+        return self._writers[candidate]
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        epoch = int(entry["epoch"])
+        if self._last_epoch is None or epoch <= self._last_epoch:
+            self._candidate += 1
+        self._last_epoch = epoch
+        row = [self._candidate, epoch, entry.get("train_loss"), entry.get("val_score")]
+        row += [entry.get("clip_benchmark/t2i_R@1"), entry.get("clip_benchmark/i2t_R@1"), round(time.time(), 3)]
+        self._csv.writerow(["" if v is None else v for v in row])
+        self._file.flush()
+        writer = self._writer(self._candidate)
+        for key, tag in TAGS.items():
+            if entry.get(key) is not None:
+                writer.add_scalar(tag, float(entry[key]), epoch)
+        writer.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        for writer in self._writers.values():
+            writer.close()
+
+    def __enter__(self) -> "TrainingLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
