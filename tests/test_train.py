@@ -261,3 +261,34 @@ def test_bad_training_images_stop_the_run_or_are_skipped(tiny_backbone, tiny_rec
     trainer = Trainer(PromptedCLIP(tiny_backbone, PROMPTS), bad, [], cfg, progress=False, skip_bad=True, report=report)
     assert trainer.run().finished and len(trainer.train_records) == len(train) - 1
     assert report.counts == {"not an image": 1}
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_backbone, tiny_records, tmp_path):
+    from dbprompt.training.trainer import NonFiniteError
+
+    cfg = TrainConfig(epochs=2, batch_size=8, checkpoint_every=1, calibrate_temperature=False)
+    train = records_for(tiny_records, "train")
+    Trainer(PromptedCLIP(tiny_backbone, PROMPTS), train, [], cfg, work_dir=tmp_path, progress=False).run(stop_after_steps=2)
+    good = (tmp_path / CHECKPOINT).read_bytes()
+    diverged = Trainer(PromptedCLIP(tiny_backbone, PROMPTS), train, [], cfg, work_dir=tmp_path, progress=False)
+    with torch.no_grad():  # as a diverging step would leave them
+        diverged.model.prompts.visual.tokens.fill_(float("nan"))
+        diverged.model.prompts.visual.gate.fill_(1.0)
+    with pytest.raises(NonFiniteError, match="training loss became non-finite.*last good checkpoint"):
+        diverged.run()
+    assert (tmp_path / CHECKPOINT).read_bytes() == good
+
+
+def test_validation_that_cannot_be_read_at_all_is_refused(tiny_backbone, tiny_records, tmp_path):
+    import dataclasses
+
+    from dbprompt.data import BadInputReport
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    val = [dataclasses.replace(r, path=broken) for r in records_for(tiny_records, "val")]
+    cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
+    trainer = Trainer(PromptedCLIP(tiny_backbone, PROMPTS), records_for(tiny_records, "train"), val, cfg,
+                      progress=False, skip_bad=True, report=BadInputReport())
+    with pytest.raises(ValueError, match="no validation image could be read"):
+        trainer.run()

@@ -63,8 +63,8 @@ class TrainReport:
 
     @property
     def kept_zero_shot(self) -> bool:
-        """Gated prompts kept at epoch 0 rank exactly as zero-shot does."""
-        return self.best_epoch == 0 and self.config.gate
+        """Prompts kept at epoch 0 that start at zero-shot rank exactly as zero-shot does."""
+        return self.best_epoch == 0 and self.config.starts_at_zero_shot
 
     def to_json(self) -> dict[str, Any]:
         """What `dbprompt train --json` prints."""

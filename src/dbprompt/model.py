@@ -96,7 +96,7 @@ class PromptedCLIP(nn.Module):
 
     def image_side_trainable(self) -> bool:
         """Whether image features can change in training (if not, they are computed once and cached)."""
-        if self.prompts.visual is not None or self.prompts.visual_norms is not None:
+        if any(m is not None for m in (self.prompts.visual, self.prompts.visual_norms, self.prompts.visual_adapters)):
             return True
         return any(p.requires_grad for p in self.backbone.image_tower.parameters())
 

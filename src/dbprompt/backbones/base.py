@@ -44,12 +44,15 @@ class LayerPrompt:
     The attention to them is computed apart and scaled per head by `gate` [H], which starts
     at 0 (LLaMA-Adapter's zero-init attention), so the layer begins exactly as the backbone's.
     `norm1` / `norm2`: offsets (weight, bias) [D] to the affine of the block's two norms.
+    `adapter` (down [r, D], up [D, r]): a bottleneck beside the MLP, on the same normed input
+    (AdaptFormer); `up` starts at 0.
     """
 
     prefix: torch.Tensor | None = None
     gate: torch.Tensor | None = None
     norm1: Offsets | None = None
     norm2: Offsets | None = None
+    adapter: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _norm(module: nn.Module, x: torch.Tensor, offsets: Offsets | None) -> torch.Tensor:
@@ -103,7 +106,12 @@ class BlockView(ABC):
             a_p = F.scaled_dot_product_attention(q, pk.expand(batch), pv.expand(batch))
             a = a + p.gate.to(a.dtype).view(1, -1, 1, 1) * a_p
         x = x + self.attention_output(a, h)
-        return x + self.mlp_branch(_norm(self.norm2, x, p.norm2))
+        h = _norm(self.norm2, x, p.norm2)
+        out = self.mlp_branch(h)
+        if p.adapter is not None:
+            down, up = p.adapter
+            out = out + F.linear(F.gelu(F.linear(h, down.to(h.dtype))), up.to(h.dtype))
+        return x + out
 
 
 class BackboneAdapter(nn.Module, ABC):

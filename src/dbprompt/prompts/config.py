@@ -29,6 +29,7 @@ class PromptConfig:
     )
     text_norm: bool = option(False, "learn offsets to every LayerNorm's scale and shift in the text tower, from zero")
     visual_norm: bool = option(False, "learn offsets to every LayerNorm's scale and shift in the image tower, from zero")
+    visual_adapter: int = option(0, "rank of a bottleneck adapter beside every image block's MLP, from zero (0: none)")
     vocab: int = option(
         1024,
         "tune the token embeddings of up to this many of the training captions' word pieces (those in most "
@@ -42,7 +43,7 @@ class PromptConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("text_len", "visual_len", "vocab"):
+        for name in ("text_len", "visual_len", "vocab", "visual_adapter"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("text_depth", "visual_depth"):
@@ -61,16 +62,21 @@ class PromptConfig:
     @classmethod
     def none(cls) -> "PromptConfig":
         """No prompts at all: the backbone's zero-shot model through the same code path."""
-        return cls(text_len=0, visual_len=0, vocab=0, text_norm=False, visual_norm=False)
+        return cls(text_len=0, visual_len=0, vocab=0, text_norm=False, visual_norm=False, visual_adapter=0)
 
     def replace(self, **changes) -> "PromptConfig":
         return dataclasses.replace(self, **changes)
 
     @property
+    def starts_at_zero_shot(self) -> bool:
+        """Whether untrained, these prompts rank exactly as the backbone does (inserted prompts do not)."""
+        return self.gate or not (self.text_len or self.visual_len)
+
+    @property
     def kinds(self) -> list[str]:
         parts = (
             ("textual", self.text_len), ("visual", self.visual_len), ("vocabulary", self.vocab),
-            ("text norms", self.text_norm), ("image norms", self.visual_norm),
+            ("text norms", self.text_norm), ("image norms", self.visual_norm), ("image adapters", self.visual_adapter),
         )
         return [k for k, n in parts if n]
 
@@ -87,4 +93,4 @@ class PromptConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown prompt options {sorted(unknown)} (written by a newer dbprompt?)")
-        return cls(**({"vocab": 0, "text_norm": False, "visual_norm": False} | data))
+        return cls(**({"vocab": 0, "text_norm": False, "visual_norm": False, "visual_adapter": 0} | data))

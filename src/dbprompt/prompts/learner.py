@@ -13,6 +13,7 @@ from torch import nn
 from ..backbones.base import BackboneAdapter, LayerPrompt, UnsupportedPromptError
 from .config import PromptConfig
 from .coupling import CoupledPromptTokens
+from .adapters import BlockAdapters
 from .norms import NormOffsets
 from .tokens import PromptTokens
 from .vocabulary import TokenOffsets, frequent_tokens
@@ -31,6 +32,9 @@ class PromptLearner(nn.Module):
         self.vocab: TokenOffsets | None = None
         self.text_norms = NormOffsets(backbone.text_num_layers, backbone.text_width) if config.text_norm else None
         self.visual_norms = NormOffsets(backbone.vision_num_layers, backbone.vision_width) if config.visual_norm else None
+        self.visual_adapters = (
+            BlockAdapters(backbone.vision_num_layers, backbone.vision_width, config.visual_adapter) if config.visual_adapter else None
+        )
         text_heads = backbone.num_heads("text") if config.gate and config.text_len else 0
         visual_heads = backbone.num_heads("image") if config.gate and config.visual_len else 0
         if config.vocab:
@@ -84,6 +88,8 @@ class PromptLearner(nn.Module):
         layers: list[LayerPrompt | None] = prompt.layer_prompts() if prompt is not None and prompt.gated else []
         if norms is not None:
             layers = norms.apply(layers)
+        if tower == "image" and self.visual_adapters is not None:
+            layers = self.visual_adapters.apply(layers)
         return layers or None
 
     def no_weight_decay(self) -> set[str]:
@@ -100,7 +106,7 @@ def check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:
         flag = "text" if tower == "text" else "visual"
         if length and problem:
             raise UnsupportedPromptError(f"model {backbone.name} cannot take {kind} prompts: {problem}. Use --{flag}-len 0.")
-        opened = (length and config.gate) or (config.text_norm if tower == "text" else config.visual_norm)
+        opened = (length and config.gate) or (config.text_norm if tower == "text" else config.visual_norm or config.visual_adapter)
         if opened and backbone.blocks(tower) is None:
             raise UnsupportedPromptError(
                 f"model {backbone.name}'s {tower} tower has blocks dbprompt cannot open, so it takes neither gated "

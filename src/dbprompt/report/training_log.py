@@ -25,8 +25,7 @@ class TrainingLog:
     """A callable for `Trainer(on_epoch=...)` that writes DIR/history.csv and TensorBoard event files.
 
     With several candidates (`--anchor 0 32`), each has its own TensorBoard run
-    (DIR/candidate-N) and CSV rows. The Trainer's entries do not say which candidate they
-    belong to, so a new one is recognised by its epoch not following the last entry's.
+    (DIR/candidate-N) and CSV rows, by the "candidate" number `train_candidates` puts in each entry.
     """
 
     def __init__(self, log_dir: str | Path, *, candidates: int = 1, resume: bool = False):
@@ -38,7 +37,6 @@ class TrainingLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._writer_class = SummaryWriter
         self._multi = candidates > 1
-        self._candidate, self._last_epoch = 0, None
         path = self.dir / "history.csv"
         append = resume and path.exists()
         self._file = open(path, "a" if append else "w", newline="", encoding="utf-8")
@@ -55,15 +53,12 @@ class TrainingLog:
         return self._writers[candidate]
 
     def __call__(self, entry: dict[str, Any]) -> None:
-        epoch = int(entry["epoch"])
-        if self._last_epoch is None or epoch <= self._last_epoch:
-            self._candidate += 1
-        self._last_epoch = epoch
-        row = [self._candidate, epoch, entry.get("train_loss"), entry.get("val_score")]
+        epoch, candidate = int(entry["epoch"]), int(entry.get("candidate", 1))
+        row = [candidate, epoch, entry.get("train_loss"), entry.get("val_score")]
         row += [entry.get("clip_benchmark/t2i_R@1"), entry.get("clip_benchmark/i2t_R@1"), round(time.time(), 3)]
         self._csv.writerow(["" if v is None else v for v in row])
         self._file.flush()
-        writer = self._writer(self._candidate)
+        writer = self._writer(candidate)
         for key, tag in TAGS.items():
             if entry.get(key) is not None:
                 writer.add_scalar(tag, float(entry[key]), epoch)

@@ -25,7 +25,8 @@ def train_candidates(
     """Train a fresh model per config and keep the one validation scores best (ties: the earlier).
 
     Each candidate checkpoints in its own work subdirectory, so a resumed run skips those done.
-    `trainer_options` go to each Trainer (runtime, progress, skip_bad, ...).
+    `trainer_options` go to each Trainer (runtime, progress, skip_bad, ...); an `on_epoch` callback
+    gets each entry with the candidate's number (1, 2, ...) under "candidate".
     """
     if not configs:
         raise ValueError("no training configuration to try")
@@ -33,11 +34,13 @@ def train_candidates(
         log("no validation split to choose with: training only the first candidate")
         configs = configs[:1]
     best: tuple[PromptedCLIP, TrainResult, TrainConfig] | None = None
+    on_epoch = trainer_options.pop("on_epoch", None)
     for i, cfg in enumerate(configs):
         sub = Path(work_dir) / f"candidate-{i}" if work_dir and len(configs) > 1 else work_dir
         if len(configs) > 1:
             log(f"candidate {i + 1}/{len(configs)}: lr {cfg.lr:g}, anchor {cfg.anchor:g}")
-        trainer = Trainer(build(), train_records, val_records, cfg, work_dir=sub, log=log, **trainer_options)
+        tagged = None if on_epoch is None else (lambda entry, n=i + 1: on_epoch(entry | {"candidate": n}))
+        trainer = Trainer(build(), train_records, val_records, cfg, work_dir=sub, log=log, on_epoch=tagged, **trainer_options)
         result = trainer.run(resume=resume)
         trainer.restore_best()
         if best is None or result.best_score > best[1].best_score:

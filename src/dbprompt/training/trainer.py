@@ -59,6 +59,10 @@ def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], f
     return factor
 
 
+class NonFiniteError(ValueError):
+    """Training produced NaN or infinity; nothing after the last good checkpoint was saved."""
+
+
 @dataclass
 class TrainResult:
     best_state: dict[str, torch.Tensor]
@@ -127,10 +131,13 @@ class Trainer:
         """The first decode of every image: bad ones stop the run, or with skip_bad leave it."""
         bad = set(self.images.first_pass(skip_bad=self.skip_bad, report=self.report, progress="reading images" if self.progress else None))
         if bad:
+            had_val = bool(self.val_idx)
             self.train_idx = [i for i in self.train_idx if i not in bad]
             self.val_idx = [i for i in self.val_idx if i not in bad]
             if len(self.train_idx) < 2:
                 raise ValueError(f"training needs at least 2 readable images, got {len(self.train_idx)}")
+            if had_val and not self.val_idx:
+                raise ValueError("no validation image could be read, so no epoch can be chosen; fix or replace them")
             self._set_schedule()
         self.validator = Validator(self.images, self.train_idx, self.val_idx)
 
@@ -181,7 +188,17 @@ class Trainer:
         if self.on_epoch is not None:
             self.on_epoch(entry)
 
+    def _require_finite(self, what: str, finite: bool) -> None:
+        """Stop before a non-finite number reaches a checkpoint: the last one written stays good."""
+        if not finite:
+            kept = f"; the last good checkpoint is kept in {self.checkpoints.path.parent}" if self.checkpoints.path else ""
+            raise NonFiniteError(
+                f"{what} became non-finite at epoch {self.state.epoch + 1}, step {self.state.step}{kept}. "
+                "Lower --lr (or use --no-bf16) and resume or start again."
+            )
+
     def _save(self) -> None:
+        self._require_finite("a trained parameter", all(bool(torch.isfinite(p).all()) for p in self.named.values()))
         self.checkpoints.save(self.named, self.best_state, self.optimizer, self.optimizer_order, self.scheduler, self.state)
 
     def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
@@ -205,6 +222,7 @@ class Trainer:
             losses: list[float] = []
             while self.state.micro < self.micro_per_epoch:
                 loss = self._micro_batch_loss(order, captions, self.state.micro)
+                self._require_finite("the training loss", bool(torch.isfinite(loss)))
                 (loss / self.cfg.grad_accum).backward()
                 losses.append(float(loss.detach()))
                 pairs += min(self.cfg.batch_size, len(order) - self.state.micro * self.cfg.batch_size)
