@@ -58,16 +58,18 @@ def test_build_writes_a_self_describing_index(tmp_path, tiny_backbone, prompts):
     info = build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, batch_size=5, progress=False)
     assert (info.kind, info.factory, info.count, info.dim) == ("exact", "Flat", 12, 64)
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["format"] == "dbprompt-index/1"
+    assert manifest["format"] == "dbprompt-index/2"
+    assert manifest["root"] == str(db.resolve()) and manifest["database"] == str(db)
     assert manifest["prompt_sha256"] == file_sha256(prompts) == file_sha256(tmp_path / "idx" / "prompts.safetensors")
     assert manifest["fingerprint"] == tiny_backbone.fingerprint()
     assert manifest["backbone"] == "dbprompt-tiny" and manifest["count"] == 12
     with sqlite3.connect(tmp_path / "idx" / "metadata.sqlite") as con:
-        key, path, captions, size, mtime, w, h = con.execute(
-            "SELECT key, path, captions, bytes, mtime_ns, width, height FROM images WHERE id = 3"
+        key, path, captions, size, mtime, w, h, sha = con.execute(
+            "SELECT key, path, captions, bytes, mtime_ns, width, height, sha256 FROM images WHERE id = 3"
         ).fetchone()
     st = (db / "images" / "003.png").stat()
     assert (key, path) == ("images/003.png", str(db / "images" / "003.png"))
+    assert sha == file_sha256(db / "images" / "003.png")
     assert json.loads(captions) == ["colour number 3"]
     assert (size, mtime, w, h) == (st.st_size, st.st_mtime_ns, 16, 16)
     # nothing is left beside the index
@@ -153,11 +155,16 @@ def test_update_embeds_only_new_and_changed_and_drops_deleted(tmp_path, tiny_bac
     assert (tmp_path / "idx" / "manifest.json").stat().st_mtime_ns == stamp
 
 
-def test_new_prompts_reembed_everything(tmp_path, tiny_backbone, prompts):
+def test_new_prompts_reembed_everything_once_forced(tmp_path, tiny_backbone, prompts):
     db = folder(tmp_path / "db", n=6)
     build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
     other = make_prompt_file(tmp_path / "b.safetensors", tiny_backbone, seed=2)
-    info = build_index(db, other, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    with pytest.raises(IndexFormatError, match="index of another prompt file.*--force"):
+        build_index(db, other, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    index = load_index(tmp_path / "idx")
+    assert index.info.prompt_sha256 == file_sha256(prompts)  # untouched
+    index.close()
+    info = build_index(db, other, tmp_path / "idx", backbone=tiny_backbone, progress=False, force=True)
     assert info.last_build["embedded"] == 6 and info.prompt_sha256 == file_sha256(other)
 
 

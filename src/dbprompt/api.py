@@ -21,11 +21,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .backbones import BackboneAdapter, load_backbone, load_named_backbone
+from .backbones import BackboneAdapter, load_named_backbone
 from .data import BadInputReport, Database, ReadOptions, SplitConfig, read_database, split_records
 from .evaluation import evaluate_models
 from .index import IndexInfo
 from .index import build_index as build_index_from
+from .locking import one_writer
 from .model import PromptedCLIP
 from .options import split_kwargs
 from .prompts import PromptConfig
@@ -77,6 +78,7 @@ def _read(db: str | os.PathLike | Database, read: ReadOptions) -> Database:
     return db if isinstance(db, Database) else read_database(db, read)
 
 
+@one_writer("train")
 def train(
     db: str | os.PathLike | Database,
     out: str | os.PathLike,
@@ -88,6 +90,7 @@ def train(
     runtime: Runtime | None = None,
     work_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
     **options: Any,
@@ -96,7 +99,9 @@ def train(
 
     `model`/`pretrained` name the backbone (or pass a loaded `backbone`). `anchors`: several text
     anchor weights, one training each, validation keeping the best. Checkpoints go to
-    `work_dir` (default: OUT.work); `resume` continues from them.
+    `work_dir` (default: OUT.work); `resume` continues from them. An existing `out` is replaced only
+    with `force` (or `resume`), and a second run into the same `out` is refused while one runs
+    (both by `one_writer`).
     """
     prompt_kw, train_kw, split_kw, read_kw = split_kwargs(options, PromptConfig, TrainConfig, SplitConfig, ReadOptions)
     config, splits_cfg, read = PromptConfig(**prompt_kw), SplitConfig(**split_kw), ReadOptions(**read_kw)
@@ -168,13 +173,11 @@ def evaluate(
     recorded: dict = {}
     if prompts is not None:
         pf = read_prompt_file(prompts)
-        recorded = dict(pf.extra.get("splits", {}))
-        if "seed" in recorded:  # the name before 0.2
-            recorded["split_seed"] = recorded.pop("seed")
-        if model and model != pf.backbone:
-            raise ValueError(f"{prompts} was trained on {pf.backbone}, not --model {model}")
-        backbone = load_backbone(pf.backbone, pf.pretrained, device=runtime.device)
-        prompted = PromptedCLIP.from_prompt_file(prompts, backbone, device=runtime.device)
+        recorded = _recorded_splits(pf.extra.get("splits"))
+        # A named backbone, or the one the file records from local weights only; its fingerprint is checked.
+        named = load_named_backbone(model, pretrained, device=runtime.device) if model else None
+        prompted = PromptedCLIP.from_prompt_file(prompts, named, device=runtime.device)
+        backbone = prompted.backbone
         label = "prompts (" + "+".join(pf.config.kinds) + ")"
     elif model:
         backbone = load_named_backbone(model, pretrained, device=runtime.device)
@@ -196,6 +199,15 @@ def evaluate(
     )
 
 
+def _recorded_splits(value: Any) -> dict[str, float]:
+    """The split options a prompt file records, those that are numbers (the file may come from anyone)."""
+    value = dict(value) if isinstance(value, dict) else {}
+    if "seed" in value:  # the name before 0.2
+        value["split_seed"] = value.pop("seed")
+    names = {f.name for f in dataclasses.fields(SplitConfig)}
+    return {k: v for k, v in value.items() if k in names and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def build_index(
     db: str | os.PathLike | Database,
     prompts: str | os.PathLike,
@@ -206,13 +218,23 @@ def build_index(
     runtime: Runtime | None = None,
     progress: bool = True,
     backbone: BackboneAdapter | None = None,
+    model: str | None = None,
+    pretrained: str | None = None,
+    force: bool = False,
     **options: Any,
 ) -> IndexInfo:
-    """Embed every image of `db` through the prompt file into the index directory `out` (created or updated)."""
+    """Embed every image of `db` through the prompt file into the index directory `out` (created or updated).
+
+    The backbone: `backbone`, else `model`/`pretrained`, else the one the prompt file records (local
+    weights only). An index of another database, prompt file or backbone is replaced only with `force`.
+    """
     (read_kw,) = split_kwargs(options, ReadOptions)
     read = ReadOptions(**read_kw)
+    runtime = runtime or Runtime.resolve()
+    if backbone is None and model is not None:
+        backbone = load_named_backbone(model, pretrained, device=runtime.device)
     return build_index_from(
-        _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime or Runtime.resolve(),
-        skip_bad=read.skip_bad, backbone=backbone, progress=progress,
+        _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime,
+        skip_bad=read.skip_bad, backbone=backbone, progress=progress, force=force,
     )
 

@@ -58,3 +58,19 @@ def check_prompt_file(source: str, expected_sha256: str, path: str | os.PathLike
         raise IncompatibleError(
             f"{source}: made with prompt file sha256 {expected_sha256[:16]}…, not {Path(path)} ({sha[:16]}…)"
         )
+
+
+def vocabulary_size(backbone: "BackboneAdapter") -> int | None:
+    """How many token ids the backbone's text tower embeds (None when it cannot tell).
+
+    Read from `backbone.vocab_size` when the adapter says, else from the largest embedding table
+    of the text width (the token table; position tables are far smaller).
+    """
+    size = getattr(backbone, "vocab_size", None)
+    if size is not None:
+        return int(size)
+    width = getattr(backbone, "text_width", None)
+    from torch import nn
+
+    sizes = [m.num_embeddings for m in backbone.modules() if isinstance(m, nn.Embedding) and m.embedding_dim == width]
+    return max(sizes) if sizes else None

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones.base import PROMPT_ID, BackboneAdapter
-from .compat import BackboneId, check_backbone
+from .compat import BackboneId, check_backbone, vocabulary_size
 from .prompts.config import PromptConfig
 from .prompts.learner import VOCABULARY_IDS, PromptLearner, caption_length, caption_vocabulary
 from .prompts.tokens import PromptTokens
@@ -52,16 +52,20 @@ class PromptedCLIP(nn.Module):
     def from_prompt_file(
         cls, path: str | os.PathLike, backbone: BackboneAdapter | None = None, *, device: str = "cpu"
     ) -> "PromptedCLIP":
-        """The model a prompt file was trained for, on `backbone` (loaded from the file's record if not given).
+        """The model a prompt file was trained for, on `backbone` (else the one the file records, loaded
+        only from local weights: see `backbones.recorded`).
 
-        Any other backbone than the one the file records is refused.
+        Any other backbone than the one the file records is refused, and so are token ids it does not have.
         """
         pf = read_prompt_file(path)
         if backbone is None:
-            from .backbones.factory import load_backbone
+            from .backbones.recorded import load_recorded_backbone
 
-            backbone = load_backbone(pf.backbone, pf.pretrained, device=device)
+            backbone = load_recorded_backbone(pf.backbone, pf.pretrained, device=device, source=str(pf.path))
         check_backbone(str(pf.path), pf.backbone_id, backbone)
+        ids, size = pf.tensors.get(VOCABULARY_IDS), vocabulary_size(backbone)
+        if ids is not None and size is not None and int(ids.max()) >= size:
+            raise PromptFileError(f"{pf.path}: vocabulary token id {int(ids.max())} is beyond {backbone.name}'s {size} tokens")
         try:
             model = cls.from_state(backbone, pf.config, pf.tensors)
         except ValueError as exc:

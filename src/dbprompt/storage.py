@@ -1,12 +1,16 @@
 """Prompt files: safetensors with the prompts and enough metadata to rebuild and check the model.
 
 safetensors holds raw tensors and string metadata only, so opening a file a user hands
-in never runs code (no pickle anywhere).
+in never runs code (no pickle anywhere). A file from someone else is also bounded (file and
+header size, metadata nesting) and checked tensor by tensor (names, shapes, dtypes, finite
+values, token ids) before any model is built from it; what it records about its backbone
+steers nothing (see `backbones.recorded`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +23,15 @@ from . import __version__
 from .atomic import atomic_write_bytes
 from .compat import BackboneId
 from .prompts.config import PromptConfig
+from .prompts.learner import VOCABULARY_IDS
+from .untrusted import loads
 
 FORMAT = "dbprompt-prompts/2"
+# Prompts for the largest open_clip models with deep prompts and a full vocabulary take tens of
+# MB and a header of a few KB per hundred epochs of history; anything far beyond is not ours.
+MAX_FILE_BYTES = 256 * 2**20
+MAX_HEADER_BYTES = 4 * 2**20
+_FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")
 
 
 class PromptFileError(ValueError):
@@ -33,6 +44,7 @@ class PromptFile:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     config: PromptConfig
+    extra: dict
 
     @property
     def backbone(self) -> str:
@@ -53,10 +65,6 @@ class PromptFile:
     @property
     def parameter_count(self) -> int:
         return sum(t.numel() for t in self.tensors.values() if t.is_floating_point())
-
-    @property
-    def extra(self) -> dict:
-        return json.loads(self.metadata.get("extra", "{}"))
 
 
 def write_prompt_file(
@@ -79,28 +87,102 @@ def write_prompt_file(
 
 
 def read_prompt_file(path: str | Path) -> PromptFile:
+    """Read and check a prompt file; anything wrong with it is one PromptFileError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise PromptFileError(f"{path}: no such prompt file")
-    data = path.read_bytes()
+    data = _bounded_bytes(path)
     try:
         tensors = st_load(data)
         metadata = _read_metadata(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+    except (SafetensorError, ValueError) as exc:
         raise PromptFileError(f"{path}: not a dbprompt prompt file (not valid safetensors: {exc})") from None
     if metadata.get("format") != FORMAT:
         raise PromptFileError(f"{path}: not a {FORMAT} prompt file (format {metadata.get('format')!r})")
     missing = {"backbone", "backbone_fingerprint", "prompt_config"} - set(metadata)
     if missing:
         raise PromptFileError(f"{path}: metadata lacks {sorted(missing)}")
+    if not _FINGERPRINT.fullmatch(metadata["backbone_fingerprint"]):
+        raise PromptFileError(f"{path}: backbone_fingerprint is not a hex digest")
     try:
+        loads(metadata["prompt_config"])  # bounded first: PromptConfig parses without a depth limit
         config = PromptConfig.from_json(metadata["prompt_config"])
+        extra = loads(metadata.get("extra", "{}"))
     except (ValueError, TypeError) as exc:
-        raise PromptFileError(f"{path}: bad prompt config: {exc}") from None
-    return PromptFile(path, tensors, metadata, config)
+        raise PromptFileError(f"{path}: bad metadata: {exc}") from None
+    if not isinstance(extra, dict):
+        raise PromptFileError(f"{path}: bad metadata: extra is not a JSON object")
+    problem = tensor_problem(tensors, config)
+    if problem:
+        raise PromptFileError(f"{path}: {problem}")
+    return PromptFile(path, tensors, metadata, config, extra)
+
+
+def _bounded_bytes(path: Path) -> bytes:
+    """The file's bytes, refused before reading when its size or header length is beyond a prompt file's."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise PromptFileError(f"{path}: not a dbprompt prompt file ({size:,} bytes; prompt files are under {MAX_FILE_BYTES:,})")
+    with open(path, "rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+        if header > MAX_HEADER_BYTES:
+            raise PromptFileError(
+                f"{path}: not a dbprompt prompt file (a header of {header:,} bytes; prompt files' are under {MAX_HEADER_BYTES:,})"
+            )
+        f.seek(0)
+        return f.read()
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:
     header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])
+    header = loads(data[8 : 8 + header_len], max_depth=None)  # safetensors already bounded its depth
     return header.get("__metadata__", {}) or {}
+
+
+def expected_tensors(config: PromptConfig) -> set[str]:
+    """The tensor names a prompt file of `config` holds (PromptLearner's state dict)."""
+    names = set()
+    for kind, length in (("text", config.text_len), ("visual", config.visual_len)):
+        if length:
+            coupled = kind == "visual" and config.couple
+            names |= {"visual.map.weight", "visual.map.bias"} if coupled else {f"{kind}.tokens"}
+            names |= {f"{kind}.gate"} if config.gate else set()
+    return names | ({VOCABULARY_IDS, "vocab.offsets"} if config.vocab else set())
+
+
+def tensor_problem(tensors: dict[str, torch.Tensor], config: PromptConfig) -> str | None:
+    """What is wrong with a prompt file's tensors for its config (names, dtypes, ranks, values), or None.
+
+    Widths and depths depend on the backbone and are checked when the prompts are loaded onto it;
+    what is checked here bounds what loading them can allocate.
+    """
+    expected = expected_tensors(config)
+    if set(tensors) != expected:
+        return f"tensors {sorted(tensors)} are not the {sorted(expected)} its prompt config needs"
+    ranks = {"text.tokens": 3, "visual.tokens": 3, "text.gate": 0, "visual.gate": 0, VOCABULARY_IDS: 1}
+    ranks |= {"vocab.offsets": 2, "visual.map.weight": 2, "visual.map.bias": 1}
+    for name, tensor in sorted(tensors.items()):
+        dtype = torch.int64 if name == VOCABULARY_IDS else torch.float32
+        if tensor.dtype != dtype:
+            return f"tensor {name} is {tensor.dtype}, not {dtype}"
+        if tensor.ndim != ranks[name]:
+            return f"tensor {name} has shape {tuple(tensor.shape)}, not {ranks[name]} dimensions"
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"tensor {name} holds non-finite values (NaN or Inf)"
+    lengths = {"text.tokens": config.text_len, "visual.tokens": config.visual_len}
+    for name, length in lengths.items():
+        if name in tensors and tensors[name].shape[1] != length:
+            return f"tensor {name} holds {tensors[name].shape[1]} prompt vectors, its config says {length}"
+    if VOCABULARY_IDS in tensors:
+        return _vocabulary_problem(tensors[VOCABULARY_IDS], tensors["vocab.offsets"], config.vocab)
+    return None
+
+
+def _vocabulary_problem(ids: torch.Tensor, offsets: torch.Tensor, limit: int) -> str | None:
+    if not 0 < len(ids) <= limit:
+        return f"{len(ids)} vocabulary token ids, its config allows 1 to {limit}"
+    if len(offsets) != len(ids):
+        return f"{len(offsets)} vocabulary offsets for {len(ids)} token ids"
+    if int(ids.min()) < 0 or ids.unique().numel() != ids.numel():
+        return "vocabulary token ids must be distinct and non-negative"
+    return None

@@ -8,7 +8,7 @@ import sys
 
 from ..data.database import ReadOptions
 from ..index.manifest import APPROX_THRESHOLD, KINDS
-from .common import add_database_args, add_runtime_args, options_of, runtime_of
+from .common import add_database_args, add_model_args, add_runtime_args, options_of, runtime_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,8 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
         help=f"exact (inner product), ivf or hnsw (approximate); auto: exact up to {APPROX_THRESHOLD} images, then ivf",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace an index of another database, prompt file or backbone")
+    add_model_args(p, required=False, recorded=True)
     add_runtime_args(p)
     p.set_defaults(func=run_index)
 
@@ -51,6 +53,7 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--prompts", metavar="FILE", help="refuse to search unless the index was built with FILE")
+    add_model_args(p, required=False, recorded=True)
     add_runtime_args(p, batch_size=False)
     p.set_defaults(func=run_search)
 
@@ -68,6 +71,7 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted (default: 10)")
+    add_model_args(p, required=False, recorded=True)
     add_runtime_args(p, batch_size=False)
     p.set_defaults(func=run_serve)
 
@@ -77,7 +81,8 @@ def run_index(args: argparse.Namespace) -> int:
 
     info = build_index(
         args.db, args.prompts, args.out, kind=args.kind, batch_size=args.batch_size, runtime=runtime_of(args),
-        progress=args.progress, **options_of(args, ReadOptions),
+        progress=args.progress, model=args.model, pretrained=args.pretrained, force=args.force,
+        **options_of(args, ReadOptions),
     )
     build = info.last_build
     print(
@@ -98,7 +103,9 @@ def run_search(args: argparse.Namespace) -> int:
         raise ValueError("give either a text QUERY or --image PATH")
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
-    with open_index(args.index_dir, prompt_file=args.prompts, runtime=runtime_of(args)) as searcher:
+    runtime = runtime_of(args)
+    backbone = named_backbone(args, runtime)
+    with open_index(args.index_dir, prompt_file=args.prompts, runtime=runtime, backbone=backbone) as searcher:
         hits = searcher.search(Path(args.image) if args.image is not None else args.query, args.k)
     rows = [
         {"rank": i, "score": round(h.score, 6), "id": h.image.id, "key": h.image.key, "path": str(h.image.path),
@@ -111,6 +118,17 @@ def run_search(args: argparse.Namespace) -> int:
     else:
         print(_table(rows))
     return 0
+
+
+def named_backbone(args: argparse.Namespace, runtime):
+    """The backbone --model/--pretrained name, or None: each index's recorded one (local weights only)."""
+    if args.model is None:
+        if args.pretrained is not None:
+            raise ValueError("--pretrained needs --model")
+        return None
+    from ..backbones import load_named_backbone
+
+    return load_named_backbone(args.model, args.pretrained, device=runtime.device)
 
 
 def _table(rows: list[dict]) -> str:
@@ -127,8 +145,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
+    runtime = runtime_of(args)
     serve(
-        args.index_dirs, host=args.host, port=args.port, runtime=runtime_of(args),
+        args.index_dirs, host=args.host, port=args.port, runtime=runtime, backbone=named_backbone(args, runtime),
         max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
     return 0

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = add_options(p, TrainConfig, "training")
     g.add_argument("--work-dir", default=None, help="checkpoint directory (default: OUT.work)")
     g.add_argument("--resume", action="store_true", help="continue from the work directory's checkpoint")
+    g.add_argument("--force", action="store_true", help="replace an existing --out prompt file")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_split_args(p)
     add_runtime_args(p, batch_size=False)
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     anchors = anchors if isinstance(anchors, list) else [anchors]
     report = train(
         args.db, args.out, model=args.model, pretrained=args.pretrained, anchors=anchors, runtime=runtime_of(args),
-        work_dir=args.work_dir, resume=args.resume, progress=args.progress, **options,
+        work_dir=args.work_dir, resume=args.resume, force=args.force, progress=args.progress, **options,
     )
     report_skipped(report.bad_input, args.db)
     print(
