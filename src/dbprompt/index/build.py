@@ -37,7 +37,7 @@ from ..untrusted import loads
 from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_manifest
 from .metadata import ImageRow, write_metadata
 from .search import load_index
-from .vectors import KINDS, all_vectors, make_vector_index, require_finite, resolve_kind, tune_search
+from .vectors import KINDS, all_vectors, first_non_finite, make_vector_index, resolve_kind, tune_search
 
 TUNE_QUERIES = 256
 
@@ -172,7 +172,9 @@ def _embed(
             if batch.indices:
                 vectors = embed_images(model, batch.images, runtime).numpy()
                 keys = [todo[i].key for i in batch.indices]
-                require_finite(vectors, f"image vectors of this batch ({keys[0]}, ...) through the prompt file")
+                bad = first_non_finite(vectors)
+                if bad is not None:
+                    raise ValueError(f"the vector of {keys[bad]} is not finite (NaN or Inf): the prompts or backbone are broken")
                 for key, size, digest, vector in zip(keys, batch.sizes, batch.digests, vectors):
                     pending[key] = _Embedded(stamps[key], size, digest, vector)
             if len(pending) >= checkpoint_every:
@@ -237,7 +239,9 @@ def write_index(
     """
     if len(vectors) != len(rows) or any(row.id != i for i, row in enumerate(rows)):
         raise ValueError("rows must be numbered 0..n-1, one per vector")
-    require_finite(vectors, "image vectors")
+    bad = first_non_finite(vectors)
+    if bad is not None:
+        raise ValueError(f"the vector of {rows[bad].key} is not finite (NaN or Inf); no index was written")
     out, pf = Path(out_dir), read_prompt_file(prompt_file)
     sha = file_sha256(prompt_file)
     _check_replaceable(out, {"database": database, "prompt_sha256": sha, "fingerprint": pf.fingerprint}, force)

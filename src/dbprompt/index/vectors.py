@@ -14,11 +14,16 @@ RECALL_K = 10
 _EFFORT = {"ivf": "nprobe", "hnsw": "efSearch"}
 
 
-def require_finite(vectors: np.ndarray, what: str) -> None:
-    """Refuse NaN or infinite vectors: FAISS would index them silently and rank them anywhere."""
+def first_non_finite(vectors: np.ndarray) -> int | None:
+    """The first row holding NaN or Inf (FAISS would index it silently and rank it anywhere), or None."""
     bad = ~np.isfinite(vectors).all(axis=1)
-    if bad.any():
-        raise ValueError(f"{int(bad.sum())} of {len(vectors)} {what} are not finite (NaN or Inf), e.g. row {int(bad.argmax())}")
+    return int(bad.argmax()) if bad.any() else None
+
+
+def require_finite(vectors: np.ndarray, what: str) -> None:
+    row = first_non_finite(vectors)
+    if row is not None:
+        raise ValueError(f"{what} row {row} is not finite (NaN or Inf)")
 
 
 def resolve_kind(kind: str, count: int) -> str:
