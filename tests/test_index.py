@@ -316,3 +316,43 @@ def test_cli_index_and_search(tmp_path, prompts, capsys):
     ]:
         assert main(argv) == 2
         assert message in capsys.readouterr().err
+
+
+def test_manifests_are_checked_field_by_field(tmp_path, tiny_backbone, prompts):
+    db = folder(tmp_path / "db", n=3)
+    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    manifest = tmp_path / "idx" / "manifest.json"
+    good = json.loads(manifest.read_text())
+    for change, message in [
+        ({"count": "3"}, "count is str"),
+        ({"dim": True}, "dim is bool"),
+        ({"search_params": {"nprobe": "all"}}, "search_params must map names to integers"),
+        ({"root": None}, "root is NoneType"),
+        ({"evil": 1}, r"unexpected or missing fields \['evil'\]"),
+    ]:
+        manifest.write_text(json.dumps(good | change))
+        with pytest.raises(IndexFormatError, match=message):
+            load_index(tmp_path / "idx")
+
+
+def test_an_index_of_the_old_format_is_rebuilt_in_place(tmp_path, tiny_backbone, prompts):
+    db = folder(tmp_path / "db", n=3)
+    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    manifest = tmp_path / "idx" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format": "dbprompt-index/1"}))
+    with pytest.raises(IndexFormatError, match="older dbprompt.*rebuild it with `dbprompt index`"):
+        open_index(tmp_path / "idx")
+    info = build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)  # same database: no --force
+    assert info.last_build["embedded"] == 3
+    open_index(tmp_path / "idx").close()
+
+
+def test_search_reaches_past_deleted_images_to_keep_k_results(tmp_path, tiny_backbone, prompts):
+    db = folder(tmp_path / "db", n=12)
+    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    with open_index(tmp_path / "idx") as searcher:
+        first = [h.image.key for h in searcher.search("colour number 3", k=5)]
+        for key in first[:3]:
+            (db / key).unlink()
+        again = [h.image.key for h in searcher.search("colour number 3", k=5)]
+    assert len(again) == 5 and not set(again) & set(first[:3]) and again[:2] == first[3:]

@@ -82,3 +82,55 @@ def test_write_is_atomic(prompt_file, monkeypatch):
         model.save_prompt_file(path)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PromptConfig(text_len=2, visual_len=2, vocab=0),
+        PromptConfig(text_len=2, visual_len=0, vocab=0, gate=False),
+        PromptConfig(text_len=0, visual_len=3, vocab=0),
+        PromptConfig(text_len=2, visual_len=2, vocab=0, couple=True),
+        PromptConfig(text_len=1, visual_len=0, vocab=4),
+    ],
+)
+def test_the_expected_tensors_are_what_every_config_writes(tiny_backbone, tmp_path, config):
+    from dbprompt.storage import expected_tensors
+
+    model = PromptedCLIP.for_captions(tiny_backbone, config, ["a red star", "a blue circle"])
+    path = model.save_prompt_file(tmp_path / "p.safetensors")
+    assert set(read_prompt_file(path).tensors) == expected_tensors(config)
+
+
+def test_tensors_that_do_not_fit_their_config_are_refused(tiny_backbone, tmp_path):
+    from hostile import forge_prompt_file
+
+    model = PromptedCLIP.for_captions(tiny_backbone, PromptConfig(text_len=3, visual_len=2, vocab=4), ["a red star"])
+    path = model.save_prompt_file(tmp_path / "p.safetensors")
+    tensors = read_prompt_file(path).tensors
+    cases = {
+        "extra name": ({"evil": torch.zeros(1)}, "are not the"),
+        "missing name": ({"visual.gate": None}, "are not the"),
+        "longer prompt": ({"text.tokens": torch.zeros(2, 9, 64)}, "holds 9 prompt vectors, its config says 3"),
+        "wrong rank": ({"text.gate": torch.zeros(2)}, "not 0 dimensions"),
+        "more ids than allowed": ({"vocab.ids": torch.arange(5), "vocab.offsets": torch.zeros(5, 64)}, "allows 1 to 4"),
+        "offsets for other ids": ({"vocab.offsets": torch.zeros(1, 64)}, "offsets for"),
+        "repeated ids": ({"vocab.ids": torch.tensor([1, 1, 2, 3])[: len(tensors["vocab.ids"])]}, "distinct"),
+    }
+    for name, (changes, message) in cases.items():
+        forged = forge_prompt_file(path, tmp_path / "forged.safetensors", tensors=changes)
+        with pytest.raises(PromptFileError, match=message):
+            read_prompt_file(forged)
+
+
+def test_file_and_header_sizes_are_bounded_before_reading(tmp_path, monkeypatch):
+    import dbprompt.storage as storage
+
+    path = tmp_path / "big.safetensors"
+    path.write_bytes((2**20).to_bytes(8, "little") + b"{" + b" " * 2**20)
+    monkeypatch.setattr(storage, "MAX_HEADER_BYTES", 2**20 - 1)
+    with pytest.raises(PromptFileError, match="header of 1,048,576 bytes"):
+        read_prompt_file(path)
+    monkeypatch.setattr(storage, "MAX_FILE_BYTES", 100)
+    with pytest.raises(PromptFileError, match="1,048,585 bytes; prompt files are under 100"):
+        read_prompt_file(path)

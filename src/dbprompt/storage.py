@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,7 @@ def read_prompt_file(path: str | Path) -> PromptFile:
     if not _FINGERPRINT.fullmatch(metadata["backbone_fingerprint"]):
         raise PromptFileError(f"{path}: backbone_fingerprint is not a hex digest")
     try:
-        loads(metadata["prompt_config"])  # bounded first: PromptConfig parses without a depth limit
-        config = PromptConfig.from_json(metadata["prompt_config"])
+        config = _config(metadata["prompt_config"])
         extra = loads(metadata.get("extra", "{}"))
     except (ValueError, TypeError) as exc:
         raise PromptFileError(f"{path}: bad metadata: {exc}") from None
@@ -116,6 +116,21 @@ def read_prompt_file(path: str | Path) -> PromptFile:
     if problem:
         raise PromptFileError(f"{path}: {problem}")
     return PromptFile(path, tensors, metadata, config, extra)
+
+
+def _config(text: str) -> PromptConfig:
+    """The prompt config, each option of its own type first (PromptConfig itself trusts its caller)."""
+    data = loads(text)
+    if isinstance(data, dict):
+        hints = typing.get_type_hints(PromptConfig)
+        for name, value in data.items():
+            if name not in hints:
+                continue  # from_json names unknown options
+            kinds = typing.get_args(hints[name]) or (hints[name],)
+            kinds += (int,) if float in kinds else ()
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"prompt option {name} is {type(value).__name__}")
+    return PromptConfig.from_json(text)
 
 
 def _bounded_bytes(path: Path) -> bytes:
