@@ -266,10 +266,13 @@ def test_index_refuses_to_replace_an_index_of_another_database_without_force(tmp
 def test_the_server_picks_up_a_replaced_index_and_marks_a_broken_one_stale(tmp_path, tiny_backbone):
     db, info = indexed_world(tmp_path, tiny_backbone, name="live", domain="source", n=6, seed=1)
     grown = write_folder(tmp_path / "grown", {f"{i}.png": ((30 * i, 0, 0), f"red {i}") for i in range(9)})
-    with TestClient(create_app([info.path], runtime=Runtime()), raise_server_exceptions=False) as client:
+    app = create_app([info.path], runtime=Runtime())
+    with TestClient(app, raise_server_exceptions=False) as client:
         assert client.get("/api/databases").json()[0]["count"] == 6
+        backbone = app.state.searchers["live"].model.backbone
         build_index(grown, tmp_path / "live.safetensors", info.path, backbone=tiny_backbone, progress=False, force=True)
         assert client.get("/api/databases").json()[0]["count"] == 9
+        assert app.state.searchers["live"].model.backbone is backbone  # reopened on the backbone already loaded
         assert len(client.get("/api/databases/live/search", params={"q": "red", "k": 100}).json()["results"]) == 9
         shutil.copyfile(tmp_path / "live.safetensors", tmp_path / "keep.safetensors")
         (info.path / "vectors.faiss").unlink()

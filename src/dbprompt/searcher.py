@@ -27,7 +27,6 @@ from .data import open_image
 from .index import Hit, IndexInfo, SearchIndex, load_index
 from .index.files import present
 from .index.manifest import MANIFEST
-from .index.metadata import ImageRow
 from .model import PromptedCLIP
 from .pipeline import embed_images, encode_texts
 from .runtime import Runtime
@@ -68,14 +67,10 @@ class Searcher:
             return embed_images(self.model, pixels, self.runtime)[0].numpy()
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        return self.index.search(self.encode_text(text), k, keep=self._on_disk)
+        return self.index.search(self.encode_text(text), k, keep=present)
 
     def search_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
-        return self.index.search(self.encode_image(image), k, keep=self._on_disk)
-
-    def _on_disk(self, row: ImageRow) -> bool:
-        """Deleted images drop out of results (a changed one stays: the server refuses to send it)."""
-        return present(row, self.index.root)
+        return self.index.search(self.encode_image(image), k, keep=present)
 
     def search(self, query: str | Image.Image | os.PathLike, k: int = 10) -> list[Hit]:
         """Text (a str), an image, or the path of an image file; the k best images, best first."""
@@ -108,13 +103,23 @@ def open_searchers(
     given, serves every index (each checks its fingerprint); else each index's recorded one is loaded.
     """
     runtime = runtime or Runtime.resolve()
-    # Queries come one at a time, which FAISS runs on one thread anyway; its idle OpenMP team
-    # only fights torch's for the cores (several times slower right after a torch forward).
-    faiss.omp_set_num_threads(1)
     prompt_files = list(prompt_files) if prompt_files is not None else [None] * len(index_dirs)
     if len(prompt_files) != len(index_dirs):
         raise ValueError("give one prompt file (or None) per index")
-    backbones: _Backbones = {} if backbone is None else {EXPLICIT: (backbone, threading.Lock())}
+    return _open_all(index_dirs, prompt_files, _backbones_with(backbone), runtime)
+
+
+def _backbones_with(backbone: BackboneAdapter | None) -> _Backbones:
+    return {} if backbone is None else {EXPLICIT: (backbone, threading.Lock())}
+
+
+def _open_all(
+    index_dirs: Sequence[str | os.PathLike], prompt_files: Sequence[str | os.PathLike | None], backbones: _Backbones,
+    runtime: Runtime,
+) -> dict[str, Searcher]:
+    # Queries come one at a time, which FAISS runs on one thread anyway; its idle OpenMP team
+    # only fights torch's for the cores (several times slower right after a torch forward).
+    faiss.omp_set_num_threads(1)
     searchers: dict[str, Searcher] = {}
     try:
         for index_dir, prompt_file in zip(index_dirs, prompt_files):
@@ -191,10 +196,10 @@ class IndexSet:
         self, index_dirs: Sequence[str | os.PathLike], runtime: Runtime | None = None, *, backbone: BackboneAdapter | None = None
     ):
         self._runtime = runtime or Runtime.resolve()
-        self._backbones: _Backbones = {} if backbone is None else {EXPLICIT: (backbone, threading.Lock())}
+        self._backbones = _backbones_with(backbone)  # shared with the indexes reopened later
         self._lock = threading.Lock()
         stamps = [_stamp(Path(d)) for d in index_dirs]  # before opening: a change meanwhile is seen next time
-        searchers = open_searchers(index_dirs, self._runtime, backbone=backbone)
+        searchers = _open_all(index_dirs, [None] * len(index_dirs), self._backbones, self._runtime)
         self._entries = {
             name: _Entry(s.index.info.path, stamp, s.index.info, s) for (name, s), stamp in zip(searchers.items(), stamps)
         }
