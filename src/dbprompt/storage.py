@@ -154,6 +154,13 @@ def _read_metadata(data: bytes) -> dict[str, str]:
     return header.get("__metadata__", {}) or {}
 
 
+_ROLES = {
+    "text.tokens": "the textual prompt", "text.gate": "the textual prompt's gate", "visual.tokens": "the visual prompt",
+    "visual.gate": "the visual prompt's gate", "visual.map.weight": "the coupling map", "visual.map.bias": "the coupling map",
+    VOCABULARY_IDS: "the vocabulary's token ids", "vocab.offsets": "the vocabulary's offsets",
+}
+
+
 def expected_tensors(config: PromptConfig) -> set[str]:
     """The tensor names a prompt file of `config` holds (PromptLearner's state dict)."""
     names = set()
@@ -172,8 +179,11 @@ def tensor_problem(tensors: dict[str, torch.Tensor], config: PromptConfig) -> st
     what is checked here bounds what loading them can allocate.
     """
     expected = expected_tensors(config)
-    if set(tensors) != expected:
-        return f"tensors {sorted(tensors)} are not the {sorted(expected)} its prompt config needs"
+    missing, unknown = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing:
+        return "lacks " + ", ".join(f"{name} ({_ROLES[name]})" for name in missing) + ", which its prompt config needs"
+    if unknown:
+        return f"holds tensors its prompt config has no use for: {unknown}"
     ranks = {"text.tokens": 3, "visual.tokens": 3, "text.gate": 0, "visual.gate": 0, VOCABULARY_IDS: 1}
     ranks |= {"vocab.offsets": 2, "visual.map.weight": 2, "visual.map.bias": 1}
     for name, tensor in sorted(tensors.items()):
