@@ -18,7 +18,6 @@ import torch
 from audit import watching
 from fastapi.testclient import TestClient
 from hostile import escaping_database, forge_prompt_file, png_bomb
-from PIL import Image
 from search_fixtures import indexed_world, make_prompt_file, write_folder
 
 import dbprompt

@@ -132,14 +132,15 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, list[ImageRow], dict[str, _Embedded]]:
-    """The existing index's rows, and its vectors when they were made with the same prompts and backbone."""
+    """The existing index's rows, and its vectors when made from the same database, prompts and backbone."""
     try:
         index = load_index(out)
     except IndexFormatError:
         return None, [], {}
     try:
         info, rows = index.info, index.all_rows()
-        if {"prompt_sha256": info.prompt_sha256, "fingerprint": info.fingerprint} != identity:
+        made_by = {"database": info.database, "prompt_sha256": info.prompt_sha256, "fingerprint": info.fingerprint}
+        if made_by != identity:
             return info, rows, {}
         vectors = all_vectors(index.vectors)
         return info, rows, {r.key: _Embedded(r.stamp, (r.width, r.height), r.sha256, vectors[r.id]) for r in rows}
@@ -310,7 +311,7 @@ def build_index(
     if backbone is None:
         backbone = load_recorded_backbone(pf.backbone, pf.pretrained, device=runtime.device, source=str(prompt_file))
     model = PromptedCLIP.from_prompt_file(prompt_file, backbone, device=runtime.device)
-    vectors_of = {"prompt_sha256": identity["prompt_sha256"], "fingerprint": backbone.fingerprint()}
+    vectors_of = identity | {"fingerprint": backbone.fingerprint()}  # what a reusable vector was made from
     records = database.records
     stamps = {r.key: _stamp(r.path) for r in records}
 
