@@ -26,6 +26,7 @@ from dbprompt.index import (
     resolve_kind,
 )
 from dbprompt.compat import IncompatibleError
+from dbprompt.locking import OutputExistsError
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
 from dbprompt.runtime import Runtime
@@ -58,16 +59,18 @@ def test_build_writes_a_self_describing_index(tmp_path, tiny_backbone, prompts):
     info = build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, batch_size=5, progress=False)
     assert (info.kind, info.factory, info.count, info.dim) == ("exact", "Flat", 12, 64)
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["format"] == "dbprompt-index/1"
+    assert manifest["format"] == "dbprompt-index/2"
+    assert manifest["root"] == str(db.resolve()) and manifest["database"] == str(db)
     assert manifest["prompt_sha256"] == file_sha256(prompts) == file_sha256(tmp_path / "idx" / "prompts.safetensors")
     assert manifest["fingerprint"] == tiny_backbone.fingerprint()
     assert manifest["backbone"] == "dbprompt-tiny" and manifest["count"] == 12
     with sqlite3.connect(tmp_path / "idx" / "metadata.sqlite") as con:
-        key, path, captions, size, mtime, w, h = con.execute(
-            "SELECT key, path, captions, bytes, mtime_ns, width, height FROM images WHERE id = 3"
+        key, path, captions, size, mtime, w, h, sha = con.execute(
+            "SELECT key, path, captions, bytes, mtime_ns, width, height, sha256 FROM images WHERE id = 3"
         ).fetchone()
     st = (db / "images" / "003.png").stat()
     assert (key, path) == ("images/003.png", str(db / "images" / "003.png"))
+    assert sha == file_sha256(db / "images" / "003.png")
     assert json.loads(captions) == ["colour number 3"]
     assert (size, mtime, w, h) == (st.st_size, st.st_mtime_ns, 16, 16)
     # nothing is left beside the index
@@ -153,11 +156,16 @@ def test_update_embeds_only_new_and_changed_and_drops_deleted(tmp_path, tiny_bac
     assert (tmp_path / "idx" / "manifest.json").stat().st_mtime_ns == stamp
 
 
-def test_new_prompts_reembed_everything(tmp_path, tiny_backbone, prompts):
+def test_new_prompts_reembed_everything_once_forced(tmp_path, tiny_backbone, prompts):
     db = folder(tmp_path / "db", n=6)
     build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
     other = make_prompt_file(tmp_path / "b.safetensors", tiny_backbone, seed=2)
-    info = build_index(db, other, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    with pytest.raises(OutputExistsError, match="index of another prompt file.*--force"):
+        build_index(db, other, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    index = load_index(tmp_path / "idx")
+    assert index.info.prompt_sha256 == file_sha256(prompts)  # untouched
+    index.close()
+    info = build_index(db, other, tmp_path / "idx", backbone=tiny_backbone, progress=False, force=True)
     assert info.last_build["embedded"] == 6 and info.prompt_sha256 == file_sha256(other)
 
 
@@ -265,7 +273,7 @@ def test_never_replaces_a_directory_that_is_not_an_index(tmp_path, tiny_backbone
     precious = tmp_path / "photos"
     precious.mkdir()
     (precious / "holiday.jpg").write_bytes(b"irreplaceable")
-    with pytest.raises(IndexFormatError, match="refusing to replace"):
+    with pytest.raises(OutputExistsError, match="refusing to replace"):
         build_index(db, prompts, precious, backbone=tiny_backbone, progress=False)
     assert (precious / "holiday.jpg").read_bytes() == b"irreplaceable"
     (tmp_path / "empty").mkdir()
@@ -310,3 +318,43 @@ def test_cli_index_and_search(tmp_path, prompts, capsys):
     ]:
         assert main(argv) == code
         assert message in capsys.readouterr().err
+
+
+def test_manifests_are_checked_field_by_field(tmp_path, tiny_backbone, prompts):
+    db = folder(tmp_path / "db", n=3)
+    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    manifest = tmp_path / "idx" / "manifest.json"
+    good = json.loads(manifest.read_text())
+    for change, message in [
+        ({"count": "3"}, "count is str"),
+        ({"dim": True}, "dim is bool"),
+        ({"search_params": {"nprobe": "all"}}, "search_params must map names to integers"),
+        ({"root": None}, "root is NoneType"),
+        ({"evil": 1}, r"unexpected or missing fields \['evil'\]"),
+    ]:
+        manifest.write_text(json.dumps(good | change))
+        with pytest.raises(IndexFormatError, match=message):
+            load_index(tmp_path / "idx")
+
+
+def test_an_index_of_the_old_format_is_rebuilt_in_place(tmp_path, tiny_backbone, prompts):
+    db = folder(tmp_path / "db", n=3)
+    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    manifest = tmp_path / "idx" / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format": "dbprompt-index/1"}))
+    with pytest.raises(IndexFormatError, match="older dbprompt.*rebuild it with `dbprompt index`"):
+        open_index(tmp_path / "idx")
+    info = build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)  # same database: no --force
+    assert info.last_build["embedded"] == 3
+    open_index(tmp_path / "idx").close()
+
+
+def test_search_reaches_past_deleted_images_to_keep_k_results(tmp_path, tiny_backbone, prompts):
+    db = folder(tmp_path / "db", n=12)
+    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    with open_index(tmp_path / "idx") as searcher:
+        first = [h.image.key for h in searcher.search("colour number 3", k=5)]
+        for key in first[:3]:
+            (db / key).unlink()
+        again = [h.image.key for h in searcher.search("colour number 3", k=5)]
+    assert len(again) == 5 and not set(again) & set(first[:3]) and again[:2] == first[3:]

@@ -200,21 +200,31 @@ def test_path_traversal_is_refused(live, url):
 
 
 def test_a_file_swapped_after_indexing_is_not_served(tmp_path, tiny_backbone):
-    db, info = indexed_world(tmp_path, tiny_backbone, name="swap", domain="source", n=3, seed=3)
+    db, info = indexed_world(tmp_path, tiny_backbone, name="swap", domain="source", n=4, seed=3)
     secret = tmp_path / "secret.txt"
     secret.write_text("root:x:0:0 do not serve me\n")
     target = db / "images" / "000001.png"
     target.unlink()
     os.symlink(secret, target)
+    # Forged: other bytes of the same size, the modification time put back.
+    forged = db / "images" / "000003.png"
+    st = forged.stat()
+    forged.write_bytes(bytes(st.st_size))
+    os.utime(forged, ns=(st.st_atime_ns, st.st_mtime_ns))
     with TestClient(create_app([info.path], runtime=Runtime()), raise_server_exceptions=False) as client:
         for what in ("images", "thumbnails"):
             response = client.get(f"/api/databases/swap/{what}/1")
-            assert response.status_code == 404 and "changed since indexing" in response.json()["detail"]
+            assert response.status_code == 404 and "resolves outside the indexed folder" in response.json()["detail"]
             assert "root:" not in response.text
+            response = client.get(f"/api/databases/swap/{what}/3")
+            assert response.status_code == 404 and "changed since indexing" in response.json()["detail"]
         (db / "images" / "000002.png").unlink()
         response = client.get("/api/databases/swap/images/2")
         assert response.status_code == 404 and "no longer on disk" in response.json()["detail"]
         assert client.get("/api/databases/swap/images/0").status_code == 200
+        # Deleted images drop out of results; changed ones stay, unserved.
+        ids = [r["id"] for r in client.get("/api/databases/swap/search", params={"q": "a shape", "k": 4}).json()["results"]]
+        assert sorted(ids) == [0, 1, 3]
 
 
 def test_uploads_are_limited_and_checked(world, monkeypatch):

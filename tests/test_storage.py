@@ -83,3 +83,58 @@ def test_write_is_atomic(prompt_file, monkeypatch):
         model.save_prompt_file(path)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        PromptConfig(text_len=2, visual_len=2, vocab=0),
+        PromptConfig(text_len=2, visual_len=0, vocab=0, gate=False),
+        PromptConfig(text_len=0, visual_len=3, vocab=0),
+        PromptConfig(text_len=2, visual_len=2, vocab=0, couple=True),
+        PromptConfig(text_len=1, visual_len=0, vocab=4),
+    ],
+)
+def test_every_config_round_trips_through_its_file(tiny_backbone, tmp_path, config):
+    model = PromptedCLIP.for_captions(tiny_backbone, config, ["a red star", "a blue circle"])
+    with torch.no_grad():
+        for p in model.prompts.parameters():
+            p.normal_()
+    path = model.save_prompt_file(tmp_path / "p.safetensors")
+    loaded = PromptedCLIP.from_prompt_file(path, tiny_backbone)
+    assert {k: v for k, v in loaded.prompt_state_dict().items()}.keys() == model.prompt_state_dict().keys()
+    assert all(torch.equal(loaded.prompt_state_dict()[k], v) for k, v in model.prompt_state_dict().items())
+
+
+def test_tensors_that_do_not_fit_their_config_are_refused(tiny_backbone, tmp_path):
+    from hostile import forge_prompt_file
+
+    model = PromptedCLIP.for_captions(tiny_backbone, PromptConfig(text_len=3, visual_len=2, vocab=4), ["a red star"])
+    path = model.save_prompt_file(tmp_path / "p.safetensors")
+    tensors = read_prompt_file(path).tensors
+    cases = {
+        "extra name": ({"evil": torch.zeros(1)}, r"unknown \['evil'\]"),
+        "missing name": ({"visual.gate": None}, r"missing \['visual.gate'\]"),
+        "longer prompt": ({"text.tokens": torch.zeros(2, 9, 64)}, r"text.tokens is torch.float32 \(2, 9, 64\), expected torch.float32 \(2, 3, 64\)"),
+        "wrong rank": ({"text.gate": torch.zeros(2)}, r"text.gate is torch.float32 \(2,\), expected"),
+        "more ids than allowed": ({"vocab.ids": torch.arange(5), "vocab.offsets": torch.zeros(5, 64)}, "more than PromptConfig.vocab = 4"),
+        "offsets for other ids": ({"vocab.offsets": torch.zeros(1, 64)}, "vocab.offsets is"),
+        "repeated ids": ({"vocab.ids": torch.tensor([1, 1, 2, 3])[: len(tensors["vocab.ids"])]}, "distinct"),
+    }
+    for name, (changes, message) in cases.items():
+        forged = forge_prompt_file(path, tmp_path / "forged.safetensors", tensors=changes)
+        with pytest.raises(PromptFileError, match=message):
+            PromptedCLIP.from_prompt_file(forged, tiny_backbone)
+
+
+def test_file_and_header_sizes_are_bounded_before_reading(tmp_path, monkeypatch):
+    import dbprompt.storage as storage
+
+    path = tmp_path / "big.safetensors"
+    path.write_bytes((2**20).to_bytes(8, "little") + b"{" + b" " * 2**20)
+    monkeypatch.setattr(storage, "MAX_HEADER_BYTES", 2**20 - 1)
+    with pytest.raises(PromptFileError, match="header of 1,048,576 bytes"):
+        read_prompt_file(path)
+    monkeypatch.setattr(storage, "MAX_FILE_BYTES", 100)
+    with pytest.raises(PromptFileError, match="1,048,585 bytes; prompt files are under 100"):
+        read_prompt_file(path)

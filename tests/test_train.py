@@ -253,7 +253,7 @@ def test_bad_training_images_stop_the_run_or_are_skipped(tiny_backbone, tiny_rec
     train = records_for(tiny_records, "train")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    bad = train[:-1] + [dataclasses.replace(train[-1], path=broken)]
+    bad = train[:-1] + [dataclasses.replace(train[-1], path=broken, limits=None)]  # outside the database: no root
     cfg = TrainConfig(epochs=1, batch_size=8, checkpoint_every=0)
     with pytest.raises(DataError, match="broken.png"):
         Trainer(PromptedCLIP(tiny_backbone, PROMPTS), bad, [], cfg, progress=False).run()

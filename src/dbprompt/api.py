@@ -22,13 +22,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .backbones import BackboneAdapter, load_backbone, load_named_backbone
+from .backbones import BackboneAdapter, load_named_backbone
 from .data import BadInputReport, Database, DataError, ReadOptions, SplitConfig, read_database, split_records
 from .data.recorded import record_read_options, reuse_read_options
 from .data.splits import TOO_FEW_IMAGES, Splits
 from .evaluation import encode_split, score
 from .index import IndexInfo
 from .index import build_index as build_index_from
+from .locking import one_writer
 from .metrics import CURVE_KS, TABLE_KS, saturated_keys
 from .model import PromptedCLIP
 from .options import split_kwargs
@@ -106,6 +107,7 @@ def _read(db: str | os.PathLike | Database, read: ReadOptions) -> Database:
     return db if isinstance(db, Database) else read_database(db, read)
 
 
+@one_writer("train")
 def train(
     db: str | os.PathLike | Database,
     out: str | os.PathLike,
@@ -117,6 +119,7 @@ def train(
     runtime: Runtime | None = None,
     work_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
     log_dir: str | os.PathLike | None = None,
@@ -128,7 +131,9 @@ def train(
     anchor weights, one training each, validation keeping the best. Checkpoints go to
     `work_dir` (default: OUT.work); `resume` continues from them. `log_dir` gets each epoch's
     scores as CSV and TensorBoard scalars. Without a validation split in the database file,
-    validation is carved out of the training images (see `split_records`).
+    validation is carved out of the training images (see `split_records`). An existing `out` is
+    replaced only with `force` (or `resume`), and a second run into the same `out` is refused while
+    one runs (both by `one_writer`).
     """
     prompt_kw, train_kw, split_kw, read_kw = split_kwargs(options, PromptConfig, TrainConfig, SplitConfig, ReadOptions)
     config, splits_cfg, read = PromptConfig(**prompt_kw), SplitConfig(**split_kw), ReadOptions(**read_kw)
@@ -227,10 +232,10 @@ def evaluate(
     if prompts is not None:
         pf = read_prompt_file(prompts)
         training = pf.extra
-        if model and model != pf.backbone:
-            raise ValueError(f"{prompts} was trained on {pf.backbone}, not --model {model}")
-        backbone = load_backbone(pf.backbone, pf.pretrained, device=runtime.device)
-        prompted = PromptedCLIP.from_prompt_file(prompts, backbone, device=runtime.device)
+        # A named backbone, or the one the file records from local weights only; its fingerprint is checked.
+        named = load_named_backbone(model, pretrained, device=runtime.device) if model else None
+        prompted = PromptedCLIP.from_prompt_file(prompts, named, device=runtime.device)
+        backbone = prompted.backbone
         label = "prompts (" + "+".join(pf.config.kinds) + ")"
     elif model:
         backbone = load_named_backbone(model, pretrained, device=runtime.device)
@@ -282,15 +287,23 @@ def build_index(
     progress: bool = True,
     backbone: BackboneAdapter | None = None,
     log: Callable[[str], None] = print,
+    model: str | None = None,
+    pretrained: str | None = None,
+    force: bool = False,
     **options: Any,
 ) -> IndexInfo:
     """Embed every image of `db` through the prompt file into the index directory `out` (created or updated).
 
-    Read options the prompt file recorded for this database are reused unless given.
+    Read options the prompt file recorded for this database are reused unless given. The backbone:
+    `backbone`, else `model`/`pretrained`, else the one the prompt file records (local weights only).
+    An index of another database, prompt file or backbone is replaced only with `force`.
     """
     (read_kw,) = split_kwargs(options, ReadOptions)
     read = reuse_read_options(db, read_kw, read_prompt_file(prompts).extra, prompts, log)
+    runtime = runtime or Runtime.resolve()
+    if backbone is None and model is not None:
+        backbone = load_named_backbone(model, pretrained, device=runtime.device)
     return build_index_from(
-        _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime or Runtime.resolve(),
-        skip_bad=read.skip_bad, backbone=backbone, progress=progress,
+        _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime,
+        skip_bad=read.skip_bad, backbone=backbone, progress=progress, force=force,
     )

@@ -58,3 +58,5 @@ def check_prompt_file(source: str, expected_sha256: str, path: str | os.PathLike
         raise IncompatibleError(
             f"{source}: made with prompt file sha256 {expected_sha256[:16]}…, not {Path(path)} ({sha[:16]}…)"
         )
+
+

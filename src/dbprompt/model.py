@@ -39,26 +39,36 @@ class PromptedCLIP(nn.Module):
 
     @classmethod
     def from_state(cls, backbone: BackboneAdapter, config: PromptConfig, state: dict[str, torch.Tensor]) -> "PromptedCLIP":
-        """A model with these prompt tensors (a prompt file's), checked name by name and shape by shape."""
-        if config.vocab and VOCABULARY_IDS not in state:
+        """A model with these prompt tensors (a prompt file's), checked name by name and shape by shape
+        against a skeleton on the meta device first, so that a forged config allocates nothing."""
+        ids = state.get(VOCABULARY_IDS)
+        if config.vocab and ids is None:
             raise ValueError("the prompt config tunes a vocabulary but its token ids are missing")
-        model = cls(backbone, config, state.get(VOCABULARY_IDS))
-        model.load_prompt_state_dict(state)
+        if ids is not None and ids.numel() and int(ids.max()) >= backbone.vocab_size:
+            raise ValueError(f"vocabulary token id {int(ids.max())} is beyond {backbone.name}'s {backbone.vocab_size} tokens")
+        with torch.device("meta"):
+            skeleton = PromptLearner(backbone, config.replace(text_init=None), ids).state_dict()
+        _check_state(state, skeleton)
+        # A phrase only initialises the prompts, which the state replaces: no tokenizer is needed to load.
+        model = cls(backbone, config.replace(text_init=None), ids)
+        model.config = config
+        model.prompts.load_state_dict(state)
         return model
 
     @classmethod
     def from_prompt_file(
         cls, path: str | os.PathLike, backbone: BackboneAdapter | None = None, *, device: str = "cpu"
     ) -> "PromptedCLIP":
-        """The model a prompt file was trained for, on `backbone` (loaded from the file's record if not given).
+        """The model a prompt file was trained for, on `backbone` (else the one the file records, loaded
+        only from local weights: see `backbones.recorded`).
 
-        Any other backbone than the one the file records is refused.
+        Any other backbone than the one the file records is refused, and so are token ids it does not have.
         """
         pf = read_prompt_file(path)
         if backbone is None:
-            from .backbones.factory import load_backbone
+            from .backbones.recorded import load_recorded_backbone
 
-            backbone = load_backbone(pf.backbone, pf.pretrained, device=device)
+            backbone = load_recorded_backbone(pf.backbone, pf.pretrained, device=device, source=str(pf.path))
         check_backbone(str(pf.path), pf.backbone_id, backbone)
         try:
             model = cls.from_state(backbone, pf.config, pf.tensors)
@@ -75,12 +85,7 @@ class PromptedCLIP(nn.Module):
         return {k: v.detach() for k, v in self.prompts.state_dict().items()}
 
     def load_prompt_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.prompts.state_dict()
-        if set(state) != set(own):
-            raise ValueError(f"prompt tensors {sorted(state)} do not match the config's {sorted(own)}")
-        for name, tensor in state.items():
-            if own[name].shape != tensor.shape:
-                raise ValueError(f"prompt tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(own[name].shape)}")
+        _check_state(state, self.prompts.state_dict())
         self.prompts.load_state_dict(state)
 
     # --- training support ---------------------------------------------------------------------------
@@ -146,6 +151,21 @@ class PromptedCLIP(nn.Module):
             return _finish(self.backbone.image_from_tokens(x, layers=layers), normalize)
         features = self.backbone.image_from_tokens(prompt.insert(x), prompt.length, prompt.layer_hook(), layers)
         return _finish(features, normalize)
+
+
+def _check_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """Prompt tensors must be exactly the config's: names, shapes and dtypes."""
+    missing, unknown = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unknown:
+        raise ValueError(
+            "prompt tensors do not match the prompt config: "
+            + "; ".join(part for part in (f"missing {missing}" if missing else "", f"unknown {unknown}" if unknown else "") if part)
+        )
+    for name, tensor in state.items():
+        if own[name].shape != tensor.shape or own[name].dtype != tensor.dtype:
+            raise ValueError(
+                f"prompt tensor {name} is {tensor.dtype} {tuple(tensor.shape)}, expected {own[name].dtype} {tuple(own[name].shape)}"
+            )
 
 
 def _finish(features: torch.Tensor, normalize: bool) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .data.errors import BadInputReport, DataError, Location, Reporter
-from .data.images import open_image
+from .data.images import read_image
 from .data.records import Record
 from .model import PromptedCLIP
 from .runtime import Runtime
@@ -24,11 +24,12 @@ from .runtime import Runtime
 
 @dataclass
 class Decoded:
-    """One batch: the input positions that decoded, their pixels and sizes, and those that did not."""
+    """One batch: the input positions that decoded, their pixels, sizes and file sha256, and those that did not."""
 
     indices: list[int]
     images: torch.Tensor
     sizes: list[tuple[int, int]]
+    digests: list[str]
     bad: list[int]
 
 
@@ -41,18 +42,20 @@ class _Files(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int):
+        record = self.records[i]
         try:
-            image = open_image(self.records[i].path)
+            image, digest = read_image(record.path, record.limits)  # the database's root and pixel limit
         except DataError as e:
-            return i, None, None, (e.problem, e.detail)
-        return i, self.transform(image), image.size, None
+            return i, None, None, None, (e.problem, e.detail)
+        return i, self.transform(image), image.size, digest, None
 
 
 def _collate(items: list) -> tuple[Decoded, list[tuple[int, str, str]]]:
-    ok = [it for it in items if it[3] is None]
+    ok = [it for it in items if it[4] is None]
     images = torch.stack([it[1] for it in ok]) if ok else torch.empty(0)
-    failed = [(it[0], *it[3]) for it in items if it[3] is not None]
-    return Decoded([it[0] for it in ok], images, [it[2] for it in ok], [f[0] for f in failed]), failed
+    failed = [(it[0], *it[4]) for it in items if it[4] is not None]
+    decoded = Decoded([it[0] for it in ok], images, [it[2] for it in ok], [it[3] for it in ok], [f[0] for f in failed])
+    return decoded, failed
 
 
 def decode_batches(
@@ -88,7 +91,6 @@ def decode_batches(
         bar.update(len(batch.indices) + len(batch.bad))
         yield batch
     bar.close()
-
 
 
 def embed_images(model: PromptedCLIP, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:

@@ -1,13 +1,17 @@
 """Queries against indexes: text through each database's textual prompt, images through its visual prompt.
 
 Many indexes can be searched in one process: each distinct backbone is loaded once and
-every index attaches its own (small) prompts to it.
+every index attaches its own (small) prompts to it. The backbone an index records is loaded
+from local weights only (`backbones.recorded`); `backbone=` names one instead (its fingerprint
+is checked all the same). Results leave out images whose file is gone, and `IndexSet`, what
+the server serves, reopens an index whose directory `dbprompt index` replaced, without a restart.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -16,17 +20,21 @@ import faiss
 import numpy as np
 from PIL import Image
 
-from .backbones import BackboneAdapter, load_backbone
+from .backbones import BackboneAdapter
+from .backbones.recorded import load_recorded_backbone
 from .compat import check_backbone, check_prompt_file
 from .data import open_image
-from .index import Hit, SearchIndex, load_index
+from .index import Hit, IndexInfo, SearchIndex, load_index
+from .index.files import present
+from .index.manifest import MANIFEST
 from .model import PromptedCLIP
 from .pipeline import embed_images, encode_texts
 from .runtime import Runtime
 
 TEXT_CACHE_SIZE = 4096
-# (model name, pretrained tag) -> the loaded backbone and the lock its searchers share.
+# (model name, pretrained tag), or EXPLICIT -> the loaded backbone and the lock its searchers share.
 _Backbones = dict[tuple[str, str | None], tuple[BackboneAdapter, threading.Lock]]
+EXPLICIT = ("", None)
 
 
 class Searcher:
@@ -59,10 +67,10 @@ class Searcher:
             return embed_images(self.model, pixels, self.runtime)[0].numpy()
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
-        return self.index.search(self.encode_text(text), k)
+        return self.index.search(self.encode_text(text), k, keep=present)
 
     def search_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
-        return self.index.search(self.encode_image(image), k)
+        return self.index.search(self.encode_image(image), k, keep=present)
 
     def search(self, query: str | Image.Image | os.PathLike, k: int = 10) -> list[Hit]:
         """Text (a str), an image, or the path of an image file; the k best images, best first."""
@@ -87,19 +95,31 @@ def open_searchers(
     runtime: Runtime | None = None,
     *,
     prompt_files: Sequence[str | os.PathLike | None] | None = None,
+    backbone: BackboneAdapter | None = None,
 ) -> dict[str, Searcher]:
     """Open indexes by directory name; each backbone is loaded once and shared.
 
-    `prompt_files[i]`, when given, must be the very file index i was built with.
+    `prompt_files[i]`, when given, must be the very file index i was built with. `backbone`, when
+    given, serves every index (each checks its fingerprint); else each index's recorded one is loaded.
     """
     runtime = runtime or Runtime.resolve()
-    # Queries come one at a time, which FAISS runs on one thread anyway; its idle OpenMP team
-    # only fights torch's for the cores (several times slower right after a torch forward).
-    faiss.omp_set_num_threads(1)
     prompt_files = list(prompt_files) if prompt_files is not None else [None] * len(index_dirs)
     if len(prompt_files) != len(index_dirs):
         raise ValueError("give one prompt file (or None) per index")
-    backbones: _Backbones = {}
+    return _open_all(index_dirs, prompt_files, _backbones_with(backbone), runtime)
+
+
+def _backbones_with(backbone: BackboneAdapter | None) -> _Backbones:
+    return {} if backbone is None else {EXPLICIT: (backbone, threading.Lock())}
+
+
+def _open_all(
+    index_dirs: Sequence[str | os.PathLike], prompt_files: Sequence[str | os.PathLike | None], backbones: _Backbones,
+    runtime: Runtime,
+) -> dict[str, Searcher]:
+    # Queries come one at a time, which FAISS runs on one thread anyway; its idle OpenMP team
+    # only fights torch's for the cores (several times slower right after a torch forward).
+    faiss.omp_set_num_threads(1)
     searchers: dict[str, Searcher] = {}
     try:
         for index_dir, prompt_file in zip(index_dirs, prompt_files):
@@ -121,9 +141,10 @@ def _attach(index: SearchIndex, prompt_file: str | os.PathLike | None, backbones
         if prompt_file is not None:
             check_prompt_file(str(index.info.path), index.info.prompt_sha256, prompt_file)
         info = index.info
-        key = (info.backbone, info.pretrained)
+        key = EXPLICIT if EXPLICIT in backbones else (info.backbone, info.pretrained)
         if key not in backbones:
-            backbones[key] = (load_backbone(info.backbone, info.pretrained, device=runtime.device), threading.Lock())
+            loaded = load_recorded_backbone(info.backbone, info.pretrained, device=runtime.device, source=str(info.path))
+            backbones[key] = (loaded, threading.Lock())
         backbone, lock = backbones[key]
         model = PromptedCLIP.from_prompt_file(Path(prompt_file or index.prompt_file), backbone, device=runtime.device)
         return Searcher(index, model, runtime, lock)
@@ -133,8 +154,86 @@ def _attach(index: SearchIndex, prompt_file: str | os.PathLike | None, backbones
 
 
 def open_index(
-    index_dir: str | os.PathLike, *, prompt_file: str | os.PathLike | None = None, runtime: Runtime | None = None
+    index_dir: str | os.PathLike,
+    *,
+    prompt_file: str | os.PathLike | None = None,
+    runtime: Runtime | None = None,
+    backbone: BackboneAdapter | None = None,
 ) -> Searcher:
     """An index ready to search by text or image; `prompt_file`, when given, must be the file it was built with."""
-    (searcher,) = open_searchers([index_dir], runtime, prompt_files=[prompt_file]).values()
+    (searcher,) = open_searchers([index_dir], runtime, prompt_files=[prompt_file], backbone=backbone).values()
     return searcher
+
+
+class StaleIndexError(RuntimeError):
+    """An index whose directory changed and cannot be opened again: queries wait until it can."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    stamp: tuple[int, ...] | None  # the manifest's identity when this entry was made
+    info: IndexInfo  # of the last index opened from this directory
+    searcher: Searcher | None  # None: stale, for `problem`
+    problem: str | None = None
+
+
+def _stamp(index_dir: Path) -> tuple[int, ...] | None:
+    """Changes whenever `dbprompt index` writes the directory anew (a new manifest file)."""
+    try:
+        st = os.stat(index_dir / MANIFEST)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class IndexSet:
+    """The indexes a server serves, by name. Each request gets the index its directory holds now:
+    a replaced index is opened again (one stat per request notices), and one that cannot be opened
+    is stale (`StaleIndexError`) until its directory changes again. Thread-safe."""
+
+    def __init__(
+        self, index_dirs: Sequence[str | os.PathLike], runtime: Runtime | None = None, *, backbone: BackboneAdapter | None = None
+    ):
+        self._runtime = runtime or Runtime.resolve()
+        self._backbones = _backbones_with(backbone)  # shared with the indexes reopened later
+        self._lock = threading.Lock()
+        stamps = [_stamp(Path(d)) for d in index_dirs]  # before opening: a change meanwhile is seen next time
+        searchers = _open_all(index_dirs, [None] * len(index_dirs), self._backbones, self._runtime)
+        self._entries = {
+            name: _Entry(s.index.info.path, stamp, s.index.info, s) for (name, s), stamp in zip(searchers.items(), stamps)
+        }
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entry(self, name: str) -> _Entry:
+        """The current entry of `name` (KeyError for a name not served), reopened if its directory changed."""
+        entry = self._entries[name]
+        stamp = _stamp(entry.path)
+        if stamp != entry.stamp:
+            with self._lock:
+                entry = self._entries[name]
+                if stamp != entry.stamp:
+                    entry = self._entries[name] = self._reopen(entry, stamp)
+        return entry
+
+    def __getitem__(self, name: str) -> Searcher:
+        entry = self.entry(name)
+        if entry.searcher is None:
+            raise StaleIndexError(entry.problem)
+        return entry.searcher
+
+    def _reopen(self, old: _Entry, stamp: tuple[int, ...] | None) -> _Entry:
+        # The old searcher is not closed: requests under way finish on it, and it is freed after them.
+        try:
+            searcher = _attach(load_index(old.path), None, self._backbones, self._runtime)
+        except (ValueError, OSError) as exc:  # every bad-index and bad-prompt-file error is a ValueError
+            problem = f"{old.path} changed and cannot be opened again, so its queries are refused: {exc}"
+            return _Entry(old.path, stamp, old.info, None, problem)
+        return _Entry(old.path, stamp, searcher.index.info, searcher)
+
+    def close(self) -> None:
+        for entry in self._entries.values():
+            if entry.searcher is not None:
+                entry.searcher.close()

@@ -1,8 +1,10 @@
 """The search server: a JSON API and a web page over one or more indexes.
 
-Files are only ever served by image id from an index's metadata, and only while they are
-still the file that was indexed (same size and mtime): no client-supplied path reaches
-the file system. Request bodies are capped before they are read.
+Files are only ever served by image id from an index's metadata, only while they resolve inside
+the folder that was indexed and hold the very bytes that were (sha256), and exactly those bytes
+are sent: no client-supplied path reaches the file system. Request bodies are capped before they
+are read, validation errors never echo the input back, and an index replaced on disk is picked
+up without a restart.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import io
 import mimetypes
 import os
+import threading
 import time
-from functools import lru_cache
+from collections import OrderedDict
 from pathlib import Path
-from typing import Annotated, Mapping, Sequence
+from typing import Annotated, Sequence
 
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -25,9 +30,13 @@ from PIL import Image
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .backbones import BackboneAdapter
+from .data.errors import IMAGE_TOO_LARGE, DataError
+from .data.images import decode_image, plain
 from .index import Hit, ImageRow
+from .index.files import ImageUnavailable, indexed_bytes
 from .runtime import Runtime
-from .searcher import Searcher, open_searchers
+from .searcher import IndexSet, Searcher, StaleIndexError
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_QUERY_CHARS = 500
@@ -63,6 +72,7 @@ class DatabaseInfo(BaseModel):
     fingerprint: str
     prompt_sha256: str
     created: str
+    problem: str | None = None  # set while the index's directory holds nothing that can be opened
 
 
 class Result(BaseModel):
@@ -106,17 +116,17 @@ class _BodyLimit:
 
 
 def create_app(
-    index_dirs: Sequence[str | os.PathLike] = (),
+    index_dirs: Sequence[str | os.PathLike],
     *,
-    searchers: Mapping[str, Searcher] | None = None,
     runtime: Runtime | None = None,
+    backbone: BackboneAdapter | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> FastAPI:
-    """The app over `index_dirs` (opened here, one backbone shared) or over already-open `searchers`."""
-    if searchers is None:
-        if not index_dirs:
-            raise ValueError("give at least one index directory")
-        searchers = open_searchers(index_dirs, runtime)
+    """The app over `index_dirs` (opened here, one backbone shared: `backbone`, else each index's recorded one)."""
+    if not index_dirs:
+        raise ValueError("give at least one index directory")
+    indexes = IndexSet(index_dirs, runtime, backbone=backbone)
+    thumbnails = _Thumbnails(THUMBNAIL_CACHE)
     # /docs and /redoc with their scripts served from here: FastAPI's default pages load them from a CDN.
     app = FastAPIOffline(
         title="dbprompt search",
@@ -126,21 +136,22 @@ def create_app(
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
 
     def searcher_for(name: str) -> Searcher:
-        if name not in searchers:
-            raise HTTPException(404, f"unknown database {name!r}; known: {', '.join(sorted(searchers))}")
-        return searchers[name]
+        try:
+            return indexes[name]
+        except KeyError:
+            raise HTTPException(404, f"unknown database {name!r}; known: {', '.join(sorted(indexes.names()))}") from None
+        except StaleIndexError as exc:
+            raise HTTPException(503, str(exc)) from None
 
-    def row_for(name: str, image_id: int) -> ImageRow:
-        row = searcher_for(name).index.row(image_id)
+    def image_for(name: str, image_id: int) -> tuple[ImageRow, bytes]:
+        searcher = searcher_for(name)
+        row = searcher.index.row(image_id)
         if row is None:
             raise HTTPException(404, f"database {name!r} has no image {image_id}")
         try:
-            st = row.path.stat()
-        except OSError:
-            raise HTTPException(404, f"image {image_id} of {name!r} is no longer on disk") from None
-        if not row.path.is_file() or (st.st_size, st.st_mtime_ns) != row.stamp:
-            raise HTTPException(404, f"image {image_id} of {name!r} changed since indexing; re-run `dbprompt index`")
-        return row
+            return row, indexed_bytes(row, searcher.index.root)
+        except ImageUnavailable as exc:
+            raise HTTPException(404, f"image {image_id} of {name!r} cannot be sent: {exc}") from None
 
     def respond(name: str, query: str | None, k: int, hits: list[Hit], start: float) -> SearchResponse:
         base = f"/api/databases/{name}"
@@ -159,17 +170,24 @@ def create_app(
     def bad_value(request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, without the `input` it would echo back (a 100 KB query came back whole)."""
+        errors = [{k: v for k, v in error.items() if k not in ("input", "url")} for error in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
     @app.get("/api/databases", response_model=list[DatabaseInfo], summary="List the databases")
     def list_databases() -> list[DatabaseInfo]:
-        return [
-            DatabaseInfo(
-                name=name, count=s.index.info.count, dim=s.index.info.dim, kind=s.index.info.kind,
-                backbone=s.index.info.backbone, pretrained=s.index.info.pretrained,
-                fingerprint=s.index.info.fingerprint, prompt_sha256=s.index.info.prompt_sha256,
-                created=s.index.info.created,
-            )
-            for name, s in searchers.items()
-        ]
+        listed = []
+        for name in indexes.names():
+            entry = indexes.entry(name)
+            info = entry.info
+            listed.append(DatabaseInfo(
+                name=name, count=info.count, dim=info.dim, kind=info.kind, backbone=info.backbone,
+                pretrained=info.pretrained, fingerprint=info.fingerprint, prompt_sha256=info.prompt_sha256,
+                created=info.created, problem=entry.problem,
+            ))
+        return listed
 
     @app.get("/api/databases/{name}/search", response_model=SearchResponse, summary="Search by text")
     def search_text(
@@ -197,12 +215,12 @@ def create_app(
         return respond(name, None, k, searcher.search_image(_decode_upload(data), k), start)
 
     @app.get("/api/databases/{name}/images/{image_id}", summary="The indexed image file")
-    def get_image(name: DbName, image_id: ImageId) -> FileResponse:
-        row = row_for(name, image_id)
+    def get_image(name: DbName, image_id: ImageId) -> Response:
+        row, data = image_for(name, image_id)
         media_type = mimetypes.guess_type(row.path.name)[0] or ""
         if not media_type.startswith("image/"):
             media_type = "application/octet-stream"
-        return FileResponse(row.path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+        return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
     @app.get("/api/databases/{name}/thumbnails/{image_id}", summary="A JPEG thumbnail of an indexed image")
     def get_thumbnail(
@@ -210,26 +228,47 @@ def create_app(
         image_id: ImageId,
         size: Annotated[int, Query(ge=16, le=1024, description="longest side in pixels")] = 256,
     ) -> Response:
-        row = row_for(name, image_id)
+        row, data = image_for(name, image_id)
         try:
-            data = _thumbnail(row.path, size, row.stamp)
+            jpeg = thumbnails.get(row.sha256, size, data)
         except Exception as exc:  # PIL raises many types for bad data
-            raise HTTPException(404, f"image {image_id} of {name!r} cannot be read: {exc}") from None
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+            raise HTTPException(404, f"image {image_id} of {name!r} cannot be read: {plain(exc)}") from None
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", headers=_PAGE_HEADERS)
 
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-    app.state.searchers = searchers
+    app.state.searchers = indexes
     return app
 
 
-@lru_cache(maxsize=THUMBNAIL_CACHE)
-def _thumbnail(path: Path, size: int, stamp: tuple[int, int]) -> bytes:
-    """JPEG bytes; `stamp` (file size, mtime) is in the cache key so a changed file is never served stale."""
-    with Image.open(path) as im:
+class _Thumbnails:
+    """JPEG thumbnails by (content sha256, size): changed content has another key, so none is ever stale."""
+
+    def __init__(self, capacity: int):
+        self._capacity = capacity
+        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str, size: int, data: bytes) -> bytes:
+        key = (sha256, size)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        jpeg = _thumbnail(data, size)
+        with self._lock:
+            self._cache[key] = jpeg
+            if len(self._cache) > self._capacity:
+                self._cache.popitem(last=False)
+        return jpeg
+
+
+def _thumbnail(data: bytes, size: int) -> bytes:
+    """JPEG bytes of an indexed image (its bytes already checked against the index)."""
+    with Image.open(io.BytesIO(data)) as im:
         im.draft("RGB", (size, size))  # JPEG decodes at a reduced scale: far less work for big photos
         im = im.convert("RGB")
         im.thumbnail((size, size))
@@ -239,18 +278,13 @@ def _thumbnail(path: Path, size: int, stamp: tuple[int, int]) -> bytes:
 
 
 def _decode_upload(data: bytes) -> Image.Image:
-    """An RGB image from uploaded bytes; anything else is the client's error, never the server's."""
+    """An RGB image from uploaded bytes; anything else is the client's error, in plain words."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_UPLOAD_PIXELS:
-                raise HTTPException(413, f"image of {im.width}x{im.height} pixels is over {MAX_UPLOAD_PIXELS} pixels")
-            return im.convert("RGB")
-    except HTTPException:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise HTTPException(413, str(exc)) from None
-    except Exception as exc:  # PIL raises many types for bad data
-        raise HTTPException(400, f"not a readable image: {exc or type(exc).__name__}") from None
+        return decode_image(data, "the uploaded image", MAX_UPLOAD_PIXELS)
+    except DataError as exc:
+        if exc.problem == IMAGE_TOO_LARGE:
+            raise HTTPException(413, f"image too large: {exc.detail}") from None
+        raise HTTPException(400, f"not a readable image: {exc.detail or exc.problem}") from None
 
 
 def serve(
@@ -259,8 +293,9 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     runtime: Runtime | None = None,
+    backbone: BackboneAdapter | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
 ) -> None:
     """Open the indexes, then serve until interrupted."""
-    app = create_app(index_dirs, runtime=runtime, max_upload_bytes=max_upload_bytes)
+    app = create_app(index_dirs, runtime=runtime, backbone=backbone, max_upload_bytes=max_upload_bytes)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -39,7 +39,8 @@ def run_demo(args: argparse.Namespace) -> int:
     options = {"epochs": args.epochs} if args.epochs else {}
     print(f"\n>>> dbprompt.train({str(db)!r}, {str(prompts)!r}, model={model!r})")
     trained = dbprompt.train(
-        db, prompts, model=model, pretrained=None if shipped_weights(model) else RANDOM, runtime=runtime, **options
+        db, prompts, model=model, pretrained=None if shipped_weights(model) else RANDOM, runtime=runtime, force=True,
+        **options,
     )
     print(f"best epoch {trained.best_epoch} (0 = before training), validation T2I R@1 {trained.best_score:.1f}")
     print(f"\n>>> dbprompt.evaluate({str(db)!r}, {str(prompts)!r})")
@@ -49,7 +50,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"\nprompt file: {prompts} ({prompts.stat().st_size:,} bytes); the backbone itself is unchanged")
     index = work / "index"
     print(f"\n>>> dbprompt.build_index({str(db)!r}, {str(prompts)!r}, {str(index)!r})")
-    info = dbprompt.build_index(db, prompts, index, runtime=runtime)
+    info = dbprompt.build_index(db, prompts, index, runtime=runtime, force=True)  # a re-run replaces its own
     print(f"{info.path}: {info.count} images, {info.kind} index")
     query = dbprompt.load_database(db).records[0].captions[0]  # a description the database does hold
     with dbprompt.open_index(index, runtime=runtime) as searcher:

@@ -125,6 +125,8 @@ class BackboneAdapter(nn.Module, ABC):
     name: str
     pretrained: str | None
     context_length: int
+    # Token ids the text tower embeds (word offsets and prompt files are checked against it).
+    vocab_size: int
     text_width: int
     text_num_layers: int
     # Token positions before the textual insertion point (1 when the tokenizer emits a start token).

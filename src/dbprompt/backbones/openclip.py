@@ -78,6 +78,7 @@ class OpenClipAdapter(BackboneAdapter):
         self._text = _TextView(model)
         self.context_length = int(model.context_length)
         if self._text.problem is None:
+            self.vocab_size = self._text.token_embedding.num_embeddings
             self.text_width = self._text.token_embedding.embedding_dim
             self.text_num_layers = len(self._text.transformer.resblocks)
         visual = model.visual

@@ -33,8 +33,10 @@ def add_split_args(parser: argparse.ArgumentParser, *, from_prompts: bool = Fals
     add_options(parser, SplitConfig, "splits (used when the database file names none)", defaults=defaults)
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    g = parser.add_argument_group("backbone")
+def add_model_args(parser: argparse.ArgumentParser, *, required: bool, recorded: bool = False) -> None:
+    """With `recorded`, unset flags mean: the backbone the prompt file or index records, from local weights only."""
+    title = "backbone (default: the one the file records, loaded only from weights on this machine)" if recorded else "backbone"
+    g = parser.add_argument_group(title)
     g.add_argument("--model", required=required, help="open_clip model name (e.g. ViT-B-32), hf-hub:org/repo, or dbprompt-proxy (shipped, pre-trained on the synthetic world)")
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint file, or 'random'; not needed for models shipped with weights")
 

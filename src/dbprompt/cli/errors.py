@@ -2,7 +2,8 @@
 
     0  success
     1  internal error: a bug in dbprompt (the traceback is printed for the bug report), or out of memory
-    2  usage: a bad option or combination of options (argparse's own code for the same)
+    2  usage: a bad option or combination of options (argparse's own code for the same), or an
+       output that exists or another run is writing (pass --force, or wait)
     3  bad data: a database, image, prompt file or index that is missing, unreadable, malformed,
        or does not belong with the rest (a DataError, PromptFileError, IndexFormatError, ...)
 
@@ -30,8 +31,12 @@ def _bad_data_types() -> tuple[type[BaseException], ...]:
 
 def exit_code(exc: BaseException) -> int:
     """The documented code for an exception (KeyboardInterrupt: 130, as shells expect)."""
+    from ..locking import OutputBusyError, OutputExistsError
+
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
+    if isinstance(exc, (OutputExistsError, OutputBusyError)):
+        return USAGE
     if isinstance(exc, _bad_data_types()):
         return BAD_DATA
     if isinstance(exc, ValueError):

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="Recall@K zero-shot vs with prompts", description="Evaluate text<->image retrieval on a split: zero-shot and with a prompt file, side by side.")
     add_database_args(p, from_prompts=True)
     p.add_argument("--prompts", default=None, help="prompt file; without it only zero-shot is evaluated")
-    add_model_args(p, required=False)
+    add_model_args(p, required=False, recorded=True)
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--report", default=None, metavar="DIR", help="also write an HTML report to DIR: recall@K curves, the validation curve, example queries")
     add_split_args(p, from_prompts=True)

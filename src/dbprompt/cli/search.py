@@ -6,7 +6,7 @@ import argparse
 
 from ..data.database import ReadOptions
 from ..index.manifest import APPROX_THRESHOLD, KINDS
-from .common import add_database_args, add_output_args, add_runtime_args, emit, message, options_of, progress_of, runtime_of
+from .common import add_database_args, add_model_args, add_output_args, add_runtime_args, emit, message, options_of, progress_of, runtime_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,8 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
         "--kind", choices=KINDS, default="auto",
         help=f"exact (inner product), ivf or hnsw (approximate); auto: exact up to {APPROX_THRESHOLD} images, then ivf",
     )
+    p.add_argument("--force", action="store_true", help="replace an index of another database, prompt file or backbone")
+    add_model_args(p, required=False, recorded=True)
     add_runtime_args(p)
     add_output_args(p)
     p.set_defaults(func=run_index)
@@ -48,6 +50,7 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", metavar="PATH", help="search with this image instead of text")
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     p.add_argument("--prompts", metavar="FILE", help="refuse to search unless the index was built with FILE")
+    add_model_args(p, required=False, recorded=True)
     add_runtime_args(p, batch_size=False)
     add_output_args(p, progress=False)
     p.set_defaults(func=run_search)
@@ -66,6 +69,7 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted (default: 10)")
+    add_model_args(p, required=False, recorded=True)
     add_runtime_args(p, batch_size=False)
     p.set_defaults(func=run_serve)
 
@@ -75,7 +79,8 @@ def run_index(args: argparse.Namespace) -> int:
 
     info = build_index(
         args.db, args.prompts, args.out, kind=args.kind, batch_size=args.batch_size, runtime=runtime_of(args),
-        progress=progress_of(args), log=message, **options_of(args, ReadOptions, skip_none=True),
+        progress=progress_of(args), log=message, model=args.model, pretrained=args.pretrained, force=args.force,
+        **options_of(args, ReadOptions, skip_none=True),
     )
     build = info.last_build
     for problem in build.get("skipped", []):
@@ -97,7 +102,9 @@ def run_search(args: argparse.Namespace) -> int:
         raise ValueError("give either a text QUERY or --image PATH")
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
-    with open_index(args.index_dir, prompt_file=args.prompts, runtime=runtime_of(args)) as searcher:
+    runtime = runtime_of(args)
+    backbone = named_backbone(args, runtime)
+    with open_index(args.index_dir, prompt_file=args.prompts, runtime=runtime, backbone=backbone) as searcher:
         hits = searcher.search(Path(args.image) if args.image is not None else args.query, args.k)
     rows = [
         {"rank": i, "score": round(h.score, 6), "id": h.image.id, "key": h.image.key, "path": str(h.image.path),
@@ -106,6 +113,17 @@ def run_search(args: argparse.Namespace) -> int:
     ]
     emit(args, {"index": args.index_dir, "query": args.query, "image": args.image, "results": rows}, _table(rows))
     return 0
+
+
+def named_backbone(args: argparse.Namespace, runtime):
+    """The backbone --model/--pretrained name, or None: each index's recorded one (local weights only)."""
+    if args.model is None:
+        if args.pretrained is not None:
+            raise ValueError("--pretrained needs --model")
+        return None
+    from ..backbones import load_named_backbone
+
+    return load_named_backbone(args.model, args.pretrained, device=runtime.device)
 
 
 def _table(rows: list[dict]) -> str:
@@ -122,8 +140,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
+    runtime = runtime_of(args)
     serve(
-        args.index_dirs, host=args.host, port=args.port, runtime=runtime_of(args),
+        args.index_dirs, host=args.host, port=args.port, runtime=runtime, backbone=named_backbone(args, runtime),
         max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
     return 0

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--work-dir", default=None, help="checkpoint directory (default: OUT.work)")
     g.add_argument("--resume", action="store_true", help="continue from the work directory's checkpoint")
     g.add_argument("--log-dir", default=None, metavar="DIR", help="write each epoch's validation scores and loss to DIR/history.csv and as TensorBoard scalars")
+    g.add_argument("--force", action="store_true", help="replace an existing --out prompt file")
     add_split_args(p)
     add_runtime_args(p, batch_size=False)
     add_output_args(p)
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     anchors = anchors if isinstance(anchors, list) else [anchors]
     report = train(
         args.db, args.out, model=args.model, pretrained=args.pretrained, anchors=anchors, runtime=runtime_of(args),
-        work_dir=args.work_dir, resume=args.resume, progress=progress_of(args), log=message, log_dir=args.log_dir,
-        **options,
+        work_dir=args.work_dir, resume=args.resume, force=args.force, progress=progress_of(args), log=message,
+        log_dir=args.log_dir, **options,
     )
     report_skipped(report.bad_input, args.db)
     if report.kept_zero_shot:

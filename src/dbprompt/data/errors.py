@@ -15,6 +15,8 @@ EMPTY_CAPTION = "empty caption"
 BAD_METADATA = "bad metadata"
 UNKNOWN_SPLIT = "unknown split"
 CONFLICTING_SPLIT = "conflicting split"
+OUTSIDE_ROOT = "outside the database"
+IMAGE_TOO_LARGE = "image too large"
 
 
 class DataError(ValueError):
@@ -26,6 +28,14 @@ class DataError(ValueError):
     def __init__(self, where: str, problem: str, detail: str = "") -> None:
         self.where, self.problem, self.detail = where, problem, detail
         super().__init__(f"{where}: {problem}" + (f": {detail}" if detail else ""))
+
+
+class ItemError(Exception):
+    """A problem with one item, raised before the reader knows where the item sits in its file."""
+
+    def __init__(self, problem: str, detail: str = "") -> None:
+        super().__init__(problem, detail)
+        self.problem, self.detail = problem, detail
 
 
 def location(file: Path, line: int, unit: str = "line") -> str:

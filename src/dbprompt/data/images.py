@@ -1,13 +1,73 @@
-"""Image decoding: the one RGB opener used by training, evaluation, indexing and search."""
+"""Image files: confined to their database, bounded in pixels, decoded to RGB by one opener.
+
+Training, evaluation, indexing, search by image and the server's uploads all decode here, so
+every one of them refuses the same things with the same words.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import EMPTY_FILE, MISSING_IMAGE, NOT_AN_IMAGE, TRUNCATED_IMAGE, UNREADABLE_FILE, DataError
+from .errors import (
+    EMPTY_FILE,
+    IMAGE_TOO_LARGE,
+    MISSING_IMAGE,
+    NOT_AN_IMAGE,
+    OUTSIDE_ROOT,
+    TRUNCATED_IMAGE,
+    UNREADABLE_FILE,
+    DataError,
+)
+
+# Pillow's own warning threshold (about 9,459 x 9,459). A 109 KB PNG can claim 30,000 x 30,000
+# pixels: 2.7 GB once decoded. Pillow refuses anything over twice this whatever the setting.
+DEFAULT_MAX_PIXELS = 89_478_485
+# Our limit governs; Pillow's warning below its hard limit would only repeat it.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a database's images may be: files inside `root` (symlinks resolved), of at most `max_pixels`.
+
+    A reader decides them from its options and every decode applies them again, so a file
+    swapped for a symlink after the metadata was read is still refused. `root` None: anywhere
+    (an image the user named directly, as `dbprompt search --image` does).
+    """
+
+    root: Path | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be at least 1, got {self.max_pixels}")
+        if self.root is not None:
+            object.__setattr__(self, "root", real_path(self.root))
+
+    def outside(self, path: Path) -> str | None:
+        """Why `path` may not be read (it resolves outside the root), or None when it may."""
+        if self.root is None:
+            return None
+        real = real_path(path)
+        if real.is_relative_to(self.root):
+            return None
+        where = f"{path} resolves to {real}" if real != Path(os.path.abspath(path)) else str(path)
+        return f"{where}, outside {self.root} (give --image-root to read images from a wider folder)"
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """Absolute, with every symlink resolved: the file that would actually be read."""
+    return Path(os.path.realpath(path))
 
 
 def stat_problem(path: Path) -> tuple[str, str] | None:
@@ -25,21 +85,52 @@ def stat_problem(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode `path` fully to RGB, raising DataError naming the path when it cannot be read.
+def read_image(path: str | os.PathLike, limits: ImageLimits | None = None) -> tuple[Image.Image, str]:
+    """Decode `path` to RGB within `limits`, with the sha256 of the very bytes decoded.
 
-    A full decode (not `verify()`) is what catches truncated pixel data.
+    Raises DataError naming the path. The file is read once: the digest is what an index
+    records, so the server can later refuse a file whose content is no longer what was indexed.
     """
     path = Path(path)
-    problem = stat_problem(path)
+    limits = limits or ImageLimits()
+    detail = limits.outside(path)
+    if detail is not None:
+        raise DataError(str(path), OUTSIDE_ROOT, detail)
+    real = real_path(path)
+    problem = stat_problem(real)
     if problem is not None:
         raise DataError(str(path), *problem)
     try:
-        with Image.open(path) as im:
+        data = real.read_bytes()
+    except OSError as e:
+        raise DataError(str(path), UNREADABLE_FILE, e.strerror or str(e)) from e
+    return decode_image(data, str(path), limits.max_pixels), hashlib.sha256(data).hexdigest()
+
+
+def open_image(path: str | os.PathLike, limits: ImageLimits | None = None) -> Image.Image:
+    """Decode `path` fully to RGB (a full decode, not `verify()`, is what catches truncated pixel data)."""
+    return read_image(path, limits)[0]
+
+
+def decode_image(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes to RGB; the pixel count is checked from the header, before any pixel is decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            pixels = im.width * im.height
+            if pixels > max_pixels:
+                size = f"{im.width} x {im.height} = {pixels:,} pixels"
+                raise DataError(where, IMAGE_TOO_LARGE, f"{size}, over the limit of {max_pixels:,} (--max-pixels)")
             return im.convert("RGB")
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DataError(where, IMAGE_TOO_LARGE, f"over Pillow's own limit: {e}") from e
     except UnidentifiedImageError as e:
-        raise DataError(str(path), NOT_AN_IMAGE, str(e)) from e
-    except OSError as e:  # errno set: the OS failed; unset: PIL ran out of data
-        raise DataError(str(path), UNREADABLE_FILE if e.errno else TRUNCATED_IMAGE, str(e)) from e
-    except Exception as e:  # PIL raises many types for corrupt data
-        raise DataError(str(path), TRUNCATED_IMAGE, str(e) or type(e).__name__) from e
+        raise DataError(where, NOT_AN_IMAGE, "not in any format Pillow reads (PNG, JPEG, WebP, GIF, BMP, TIFF, ...)") from e
+    except Exception as e:  # Pillow raises many types for corrupt data
+        raise DataError(where, TRUNCATED_IMAGE, plain(e)) from e
+
+
+def plain(exc: BaseException) -> str:
+    """An exception's message without Python object reprs (`<_io.BytesIO object at 0x7f...>`)."""
+    return _OBJECT_REPR.sub("the data", str(exc)).strip() or type(exc).__name__

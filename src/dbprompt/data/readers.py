@@ -1,7 +1,8 @@
 """Readers for the three database layouts; each returns one Record per image, captions merged.
 
-Readers check the metadata and that every referenced file exists and is not empty; they do not
-decode images. The first decode of each image (when a command first needs its pixels) finds
+Readers check the metadata and that every referenced file exists, is not empty and resolves
+(symlinks included) inside the database's root: the metadata's folder, or `image_root`. They do
+not decode images. The first decode of each image (when a command first needs its pixels) finds
 truncated or non-image files and names the metadata line through `Record.origin`.
 """
 
@@ -15,31 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..untrusted import brief, loads
+from .captions import CaptionRule, caption_list, folder_images, words
 from .errors import (
     BAD_METADATA,
     CONFLICTING_SPLIT,
-    EMPTY_CAPTION,
+    OUTSIDE_ROOT,
     UNKNOWN_SPLIT,
     UNREADABLE_FILE,
     BadInputReport,
     DataError,
+    ItemError,
     Location,
     Reporter,
 )
-from .images import stat_problem
+from .images import DEFAULT_MAX_PIXELS, ImageLimits, real_path, stat_problem
 from .records import SPLITS, Record
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 # Names other tools use for our three splits: Karpathy's "restval" is extra training data.
 SPLIT_ALIASES = {"restval": "train", "validation": "val"}
-
-
-class _Bad(Exception):
-    """A problem with one item, before we know where it sits in the file."""
-
-    def __init__(self, problem: str, detail: str = "") -> None:
-        super().__init__(problem, detail)
-        self.problem, self.detail = problem, detail
 
 
 @dataclass
@@ -61,38 +57,39 @@ def _split_name(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise _Bad(BAD_METADATA, f"split must be a string, got {value!r}")
+        raise ItemError(BAD_METADATA, f"split must be a string, got {brief(value)}")
     name = value.strip().lower()
     name = SPLIT_ALIASES.get(name, name)
     if name not in SPLITS:
-        raise _Bad(UNKNOWN_SPLIT, f"{value!r} is not one of {SPLITS + tuple(SPLIT_ALIASES)}")
+        raise ItemError(UNKNOWN_SPLIT, f"{brief(value)} is not one of {SPLITS + tuple(SPLIT_ALIASES)}")
     return name
 
 
-def _locate(raw: Any, base: Path, key_root: Path) -> tuple[str, Path]:
-    """Resolve an image reference to (key, absolute path); the key is relative to key_root when possible."""
+def _folder_split(name: str) -> str | None:
+    """The split a folder's name gives (train/, validation/, test/ ...), or None for any other name."""
+    name = SPLIT_ALIASES.get(name.lower(), name.lower())
+    return name if name in SPLITS else None
+
+
+def _locate(raw: Any, base: Path, key_root: Path, limits: ImageLimits) -> tuple[str, Path]:
+    """(key, absolute path) of an image reference; refused when it resolves outside the root.
+
+    The key is relative to the root: as written when it reads so, else as resolved.
+    """
     if not isinstance(raw, str) or not raw.strip():
-        raise _Bad(BAD_METADATA, f"image path must be a non-empty string, got {raw!r}")
+        raise ItemError(BAD_METADATA, f"image path must be a non-empty string, got {brief(raw)}")
+    if "\0" in raw or not _is_utf8(raw):
+        raise ItemError(BAD_METADATA, f"image path {brief(raw)} is not a valid file name")
     path = _abspath(base / raw)
-    key = path.relative_to(key_root) if path.is_relative_to(key_root) else path
+    outside = limits.outside(path)
+    if outside is not None:
+        raise ItemError(OUTSIDE_ROOT, outside)
+    assert limits.root is not None
+    key = path.relative_to(key_root) if path.is_relative_to(key_root) else real_path(path).relative_to(limits.root)
     return key.as_posix(), path
 
 
-def _captions(value: Any, where: Location, reporter: Reporter) -> list[str]:
-    """Validate a caption or list of captions; empty ones are reported one by one and dropped."""
-    values = value if isinstance(value, list) else [value]
-    if not values or not all(isinstance(v, str) for v in values):
-        raise _Bad(BAD_METADATA, f"caption must be a string or a non-empty list of strings, got {value!r}")
-    kept = []
-    for i, caption in enumerate(values, 1):
-        if caption.strip():
-            kept.append(caption.strip())
-        else:
-            reporter.bad_at(where, EMPTY_CAPTION, f"caption {i} of {len(values)}" if len(values) > 1 else "")
-    return kept
-
-
-def _assemble(items: list[_Item], reporter: Reporter) -> list[Record]:
+def _assemble(items: list[_Item], reporter: Reporter, limits: ImageLimits) -> list[Record]:
     """Check each file exists and is not empty, then merge items of the same image in file order."""
     problems = {path: stat_problem(path) for path in dict.fromkeys(item.path for item in items)}
     merged: dict[str, _Item] = {}
@@ -108,7 +105,7 @@ def _assemble(items: list[_Item], reporter: Reporter) -> list[Record]:
             reporter.bad_at(item.where, CONFLICTING_SPLIT, detail)
             continue
         first.captions.extend(item.captions)
-    return [Record(i.key, i.path, tuple(i.captions), i.split, origin=i.where) for i in merged.values()]
+    return [Record(i.key, i.path, tuple(i.captions), i.split, i.where, limits) for i in merged.values()]
 
 
 # ---- row-based metadata: imagefolder (jsonl/csv) and open_clip CSV/TSV -----------------------
@@ -126,8 +123,8 @@ def _jsonl_rows(path: Path, reporter: Reporter) -> Iterator[tuple[int, dict]]:
         if not raw.strip():
             continue
         try:
-            row = json.loads(raw)
-        except ValueError as e:  # bad JSON or bad UTF-8
+            row = loads(raw)
+        except ValueError as e:  # bad JSON, bad UTF-8, or nested too deeply
             reporter.bad(path, line, BAD_METADATA, f"not valid JSON: {e}")
             continue
         if not isinstance(row, dict):
@@ -173,29 +170,30 @@ def _csv_rows(path: Path, sep: str, required: tuple[str, ...], reporter: Reporte
 def _row_items(
     rows: Iterator[tuple[int, dict]],
     file: Path,
-    columns: tuple[str, str, str | None],
+    columns: tuple[str, str | None],
+    captions: CaptionRule,
     base: Path,
     key_root: Path,
+    limits: ImageLimits,
     folder_split: str | None,
     reporter: Reporter,
 ) -> Iterator[_Item]:
-    image_col, caption_col, split_col = columns
+    image_col, split_col = columns
     for line, row in rows:
         where = Location(file, line)
         try:
-            for col in (image_col, caption_col):
-                if col not in row:
-                    raise _Bad(BAD_METADATA, f"missing column {col!r}")
-            key, path = _locate(row[image_col], base, key_root)
+            if image_col not in row:
+                raise ItemError(BAD_METADATA, f"missing column {image_col!r}")
+            key, path = _locate(row[image_col], base, key_root, limits)
             split = _split_name(row.get(split_col)) if split_col else None
             if split and folder_split and split != folder_split:
-                raise _Bad(CONFLICTING_SPLIT, f"split {split!r} inside the {folder_split!r} folder")
-            captions = _captions(row[caption_col], where, reporter)
-        except _Bad as e:
+                raise ItemError(CONFLICTING_SPLIT, f"split {split!r} inside the {folder_split!r} folder")
+            kept = captions.row_captions(row, path, where, reporter)
+        except ItemError as e:
             reporter.bad_at(where, e.problem, e.detail)
             continue
-        if captions:
-            yield _Item(where, key, path, captions, split or folder_split)
+        if kept:
+            yield _Item(where, key, path, kept, split or folder_split)
 
 
 def imagefolder_metadata(root: Path) -> list[tuple[Path, str | None]]:
@@ -216,29 +214,55 @@ def imagefolder_metadata(root: Path) -> list[tuple[Path, str | None]]:
             continue
         try:
             result.append((meta, _split_name(sub.name)))
-        except _Bad as e:
+        except ItemError as e:
             raise DataError(str(sub), UNKNOWN_SPLIT, f"split folder {e.detail}") from None
     return result
 
 
+def _folder_items(root: Path, captions: CaptionRule, limits: ImageLimits, reporter: Reporter) -> list[_Item]:
+    """An imagefolder without metadata: every image file, captioned from its class folder or file name."""
+    items = []
+    for path, split, label in folder_images(root, _folder_split):
+        where = Location(path, 0, unit="file")
+        try:
+            key, path = _locate(str(path), root, root, limits)
+            items.append(_Item(where, key, path, [captions.fill(label or words(path.stem))], split))
+        except ItemError as e:
+            reporter.bad_at(where, e.problem, e.detail)
+    return items
+
+
 def read_imagefolder(
-    root: str | os.PathLike, *, skip_bad: bool = False, report: BadInputReport | None = None
+    root: str | os.PathLike,
+    *,
+    caption_column: str = "text",
+    caption_template: str | None = None,
+    tags_column: str = "tags",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skip_bad: bool = False,
+    report: BadInputReport | None = None,
 ) -> list[Record]:
-    """Read a Hugging Face imagefolder: metadata.jsonl/.csv with file_name + text (+ split), or split subfolders."""
+    """Read a Hugging Face imagefolder: metadata.jsonl/.csv with file_name + a caption column (+ split),
+    or split subfolders; with a caption template, also a folder of images without metadata."""
     root = _abspath(root)
     metadata = imagefolder_metadata(root) if root.is_dir() else []
-    if not metadata:
-        raise DataError(str(root), BAD_METADATA, "no metadata.jsonl or metadata.csv, nor split subfolders with one")
+    captions = CaptionRule(caption_column, caption_template, tags_column)
+    limits = ImageLimits(root, max_pixels)
     reporter = Reporter(skip_bad, report if report is not None else BadInputReport())
+    if not metadata:
+        if not root.is_dir() or caption_template is None:
+            hint = "; for images without captions, --caption-template 'a photo of {}' captions them by folder or file name"
+            raise DataError(str(root), BAD_METADATA, "no metadata.jsonl or metadata.csv, nor split subfolders with one" + hint)
+        return _assemble(_folder_items(root, captions, limits, reporter), reporter, limits)
     items: list[_Item] = []
     for meta, folder_split in metadata:
         if meta.suffix == ".jsonl":
             rows = _jsonl_rows(meta, reporter)
         else:
-            rows = _csv_rows(meta, ",", ("file_name", "text"), reporter)
-        columns = ("file_name", "text", "split")
-        items.extend(_row_items(rows, meta, columns, meta.parent, root, folder_split, reporter))
-    return _assemble(items, reporter)
+            rows = _csv_rows(meta, ",", ("file_name",) if caption_template else ("file_name", caption_column), reporter)
+        columns = ("file_name", "split")
+        items.extend(_row_items(rows, meta, columns, captions, meta.parent, root, limits, folder_split, reporter))
+    return _assemble(items, reporter, limits)
 
 
 def _csv_separator(path: Path) -> str:
@@ -252,38 +276,45 @@ def read_csv(
     image_root: str | os.PathLike | None = None,
     image_column: str = "filepath",
     caption_column: str = "title",
+    caption_template: str | None = None,
+    tags_column: str = "tags",
     split_column: str | None = None,
     sep: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     skip_bad: bool = False,
     report: BadInputReport | None = None,
 ) -> list[Record]:
-    """Read an open_clip-style CSV/TSV; image paths are relative to image_root (default: the file's folder)."""
+    """Read an open_clip-style CSV/TSV; image paths are relative to, and confined to, image_root
+    (default: the file's folder)."""
     path = _abspath(path)
     root = _abspath(image_root) if image_root is not None else path.parent
+    captions = CaptionRule(caption_column, caption_template, tags_column)
+    limits = ImageLimits(root, max_pixels)
     reporter = Reporter(skip_bad, report if report is not None else BadInputReport())
-    rows = _csv_rows(path, sep or _csv_separator(path), (image_column, caption_column), reporter)
-    columns = (image_column, caption_column, split_column)
-    return _assemble(list(_row_items(rows, path, columns, root, root, None, reporter)), reporter)
+    required = (image_column,) if caption_template else (image_column, caption_column)
+    rows = _csv_rows(path, sep or _csv_separator(path), required, reporter)
+    items = _row_items(rows, path, (image_column, split_column), captions, root, root, limits, None, reporter)
+    return _assemble(list(items), reporter, limits)
 
 
 # ---- Karpathy split JSON ----------------------------------------------------------------------
 
 
-def _karpathy_item(entry: Any, where: Location, root: Path, reporter: Reporter) -> _Item | None:
+def _karpathy_item(entry: Any, where: Location, root: Path, limits: ImageLimits, reporter: Reporter) -> _Item | None:
     if not isinstance(entry, dict):
-        raise _Bad(BAD_METADATA, f"expected a JSON object, got {type(entry).__name__}")
+        raise ItemError(BAD_METADATA, f"expected a JSON object, got {type(entry).__name__}")
     folder = entry.get("filepath") or ""
     if not isinstance(folder, str):
-        raise _Bad(BAD_METADATA, f"filepath must be a string, got {folder!r}")
+        raise ItemError(BAD_METADATA, f"filepath must be a string, got {brief(folder)}")
     filename = entry.get("filename")
     if not isinstance(filename, str) or not filename.strip():
-        raise _Bad(BAD_METADATA, f"filename must be a non-empty string, got {filename!r}")
-    key, path = _locate(os.path.join(folder, filename), root, root)
+        raise ItemError(BAD_METADATA, f"filename must be a non-empty string, got {brief(filename)}")
+    key, path = _locate(os.path.join(folder, filename), root, root, limits)
     split = _split_name(entry.get("split"))
     sentences = entry.get("sentences")
     if not isinstance(sentences, list) or not all(isinstance(s, dict) and "raw" in s for s in sentences):
-        raise _Bad(BAD_METADATA, "sentences must be a list of objects with a 'raw' caption")
-    captions = _captions([s["raw"] for s in sentences], where, reporter)
+        raise ItemError(BAD_METADATA, "sentences must be a list of objects with a 'raw' caption")
+    captions = caption_list([s["raw"] for s in sentences], where, reporter)
     return _Item(where, key, path, captions, split) if captions else None
 
 
@@ -291,15 +322,17 @@ def read_karpathy(
     path: str | os.PathLike,
     *,
     image_root: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     skip_bad: bool = False,
     report: BadInputReport | None = None,
 ) -> list[Record]:
     """Read a Karpathy split file (dataset_coco.json, ...); problems are located by index into `images`."""
     path = _abspath(path)
     root = _abspath(image_root) if image_root is not None else path.parent
+    limits = ImageLimits(root, max_pixels)
     raw = _read_bytes(path)
     try:
-        data = json.loads(raw)
+        data = loads(raw, max_depth=None)  # the entries are only type-checked, never walked deeper
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}", BAD_METADATA, f"not valid JSON: {e.msg}") from e
     except ValueError as e:
@@ -312,10 +345,10 @@ def read_karpathy(
     for index, entry in enumerate(images):
         where = Location(path, index, unit="image")
         try:
-            item = _karpathy_item(entry, where, root, reporter)
-        except _Bad as e:
+            item = _karpathy_item(entry, where, root, limits, reporter)
+        except ItemError as e:
             reporter.bad_at(where, e.problem, e.detail)
             continue
         if item is not None:
             items.append(item)
-    return _assemble(items, reporter)
+    return _assemble(items, reporter, limits)

@@ -26,11 +26,15 @@ class SplitConfig:
 
     @classmethod
     def from_recorded(cls, recorded: dict[str, Any]) -> "SplitConfig":
-        """The config a prompt file recorded (its extra "splits"), older names and the split's summary ignored."""
-        values = dict(recorded)
+        """The config a prompt file recorded (its extra "splits"), older names and the split's summary ignored.
+
+        Only numbers are taken: the file may come from anyone.
+        """
+        values = dict(recorded) if isinstance(recorded, dict) else {}
         if "seed" in values:  # the name before 0.2
             values["split_seed"] = values.pop("seed")
-        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return cls(**{f.name: numbers[f.name] for f in dataclasses.fields(cls) if f.name in numbers})
 
 
 def _unit_hash(key: str, seed: int) -> float:

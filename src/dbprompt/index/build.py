@@ -3,12 +3,14 @@
 Building never touches a finished index in place: embeddings are checkpointed in chunks in a
 work directory beside the output (so an interrupted run resumes), and the new index is
 written aside and renamed over the old one. Re-running reuses the vectors of unchanged
-images (same prompts, backbone, file size and mtime) and drops images that are gone.
+images (same prompts, backbone, file size and mtime) and drops images that are gone. An index
+of another database, prompt file or backbone is replaced only when asked (`force`), and no
+vector that is not finite is ever written.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 import shutil
@@ -21,27 +23,33 @@ import faiss
 import numpy as np
 
 from ..atomic import atomic_dir, atomic_path, atomic_write_text
-from ..backbones import BackboneAdapter, load_backbone
+from ..backbones import BackboneAdapter
+from ..backbones.recorded import load_recorded_backbone
 from ..compat import file_sha256
 from ..data import Database, DataError, Record, load_database
+from ..data.images import real_path
+from ..locking import exclusive
+from ..locking import OutputExistsError
 from ..model import PromptedCLIP
 from ..pipeline import decode_batches, embed_images, encode_texts
 from ..runtime import Runtime
 from ..storage import read_prompt_file
-from .manifest import MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo
+from ..untrusted import loads
+from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_manifest
 from .metadata import ImageRow, write_metadata
 from .search import load_index
-from .vectors import KINDS, all_vectors, make_vector_index, resolve_kind, tune_search
+from .vectors import KINDS, all_vectors, first_non_finite, make_vector_index, resolve_kind, tune_search
 
 TUNE_QUERIES = 256
 
 
 @dataclass
 class _Embedded:
-    """What is known about one image's vector: the file state it was computed from."""
+    """What is known about one image's vector: the file state and content it was computed from."""
 
     stamp: tuple[int, int]
     size: tuple[int, int]
+    sha256: str
     vector: np.ndarray
 
 
@@ -51,29 +59,30 @@ class _WorkDir:
     def __init__(self, out: Path, identity: dict[str, str]):
         self.out = out
         self.path = out.with_name(f".{out.name}.work")
-        self.identity = identity
-        self._lock_file = None
+        self.identity = identity | {"format": FORMAT}
+        self._lock = contextlib.ExitStack()
         self._chunks = 0
 
     def __enter__(self) -> "_WorkDir":
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.path / "lock", "w")
+        self._lock.enter_context(exclusive(self.path / "lock", f"{self.out}: another `dbprompt index` is writing it"))
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise OSError(f"{self.path}: another `dbprompt index` is writing this index") from None
+            self._open()
+        except BaseException:
+            self._lock.close()
+            raise
+        return self
+
+    def _open(self) -> None:
         self._recover(self.out)
         state = self.path / "state.json"
-        if not state.is_file() or json.loads(state.read_text()) != self.identity:
+        if not state.is_file() or _read_state(state) != self.identity:
             for old in self.path.glob("chunk-*.npz"):
                 old.unlink()
             atomic_write_text(state, json.dumps(self.identity))
         self._chunks = len(list(self.path.glob("chunk-*.npz")))
-        return self
 
     def __exit__(self, *exc) -> None:
-        self._lock_file.close()
+        self._lock.close()
 
     @staticmethod
     def _recover(out: Path) -> None:
@@ -88,8 +97,9 @@ class _WorkDir:
         found: dict[str, _Embedded] = {}
         for chunk in sorted(self.path.glob("chunk-*.npz")):
             with np.load(chunk) as data:
-                for key, stamp, size, vector in zip(data["keys"], data["stamps"], data["sizes"], data["vectors"]):
-                    found[str(key)] = _Embedded(tuple(map(int, stamp)), tuple(map(int, size)), vector)
+                columns = zip(data["keys"], data["stamps"], data["sizes"], data["digests"], data["vectors"])
+                for key, stamp, size, digest, vector in columns:
+                    found[str(key)] = _Embedded(tuple(map(int, stamp)), tuple(map(int, size)), str(digest), vector)
         return found
 
     def save(self, items: dict[str, _Embedded]) -> None:
@@ -101,6 +111,7 @@ class _WorkDir:
                 keys=np.array(list(items)),
                 stamps=np.array([e.stamp for e in items.values()], dtype=np.int64),
                 sizes=np.array([e.size for e in items.values()], dtype=np.int64),
+                digests=np.array([e.sha256 for e in items.values()]),
                 vectors=np.stack([e.vector for e in items.values()]),
             )
         self._chunks += 1
@@ -109,23 +120,31 @@ class _WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def _read_state(path: Path) -> object:
+    try:
+        return loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # unreadable: its chunks are not trusted either
+
+
 def _stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
 
 
 def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, list[ImageRow], dict[str, _Embedded]]:
-    """The existing index's rows, and its vectors when they were made with the same prompts and backbone."""
+    """The existing index's rows, and its vectors when made from the same database, prompts and backbone."""
     try:
         index = load_index(out)
     except IndexFormatError:
         return None, [], {}
     try:
         info, rows = index.info, index.all_rows()
-        if {"prompt_sha256": info.prompt_sha256, "fingerprint": info.fingerprint} != identity:
+        made_by = {"database": info.database, "prompt_sha256": info.prompt_sha256, "fingerprint": info.fingerprint}
+        if made_by != identity:
             return info, rows, {}
         vectors = all_vectors(index.vectors)
-        return info, rows, {r.key: _Embedded(r.stamp, (r.width, r.height), vectors[r.id]) for r in rows}
+        return info, rows, {r.key: _Embedded(r.stamp, (r.width, r.height), r.sha256, vectors[r.id]) for r in rows}
     finally:
         index.close()
 
@@ -154,8 +173,12 @@ def _embed(
         ):
             if batch.indices:
                 vectors = embed_images(model, batch.images, runtime).numpy()
-                for i, size, vector in zip(batch.indices, batch.sizes, vectors):
-                    pending[todo[i].key] = _Embedded(stamps[todo[i].key], size, vector)
+                keys = [todo[i].key for i in batch.indices]
+                bad = first_non_finite(vectors)
+                if bad is not None:
+                    raise ValueError(f"the vector of {keys[bad]} is not finite (NaN or Inf): the prompts or backbone are broken")
+                for key, size, digest, vector in zip(keys, batch.sizes, batch.digests, vectors):
+                    pending[key] = _Embedded(stamps[key], size, digest, vector)
             if len(pending) >= checkpoint_every:
                 work.save(pending)
                 done.update(pending)
@@ -176,10 +199,26 @@ def _tuning_queries(model: PromptedCLIP, records: Sequence[Record], runtime: Run
     return encode_texts(model, captions, runtime, batch_size=64).numpy()
 
 
-def _check_replaceable(out: Path) -> None:
-    """An index directory is replaced as a whole: never let that be anything but an index."""
-    if out.exists() and not (out / MANIFEST).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise IndexFormatError(f"{out}: exists and is not a dbprompt index; refusing to replace it")
+def _check_replaceable(out: Path, identity: dict[str, str], force: bool) -> None:
+    """An index directory is replaced as a whole: never anything but an index, and an index made from
+    another database, prompt file or backbone only when `force` says so."""
+    if not out.exists():
+        return
+    if not (out / MANIFEST).is_file():
+        if not out.is_dir() or any(out.iterdir()):
+            raise OutputExistsError(f"{out}: exists and is not a dbprompt index; refusing to replace it")
+        return
+    if force:
+        return
+    old = read_manifest(out)
+    names = {"database": "database", "prompt_sha256": "prompt file", "fingerprint": "backbone"}
+    other = [name for key, name in names.items() if old.get(key) != identity[key]]
+    if other:
+        raise OutputExistsError(
+            f"{out}: is the index of another {' and '.join(other)} (database {old.get('database')!r}, prompt file "
+            f"sha256 {str(old.get('prompt_sha256'))[:16]}..., backbone fingerprint {old.get('fingerprint')}); "
+            "pass --force (force=True) to replace it"
+        )
 
 
 def write_index(
@@ -191,16 +230,23 @@ def write_index(
     kind: str = "auto",
     tune_queries: np.ndarray | None = None,
     database: str = "",
+    root: str | os.PathLike | None = None,
     last_build: dict[str, object] | None = None,
+    force: bool = False,
 ) -> IndexInfo:
     """Write an index directory from unit vectors (row i of `vectors` is image `rows[i]`), atomically.
 
     An approximate index is tuned on `tune_queries` (default: a sample of the vectors themselves).
+    `root`: the folder the server may send images from (default: the deepest one holding them all).
     """
     if len(vectors) != len(rows) or any(row.id != i for i, row in enumerate(rows)):
         raise ValueError("rows must be numbered 0..n-1, one per vector")
+    bad = first_non_finite(vectors)
+    if bad is not None:
+        raise ValueError(f"the vector of {rows[bad].key} is not finite (NaN or Inf); no index was written")
     out, pf = Path(out_dir), read_prompt_file(prompt_file)
-    _check_replaceable(out)
+    sha = file_sha256(prompt_file)
+    _check_replaceable(out, {"database": database, "prompt_sha256": sha, "fingerprint": pf.fingerprint}, force)
     resolved = resolve_kind(kind, len(rows))
     index, factory = make_vector_index(vectors, resolved)
     if tune_queries is None:
@@ -212,7 +258,7 @@ def write_index(
         backbone=pf.backbone,
         pretrained=pf.pretrained,
         fingerprint=pf.fingerprint,
-        prompt_sha256=file_sha256(prompt_file),
+        prompt_sha256=sha,
         kind=resolved,
         factory=factory,
         count=len(rows),
@@ -220,6 +266,7 @@ def write_index(
         search_params=params,
         recall_at_10=round(recall, 4),
         database=database,
+        root=str(real_path(root if root is not None else os.path.commonpath([r.path.parent for r in rows]))),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         last_build=last_build or {},
     )
@@ -243,30 +290,34 @@ def build_index(
     backbone: BackboneAdapter | None = None,
     checkpoint_every: int = 1024,
     progress: bool = True,
+    force: bool = False,
 ) -> IndexInfo:
     """Create or update the index of `db` (a path or a loaded Database) searched through `prompt_file`.
 
     Only new or changed images are embedded; a run interrupted at any point resumes where
     its last checkpoint ended, and `out_dir` is either the old index or the new one, never a mix.
+    An index of another database, prompt file or backbone in `out_dir` is replaced only with `force`.
+    Without `backbone`, the one the prompt file records is loaded from local weights only.
     """
     if batch_size < 1 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be at least 1")
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
     out, prompt_file = Path(out_dir), Path(prompt_file)
-    _check_replaceable(out)
     pf = read_prompt_file(prompt_file)
     database = db if isinstance(db, Database) else load_database(db, skip_bad=skip_bad)
+    identity = {"database": str(database.source), "prompt_sha256": file_sha256(prompt_file), "fingerprint": pf.fingerprint}
+    _check_replaceable(out, identity, force)  # before hours of embedding, not after
     runtime = runtime or Runtime.resolve()
     if backbone is None:
-        backbone = load_backbone(pf.backbone, pf.pretrained, device=runtime.device)
+        backbone = load_recorded_backbone(pf.backbone, pf.pretrained, device=runtime.device, source=str(prompt_file))
     model = PromptedCLIP.from_prompt_file(prompt_file, backbone, device=runtime.device)
-    identity = {"prompt_sha256": file_sha256(prompt_file), "fingerprint": backbone.fingerprint()}
+    vectors_of = identity | {"fingerprint": backbone.fingerprint()}  # what a reusable vector was made from
     records = database.records
     stamps = {r.key: _stamp(r.path) for r in records}
 
-    with _WorkDir(out, identity) as work:
-        old_info, old_rows, known = _previous(out, identity)
+    with _WorkDir(out, vectors_of) as work:
+        old_info, old_rows, known = _previous(out, vectors_of)
         known.update(work.load())
         todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
         fresh = _embed(
@@ -278,7 +329,8 @@ def build_index(
         if not kept:
             raise DataError(str(database.source), "no usable images", "; ".join(map(str, database.report.items[:3])))
         rows = [
-            ImageRow(i, r.key, r.path, r.captions, *stamps[r.key], *known[r.key].size) for i, r in enumerate(kept)
+            ImageRow(i, r.key, r.path, r.captions, *stamps[r.key], *known[r.key].size, known[r.key].sha256)
+            for i, r in enumerate(kept)
         ]
         resolved = resolve_kind(kind, len(rows))
         if old_info is not None and not todo and rows == old_rows and old_info.kind == resolved:
@@ -288,7 +340,8 @@ def build_index(
         queries = _tuning_queries(model, kept, runtime) if resolved != "exact" else None
         gone = {r.key for r in old_rows} - {r.key for r in rows}
         info = write_index(
-            out, prompt_file, vectors, rows, kind=resolved, tune_queries=queries, database=str(database.source),
+            out, prompt_file, vectors, rows, kind=resolved, tune_queries=queries, database=identity["database"],
+            root=database.root, force=force,
             last_build={
                 "embedded": len(fresh),
                 "reused": len(rows) - len(fresh),

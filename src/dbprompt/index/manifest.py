@@ -1,22 +1,29 @@
 """What an index directory holds and the manifest that says what made it.
 
-    manifest.json        backbone, fingerprint, prompt sha256, index kind and parameters, count, dimension
+    manifest.json        backbone, fingerprint, prompt sha256, database and its image root, index kind
+                         and parameters, count, dimension
     prompts.safetensors  a copy of the prompt file (searches use it; `serve` needs only the directory)
     vectors.faiss        L2-normalised image vectors; row i is image id i
-    metadata.sqlite      one row per image: key, path, captions, file size, mtime, width, height
+    metadata.sqlite      one row per image: key, path, captions, file size, mtime, width, height, sha256
+
+A manifest may come from anyone: it is read bounded in size and nesting, field by field.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..compat import BackboneId
+from ..untrusted import loads
 
-FORMAT = "dbprompt-index/1"
+FORMAT = "dbprompt-index/2"
+# Indexes without content hashes: still replaceable in place, no longer searchable or served.
+OLD_FORMATS = ("dbprompt-index/1",)
+MAX_MANIFEST_BYTES = 2**20
 MANIFEST = "manifest.json"
 PROMPTS = "prompts.safetensors"
 VECTORS = "vectors.faiss"
@@ -48,6 +55,7 @@ class IndexInfo:
     search_params: dict[str, int]
     recall_at_10: float
     database: str
+    root: str  # the folder every indexed image resolves inside, symlinks resolved
     created: str
     last_build: dict[str, object] = field(default_factory=dict)
 
@@ -65,19 +73,47 @@ class IndexInfo:
         return {"format": FORMAT, "dbprompt_version": __version__, **data}
 
 
-def read_info(index_dir: str | os.PathLike) -> IndexInfo:
+_TYPES: dict[str, Any] = {
+    "backbone": str, "pretrained": (str, type(None)), "fingerprint": str, "prompt_sha256": str, "kind": str,
+    "factory": str, "count": int, "dim": int, "search_params": dict, "recall_at_10": (int, float),
+    "database": str, "root": str, "created": str, "last_build": dict,
+}
+
+
+def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest's JSON object, of any format version (bounded: it may come from anyone)."""
     path = Path(index_dir)
     manifest = path / MANIFEST
     if not manifest.is_file():
         raise IndexFormatError(f"{path}: not a dbprompt index (no {MANIFEST}); build one with `dbprompt index`")
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        if manifest.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ValueError(f"over {MAX_MANIFEST_BYTES:,} bytes")
+        data = loads(manifest.read_bytes())
     except (ValueError, OSError) as exc:
         raise IndexFormatError(f"{manifest}: unreadable manifest: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") not in (FORMAT, *OLD_FORMATS):
         raise IndexFormatError(f"{manifest}: not a {FORMAT} manifest")
+    return data
+
+
+def read_info(index_dir: str | os.PathLike) -> IndexInfo:
+    path = Path(index_dir)
+    data = read_manifest(path)
+    manifest = path / MANIFEST
+    if data["format"] != FORMAT:
+        raise IndexFormatError(
+            f"{path}: made by an older dbprompt ({data['format']}, no content hashes to check served images "
+            "against); rebuild it with `dbprompt index` into the same directory"
+        )
     data = {k: v for k, v in data.items() if k not in ("format", "dbprompt_version")}
-    try:
-        return IndexInfo(path=path, **data)
-    except TypeError as exc:
-        raise IndexFormatError(f"{manifest}: bad manifest: {exc}") from None
+    wrong = sorted((set(data) ^ set(_TYPES)) - {"last_build"})
+    if wrong:
+        raise IndexFormatError(f"{manifest}: bad manifest: unexpected or missing fields {wrong}")
+    for name, kind in _TYPES.items():
+        value = data.get(name, {})
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise IndexFormatError(f"{manifest}: bad manifest: {name} is {type(value).__name__}")
+    if not all(isinstance(k, str) and type(v) is int for k, v in data["search_params"].items()):
+        raise IndexFormatError(f"{manifest}: bad manifest: search_params must map names to integers")
+    return IndexInfo(path=path, **data)

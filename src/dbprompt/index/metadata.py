@@ -17,10 +17,11 @@ CREATE TABLE images (
     bytes INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     width INTEGER NOT NULL,
-    height INTEGER NOT NULL
+    height INTEGER NOT NULL,
+    sha256 TEXT NOT NULL         -- of the file's bytes as embedded: the server serves nothing else
 )
 """
-COLUMNS = "id, key, path, captions, bytes, mtime_ns, width, height"
+COLUMNS = "id, key, path, captions, bytes, mtime_ns, width, height, sha256"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ImageRow:
     mtime_ns: int
     width: int
     height: int
+    sha256: str
 
     @property
     def stamp(self) -> tuple[int, int]:
@@ -40,17 +42,17 @@ class ImageRow:
 
     @classmethod
     def from_sql(cls, row: tuple) -> "ImageRow":
-        id_, key, path, captions, size, mtime, width, height = row
-        return cls(id_, key, Path(path), tuple(json.loads(captions)), size, mtime, width, height)
+        id_, key, path, captions, size, mtime, width, height, sha256 = row
+        return cls(id_, key, Path(path), tuple(json.loads(captions)), size, mtime, width, height, sha256)
 
 
 def write_metadata(path: Path, rows: Sequence[ImageRow]) -> None:
     with sqlite3.connect(path) as db:
         db.execute(_SCHEMA)
         db.executemany(
-            f"INSERT INTO images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                (r.id, r.key, str(r.path), json.dumps(list(r.captions)), r.bytes, r.mtime_ns, r.width, r.height)
+                (r.id, r.key, str(r.path), json.dumps(list(r.captions)), r.bytes, r.mtime_ns, r.width, r.height, r.sha256)
                 for r in rows
             ),
         )

@@ -1,4 +1,8 @@
-"""An opened index: vector search plus the metadata of the images it returns, without the database."""
+"""An opened index: vector search plus the metadata of the images it returns.
+
+The vectors and metadata need no database; `keep` lets a caller drop hits whose file is gone
+(the Searcher does), and the search reaches further so that k hits remain where it can.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import faiss
 import numpy as np
@@ -16,6 +20,9 @@ from ..compat import file_sha256
 from .manifest import METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_info
 from .metadata import COLUMNS, ImageRow, connect_read_only
 from .vectors import set_search_params
+
+# How far past k a search may reach to replace hits `keep` drops (deleted images).
+MAX_EXTRA = 1024
 
 
 @dataclass(frozen=True)
@@ -41,17 +48,29 @@ class SearchIndex:
     def prompt_file(self) -> Path:
         return self.info.path / PROMPTS
 
-    def search(self, query: np.ndarray, k: int = 10) -> list[Hit]:
-        """The k nearest images to one unit-length query vector, best first."""
+    @property
+    def root(self) -> Path:
+        """The folder every indexed image resolved inside when it was indexed."""
+        return Path(self.info.root)
+
+    def search(self, query: np.ndarray, k: int = 10, keep: Callable[[ImageRow], bool] | None = None) -> list[Hit]:
+        """The k nearest images to one unit-length query vector, best first (only those `keep` accepts)."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.info.dim:
             raise ValueError(f"query has dimension {query.shape[1]}, the index {self.info.dim}")
+        if not np.isfinite(query).all():
+            raise ValueError("the query vector is not finite (NaN or Inf)")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        scores, ids = self.vectors.search(query, min(k, self.info.count))
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-        rows = self.rows([i for i, _ in found])
-        return [Hit(s, rows[i]) for i, s in found]
+        reach = min(k, self.info.count)
+        while True:
+            scores, ids = self.vectors.search(query, reach)
+            found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            rows = self.rows([i for i, _ in found])
+            hits = [Hit(s, rows[i]) for i, s in found if keep is None or keep(rows[i])]
+            if len(hits) >= k or reach >= min(self.info.count, k + MAX_EXTRA):
+                return hits[:k]
+            reach = min(2 * reach, self.info.count, k + MAX_EXTRA)
 
     def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
         if not ids:

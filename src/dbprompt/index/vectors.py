@@ -14,6 +14,18 @@ RECALL_K = 10
 _EFFORT = {"ivf": "nprobe", "hnsw": "efSearch"}
 
 
+def first_non_finite(vectors: np.ndarray) -> int | None:
+    """The first row holding NaN or Inf (FAISS would index it silently and rank it anywhere), or None."""
+    bad = ~np.isfinite(vectors).all(axis=1)
+    return int(bad.argmax()) if bad.any() else None
+
+
+def require_finite(vectors: np.ndarray, what: str) -> None:
+    row = first_non_finite(vectors)
+    if row is not None:
+        raise ValueError(f"{what} row {row} is not finite (NaN or Inf)")
+
+
 def resolve_kind(kind: str, count: int) -> str:
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
@@ -73,7 +85,12 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 def tune_search(
     index: faiss.Index, kind: str, vectors: np.ndarray, queries: np.ndarray, *, target: float = RECALL_TARGET
 ) -> tuple[dict[str, int], float]:
-    """The cheapest search effort whose recall@10 against exact search on `queries` reaches `target`."""
+    """The cheapest search effort whose recall@10 against exact search on `queries` reaches `target`.
+
+    Both inputs are checked finite first: a recall measured on NaN vectors would mean nothing.
+    """
+    require_finite(vectors, "vectors")
+    require_finite(queries, "tuning queries")
     k = min(RECALL_K, len(vectors))
     if kind == "exact":
         return {}, 1.0

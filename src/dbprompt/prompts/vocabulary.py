@@ -26,7 +26,8 @@ class TokenOffsets(nn.Module):
     def __init__(self, ids: torch.Tensor, width: int, dropout: float = 0.0):
         super().__init__()
         self.dropout = dropout
-        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        # A tensor stays on its own device, also under a meta-device skeleton (as_tensor would move it).
+        ids = (ids if isinstance(ids, torch.Tensor) else torch.tensor(ids)).long().reshape(-1)
         if ids.numel() == 0:
             raise ValueError("a token vocabulary needs at least one token id")
         if ids.unique().numel() != ids.numel():

@@ -167,7 +167,7 @@ def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int, dim:
     centres = unit(rng.standard_normal((n // 100, dim), dtype=np.float32))
     vectors = clustered(rng, n, centres)
     rows = [
-        ImageRow(i, f"images/{i:07d}.png", Path(f"/nowhere/{i:07d}.png"), (f"caption {i}",), 1000, 0, 224, 224)
+        ImageRow(i, f"images/{i:07d}.png", Path(f"/nowhere/{i:07d}.png"), (f"caption {i}",), 1000, 0, 224, 224, "0" * 64)
         for i in range(n)
     ]
     lines = ["| index | search params | recall@10 (tuning) | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]

@@ -1,0 +1,51 @@
+"""The indexed image files as they are now: what search may return and what the server may send.
+
+An index records, for each image, its path, size and the sha256 of the bytes it embedded, and
+the folder every image resolved inside. A file is sent only while it still resolves inside that
+folder and its bytes still hash to the recorded digest, and exactly those bytes are sent: a file
+swapped, forged or symlinked elsewhere after indexing is refused, and even an index made by
+someone else can only make the server send bytes its author already knows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from ..data.images import real_path
+from .metadata import ImageRow
+
+
+class ImageUnavailable(LookupError):
+    """An indexed image that cannot be sent now; the message says why in plain words."""
+
+
+def present(row: ImageRow) -> bool:
+    """Whether the image is still a file: a deleted image drops out of results.
+
+    One stat per hit (a resolved path would cost ten times more per query); where the file now
+    leads, and what it holds, is checked when it is sent.
+    """
+    try:
+        return stat.S_ISREG(os.stat(row.path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def indexed_bytes(row: ImageRow, root: Path) -> bytes:
+    """The file's bytes, only when it resolves inside `root` and holds what was indexed."""
+    real = real_path(row.path)
+    if not real.is_relative_to(root):
+        raise ImageUnavailable("it now resolves outside the indexed folder")
+    try:
+        with open(real, "rb") as f:
+            data = f.read(row.bytes + 1)  # never more than the indexed file's size
+    except FileNotFoundError:
+        raise ImageUnavailable("it is no longer on disk") from None
+    except OSError as exc:
+        raise ImageUnavailable(f"it cannot be read ({exc.strerror or exc})") from None
+    if len(data) != row.bytes or hashlib.sha256(data).hexdigest() != row.sha256:
+        raise ImageUnavailable("it changed since indexing; re-run `dbprompt index`")
+    return data
