@@ -41,6 +41,7 @@ from .searcher import Searcher, open_index
 from .storage import read_prompt_file
 from .training.candidates import train_candidates
 from .training.config import TrainConfig
+from .training.distributed import barrier, join
 
 __all__ = ["EvalReport", "Searcher", "TrainReport", "build_index", "evaluate", "open_index", "train"]
 
@@ -140,7 +141,8 @@ def train(
     base = TrainConfig(**train_kw)
     if not config.kinds:
         raise ValueError("nothing to train: --text-len, --visual-len and --vocab are all 0")
-    runtime = runtime or Runtime.resolve()
+    runtime = join(runtime or Runtime.resolve())  # torchrun: one process per GPU (or CPU share)
+    log = log if runtime.main else (lambda message: None)
     database = _read(db, read)
     splits = split_records(database.records, splits_cfg)
     _check_validation(splits, database)
@@ -165,7 +167,8 @@ def train(
         log(f"warning: {warning}")
     configs = [base.replace(anchor=a) for a in dict.fromkeys(anchors if anchors is not None else [base.anchor])]
     with contextlib.ExitStack() as stack:
-        on_epoch = stack.enter_context(TrainingLog(log_dir, candidates=len(configs), resume=resume)) if log_dir else None
+        logging = log_dir and runtime.main
+        on_epoch = stack.enter_context(TrainingLog(log_dir, candidates=len(configs), resume=resume)) if logging else None
         trained, result, cfg = train_candidates(
             fresh, splits["train"], splits["val"], configs, work_dir=work_dir or out.with_name(out.name + ".work"),
             resume=resume, log=log, runtime=runtime, progress=progress, skip_bad=read.skip_bad, report=database.report,
@@ -183,7 +186,9 @@ def train(
         "train_images": len(splits["train"]),
         "pairs_per_second": result.pairs_per_second,
     }
-    trained.save_prompt_file(out, extra)
+    if runtime.main:
+        trained.save_prompt_file(out, extra)
+    barrier(runtime)  # every rank returns once the file is there
     return TrainReport(
         out, config, cfg, result.best_epoch, result.best_score, result.history, len(splits["train"]),
         len(splits["val"]), trained.trainable_parameter_count(), database.report, summary, warnings,

@@ -69,6 +69,8 @@ def one_writer(command: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def locked(*args: Any, **kwargs: Any) -> Any:
+            if int(os.environ.get("RANK", 0)):
+                return fn(*args, **kwargs)  # in a torchrun run only rank 0 writes, and it holds the lock
             given = signature.bind(*args, **kwargs).arguments
             replace = bool(given.get("force") or given.get("resume"))
             with claim_output(Path(given["out"]), replace=replace, command=command):

@@ -46,6 +46,14 @@ class Runtime:
     bf16: bool = False
     # Worker processes decoding images while the model computes (0: decode in the main process).
     workers: int = 0
+    # This process's place in a torchrun training run (see training/distributed.py).
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """The one process that validates, logs and writes."""
+        return self.rank == 0
 
     @classmethod
     def resolve(cls, device: str = "auto", bf16: bool | None = None, workers: int | None = None) -> "Runtime":
@@ -75,7 +83,8 @@ class Runtime:
             yield
 
     def describe(self) -> str:
-        return f"device {self.device}, bf16 {'on' if self.bf16 else 'off'}"
+        ranks = f", {self.world} processes" if self.world > 1 else ""
+        return f"device {self.device}, bf16 {'on' if self.bf16 else 'off'}{ranks}"
 
 
 CPU = Runtime()

@@ -34,15 +34,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..api import train
+    from ..training.distributed import launched, leave
 
     options = options_of(args, PromptConfig, TrainConfig, SplitConfig, ReadOptions)
     anchors = options.pop("anchor")
     anchors = anchors if isinstance(anchors, list) else [anchors]
-    report = train(
-        args.db, args.out, model=args.model, pretrained=args.pretrained, anchors=anchors, runtime=runtime_of(args),
-        work_dir=args.work_dir, resume=args.resume, force=args.force, progress=progress_of(args), log=message,
-        log_dir=args.log_dir, **options,
-    )
+    try:
+        report = train(
+            args.db, args.out, model=args.model, pretrained=args.pretrained, anchors=anchors, runtime=runtime_of(args),
+            work_dir=args.work_dir, resume=args.resume, force=args.force, progress=progress_of(args), log=message,
+            log_dir=args.log_dir, **options,
+        )
+    finally:
+        leave()
+    if launched()[0]:
+        return 0  # under torchrun only rank 0 reports
     report_skipped(report.bad_input, args.db)
     if report.kept_zero_shot:
         message(

@@ -21,14 +21,15 @@ class ContrastiveLoss(nn.Module):
     part of a prompt file: ranking by cosine does not depend on it.
     """
 
-    def __init__(self, backbone_scale: torch.Tensor, own: bool = True):
+    def __init__(self, backbone_scale: torch.Tensor, own: bool = True, rank: int = 0, world: int = 1):
+        """With `world` > 1, each rank's features are gathered (with their gradients) into the whole batch."""
         super().__init__()
         self.own = own
         if own:
             self.logit_scale = nn.Parameter(backbone_scale.detach().float().clone())
         else:
             self._borrowed = (backbone_scale,)  # outside the module tree: the backbone owns it
-        self.clip = ClipLoss()
+        self.clip = ClipLoss(gather_with_grad=True, rank=rank, world_size=world)
 
     @property
     def scale(self) -> torch.Tensor:

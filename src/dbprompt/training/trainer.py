@@ -24,6 +24,7 @@ from ..model import PromptedCLIP
 from ..runtime import CPU, Runtime
 from .checkpoint import Checkpointer, TrainState
 from .config import TrainConfig
+from .distributed import average_gradients, from_main, share, usable
 from .images import ImageBank
 from .loss import ContrastiveLoss
 from .validation import Validator
@@ -32,6 +33,10 @@ from .validation import Validator
 CALIBRATION_PAIRS = 512
 # How an epoch orders its images, from the epoch's random generator (the lab groups look-alikes).
 EpochOrder = Callable[[np.random.Generator, int], np.ndarray]
+
+
+def _quiet(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def random_order(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -96,10 +101,15 @@ class Trainer:
     ):
         if len(train_records) < 2:
             raise ValueError(f"training needs at least 2 images, got {len(train_records)}")
+        if cfg.batch_size % runtime.world:
+            raise ValueError(f"--batch-size {cfg.batch_size} does not split evenly over {runtime.world} processes")
         self.model = model.to(runtime.device)
-        self.cfg, self.runtime, self.progress, self.log, self.order = cfg, runtime, progress, log, order
-        self.skip_bad, self.report, self.on_epoch = skip_bad, report, on_epoch
-        self.loss = ContrastiveLoss(model.backbone.logit_scale, own=cfg.calibrate_temperature).to(runtime.device)
+        self.cfg, self.runtime, self.order = cfg, runtime, order
+        # Only rank 0 reports: the others train the same parameters on their share of each batch.
+        self.progress, self.log, self.on_epoch = progress and runtime.main, log if runtime.main else _quiet, on_epoch
+        self.skip_bad, self.report = skip_bad, report
+        own = cfg.calibrate_temperature
+        self.loss = ContrastiveLoss(model.backbone.logit_scale, own, runtime.rank, runtime.world).to(runtime.device)
         self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not self.named:
             raise ValueError("nothing to train: no parameter requires grad")
@@ -117,7 +127,8 @@ class Trainer:
     def _set_schedule(self) -> None:
         """Steps per epoch follow the training images that decoded (all, unless some were skipped)."""
         n, b = len(self.train_idx), self.cfg.batch_size
-        self.micro_per_epoch = n // b + (1 if n % b >= 2 else 0)
+        # A last, partial micro-batch counts when each rank gets part of it and the batch has negatives.
+        self.micro_per_epoch = n // b + (1 if usable(self.runtime, n % b) >= max(2, self.runtime.world) else 0)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / self.cfg.grad_accum)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.steps_per_epoch * self.cfg.epochs, self.cfg.warmup_fraction)
@@ -147,10 +158,15 @@ class Trainer:
         images = self.images.encode([self.train_idx[i] for i in order[start:stop]])
         return images, self.model.encode_text(ids), ids
 
+    def _micro_batch(self, micro: int, n: int) -> tuple[int, int]:
+        """Micro-batch `micro` of an epoch of n pairs; over several ranks, trimmed to split evenly."""
+        start = micro * self.cfg.batch_size
+        return start, start + usable(self.runtime, min(self.cfg.batch_size, n - start))
+
     def _micro_batch_loss(self, order: np.ndarray, captions: list[str], micro: int) -> torch.Tensor:
-        b = self.cfg.batch_size
+        start, stop = share(self.runtime, *self._micro_batch(micro, len(order)))
         with self.runtime.autocast():
-            image_features, text_features, ids = self._pairs_loss(order, captions, micro * b, (micro + 1) * b)
+            image_features, text_features, ids = self._pairs_loss(order, captions, start, stop)
             loss = self.loss(image_features, text_features)
             if self.cfg.anchor:
                 plain = self.model.text_zero_shot(ids)
@@ -161,19 +177,22 @@ class Trainer:
         """Start the loss's temperature where it best fits the untrained model on epoch 0's first pairs."""
         order, captions = epoch_plan(self.train_records, self.cfg.seed, 0, self.order)
         n, b = min(CALIBRATION_PAIRS, len(order)), self.cfg.batch_size
-        self.model.eval()
-        images, texts = [], []
+        if self.runtime.main:
+            self.model.eval()
+            images, texts = [], []
+            with torch.no_grad():
+                for start in range(0, n, b):
+                    with self.runtime.autocast():
+                        image_features, text_features, _ = self._pairs_loss(order, captions, start, min(n, start + b))
+                    images.append(image_features.float().cpu())
+                    texts.append(text_features.float().cpu())
+            before, after = self.loss.calibrate(torch.cat(images), torch.cat(texts), b)
+            self.log(f"loss temperature calibrated on {n} training pairs: logit scale {before:.1f} -> {after:.1f}")
         with torch.no_grad():
-            for start in range(0, n, b):
-                with self.runtime.autocast():
-                    image_features, text_features, _ = self._pairs_loss(order, captions, start, min(n, start + b))
-                images.append(image_features.float().cpu())
-                texts.append(text_features.float().cpu())
-        before, after = self.loss.calibrate(torch.cat(images), torch.cat(texts), b)
-        self.log(f"loss temperature calibrated on {n} training pairs: logit scale {before:.1f} -> {after:.1f}")
+            self.loss.scale.fill_(from_main(self.runtime, float(self.loss.scale)))
 
     def _record_validation(self, epoch: int, train_loss: float | None) -> None:
-        metrics = self.validator()
+        metrics = from_main(self.runtime, self.validator() if self.runtime.main else None)
         score = selection_score(metrics) if metrics is not None else float(epoch)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
         if metrics is not None:
@@ -185,7 +204,7 @@ class Trainer:
         if metrics is not None:
             best = "  (best)" if self.state.best_epoch == epoch else ""
             self.log(f"epoch {epoch}: val T2I R@1 {entry['clip_benchmark/t2i_R@1']:.1f}  I2T R@1 {entry['clip_benchmark/i2t_R@1']:.1f}{best}")
-        if self.on_epoch is not None:
+        if self.on_epoch is not None and self.runtime.main:
             self.on_epoch(entry)
 
     def _require_finite(self, what: str, finite: bool) -> None:
@@ -199,7 +218,8 @@ class Trainer:
 
     def _save(self) -> None:
         self._require_finite("a trained parameter", all(bool(torch.isfinite(p).all()) for p in self.named.values()))
-        self.checkpoints.save(self.named, self.best_state, self.optimizer, self.optimizer_order, self.scheduler, self.state)
+        if self.runtime.main:
+            self.checkpoints.save(self.named, self.best_state, self.optimizer, self.optimizer_order, self.scheduler, self.state)
 
     def run(self, *, resume: bool = False, stop_after_steps: int | None = None) -> TrainResult:
         """Train to the end (or, for tests and time limits, stop after `stop_after_steps` optimizer steps)."""
@@ -225,10 +245,12 @@ class Trainer:
                 self._require_finite("the training loss", bool(torch.isfinite(loss)))
                 (loss / self.cfg.grad_accum).backward()
                 losses.append(float(loss.detach()))
-                pairs += min(self.cfg.batch_size, len(order) - self.state.micro * self.cfg.batch_size)
+                start, stop = self._micro_batch(self.state.micro, len(order))
+                pairs += stop - start
                 self.state.micro += 1
                 if self.state.micro % self.cfg.grad_accum and self.state.micro < self.micro_per_epoch:
                     continue
+                average_gradients(self.runtime, self.named.values())
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)

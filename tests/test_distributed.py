@@ -1,0 +1,82 @@
+"""`torchrun --nproc-per-node 2 -m dbprompt train` on CPUs (gloo): the same prompts as one process, and a
+rank killed mid-run costs nothing once `--resume` is given."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dbprompt.cli import main
+from dbprompt.data import load_database, split_records
+
+BATCH = 8
+
+
+def _args(db: Path, out: Path) -> list[str]:
+    return [
+        "train", str(db), "--out", str(out), "--model", "dbprompt-tiny", "--pretrained", "random", "--epochs", "3",
+        "--batch-size", str(BATCH), "--no-progress", "--checkpoint-every", "1", "--workers", "0",
+    ]
+
+
+def _torchrun(args: list[str]) -> subprocess.Popen:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "0", "-m", "dbprompt", *args]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(p) for p in found]
+
+
+def test_two_processes_train_what_one_does_and_a_killed_rank_resumes(tiny_db, tmp_path, one_thread):
+    train = split_records(load_database(tiny_db).records)["train"]
+    # Every micro-batch splits evenly over two ranks, so both runs see exactly the same batches.
+    assert len(train) % BATCH % 2 == 0
+    assert main(_args(tiny_db, tmp_path / "one.safetensors")) == 0
+
+    out = tmp_path / "two.safetensors"
+    run = _torchrun(_args(tiny_db, out))
+    checkpoint = tmp_path / "two.safetensors.work" / "checkpoint.safetensors"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None, run.communicate()[0]  # still training when one rank is killed
+    ranks = _children(run.pid)
+    assert len(ranks) == 2
+    os.kill(ranks[1], signal.SIGKILL)
+    log = run.communicate(timeout=120)[0]
+    assert run.returncode != 0 and not out.exists(), log
+
+    resumed = _torchrun(_args(tiny_db, out) + ["--resume"])
+    log = resumed.communicate(timeout=180)[0]
+    assert resumed.returncode == 0, log
+    assert "resumed at epoch" in log and log.count("wrote ") == 1  # rank 0 alone reports and writes
+    one, two = load_file(str(tmp_path / "one.safetensors")), load_file(str(out))
+    assert set(one) == set(two)
+    assert max(float((one[k].double() - two[k].double()).abs().max()) for k in one) <= 1e-4
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tiny_backbone, tiny_records):
+    from dbprompt.data import records_for
+    from dbprompt.model import PromptedCLIP
+    from dbprompt.prompts import PromptConfig
+    from dbprompt.runtime import Runtime
+    from dbprompt.training.config import TrainConfig
+    from dbprompt.training.trainer import Trainer
+
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        Trainer(
+            PromptedCLIP(tiny_backbone, PromptConfig(vocab=0)), records_for(tiny_records, "train"), [],
+            TrainConfig(batch_size=8), Runtime(rank=0, world=3), progress=False,
+        )
+    assert torch.distributed.is_available()
