@@ -42,3 +42,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def as_stored(model) -> None:
+    """Round a model's prompt parameters as a prompt file stores them (float16), in place."""
+    with torch.no_grad():
+        for p in model.prompts.parameters():
+            p.copy_(p.half().float())

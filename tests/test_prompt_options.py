@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import as_stored
 
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
@@ -79,6 +80,7 @@ def test_coupled_prompts_round_trip_through_a_prompt_file(tiny_backbone, tmp_pat
         model.prompts.visual.gate.fill_(0.7)
     images = torch.randn(2, 3, 32, 32)
     loaded = PromptedCLIP.from_prompt_file(model.save_prompt_file(tmp_path / "c.safetensors"))
+    as_stored(model)
     assert set(loaded.prompt_state_dict()) == set(model.prompt_state_dict())
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.encode_image(images))

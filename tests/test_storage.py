@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import as_stored
 
 from dbprompt.backbones import load_backbone
 from dbprompt.model import PromptedCLIP
@@ -18,6 +19,9 @@ from dbprompt.storage import PromptFileError, read_prompt_file
 def prompt_file(tiny_backbone, tmp_path):
     torch.manual_seed(0)
     model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=3, visual_len=5, visual_depth=2, text_init="a photo of", vocab=0))
+    with torch.no_grad():  # open gates: the prompts then change the features
+        model.prompts.text.gate.fill_(0.5)
+        model.prompts.visual.gate.fill_(0.5)
     return model, model.save_prompt_file(tmp_path / "p.safetensors", {"best_epoch": 2})
 
 
@@ -31,6 +35,11 @@ def test_round_trip(prompt_file, tiny_backbone):
     # every layer of the tiny towers, and a gate per layer and head (2 layers, 2 heads, both towers)
     assert pf.parameter_count == 2 * 3 * 64 + 2 * 5 * 64 + 2 * 2 * 2
     loaded = PromptedCLIP.from_prompt_file(path)
+    from safetensors.torch import load_file
+
+    assert load_file(str(path))["text.tokens"].dtype == torch.float16  # half the bytes on disk
+    assert pf.tensors["text.tokens"].dtype == torch.float32  # computed in float32
+    as_stored(model)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(images), model.eval().encode_image(images))
@@ -102,6 +111,7 @@ def test_every_config_round_trips_through_its_file(tiny_backbone, tmp_path, conf
             p.normal_()
     path = model.save_prompt_file(tmp_path / "p.safetensors")
     loaded = PromptedCLIP.from_prompt_file(path, tiny_backbone)
+    as_stored(model)
     assert {k: v for k, v in loaded.prompt_state_dict().items()}.keys() == model.prompt_state_dict().keys()
     assert all(torch.equal(loaded.prompt_state_dict()[k], v) for k, v in model.prompt_state_dict().items())
 

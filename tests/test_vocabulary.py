@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import as_stored
 
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
@@ -91,6 +92,8 @@ def test_vocabulary_round_trips_through_a_prompt_file(tiny_backbone, tmp_path):
     assert pf.tensors["vocab.ids"].dtype == torch.int64
     assert pf.parameter_count == model.trainable_parameter_count()
     loaded = PromptedCLIP.from_prompt_file(path)
+    assert not torch.equal(loaded.prompts.vocab.offsets, model.prompts.vocab.offsets)  # stored as float16
+    as_stored(model)
     with torch.no_grad():
         assert torch.equal(loaded.encode_texts(CAPTIONS), model.encode_texts(CAPTIONS))
 

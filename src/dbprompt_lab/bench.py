@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -124,7 +125,19 @@ def run_one(
     row |= {"trainable_params": model.trainable_parameter_count(), "artifact_bytes": artifact_bytes(model)}
     row["train_seconds"] = time.perf_counter() - started
     row["metrics"] = evaluate_models({method.name: model}, test, runtime)[method.name]
+    if method.tune == "prompts":
+        row |= _as_stored(model, test, runtime)
     return row
+
+
+def _as_stored(model: PromptedCLIP, test: list[Record], runtime: Runtime) -> dict:
+    """The same test through the prompt file a user would get (float16 tensors): its size and T2I R@1."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = model.save_prompt_file(Path(tmp) / "prompts.safetensors")
+        stored = PromptedCLIP.from_prompt_file(path, model.backbone, device=runtime.device)
+        size = path.stat().st_size
+    metrics = evaluate_models({"file": stored}, test, runtime)["file"]
+    return {"prompt_file_bytes": size, "prompt_file_t2i_R@1": metrics[HEADLINE]}
 
 
 def _task(args: tuple) -> dict:
@@ -274,3 +287,16 @@ def targets(summary: list[dict], method: str = "textual+visual") -> list[str]:
             f"{100 * e.get('params_vs_full', 0):.3f} % of full FT's parameters"
         )
     return out
+
+
+def stored_prompts(rows: list[dict]) -> str | None:
+    """How much storing prompts as float16 moved test T2I R@1, over every prompt run (the target: <= 0.1 point)."""
+    pairs = [(r["metrics"][HEADLINE], r["prompt_file_t2i_R@1"], r["prompt_file_bytes"]) for r in rows if "prompt_file_t2i_R@1" in r]
+    if not pairs:
+        return None
+    worst = max(abs(a - b) for a, b, _ in pairs)
+    verdict = "met" if worst <= 0.1 else "MISSED"
+    return (
+        f"prompt files as float16: test T2I R@1 moved by at most {worst:.2f} points over {len(pairs)} prompt runs "
+        f"(target <= 0.1: {verdict}); files of {min(b for *_, b in pairs):,} to {max(b for *_, b in pairs):,} bytes"
+    )

@@ -139,7 +139,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, default_jobs, markdown, run, summarize, targets
+    from .bench import BenchConfig, default_jobs, markdown, run, stored_prompts, summarize, targets
 
     epochs = dict(tuple(int(v) for v in item.split(":")) for item in args.epochs)
     missing = [n for n in args.sizes if n not in epochs]
@@ -164,6 +164,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     summary = summarize(rows, cfg)
     table = markdown(summary, cfg)
     lines = [line for method in TARGET_METHODS if method in cfg.methods for line in targets(summary, method)]
+    lines += [line for line in (stored_prompts(rows),) if line]
     print(table)
     print("\n".join(lines))
     if args.benchmarks_md:
