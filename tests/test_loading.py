@@ -142,6 +142,10 @@ def test_a_pre_filled_cache_with_the_hub_offline(hub, tmp_path, monkeypatch):
     assert openclip.tokenize(["a red circle"], 32)[0, 0] == 49406  # its tokenizer, offline too
     with pytest.raises(ValueError, match="--pretrained laion2b_s34b_b79k means nothing for hf-hub:org/tiny-openclip"):
         load_backbone("hf-hub:org/tiny-openclip", "laion2b_s34b_b79k")
+    # A download cut short: the config is cached, the weights are not. Not on this machine, rather than bad data.
+    (fill_cache(hub, "org/cut-short", tmp_path / "clip") / "snapshots" / COMMIT / "model.safetensors").unlink()
+    with pytest.raises(WeightsUnavailableError, match="hf:org/cut-short: not on this machine .* HF_HUB_OFFLINE is set"):
+        load_backbone("hf:org/cut-short")
 
 
 def test_local_dir_loads_its_weights_and_random_means_random(tmp_path, monkeypatch):

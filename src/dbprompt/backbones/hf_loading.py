@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .hf import HFAdapter
+from .hf import HFAdapter, Tokenize
 from .loading import fetch
 
 PREFIX = "hf:"
@@ -53,10 +53,17 @@ def load_hf(
         what = f"the weights of {PREFIX}{source}" + (f" at revision {revision}" if revision else "")
 
         def from_hub() -> tuple[Path, torch.nn.Module]:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import constants, snapshot_download
+            from huggingface_hub.errors import LocalEntryNotFoundError
 
             snapshot = Path(snapshot_download(source, revision=revision, allow_patterns=_SMALL_FILES))
-            return snapshot, _model(source, snapshot, snapshot.name, pretrained == RANDOM, seed)
+            try:
+                return snapshot, _model(source, snapshot, snapshot.name, pretrained == RANDOM, seed)
+            except OSError as exc:
+                if not constants.is_offline_mode():
+                    raise
+                # Offline, transformers says a weights file is missing, not that it looked only in the cache.
+                raise LocalEntryNotFoundError(str(exc)) from exc
 
         folder, model = fetch(from_hub, what, local_only=local_only)
         name, label = f"{PREFIX}{source}", RANDOM if pretrained == RANDOM else folder.name  # the commit
@@ -117,7 +124,7 @@ class _HFTokens:
         return ids.masked_fill(out["attention_mask"] == 0, 0) if self.zero_padding else ids
 
 
-def _tokenizer(folder: Path, family: str, text_config, name: str):
+def _tokenizer(folder: Path, family: str, text_config, name: str) -> tuple[Tokenize, int]:
     """(tokenize, positions before the caption) from the model's tokenizer files, or open_clip's BPE for a CLIP without any."""
     if any((folder / f).is_file() for f in _TOKENIZER_FILES):
         from transformers import AutoTokenizer
