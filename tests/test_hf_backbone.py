@@ -223,7 +223,8 @@ def test_a_directory_records_its_name_and_never_random_for_real_weights(tmp_path
     folder = save_clip(tmp_path / "clip", seed=7)  # seed 0 would be the random weights themselves
     monkeypatch.chdir(tmp_path)
     real = load_backbone("hf:clip")
-    assert (real.name, real.pretrained) == (f"hf:{folder.resolve()}", "directory")
+    assert real.name == real.pretrained == f"hf:{folder.resolve()}"  # its own weights, recorded as shipped ones are
+    assert load_backbone(real.name, real.pretrained).fingerprint() == real.fingerprint()  # as a prompt file reloads it
     random_a, random_b = load_backbone("hf:clip", "random"), load_backbone("hf:clip", "random")
     assert random_a.pretrained == "random" and random_a.fingerprint() == random_b.fingerprint() != real.fingerprint()
     assert load_backbone("hf:clip", "random", seed=1).fingerprint() != random_a.fingerprint()
@@ -250,20 +251,20 @@ def test_the_image_transform_is_the_model_s_processor(tmp_path):
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_the_day_through_hf_dir(family, tiny_db, tmp_path, capsys):
-    """train (1 epoch) -> eval -> index -> search, and the prompt file reloads its backbone from the record."""
+    """train (1 epoch) -> eval -> index -> search; a directory is named again (a recorded path is never opened)."""
     folder = save_clip(tmp_path / "m") if family == "clip" else save_siglip(tmp_path / "m", caption_words(tiny_db))
     prompts, index = tmp_path / "p.safetensors", tmp_path / "index"
     common = ["--no-progress", "--batch-size", "8"]
     args = ["train", str(tiny_db), "--model", f"hf:{folder}", "--out", str(prompts), "--epochs", "1", *common]
     assert main(args + ["--text-len", "2", "--visual-len", "2", "--vocab", "64", "--text-norm"]) == 0
     recorded = read_prompt_file(prompts)
-    assert (recorded.backbone, recorded.pretrained) == (f"hf:{folder}", "directory")
+    assert recorded.backbone == recorded.pretrained == f"hf:{folder}"
     capsys.readouterr()
-    assert main(["eval", str(tiny_db), "--prompts", str(prompts), "--json"]) == 0
+    model = ["--model", f"hf:{folder}"]
+    assert main(["eval", str(tiny_db), "--prompts", str(prompts), *model, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert len(rows) == 2 and any(name.startswith("prompts (textual+visual+vocabulary") for name in rows)
-    assert main(["index", str(tiny_db), "--prompts", str(prompts), "--out", str(index), *common]) == 0
+    assert main(["index", str(tiny_db), "--prompts", str(prompts), "--out", str(index), *model, *common]) == 0
     capsys.readouterr()
-    assert main(["search", str(index), "a small red star", "-k", "3", "--json"]) == 0
+    assert main(["search", str(index), "a small red star", "-k", "3", *model, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 3
-    assert PromptedCLIP.from_prompt_file(prompts).backbone.fingerprint() == recorded.fingerprint

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from dbprompt.backbones import WeightsUnavailableError, load_backbone, load_named_backbone, shim
 from dbprompt.backbones.factory import MODEL_CONFIG_DIR
+from dbprompt.backbones.recorded import load_recorded_backbone
 from dbprompt.cli import build_parser, errors
 
 from test_hf_backbone import save_clip
@@ -133,11 +134,14 @@ def test_a_pre_filled_cache_with_the_hub_offline(hub, tmp_path, monkeypatch):
     fill_cache(hub, "org/tiny-openclip", save_open_clip_dir(tmp_path / "openclip"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     clip = load_named_backbone("hf:org/tiny-clip", None)
-    assert (clip.name, clip.pretrained) == ("hf:org/tiny-clip", COMMIT)
+    assert clip.name == clip.pretrained == "hf:org/tiny-clip"  # its own weights, recorded as shipped ones are
     assert clip.fingerprint() == load_backbone(f"hf:{tmp_path / 'clip'}").fingerprint()
-    assert load_backbone("hf:org/tiny-clip", COMMIT).fingerprint() == clip.fingerprint()  # as a prompt file records it
+    assert load_backbone("hf:org/tiny-clip", COMMIT).pretrained == COMMIT  # a revision, as the hub names them
+    # What the prompt file records loads again: through the recorded-backbone rules too (hub ids, cache only).
+    assert load_recorded_backbone(clip.name, clip.pretrained).fingerprint() == clip.fingerprint()
     openclip = load_named_backbone("hf-hub:org/tiny-openclip", None)  # no --pretrained needed
-    assert (openclip.name, openclip.pretrained) == ("hf-hub:org/tiny-openclip", "hub")
+    assert openclip.name == openclip.pretrained == "hf-hub:org/tiny-openclip"
+    assert load_recorded_backbone(openclip.name, openclip.pretrained).fingerprint() == openclip.fingerprint()
     assert openclip.fingerprint() == load_backbone("dbprompt-tiny", seed=3).fingerprint()
     assert openclip.tokenize(["a red circle"], 32)[0, 0] == 49406  # its tokenizer, offline too
     with pytest.raises(ValueError, match="--pretrained laion2b_s34b_b79k means nothing for hf-hub:org/tiny-openclip"):
@@ -152,7 +156,7 @@ def test_local_dir_loads_its_weights_and_random_means_random(tmp_path, monkeypat
     folder = save_open_clip_dir(tmp_path / "oc")
     monkeypatch.chdir(tmp_path)
     real = load_named_backbone("local-dir:oc", None)
-    assert (real.name, real.pretrained) == (f"local-dir:{folder.resolve()}", "directory")
+    assert real.name == real.pretrained == f"local-dir:{folder.resolve()}"
     assert real.fingerprint() == load_backbone("dbprompt-tiny", seed=3).fingerprint()
     random = load_backbone("local-dir:oc", "random")
     assert random.pretrained == "random" and random.fingerprint() == load_backbone("dbprompt-tiny").fingerprint()

@@ -14,13 +14,11 @@ import open_clip
 import torch
 
 from .base import BackboneAdapter
-from .hf_loading import DIRECTORY, PREFIX as HF_PREFIX, RANDOM, check_own_weights, load_hf
+from .hf_loading import PREFIX as HF_PREFIX, RANDOM, check_own_weights, load_hf
 from .loading import fetch
 from .openclip import OpenClipAdapter
 
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
-# The recorded `pretrained` of an `hf-hub:` model: the repository's own weights (a directory's: DIRECTORY).
-HUB = "hub"
 
 # Models shipped with dbprompt: an open_clip config `NAME.json` (found by name like open_clip's
 # own) and, when pre-trained weights ship too, `NAME.safetensors` beside it.
@@ -41,8 +39,8 @@ def load_backbone(
     `model`: an open_clip name, `hf-hub:org/repo`, `local-dir:DIR` (open_clip layout), `hf:DIR` or
     `hf:org/repo` (transformers CLIPModel / SiglipModel). `pretrained` for an open_clip name: a tag
     (e.g. "laion2b_s34b_b79k"), a checkpoint path, or None for the weights dbprompt ships (else
-    random); for the prefixed forms the weights come with the model, so None (or what a prompt file
-    recorded); everywhere "random" gives the architecture with weights drawn from `seed` (the same
+    random); for the prefixed forms the weights come with the model, so None (or the model's own
+    name, which prompt files record, as for shipped weights); everywhere "random" gives the architecture with weights drawn from `seed` (the same
     seed, the same weights and fingerprint). `local_only`: never the network, only this machine.
     """
     if model.startswith(HF_PREFIX):
@@ -100,14 +98,14 @@ def _named_source(model: str, pretrained: str | None) -> tuple[str | None, str]:
 
 
 def _schema_source(model: str, pretrained: str | None) -> tuple[str, str]:
-    """(model, recorded pretrained) for `hf-hub:` and `local-dir:`, whose weights come with the model."""
-    own = HUB if model.startswith(HF_HUB) else DIRECTORY
+    """(model, recorded pretrained) for `hf-hub:` and `local-dir:`, whose weights come with the model: recorded
+    as the model's own name, as shipped weights are."""
     if model.startswith(LOCAL_DIR):
         folder = Path(model[len(LOCAL_DIR) :]).expanduser().resolve()
         _check_open_clip_dir(folder, weights=pretrained != RANDOM)
         model = f"{LOCAL_DIR}{folder}"
-    check_own_weights(model, pretrained, own)
-    return model, RANDOM if pretrained == RANDOM else own
+    check_own_weights(model, pretrained)
+    return model, RANDOM if pretrained == RANDOM else model
 
 
 def _check_open_clip_dir(folder: Path, *, weights: bool) -> None:

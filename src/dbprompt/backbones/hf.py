@@ -86,6 +86,7 @@ class HFAdapter(BackboneAdapter):
             raise ValueError(f"{name}: a {self.family!r} model; dbprompt opens transformers' CLIPModel and SiglipModel")
         text, vision = model.text_model, model.vision_model
         self.context_length = text.config.max_position_embeddings
+        self.vocab_size = text.embeddings.token_embedding.num_embeddings
         self.text_width = text.config.hidden_size
         self.text_num_layers = len(text.encoder.layers)
         self.text_prefix_len = text_prefix_len

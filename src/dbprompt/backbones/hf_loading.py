@@ -20,8 +20,6 @@ from .loading import fetch
 
 PREFIX = "hf:"
 RANDOM = "random"
-# The recorded `pretrained` of a model read from a directory: the directory's own weights.
-DIRECTORY = "directory"
 # What a hub snapshot needs besides the weights (which `from_pretrained` picks: safetensors, shards, .bin).
 _SMALL_FILES = ["*.json", "*.txt", "*.model"]
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model")
@@ -36,21 +34,21 @@ def load_hf(
 ) -> HFAdapter:
     """A frozen HFAdapter in eval mode from a directory or a hub id (`source`, without the `hf:` prefix).
 
-    `pretrained`: None for the model's own weights (for a hub id also a revision: branch, tag or
-    commit; for a directory also DIRECTORY, as prompt files record it), or "random" for the
+    `pretrained`: None (or the model's name, as prompt files record it) for the model's own
+    weights; for a hub id also a revision (branch, tag or commit); or "random" for the
     architecture with weights drawn from `seed`. `local_only`: never the network.
     """
-    folder = Path(source).expanduser()
+    folder, revision = Path(source).expanduser(), None
     if folder.is_dir():
-        folder = folder.resolve()
-        check_own_weights(f"{PREFIX}{folder}", pretrained, DIRECTORY)
+        folder, name = folder.resolve(), f"{PREFIX}{folder.resolve()}"
+        check_own_weights(name, pretrained)
         model = _model(folder, folder, None, pretrained == RANDOM, seed)
-        name, label = f"{PREFIX}{folder}", RANDOM if pretrained == RANDOM else DIRECTORY
     elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise FileNotFoundError(f"{PREFIX}{source}: no such directory (a hub id reads org/name)")
     else:
-        revision = None if pretrained in (None, RANDOM) else pretrained
-        what = f"the weights of {PREFIX}{source}" + (f" at revision {revision}" if revision else "")
+        name = f"{PREFIX}{source}"
+        revision = None if pretrained in (None, RANDOM, name) else pretrained
+        what = f"the weights of {name}" + (f" at revision {revision}" if revision else "")
 
         def from_hub() -> tuple[Path, torch.nn.Module]:
             from huggingface_hub import constants, snapshot_download
@@ -66,16 +64,16 @@ def load_hf(
                 raise LocalEntryNotFoundError(str(exc)) from exc
 
         folder, model = fetch(from_hub, what, local_only=local_only)
-        name, label = f"{PREFIX}{source}", RANDOM if pretrained == RANDOM else folder.name  # the commit
+    label = RANDOM if pretrained == RANDOM else revision or name  # own weights: recorded as the model's name
     family = model.config.model_type
     tokenize, prefix = _tokenizer(folder, family, model.config.text_config, name)
     adapter = HFAdapter(model, tokenize, prefix, _transform(folder, family, model.config.vision_config, name), name, label)
     return adapter.to(device).eval().requires_grad_(False)
 
 
-def check_own_weights(model: str, pretrained: str | None, own: str) -> None:
-    """A model that comes with its weights takes no --pretrained: only `own` (what prompt files record) or 'random'."""
-    if pretrained not in (None, own, RANDOM):
+def check_own_weights(model: str, pretrained: str | None) -> None:
+    """A model that comes with its weights takes no --pretrained: only its own name (what prompt files record) or 'random'."""
+    if pretrained not in (None, model, RANDOM):
         raise ValueError(
             f"--pretrained {pretrained} means nothing for {model}: its weights come with it. "
             "Leave --pretrained out, or give 'random' for the architecture with random weights"

@@ -6,6 +6,8 @@
        output that exists or another run is writing (pass --force, or wait)
     3  bad data: a database, image, prompt file or index that is missing, unreadable, malformed,
        or does not belong with the rest (a DataError, PromptFileError, IndexFormatError, ...)
+    4  weights not available: a backbone's weights (or tokenizer) are neither on this machine nor to be
+       had from the network; the message names the model and the routes that need no network
 
 Only an internal error prints a traceback: every other message says what to fix.
 """
