@@ -2,6 +2,7 @@
 
 from .base import PROMPT_ID, BackboneAdapter, LayerHook, UnsupportedPromptError
 from .factory import RANDOM, load_backbone, load_named_backbone, shipped_weights
+from .loading import WeightsUnavailableError
 
 __all__ = [
     "PROMPT_ID",
@@ -9,6 +10,7 @@ __all__ = [
     "BackboneAdapter",
     "LayerHook",
     "UnsupportedPromptError",
+    "WeightsUnavailableError",
     "load_backbone",
     "load_named_backbone",
     "shipped_weights",

@@ -10,20 +10,17 @@ backbone with `--model/--pretrained`; the recorded fingerprint is checked either
 
 from __future__ import annotations
 
-import contextlib
 import re
-import threading
-from typing import Iterator
 
 import open_clip
 
 from .base import BackboneAdapter
 from .factory import RANDOM, load_backbone
+from .shim import hub_offline
 
 # A hub repository id (org/name), the only form a recorded `hf-hub:`/`hf:` model may take.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 _HUB_SCHEMES = ("hf-hub:", "hf:")
-_offline_lock = threading.RLock()
 
 
 class RecordedBackboneError(ValueError):
@@ -79,24 +76,3 @@ def _message(source: str, name: str, pretrained: str | None, reason: str) -> str
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def hub_offline() -> Iterator[None]:
-    """Hugging Face hub calls answer from the local cache only, as with HF_HUB_OFFLINE=1, for this block.
-
-    The setting is read at call time by huggingface_hub (and transformers through it), so it
-    holds for every download open_clip or transformers would attempt while loading.
-    """
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # no hub library: nothing can be fetched from the hub
-        yield
-        return
-    with _offline_lock:
-        before = constants.HF_HUB_OFFLINE
-        constants.HF_HUB_OFFLINE = True
-        try:
-            yield
-        finally:
-            constants.HF_HUB_OFFLINE = before

@@ -16,7 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dbprompt",
         description="Adapt a frozen CLIP to one image database with trainable prompts, then index and search it.",
-        epilog="Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad data (a database, image, prompt file or index).",
+        epilog=(
+            "Exit codes: 0 ok, 1 internal error, 2 usage, 3 bad data (a database, image, prompt file or index), "
+            "4 weights not available (not on this machine and not to be downloaded; see docs/backbones.md)."
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.register(sub)

@@ -37,7 +37,13 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool, recorded:
     """With `recorded`, unset flags mean: the backbone the prompt file or index records, from local weights only."""
     title = "backbone (default: the one the file records, loaded only from weights on this machine)" if recorded else "backbone"
     g = parser.add_argument_group(title)
-    g.add_argument("--model", required=required, help="open_clip model name (e.g. ViT-B-32), hf-hub:org/repo, or dbprompt-proxy (shipped, pre-trained on the synthetic world)")
+    g.add_argument(
+        "--model", required=required,
+        help="open_clip model name (e.g. ViT-B-32, with --pretrained); hf-hub:org/repo or local-dir:DIR (open_clip layout, "
+        "weights included); hf:org/repo or hf:DIR (a Hugging Face CLIPModel or SiglipModel, weights included); or "
+        "dbprompt-proxy (shipped, pre-trained on the synthetic world). Weights come from this machine first (a "
+        "file, a directory, the Hugging Face cache), the network only if needed; see docs/backbones.md",
+    )
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint file, or 'random'; not needed for models shipped with weights")
 
 

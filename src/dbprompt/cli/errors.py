@@ -6,6 +6,8 @@
        output that exists or another run is writing (pass --force, or wait)
     3  bad data: a database, image, prompt file or index that is missing, unreadable, malformed,
        or does not belong with the rest (a DataError, PromptFileError, IndexFormatError, ...)
+    4  weights not available: a backbone's weights (or tokenizer) are neither on this machine nor to be
+       had from the network; the message names the model and the routes that need no network
 
 Only an internal error prints a traceback: every other message says what to fix.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-OK, INTERNAL, USAGE, BAD_DATA = 0, 1, 2, 3
+OK, INTERNAL, USAGE, BAD_DATA, WEIGHTS_UNAVAILABLE = 0, 1, 2, 3, 4
 INTERRUPTED = 130
 
 
@@ -29,6 +31,12 @@ def _bad_data_types() -> tuple[type[BaseException], ...]:
     return DataError, PromptFileError, IndexFormatError, IncompatibleError, OSError
 
 
+def _weights_unavailable(exc: BaseException) -> bool:
+    """Looked up, not imported: its module imports open_clip (seconds), and if it was never imported nothing raised it."""
+    loading = sys.modules.get("dbprompt.backbones.loading")
+    return loading is not None and isinstance(exc, loading.WeightsUnavailableError)
+
+
 def exit_code(exc: BaseException) -> int:
     """The documented code for an exception (KeyboardInterrupt: 130, as shells expect)."""
     from ..locking import OutputBusyError, OutputExistsError
@@ -37,6 +45,8 @@ def exit_code(exc: BaseException) -> int:
         return INTERRUPTED
     if isinstance(exc, (OutputExistsError, OutputBusyError)):
         return USAGE
+    if _weights_unavailable(exc):
+        return WEIGHTS_UNAVAILABLE
     if isinstance(exc, _bad_data_types()):
         return BAD_DATA
     if isinstance(exc, ValueError):
