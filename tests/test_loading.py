@@ -62,20 +62,21 @@ def save_open_clip_dir(folder: Path, seed: int = 3) -> Path:
     return folder
 
 
-def _cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
-    start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "dbprompt", *args], capture_output=True, text=True, env=env, cwd=cwd)
-    return done, time.monotonic() - start
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    # The timeout only guards against a hang (the old behaviour retried for a minute).
+    return subprocess.run([sys.executable, "-m", "dbprompt", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
-def test_weights_not_to_be_had_end_in_one_paragraph_and_exit_4_within_15_s(tiny_db, tmp_path):
-    """The README's headline command on a machine with no network and no cache (the issue: 55 s, 113 lines)."""
+def test_weights_not_to_be_had_end_in_one_paragraph_and_exit_4(tiny_db, tmp_path):
+    """The README's headline command on a machine with no network and no cache (the issue: 55 s, 113 lines).
+
+    Its time (6 s here, BENCHMARKS.md) is measured, not asserted; one stderr line means no retry was logged.
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_ENDPOINT": CLOSED_PORT}
     out = tmp_path / "x.safetensors"
     args = ["train", str(tiny_db), "--model", "ViT-B-32", "--pretrained", "laion2b_s34b_b79k", "--out", str(out)]
-    done, seconds = _cli(args, env, tmp_path)
+    done = _cli(args, env, tmp_path)
     assert done.returncode == errors.WEIGHTS_UNAVAILABLE == 4
-    assert seconds < 15, seconds
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("dbprompt train: error: cannot load the weights of ViT-B-32 --pretrained laion2b_s34b_b79k")
@@ -84,11 +85,12 @@ def test_weights_not_to_be_had_end_in_one_paragraph_and_exit_4_within_15_s(tiny_
     assert not out.exists() and not out.with_name(out.name + ".work").exists() and done.stdout == ""
 
 
-def test_an_unreachable_hub_is_asked_once_not_retried_for_a_minute(hub):
-    start = time.monotonic()
+def test_an_unreachable_hub_is_asked_once_not_retried_for_a_minute(hub, monkeypatch):
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)  # huggingface_hub's retries wait between tries
     with pytest.raises(WeightsUnavailableError, match=rf"not on this machine .* {CLOSED_PORT} cannot be reached"):
         load_backbone("hf:openai/clip-vit-base-patch32")
-    assert time.monotonic() - start < 10
+    assert waits == []
 
 
 def test_a_hub_that_refuses_gives_the_same_one_paragraph(hub, monkeypatch):

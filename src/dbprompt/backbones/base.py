@@ -127,6 +127,8 @@ class BackboneAdapter(nn.Module, ABC):
     context_length: int
     # Token ids the text tower embeds (word offsets and prompt files are checked against it).
     vocab_size: int
+    # The id that fills a caption's tokens after its end (0 for CLIP's BPE, the end token for SigLIP's).
+    text_pad_id: int
     text_width: int
     text_num_layers: int
     # Token positions before the textual insertion point (1 when the tokenizer emits a start token).
@@ -154,6 +156,27 @@ class BackboneAdapter(nn.Module, ABC):
     @abstractmethod
     def num_heads(self, tower: str) -> int:
         """Attention heads per layer of the tower."""
+
+    @abstractmethod
+    def block_forwards(self, tower: str) -> list[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]]:
+        """Each of the tower's blocks as its own forward, (x, mask) -> x."""
+
+    def run_blocks(
+        self,
+        tower: str,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        hook: LayerHook | None,
+        layers: Sequence[LayerPrompt | None] | None,
+    ) -> torch.Tensor:
+        """The tower's blocks in order: `hook` before block i, `layers[i]` inside it (its own forward without)."""
+        views = self.blocks(tower) if layers is not None and any(p is not None for p in layers) else None
+        for i, forward in enumerate(self.block_forwards(tower)):
+            if hook is not None:
+                x = hook(i, x)
+            p = layers[i] if layers is not None and i < len(layers) else None
+            x = forward(x, mask) if p is None else views[i].run(x, mask, p)
+        return x
 
     # --- text -----------------------------------------------------------------------
     @abstractmethod

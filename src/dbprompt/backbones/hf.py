@@ -87,6 +87,8 @@ class HFAdapter(BackboneAdapter):
         text, vision = model.text_model, model.vision_model
         self.context_length = text.config.max_position_embeddings
         self.vocab_size = text.embeddings.token_embedding.num_embeddings
+        pad = getattr(text.config, "pad_token_id", None)
+        self.text_pad_id = int(pad if pad is not None else 0)
         self.text_width = text.config.hidden_size
         self.text_num_layers = len(text.encoder.layers)
         self.text_prefix_len = text_prefix_len
@@ -104,6 +106,9 @@ class HFAdapter(BackboneAdapter):
 
     def num_heads(self, tower: str) -> int:
         return self._layers(tower)[0].self_attn.num_heads
+
+    def block_forwards(self, tower: str) -> list[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]]:
+        return [HFEncoderBlock(layer).forward for layer in self._layers(tower)]
 
     def _layers(self, tower: str) -> nn.ModuleList:
         return (self.model.text_model if tower == "text" else self.model.vision_model).encoder.layers
@@ -136,7 +141,7 @@ class HFAdapter(BackboneAdapter):
         mask = None
         if self.family == "clip":
             mask = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu(1)[None, None]
-        x = text.final_layer_norm(self._run("text", x, mask, hook, layers))
+        x = text.final_layer_norm(self.run_blocks("text", x, mask, hook, layers))
         if self.family == "siglip":
             return text.head(x[:, -1])
         # Prompt positions hold PROMPT_ID (negative): never the end token, never the largest id.
@@ -157,7 +162,7 @@ class HFAdapter(BackboneAdapter):
         layers: Sequence[LayerPrompt | None] | None = None,
     ) -> torch.Tensor:
         vision = self.model.vision_model
-        x = self._run("image", x, None, hook, layers)
+        x = self.run_blocks("image", x, None, hook, layers)
         if num_prompts:
             p = self.vision_prefix_len
             x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
@@ -182,20 +187,4 @@ class HFAdapter(BackboneAdapter):
     @property
     def image_tower(self) -> nn.Module:
         return self.model.vision_model
-
-    def _run(
-        self,
-        tower: str,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        hook: LayerHook | None,
-        layers: Sequence[LayerPrompt | None] | None,
-    ) -> torch.Tensor:
-        """The tower's layers in order: `hook` before layer i, `layers[i]` inside it (the layer's own forward without)."""
-        for i, layer in enumerate(self._layers(tower)):
-            if hook is not None:
-                x = hook(i, x)
-            p = layers[i] if layers is not None and i < len(layers) else None
-            x = layer(x, mask) if p is None else HFEncoderBlock(layer).run(x, mask, p)
-        return x
 

@@ -7,6 +7,8 @@ without attentional pooling) and timm ViT towers with prefix tokens (the SigLIP 
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable, Sequence
 
 import torch
@@ -79,6 +81,7 @@ class OpenClipAdapter(BackboneAdapter):
         self.context_length = int(model.context_length)
         if self._text.problem is None:
             self.vocab_size = self._text.token_embedding.num_embeddings
+            self.text_pad_id = int(self._text.pad_id)
             self.text_width = self._text.token_embedding.embedding_dim
             self.text_num_layers = len(self._text.transformer.resblocks)
         visual = model.visual
@@ -110,15 +113,20 @@ class OpenClipAdapter(BackboneAdapter):
     def text_prompt_problem(self) -> str | None:
         return self._text.problem
 
-    def blocks(self, tower: str) -> list[BlockView] | None:
+    def _raw_blocks(self, tower: str) -> list[nn.Module]:
         if tower == "text":
-            raw = [] if self._text.problem else list(self._text.transformer.resblocks)
-        elif self._vision_kind == "openclip":
-            raw = list(self.model.visual.transformer.resblocks)
-        elif self._vision_kind == "timm":
-            raw = list(self.model.visual.trunk.blocks)
-        else:
-            raw = []
+            return [] if self._text.problem else list(self._text.transformer.resblocks)
+        if self._vision_kind == "openclip":
+            return list(self.model.visual.transformer.resblocks)
+        if self._vision_kind == "timm":
+            return list(self.model.visual.trunk.blocks)
+        return []
+
+    def block_forwards(self, tower: str) -> list[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]]:
+        return [functools.partial(_own_forward, b) for b in self._raw_blocks(tower)]
+
+    def blocks(self, tower: str) -> list[BlockView] | None:
+        raw = self._raw_blocks(tower)
         for kind in (OpenClipBlock, TimmBlock):
             if raw and all(kind.opens(b) for b in raw):
                 return [kind(b) for b in raw]
@@ -178,7 +186,7 @@ class OpenClipAdapter(BackboneAdapter):
         length = x.shape[1]
         x = x + t.positional_embedding[:length].to(x.dtype)
         mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
-        x = self._run(t.transformer.resblocks, "text", x, mask, hook, layers)
+        x = self.run_blocks("text", x, mask, hook, layers)
         x = t.ln_final(x)
         # The placeholder ids of prompt positions never match an end token, so the
         # pooled position shifts with the prompts.
@@ -206,13 +214,13 @@ class OpenClipAdapter(BackboneAdapter):
         visual = self.model.visual
         p = self.vision_prefix_len
         if self._vision_kind == "openclip":
-            x = self._run(visual.transformer.resblocks, "image", x, None, hook, layers)
+            x = self.run_blocks("image", x, None, hook, layers)
             if num_prompts:
                 x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
             pooled = shim.openclip_image_pool(visual, x)
             return pooled @ visual.proj if visual.proj is not None else pooled
         trunk = visual.trunk
-        x = self._run(trunk.blocks, "image", x, None, hook, layers)
+        x = self.run_blocks("image", x, None, hook, layers)
         x = trunk.norm(x)
         if num_prompts:
             x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
@@ -236,25 +244,7 @@ class OpenClipAdapter(BackboneAdapter):
     def image_tower(self) -> nn.Module:
         return self.model.visual
 
-    def _run(
-        self,
-        blocks: Sequence[nn.Module],
-        tower: str,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        hook: LayerHook | None,
-        layers: Sequence[LayerPrompt | None] | None,
-    ) -> torch.Tensor:
-        """The tower's blocks in order (its own forward, batch first): `hook` before block i, `layers[i]` inside it."""
-        views = self.blocks(tower) if layers is not None and any(p is not None for p in layers) else None
-        for i, block in enumerate(blocks):
-            if hook is not None:
-                x = hook(i, x)
-            p = layers[i] if layers is not None and i < len(layers) else None
-            if p is None:
-                x = block(x, attn_mask=mask) if mask is not None else block(x)
-            else:
-                x = views[i].run(x, mask, p)
-        return x
 
-
+def _own_forward(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A block's own forward: open_clip's take a mask, timm's take none here (no masks on images)."""
+    return block(x, attn_mask=mask) if mask is not None else block(x)

@@ -44,7 +44,7 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool, recorded:
         "dbprompt-proxy (shipped, pre-trained on the synthetic world). Weights come from this machine first (a "
         "file, a directory, the Hugging Face cache), the network only if needed; see docs/backbones.md",
     )
-    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint file, or 'random'; not needed for models shipped with weights")
+    g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint file, or 'random'; not needed for models shipped with weights, nor for hf:, hf-hub: or local-dir: models, whose weights come with them ('random' still gives random weights; for hf:org/repo a revision)")
 
 
 def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:

@@ -128,7 +128,9 @@ def phrase_embeddings(backbone: BackboneAdapter, phrase: str) -> torch.Tensor:
     """The token embeddings of a phrase's word pieces (no start or end token)."""
     ids = backbone.tokenize([phrase], backbone.context_length)[0]
     start = backbone.text_prefix_len
-    end = int((ids != 0).nonzero().max()) if start else int((ids != 0).sum())
+    # With a start token the last non-padding id is the end token; without one, padding follows the words.
+    filled = ids != backbone.text_pad_id
+    end = int(filled.nonzero().max()) if start else int(filled.sum())
     with torch.no_grad():
         return backbone.text_token_embeddings(ids[start:end].unsqueeze(0))[0].float()
 
