@@ -25,7 +25,7 @@ def make_prompt_file(path: Path, backbone: BackboneAdapter, seed: int) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         # Ungated, so that untrained prompts already move the vectors away from zero-shot.
-        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, init_std=0.5, gate=False, vocab=0))
+        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, init_std=0.5, gate=False, vocab=0, visual_adapter=0))
     return model.save_prompt_file(path)
 
 

@@ -71,7 +71,7 @@ def test_the_shim_check_names_a_function_an_upgrade_removed(monkeypatch):
 
 
 def test_bf16_autocast_runs_on_the_cpu(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, vocab=0))
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, vocab=0, visual_adapter=0))
     with torch.no_grad():
         for p in model.prompts.parameters():
             p.normal_(0, 0.5)  # gates open, so the prompts' path is exercised

@@ -59,7 +59,7 @@ def test_identity_without_prompts(family):
     assert image_diff <= 1e-5, name
 
 
-ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, text_norm=True, visual_norm=True)
+ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, text_norm=True, visual_norm=True, visual_adapter=0)
 
 
 def _open_everything(model: PromptedCLIP) -> None:
@@ -122,7 +122,7 @@ def test_gradients_reach_the_prompts_and_never_the_backbone(family):
 def test_prompts_change_both_towers(family):
     name, backbone = family
     text_len = 0 if "SigLIP" in name else 4  # SigLIP's tokenizer comes from the hub; ids below are raw
-    model = PromptedCLIP(backbone, PromptConfig(text_len=text_len, visual_len=4, visual_depth=2, gate=False, vocab=0)).eval()
+    model = PromptedCLIP(backbone, PromptConfig(text_len=text_len, visual_len=4, visual_depth=2, gate=False, vocab=0, visual_adapter=0)).eval()
     base = PromptedCLIP(backbone, NO_PROMPTS).eval()
     images = torch.randn(2, 3, *backbone.image_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -143,8 +143,8 @@ def test_resnet_tower_refuses_visual_prompts_but_takes_textual():
     net = CLIP(32, CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, image_size=32), _small_text_cfg())
     backbone = adapter_for(net, "RN-tiny")
     with pytest.raises(UnsupportedPromptError, match=r"RN-tiny cannot take visual prompts.*ModifiedResNet"):
-        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=2, vocab=0))
-    model = PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0))
+        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=2, vocab=0, visual_adapter=0))
+    model = PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0))
     assert model.encode_texts(["a red circle"]).shape == (1, 32)
 
 
@@ -154,8 +154,8 @@ def test_coca_style_text_tower_refuses_textual_prompts():
     net = CustomTextCLIP(32, vision, _small_text_cfg(embed_cls=True))
     backbone = adapter_for(net, "coca-tiny")
     with pytest.raises(UnsupportedPromptError, match=r"coca-tiny cannot take textual prompts.*class token"):
-        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0))
-    assert PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=2, vocab=0)).encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0))
+    assert PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=2, vocab=0, visual_adapter=0)).encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 32)
 
 
 def test_random_weights_are_reproducible_and_fingerprinted():

@@ -53,7 +53,7 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(tiny_db), "--prompts", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    label = "prompts (textual+visual+vocabulary)"
+    label = "prompts (textual+visual+vocabulary+image adapters)"
     assert set(report["rows"]) == {"zero-shot", label}
     # The split recorded at training time is reused, not the default one (which differs here).
     records = load_database(tiny_db).records
@@ -61,8 +61,10 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     assert report["images"] == len(recorded) != len(split_records(records)["test"])
     vocab = read_prompt_file(out).tensors["vocab.ids"]
     assert 5 < len(vocab) <= PromptConfig().vocab  # the tiny database's caption tokens
-    # every layer, a gate per layer and head of each tower, an offset per vocabulary token
-    assert report["rows"][label]["trainable_params"] == 2 * (4 * 64 + 2 * 64) + 2 * 2 * 2 + 64 * len(vocab)
+    # every layer, a gate per layer and head of each tower, an offset per vocabulary token, and a
+    # rank-16 adapter (down and up) beside each of the 2 image blocks
+    adapters = 2 * 2 * 16 * 64
+    assert report["rows"][label]["trainable_params"] == 2 * (4 * 64 + 2 * 64) + 2 * 2 * 2 + 64 * len(vocab) + adapters
     assert main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "dbprompt-tiny" in info and '"text_len": 4' in info
@@ -92,7 +94,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
 
 
 def test_nothing_to_train_is_refused(tiny_db, tmp_path, capsys):
-    code = main(["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-tiny", "--text-len", "0", "--visual-len", "0", "--vocab", "0"])
+    code = main(["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--model", "dbprompt-tiny", "--text-len", "0", "--visual-len", "0", "--vocab", "0", "--visual-adapter", "0"])
     assert code == 2 and "nothing to train" in capsys.readouterr().err
 
 

@@ -15,7 +15,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (work / "database" / "metadata.jsonl").exists()
     assert (work / "prompts.safetensors").exists()
     assert (work / "index").is_dir()
-    assert "zero-shot" in out and "prompts (textual+visual+vocabulary)" in out
+    assert "zero-shot" in out and "prompts (textual+visual+vocabulary+image adapters)" in out
     assert f"dbprompt serve {work / 'index'}" in out
     # Search the index it built, as the printed hint says.
     capsys.readouterr()

@@ -29,7 +29,7 @@ def test_drop_vectors_drops_whole_vectors_and_keeps_the_mean():
 
 def test_dropout_acts_in_training_only(tiny_backbone):
     torch.manual_seed(0)
-    config = PromptConfig(text_len=4, visual_len=4, gate=False, vocab=0)
+    config = PromptConfig(text_len=4, visual_len=4, gate=False, vocab=0, visual_adapter=0)
     plain = PromptedCLIP(tiny_backbone, config)
     dropping = PromptedCLIP(tiny_backbone, config.replace(dropout=0.5))
     dropping.load_state_dict(plain.state_dict())
@@ -60,7 +60,7 @@ def test_offset_dropout_uses_pretrained_embedding_for_dropped_tokens():
 
 
 def test_coupled_visual_prompts_are_a_map_of_the_textual_ones(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, couple=True, gate=False, vocab=0)).train()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, couple=True, gate=False, vocab=0, visual_adapter=0)).train()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"prompts.text.tokens", "prompts.visual.map.weight", "prompts.visual.map.bias"}
     expected = model.prompts.visual.map(model.prompts.text.tokens)
@@ -75,7 +75,7 @@ def test_coupled_visual_prompts_are_a_map_of_the_textual_ones(tiny_backbone):
 
 
 def test_coupled_prompts_round_trip_through_a_prompt_file(tiny_backbone, tmp_path):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, couple=True, vocab=0)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, couple=True, vocab=0, visual_adapter=0)).eval()
     with torch.no_grad():
         model.prompts.visual.gate.fill_(0.7)
     images = torch.randn(2, 3, 32, 32)
@@ -88,8 +88,8 @@ def test_coupled_prompts_round_trip_through_a_prompt_file(tiny_backbone, tmp_pat
 
 def test_coupling_needs_matching_prompts(tiny_backbone):
     with pytest.raises(ValueError, match="one length"):
-        PromptConfig(text_len=4, visual_len=2, couple=True, vocab=0)
+        PromptConfig(text_len=4, visual_len=2, couple=True, vocab=0, visual_adapter=0)
     with pytest.raises(ValueError, match="one prompt depth"):
-        PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, text_depth=1, visual_depth=2, couple=True, vocab=0))
+        PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, text_depth=1, visual_depth=2, couple=True, vocab=0, visual_adapter=0))
     with pytest.raises(ValueError, match="dropout"):
-        PromptConfig(dropout=1.0, vocab=0)
+        PromptConfig(dropout=1.0, vocab=0, visual_adapter=0)

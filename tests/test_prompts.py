@@ -27,7 +27,7 @@ def _reference_text_features(model: PromptedCLIP, ids: torch.Tensor) -> torch.Te
 
 
 def test_long_captions_keep_their_end_token_and_pool_there(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_depth=1, visual_len=0, gate=False, vocab=0)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_depth=1, visual_len=0, gate=False, vocab=0, visual_adapter=0)).eval()
     ids = model.tokenize([LONG_CAPTION, "a red circle"])
     assert ids.shape == (2, tiny_backbone.context_length - 6)
     eot = tiny_backbone.tokenizer.eot_token_id
@@ -38,7 +38,7 @@ def test_long_captions_keep_their_end_token_and_pool_there(tiny_backbone):
 
 
 def test_visual_prompts_sit_after_class_token_without_positions(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=1, vocab=0)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=1, vocab=0, visual_adapter=0)).eval()
     seen = {}
 
     def spy(layer, x):
@@ -57,7 +57,7 @@ def test_visual_prompts_sit_after_class_token_without_positions(tiny_backbone):
 
 
 def test_deep_prompts_replace_prompt_positions_before_each_layer(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=2, vocab=0)).eval()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=3, visual_depth=2, vocab=0, visual_adapter=0)).eval()
     hook = model.prompts.visual.layer_hook()
     x = torch.zeros(2, 10, tiny_backbone.vision_width)
     assert torch.equal(hook(0, x), x)
@@ -67,7 +67,7 @@ def test_deep_prompts_replace_prompt_positions_before_each_layer(tiny_backbone):
 
 
 def test_phrase_init_copies_token_embeddings(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_init="a photo of a", visual_len=0, vocab=0))
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=6, text_init="a photo of a", visual_len=0, vocab=0, visual_adapter=0))
     ids = tiny_backbone.tokenize(["a photo of a"], tiny_backbone.context_length)[0]
     words = ids[1:5]
     expected = tiny_backbone.model.token_embedding.weight[words]
@@ -75,7 +75,7 @@ def test_phrase_init_copies_token_embeddings(tiny_backbone):
 
 
 def test_gradients_reach_only_the_prompts(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, visual_depth=2, gate=False, vocab=0)).train()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, visual_depth=2, gate=False, vocab=0, visual_adapter=0)).train()
     assert not tiny_backbone.training
     ids = model.tokenize(["a red circle", "a blue star", "a green cross"])
     loss = clip_loss(model.encode_image(torch.randn(3, 3, 32, 32)), model.encode_text(ids), tiny_backbone.logit_scale)
@@ -89,7 +89,7 @@ def test_gradients_reach_only_the_prompts(tiny_backbone):
 
 
 def test_gated_prompts_start_exactly_at_zero_shot_and_learn_from_there(tiny_backbone):
-    gated = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, gate=True, vocab=0)).train()
+    gated = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, gate=True, vocab=0, visual_adapter=0)).train()
     plain = PromptedCLIP(tiny_backbone, PromptConfig.none()).eval()
     ids = gated.tokenize(["a red circle on the left", "a blue star"])
     images = torch.randn(2, 3, 32, 32)
@@ -129,7 +129,7 @@ def test_a_gated_layer_is_prefix_attention_written_out(tiny_backbone):
 
 
 def test_prompt_dropout_leaves_dropped_prompts_out_of_the_keys(tiny_backbone):
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=8, visual_len=0, gate=True, vocab=0, dropout=0.5)).train()
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=8, visual_len=0, gate=True, vocab=0, dropout=0.5, visual_adapter=0)).train()
     torch.manual_seed(0)
     sizes = {p.prefix.shape[0] for _ in range(20) for p in model.prompts.text.layer_prompts()}
     assert len(sizes) > 1 and max(sizes) <= 8  # a random subset of the 8 tokens each step

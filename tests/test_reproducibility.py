@@ -25,7 +25,7 @@ GPU_TOLERANCE = 1e-3
 
 def train_once(backbone, records, device: str = "cpu") -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, vocab=0)).to(device)
+    model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, vocab=0, visual_adapter=0)).to(device)
     trainer = Trainer(
         model, records_for(records, "train"), records_for(records, "val"),
         TrainConfig(epochs=3, batch_size=8, lr=1e-2, seed=0), runtime=Runtime(device=device), progress=False,

@@ -57,7 +57,7 @@ def test_every_reporting_command_speaks_json(csv_db, trained, tmp_path, capsys):
     index, _ = run_json(capsys, ["index", str(path), "--prompts", str(trained), "--out", str(tmp_path / "p.index")])
     assert index["count"] == 40 and index["index"].endswith("p.index")
     evaluation, _ = run_json(capsys, ["eval", str(path), "--prompts", str(trained)])
-    assert set(evaluation["rows"]) == {"zero-shot", "prompts (textual+visual)"} and evaluation["images"] > 0
+    assert set(evaluation["rows"]) == {"zero-shot", "prompts (textual+visual+image adapters)"} and evaluation["images"] > 0
     info, _ = run_json(capsys, ["info", str(trained)])
     assert info["backbone"] == "dbprompt-tiny" and info["training"]["read"]["caption_column"] == "caption"
     search, _ = run_json(capsys, ["search", str(tmp_path / "p.index"), "a red circle", "-k", "3"])
@@ -109,7 +109,7 @@ def test_info_reads_an_index_directory(csv_db, trained, tmp_path, capsys):
         (["search", "INDEX"], errors.USAGE, "give either a text QUERY or --image"),
         (["search", "INDEX", "a cat", "-k", "0"], errors.USAGE, "-k must be at least 1"),
         (["train", "DB", "--out", "OUT", *TINY, "--val-fraction", "0"], errors.USAGE, "--val-fraction 0"),
-        (["train", "DB", "--out", "OUT", *TINY, "--text-len", "0", "--visual-len", "0", "--vocab", "0"], errors.USAGE, "nothing to train"),
+        (["train", "DB", "--out", "OUT", *TINY, "--text-len", "0", "--visual-len", "0", "--vocab", "0", "--visual-adapter", "0"], errors.USAGE, "nothing to train"),
         (["eval", "NOWHERE", *TINY], errors.BAD_DATA, "no such file or folder"),
         (["eval", "DB", "--prompts", "GARBAGE"], errors.BAD_DATA, "not a dbprompt prompt file"),
         (["search", "NOWHERE", "a cat"], errors.BAD_DATA, "not a dbprompt index"),

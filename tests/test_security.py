@@ -183,7 +183,7 @@ def test_decompression_bombs_are_bad_items_under_a_configurable_limit(tmp_path, 
     ],
 )
 def test_non_finite_or_mistyped_prompt_tensors_are_refused(tmp_path, tiny_backbone, name, tensor, message):
-    prompts = PromptedCLIP(tiny_backbone, dbprompt.PromptConfig(text_len=2, visual_len=2, vocab=0)).save_prompt_file(tmp_path / "g.safetensors")
+    prompts = PromptedCLIP(tiny_backbone, dbprompt.PromptConfig(text_len=2, visual_len=2, vocab=0, visual_adapter=0)).save_prompt_file(tmp_path / "g.safetensors")
     value = read_prompt_file(prompts).tensors[name].clone()
     value = value.fill_(float(tensor)) if tensor in ("nan", "inf") else value.to(getattr(torch, tensor))
     forged = forge_prompt_file(prompts, tmp_path / "bad.safetensors", tensors={name: value})

@@ -18,7 +18,7 @@ from dbprompt.storage import PromptFileError, read_prompt_file
 @pytest.fixture
 def prompt_file(tiny_backbone, tmp_path):
     torch.manual_seed(0)
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=3, visual_len=5, visual_depth=2, text_init="a photo of", vocab=0))
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=3, visual_len=5, visual_depth=2, text_init="a photo of", vocab=0, visual_adapter=0))
     with torch.no_grad():  # open gates: the prompts then change the features
         model.prompts.text.gate.fill_(0.5)
         model.prompts.visual.gate.fill_(0.5)
@@ -97,10 +97,10 @@ def test_write_is_atomic(prompt_file, monkeypatch):
 @pytest.mark.parametrize(
     "config",
     [
-        PromptConfig(text_len=2, visual_len=2, vocab=0),
-        PromptConfig(text_len=2, visual_len=0, vocab=0, gate=False),
-        PromptConfig(text_len=0, visual_len=3, vocab=0),
-        PromptConfig(text_len=2, visual_len=2, vocab=0, couple=True),
+        PromptConfig(text_len=2, visual_len=2, vocab=0, visual_adapter=0),
+        PromptConfig(text_len=2, visual_len=0, vocab=0, gate=False, visual_adapter=0),
+        PromptConfig(text_len=0, visual_len=3, vocab=0, visual_adapter=0),
+        PromptConfig(text_len=2, visual_len=2, vocab=0, couple=True, visual_adapter=0),
         PromptConfig(text_len=1, visual_len=0, vocab=4),
     ],
 )

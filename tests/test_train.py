@@ -22,7 +22,7 @@ from dbprompt.training.loss import ContrastiveLoss, calibrate_logit_scale, clip_
 from dbprompt.training.trainer import Trainer, epoch_plan
 from dbprompt.training.validation import distractor_positions
 
-PROMPTS = PromptConfig(text_len=4, visual_len=4, vocab=0)
+PROMPTS = PromptConfig(text_len=4, visual_len=4, vocab=0, visual_adapter=0)
 
 
 def _trainer(backbone, records, work_dir=None, config=PROMPTS, **cfg):
@@ -74,7 +74,7 @@ def test_resume_refuses_other_options(tiny_backbone, tiny_records, tmp_path):
 
 
 def test_frozen_image_side_is_encoded_once_and_cached(tiny_backbone, tiny_records):
-    text_only = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=0, vocab=0), epochs=1)
+    text_only = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0), epochs=1)
     assert text_only.images.frozen
     text_only.run()
     train = records_for(tiny_records, "train")
@@ -90,7 +90,7 @@ def test_validation_ranks_among_training_images_too(tiny_backbone, tiny_records)
     assert distractor_positions(100, 10, gallery=13) == [0, 33, 66]
     assert distractor_positions(5, 10, gallery=100) == [0, 1, 2, 3, 4]
     assert distractor_positions(100, 10, gallery=1) == []
-    for config in (PromptConfig(text_len=4, visual_len=0, vocab=0), PROMPTS):
+    for config in (PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0), PROMPTS):
         trainer = _trainer(tiny_backbone, tiny_records, config=config, epochs=1)
         result = trainer.run()
         val, train = records_for(tiny_records, "val"), records_for(tiny_records, "train")

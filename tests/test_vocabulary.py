@@ -36,7 +36,7 @@ def test_offsets_act_only_on_listed_tokens():
 
 
 def _vocab_model(backbone, **changes) -> PromptedCLIP:
-    config = PromptConfig(text_len=4, visual_len=4, vocab=64).replace(**changes)
+    config = PromptConfig(text_len=4, visual_len=4, vocab=64, visual_adapter=0).replace(**changes)
     return PromptedCLIP.for_captions(backbone, config, CAPTIONS)
 
 

@@ -140,7 +140,7 @@ def train(
     config, splits_cfg, read = PromptConfig(**prompt_kw), SplitConfig(**split_kw), ReadOptions(**read_kw)
     base = TrainConfig(**train_kw)
     if not config.kinds:
-        raise ValueError("nothing to train: --text-len, --visual-len and --vocab are all 0")
+        raise ValueError("nothing to train: --text-len, --visual-len, --vocab and --visual-adapter are all 0, and no norm offsets are on")
     runtime = join(runtime or Runtime.resolve())  # torchrun: one process per GPU (or CPU share)
     log = log if runtime.main else (lambda message: None)
     database = _read(db, read)

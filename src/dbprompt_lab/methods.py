@@ -45,7 +45,8 @@ class Method:
     @classmethod
     def from_json(cls, data: dict) -> "Method":
         data = dict(data)
-        prompts = PromptConfig(**({"vocab": 0} | data.pop("prompts", {"text_len": 0, "visual_len": 0})))
+        # What an experiment file does not name is off (the defaults of its time had neither).
+        prompts = PromptConfig(**({"vocab": 0, "visual_adapter": 0} | data.pop("prompts", {"text_len": 0, "visual_len": 0})))
         for name in ("other_lrs", "anchors"):
             if name in data:
                 data[name] = tuple(data[name])
@@ -104,21 +105,21 @@ def artifact_bytes(model: PromptedCLIP) -> int:
 
 
 # The single-modality reference points as the literature runs them: shallow, ungated.
-_LITERATURE = PromptConfig(text_len=8, text_depth=1, visual_len=8, visual_depth=1, gate=False, vocab=0)
+_LITERATURE = PromptConfig(text_len=8, text_depth=1, visual_len=8, visual_depth=1, gate=False, vocab=0, visual_adapter=0)
 
 COMPARED_METHODS = (
     Method("zero-shot", "none"),
     Method("textual", "prompts", _LITERATURE.replace(visual_len=0), lr=3e-3, notes="CoOp-style"),
     Method("visual-shallow", "prompts", _LITERATURE.replace(text_len=0), lr=3e-3, notes="VPT-shallow"),
     Method("visual-deep", "prompts", _LITERATURE.replace(text_len=0, visual_depth=0), lr=3e-3, notes="VPT-deep"),
-    Method("textual+visual", "prompts", PromptConfig(vocab=0), lr=1e-3, notes="the paper's method: deep, gated"),
+    Method("textual+visual", "prompts", PromptConfig(vocab=0, visual_adapter=0), lr=1e-3, notes="the paper's method: deep, gated"),
     Method(
         "dbprompt",
         "prompts",
         PromptConfig(),
         lr=TrainConfig().lr,
         calibrate_temperature=TrainConfig().calibrate_temperature,
-        notes="dbprompt train's defaults: the paper's method, vocabulary offsets, a calibrated temperature",
+        notes="dbprompt train's defaults: the paper's method, vocabulary offsets, image adapters, a calibrated temperature",
     ),
     # Validation chose lr 1e-4 over 1e-5 in 23 of 24 runs, on this CPU and on a GPU
     # (BENCHMARKS.md), so 1e-5, which doubled the comparison's costliest rows, is no longer tried.

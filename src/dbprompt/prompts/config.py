@@ -29,7 +29,9 @@ class PromptConfig:
     )
     text_norm: bool = option(False, "learn offsets to every LayerNorm's scale and shift in the text tower, from zero")
     visual_norm: bool = option(False, "learn offsets to every LayerNorm's scale and shift in the image tower, from zero")
-    visual_adapter: int = option(0, "rank of a bottleneck adapter beside every image block's MLP, from zero (0: none)")
+    visual_adapter: int = option(
+        16, "rank of a bottleneck adapter beside every image block's MLP, from zero: what adapts the images (0: none)"
+    )
     vocab: int = option(
         1024,
         "tune the token embeddings of up to this many of the training captions' word pieces (those in most "

@@ -12,7 +12,7 @@ from ..options import option
 class TrainConfig:
     epochs: int = option(10, "passes over the training images")
     batch_size: int = option(64, "image-caption pairs per step (the contrastive loss's negatives)")
-    lr: float = option(2e-3, "peak learning rate (chosen on validation with the calibrated temperature)")
+    lr: float = option(1e-2, "peak learning rate (chosen on validation with the image adapters, BENCHMARKS.md)")
     weight_decay: float = option(0.0, "AdamW weight decay of matrices (never of gates or the temperature)")
     warmup_fraction: float = option(0.1, "fraction of steps of linear warm-up before the cosine decay", flag="--warmup")
     grad_accum: int = option(1, "micro-batches per optimizer step")
