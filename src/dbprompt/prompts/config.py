@@ -32,6 +32,11 @@ class PromptConfig:
     visual_adapter: int = option(
         16, "rank of a bottleneck adapter beside every image block's MLP, from zero: what adapts the images (0: none)"
     )
+    visual_start: int = option(
+        0,
+        "image layers before this one keep the backbone's own computation (visual prompts, adapters and norm "
+        "offsets act from it on); training then backpropagates only through the later layers",
+    )
     vocab: int = option(
         1024,
         "tune the token embeddings of up to this many of the training captions' word pieces (those in most "
@@ -45,7 +50,7 @@ class PromptConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("text_len", "visual_len", "vocab", "visual_adapter"):
+        for name in ("text_len", "visual_len", "vocab", "visual_adapter", "visual_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("text_depth", "visual_depth"):
@@ -58,6 +63,8 @@ class PromptConfig:
                 f"couple needs textual and visual prompts of one length, got text_len {self.text_len} "
                 f"and visual_len {self.visual_len}"
             )
+        if self.couple and self.visual_start:
+            raise ValueError("couple maps the textual prompts onto the image layers one by one: it needs visual_start 0")
         if self.text_init is not None and not self.text_init.strip():
             raise ValueError("text_init must be a non-empty phrase or None")
 
@@ -95,4 +102,4 @@ class PromptConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown prompt options {sorted(unknown)} (written by a newer dbprompt?)")
-        return cls(**({"vocab": 0, "text_norm": False, "visual_norm": False, "visual_adapter": 0} | data))
+        return cls(**({"vocab": 0, "text_norm": False, "visual_norm": False, "visual_adapter": 0, "visual_start": 0} | data))

@@ -30,11 +30,13 @@ class PromptLearner(nn.Module):
         self.text: PromptTokens | None = None
         self.visual: PromptTokens | None = None
         self.vocab: TokenOffsets | None = None
+        self.visual_start = config.visual_start
+        visual_layers = backbone.vision_num_layers - config.visual_start
+        if (config.visual_len and config.gate or config.visual_norm or config.visual_adapter) and visual_layers < 1:
+            raise ValueError(f"visual_start {config.visual_start} leaves none of {backbone.name}'s {backbone.vision_num_layers} image layers")
         self.text_norms = NormOffsets(backbone.text_num_layers, backbone.text_width) if config.text_norm else None
-        self.visual_norms = NormOffsets(backbone.vision_num_layers, backbone.vision_width) if config.visual_norm else None
-        self.visual_adapters = (
-            BlockAdapters(backbone.vision_num_layers, backbone.vision_width, config.visual_adapter) if config.visual_adapter else None
-        )
+        self.visual_norms = NormOffsets(visual_layers, backbone.vision_width) if config.visual_norm else None
+        self.visual_adapters = BlockAdapters(visual_layers, backbone.vision_width, config.visual_adapter) if config.visual_adapter else None
         text_heads = backbone.num_heads("text") if config.gate and config.text_len else 0
         visual_heads = backbone.num_heads("image") if config.gate and config.visual_len else 0
         if config.vocab:
@@ -66,7 +68,7 @@ class PromptLearner(nn.Module):
                 config.visual_len,
                 backbone.vision_width,
                 prefix=backbone.vision_prefix_len,
-                depth=depth_of(config.visual_depth, backbone.vision_num_layers),
+                depth=depth_of(config.visual_depth, visual_layers if config.gate else backbone.vision_num_layers),
                 std=config.init_std,
                 heads=visual_heads,
                 dropout=config.dropout,
@@ -90,6 +92,8 @@ class PromptLearner(nn.Module):
             layers = norms.apply(layers)
         if tower == "image" and self.visual_adapters is not None:
             layers = self.visual_adapters.apply(layers)
+        if tower == "image" and layers:
+            layers = [None] * self.visual_start + layers  # the first layers are the backbone's alone
         return layers or None
 
     def no_weight_decay(self) -> set[str]:
