@@ -36,7 +36,7 @@ from .errors import (
 from .images import DEFAULT_MAX_PIXELS, ImageLimits, real_path
 from .readers import _abspath, _assemble, _Item, _locate, _split_name
 from .records import Record
-from .shards import list_shards, member_keys, shard_root
+from .shards import check_key, list_shards, member_keys, shard_root
 
 SUFFIXES = (".parquet",)
 # Looked for in this order when --image-column is not given: bytes first, then paths.
@@ -160,8 +160,9 @@ def _row_key(values: dict[str, Any], row: int) -> str:
     if KEY_COLUMN not in values:
         return str(row)
     key = values[KEY_COLUMN]
-    if isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip() or "\0" in str(key):
-        raise ItemError(BAD_METADATA, f"key must be a non-empty string or integer, got {key!r:.60}")
+    if isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise ItemError(BAD_METADATA, f"key must be a string or an integer, got {key!r:.60}")
+    check_key(str(key))
     return str(key)
 
 
@@ -288,7 +289,10 @@ def parquet_cells(shard: Path, key: str) -> list[ParquetCell]:
     """The cells an index key may name in `shard` (the caller checks their content against the index)."""
     real = real_path(shard)
     st = real.stat()
-    keys, count, columns = _rows_by_key(real, st.st_size, st.st_mtime_ns)
+    try:
+        keys, count, columns = _rows_by_key(real, st.st_size, st.st_mtime_ns)
+    except pa.ArrowException:
+        return []
     rows = []
     for name in member_keys(key, shard):
         if keys is not None and name in keys:

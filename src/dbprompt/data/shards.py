@@ -38,8 +38,8 @@ from .errors import (
     Reporter,
 )
 from .images import DEFAULT_MAX_PIXELS, ImageLimits, real_path, stat_problem
-from .readers import _abspath, _assemble, _Item, _split_name
-from .records import Record
+from .readers import _abspath, _assemble, _is_utf8, _Item, _split_name
+from .records import Member, Record
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -146,6 +146,14 @@ def split_name(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
+def check_key(key: str) -> None:
+    """Refuse a member key that reads as a path climbing out (`../x`, `/x`) or is not valid UTF-8: keys are shown and exported."""
+    if not key.strip() or "\0" in key or not _is_utf8(key):
+        raise ItemError(BAD_METADATA, f"the key {key!r:.80} is not a valid name")
+    if key.startswith("/") or ".." in key.split("/"):
+        raise ItemError(BAD_METADATA, f"the key {key!r:.80} climbs out of its shard (an absolute path or '..')")
+
+
 def _is_image(ext: str) -> bool:
     return "." + ext in IMAGE_EXTENSIONS
 
@@ -156,6 +164,7 @@ class _Sample:
     first: tarfile.TarInfo
     images: list[tarfile.TarInfo]
     texts: dict[str, tarfile.TarInfo]  # "txt", "json" members
+    bad: bool = False  # one of its members was reported already: the sample is left out
 
 
 def _samples(tar: tarfile.TarFile, shard: Path, size: int, reporter: Reporter) -> Iterator[_Sample]:
@@ -179,26 +188,33 @@ def _samples(tar: tarfile.TarFile, shard: Path, size: int, reporter: Reporter) -
         where = Location(shard, 0, unit="member", name=info.name)
         if not _is_image(ext) and ext not in ("txt", "json"):
             continue
+        if current is None or key != current.key:
+            if current is not None and not current.bad:
+                yield current
+            current = _Sample(key, info, [], {}, bad=True)
+            try:
+                check_key(key)
+                if key in seen:
+                    raise ItemError(DUPLICATE_KEY, f"an earlier sample of this shard has the key {key!r}")
+                current.bad = False
+            except ItemError as e:
+                reporter.bad_at(where, e.problem, e.detail)
+            seen.add(key)
+        if current.bad:
+            continue
         if not info.isreg() or info.issparse():
             reporter.bad_at(where, BAD_METADATA, "not a regular file (a link, device or sparse member)")
+            current.bad = True
             continue
         if info.offset_data + info.size > size:
             reporter.bad_at(where, TRUNCATED_IMAGE, "the shard ends before this member's data does")
+            current = None
             break
-        if current is None or key != current.key:
-            if current is not None:
-                yield current
-            if key in seen:
-                reporter.bad_at(where, DUPLICATE_KEY, f"an earlier sample of this shard has the key {key!r}")
-                current = None
-                continue
-            seen.add(key)
-            current = _Sample(key, info, [], {})
         if _is_image(ext):
             current.images.append(info)
         else:
             current.texts[ext] = info
-    if current is not None:
+    if current is not None and not current.bad:
         yield current
 
 
@@ -333,3 +349,18 @@ def tar_members(shard: Path, key: str) -> list[TarMember]:
     except (tarfile.TarError, EOFError):
         return []
     return [m for name in member_keys(key, shard) for m in table.get(name, [])]
+
+
+def is_shard(path: Path) -> bool:
+    """Whether an indexed image's path is a shard holding it (a tar or parquet file) rather than the image."""
+    return path.name.lower().endswith(TAR_SUFFIXES + (".parquet",))
+
+
+def shard_members(shard: Path, key: str) -> list[Member]:
+    """The members of `shard` that index key `key` may name: several where a key is ambiguous, none
+    where the shard no longer has it or is no longer readable. The caller checks their bytes."""
+    if not shard.name.lower().endswith(TAR_SUFFIXES):
+        from .parquet import parquet_cells  # parquet imports this module
+
+        return list(parquet_cells(shard, key))
+    return list(tar_members(shard, key))

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import faiss
 import numpy as np
@@ -39,6 +39,9 @@ from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatE
 from .metadata import ImageRow, write_metadata
 from .search import load_index
 from .vectors import KINDS, all_vectors, first_non_finite, make_vector_index, resolve_kind, tune_search
+
+if TYPE_CHECKING:
+    from .distributed import RayOptions
 
 TUNE_QUERIES = 256
 
@@ -291,18 +294,24 @@ def build_index(
     checkpoint_every: int = 1024,
     progress: bool = True,
     force: bool = False,
+    ray: RayOptions | None = None,
 ) -> IndexInfo:
     """Create or update the index of `db` (a path or a loaded Database) searched through `prompt_file`.
 
     Only new or changed images are embedded; a run interrupted at any point resumes where
     its last checkpoint ended, and `out_dir` is either the old index or the new one, never a mix.
     An index of another database, prompt file or backbone in `out_dir` is replaced only with `force`.
-    Without `backbone`, the one the prompt file records is loaded from local weights only.
+    Without `backbone`, the one the prompt file records is loaded from local weights only. With
+    `ray`, the images are embedded on Ray actors, a part of `checkpoint_every` images at a time.
     """
     if batch_size < 1 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be at least 1")
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
+    if ray is not None:
+        from .distributed import require_ray
+
+        require_ray()  # before the database is read, not after
     out, prompt_file = Path(out_dir), Path(prompt_file)
     pf = read_prompt_file(prompt_file)
     database = db if isinstance(db, Database) else load_database(db, skip_bad=skip_bad)
@@ -314,16 +323,26 @@ def build_index(
     model = PromptedCLIP.from_prompt_file(prompt_file, backbone, device=runtime.device)
     vectors_of = identity | {"fingerprint": backbone.fingerprint()}  # what a reusable vector was made from
     records = database.records
-    stamps = {r.key: _stamp(r.path) for r in records}
+    # A shard's members share its stamp: a rewritten shard is embedded again, an untouched one is not.
+    by_path = {path: _stamp(path) for path in dict.fromkeys(r.path for r in records)}
+    stamps = {r.key: by_path[r.path] for r in records}
 
     with _WorkDir(out, vectors_of) as work:
         old_info, old_rows, known = _previous(out, vectors_of)
         known.update(work.load())
         todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
-        fresh = _embed(
-            model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
-            checkpoint_every=checkpoint_every, progress=progress,
-        )
+        if ray is None:
+            fresh = _embed(
+                model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
+                checkpoint_every=checkpoint_every, progress=progress,
+            )
+        else:
+            from .distributed import embed_on_ray
+
+            fresh = embed_on_ray(
+                model, todo, stamps, work, runtime, ray, batch_size=batch_size, skip_bad=skip_bad,
+                report=database.report, part_size=checkpoint_every, progress=progress,
+            )
         known.update(fresh)
         kept = [r for r in records if r.key in known and known[r.key].stamp == stamps[r.key]]
         if not kept:

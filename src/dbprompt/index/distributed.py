@@ -1,0 +1,214 @@
+"""Embedding on Ray Data: the collection streamed through actors that each hold the backbone and the prompts.
+
+`dbprompt index --ray [ADDRESS]` lists the database on the driver, cuts what is left to embed into
+parts of `checkpoint_every` images and streams them through a pool of actors: one per GPU where
+the cluster has GPUs, else one per CPU with one thread each. An actor decodes its part through the
+same pipeline as a single process (`decode_batches`), embeds it and hands the vectors back; the
+driver checkpoints each part as it arrives, in the chunks a single process writes, so a run
+stopped at any point resumes with or without Ray, and the index is written by `write_index` as
+always. Ray Data restarts a lost actor and retries the parts it held: a worker lost mid-run costs
+only its unfinished part. Images must be readable at the same paths on every node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..data import Record
+from ..data.errors import BadInputReport, BadItem, Reporter
+from ..model import PromptedCLIP
+from ..pipeline import decode_batches, embed_images
+from ..runtime import Runtime, bf16_supported, default_workers
+from .build import _Embedded, _WorkDir
+from .vectors import first_non_finite
+
+if TYPE_CHECKING:
+    import types
+
+INSTALL_HINT = "Ray is not installed; install it with: pip install 'dbprompt[ray]'"
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to embed: `address` None starts a local Ray instance on 127.0.0.1 (with
+    `num_cpus`, default all); "auto" or "HOST:PORT" joins a running cluster. `workers`: actors
+    (default: one per GPU of the cluster, else one per CPU)."""
+
+    address: str | None = None
+    workers: int | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"--ray-workers must be at least 1, got {self.workers}")
+
+    @classmethod
+    def of(cls, ray: "RayOptions | str | bool | None", workers: int | None = None) -> "RayOptions | None":
+        """From what the API and CLI take: None/False (no Ray), True or "local", an address, or RayOptions."""
+        if ray is None or ray is False:
+            return None
+        if isinstance(ray, RayOptions):
+            return ray
+        return cls(None if ray is True or ray == LOCAL else str(ray), workers)
+
+
+def require_ray() -> "types.ModuleType":
+    """The ray module, or a usage error that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (the extra installs both)
+    except ImportError:
+        raise ValueError(INSTALL_HINT) from None
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions) -> Iterator["types.ModuleType"]:
+    """Ray, started (local instance, loopback only) or joined for the block, and shut down after;
+    a session the caller already started is used and left running."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    where = options.address or "a local instance"
+    try:
+        if options.address is None:
+            ray.init(
+                address=LOCAL, num_cpus=options.num_cpus, _node_ip_address="127.0.0.1", include_dashboard=False,
+                log_to_driver=False, logging_level="ERROR",
+            )
+        else:
+            ray.init(address=options.address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"--ray: cannot start or reach Ray at {where}: {exc}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@dataclass
+class _Part:
+    """What an actor hands back for one part: per image kept, its position in the part, size, sha256 and vector."""
+
+    kept: list[int]
+    sizes: list[tuple[int, int]]
+    digests: list[str]
+    vectors: np.ndarray
+    bad: list[BadItem] = field(default_factory=list)
+
+
+class _Embedder:
+    """A Ray actor: the prompted model on its device; one part of the collection per call."""
+
+    def __init__(self, model: Any, batch_size: int, bf16: bool | None):
+        import ray
+
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        if device == "cpu":
+            torch.set_num_threads(1)  # one actor per CPU
+        self.runtime = Runtime(
+            device=device, bf16=bf16_supported(device) if bf16 is None else bf16,
+            workers=default_workers() if device == "cuda" else 0,  # a GPU is fed by decoding processes
+        )
+        self.model: PromptedCLIP = ray.get(model).to(device).eval()
+        self.transform = self.model.backbone.image_transform()
+        self.batch_size = batch_size
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        records: list[Record] = pickle.loads(row["records"])
+        report = BadInputReport()
+        part = _Part([], [], [], np.empty((0, 0), np.float32), report.items)
+        vectors = []
+        batches = decode_batches(records, self.transform, self.runtime, batch_size=self.batch_size, skip_bad=True, report=report)
+        for batch in batches:
+            if batch.indices:
+                vectors.append(embed_images(self.model, batch.images, self.runtime).numpy())
+                part.kept += batch.indices
+                part.sizes += batch.sizes
+                part.digests += batch.digests
+        if vectors:
+            part.vectors = np.concatenate(vectors)
+        return {"part": row["part"], "result": pickle.dumps(part)}
+
+
+@contextlib.contextmanager
+def _on_cpu(model: PromptedCLIP) -> Iterator[PromptedCLIP]:
+    """The driver's model on the CPU while it is shipped to the actors, whatever devices they have."""
+    device = next(model.parameters()).device
+    model.to("cpu")
+    try:
+        yield model
+    finally:
+        model.to(device)
+
+
+def _actors(ray: "types.ModuleType", options: RayOptions) -> tuple[int, bool]:
+    """(how many actors, whether each takes a GPU)."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    return options.workers or gpus or max(1, int(resources.get("CPU", 1))), gpus > 0
+
+
+def embed_on_ray(
+    model: PromptedCLIP,
+    todo: Sequence[Record],
+    stamps: dict[str, tuple[int, int]],
+    work: _WorkDir,
+    runtime: Runtime,
+    options: RayOptions,
+    *,
+    batch_size: int,
+    skip_bad: bool,
+    report: BadInputReport,
+    part_size: int,
+    progress: bool,
+) -> dict[str, _Embedded]:
+    """Embed `todo` on Ray, checkpointing each part in `work` as it arrives; what `build._embed` does in one process."""
+    if not todo:
+        return {}
+    parts = [list(todo[i : i + part_size]) for i in range(0, len(todo), part_size)]
+    reporter = Reporter(skip_bad, report)
+    done: dict[str, _Embedded] = {}
+    with ray_session(options) as ray:
+        workers, gpus = _actors(ray, options)
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts images, not blocks
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-run notes would bury ours
+        with _on_cpu(model):
+            shipped = ray.put(model)
+        items = [{"part": i, "records": pickle.dumps(part)} for i, part in enumerate(parts)]
+        embedded = ray.data.from_items(items, override_num_blocks=len(parts)).map(
+            _Embedder,
+            fn_constructor_kwargs={
+                "model": shipped, "batch_size": batch_size,
+                "bf16": runtime.bf16 if (runtime.device_type == "cuda") == gpus else None,
+            },
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=1 if gpus else 0,
+        )
+        bar = tqdm(total=len(todo), desc=f"embedding on {workers} Ray workers", unit="img", disable=not progress, leave=False)
+        for row in embedded.iter_rows():
+            records, result = parts[row["part"]], pickle.loads(row["result"])
+            keys = [records[i].key for i in result.kept]
+            bad = first_non_finite(result.vectors) if keys else None
+            if bad is not None:
+                raise ValueError(f"the vector of {keys[bad]} is not finite (NaN or Inf): the prompts or backbone are broken")
+            fresh = {
+                key: _Embedded(stamps[key], size, digest, vector)
+                for key, size, digest, vector in zip(keys, result.sizes, result.digests, result.vectors)
+            }
+            work.save(fresh)  # before its bad items stop a strict run: the part's good images stay done
+            done.update(fresh)
+            for item in result.bad:
+                reporter.add(item)
+            bar.update(len(records))
+        bar.close()
+    return done
