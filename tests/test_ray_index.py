@@ -1,13 +1,16 @@
 """`dbprompt index --ray`: a shard database embedded on a local Ray instance, a worker killed mid-run.
 
 Ray is an optional extra; these tests are skipped without it. Each starts a local instance of
-2 CPUs on 127.0.0.1 and shuts it down.
+2 CPUs on 127.0.0.1 (nothing here imports ray before dbprompt does, so it stays on the loopback)
+and shuts it down.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -16,12 +19,15 @@ from search_fixtures import make_prompt_file
 import dbprompt.index.build as build_module
 from dbprompt.cli import main
 from dbprompt.index import all_vectors, build_index, load_index
-from dbprompt.index.distributed import INSTALL_HINT, RayOptions
+from dbprompt.index.distributed import INSTALL_HINT, RayOptions, ray_session
+from dbprompt_lab.benchmarks import bench_ray
 from dbprompt_lab.world import write_database
 from dbprompt_lab.world.shards import write_webdataset
 
 psutil = pytest.importorskip("psutil")
 LOCAL = RayOptions(workers=2, num_cpus=2)
+NO_RAY = importlib.util.find_spec("ray") is None
+needs_ray = pytest.mark.skipif(NO_RAY, reason="Ray is an optional extra: pip install 'dbprompt[ray]'")
 
 
 def index_contents(index_dir) -> tuple[list[tuple[int, str]], np.ndarray]:
@@ -46,10 +52,10 @@ def shards(tmp_path_factory):
     return write_webdataset(write_database(base / "db", 300, seed=2, image_size=32), base / "shards", per_shard=50)
 
 
+@needs_ray
 def test_a_worker_killed_mid_run_costs_only_its_part_and_the_index_equals_one_process(
     tmp_path, tiny_backbone, shards, monkeypatch
 ):
-    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dbprompt[ray]'")
     prompts = make_prompt_file(tmp_path / "p.safetensors", tiny_backbone, seed=4)
     build_index(shards, prompts, tmp_path / "one", backbone=tiny_backbone, progress=False)
 
@@ -58,6 +64,8 @@ def test_a_worker_killed_mid_run_costs_only_its_part_and_the_index_equals_one_pr
     save = build_module._WorkDir.save
 
     def save_and_kill(self, items):
+        if not items:  # the final flush of nothing
+            return
         saved.append(list(items))
         if len(saved) == 3:  # both actors are embedding by now, with parts queued behind
             killed.append(kill_one_actor())
@@ -75,8 +83,8 @@ def test_a_worker_killed_mid_run_costs_only_its_part_and_the_index_equals_one_pr
     np.testing.assert_allclose(ray_vectors, one_vectors, atol=1e-5)
 
 
+@needs_ray
 def test_a_run_stopped_part_way_resumes_on_ray_from_its_parts(tmp_path, tiny_backbone, shards, monkeypatch):
-    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dbprompt[ray]'")
     prompts = make_prompt_file(tmp_path / "p.safetensors", tiny_backbone, seed=5)
     save = build_module._WorkDir.save
     calls: list[int] = []
@@ -91,25 +99,27 @@ def test_a_run_stopped_part_way_resumes_on_ray_from_its_parts(tmp_path, tiny_bac
             raise Stopped
 
     monkeypatch.setattr(build_module._WorkDir, "save", stop_after_two)
-    with pytest.raises(Stopped):
-        build_index(shards, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False, checkpoint_every=100, ray=LOCAL)
-    monkeypatch.setattr(build_module._WorkDir, "save", save)
-    info = build_index(shards, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False, checkpoint_every=100, ray=LOCAL)
+    with ray_session(LOCAL):  # one instance for both runs (each run still starts its own actors)
+        with pytest.raises(Stopped):
+            build_index(shards, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False, checkpoint_every=100, ray=LOCAL)
+        monkeypatch.setattr(build_module._WorkDir, "save", save)
+        info = build_index(shards, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False, checkpoint_every=100, ray=LOCAL)
     assert info.last_build["embedded"] == 100 and info.count == 300  # the two saved parts were not embedded again
 
 
+@needs_ray
+def test_the_benchmark_runs_at_a_small_size(monkeypatch, capsys):
+    argv = ["bench_ray", "--images", "60", "--model", "dbprompt-tiny", "--part", "10", "--batch", "8"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_ray.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] + line.split()[1] for line in lines[2:5]] == ["oneprocess", "ray1", "ray2"]
+    assert all("img/s" in line for line in lines[2:5]) and lines[5].startswith("ray 2 / ray 1")
+
+
 def test_without_ray_the_flag_says_how_to_install_it(tmp_path, tiny_backbone, shards, monkeypatch, capsys):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_ray(name, *args, **kwargs):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
     prompts = make_prompt_file(tmp_path / "p.safetensors", tiny_backbone, seed=6)
-    monkeypatch.setattr(builtins, "__import__", no_ray)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     args = ["index", str(shards), "--ray", "--prompts", str(prompts), "--out", str(tmp_path / "idx"), "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err

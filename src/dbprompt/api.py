@@ -29,7 +29,7 @@ from .data.splits import TOO_FEW_IMAGES, Splits
 from .evaluation import encode_split, score
 from .index import IndexInfo
 from .index import build_index as build_index_from
-from .index.distributed import RayOptions, require_ray
+from .index.distributed import RayOptions, check_ray
 from .locking import one_writer
 from .metrics import CURVE_KS, TABLE_KS, saturated_keys
 from .model import PromptedCLIP
@@ -311,7 +311,7 @@ def build_index(
     (read_kw,) = split_kwargs(options, ReadOptions)
     on_ray = RayOptions.of(ray, ray_workers)
     if on_ray is not None:
-        require_ray()  # before anything is loaded
+        check_ray()  # before anything is loaded
     read = reuse_read_options(db, read_kw, read_prompt_file(prompts).extra, prompts, log)
     runtime = runtime or Runtime.resolve()
     if backbone is None and model is not None:

@@ -39,7 +39,7 @@ from .errors import (
 )
 from .images import DEFAULT_MAX_PIXELS, ImageLimits, real_path, stat_problem
 from .readers import _abspath, _assemble, _is_utf8, _Item, _split_name
-from .records import Member, Record
+from .records import Record
 
 TAR_SUFFIXES = (".tar",)
 COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -354,13 +354,3 @@ def tar_members(shard: Path, key: str) -> list[TarMember]:
 def is_shard(path: Path) -> bool:
     """Whether an indexed image's path is a shard holding it (a tar or parquet file) rather than the image."""
     return path.name.lower().endswith(TAR_SUFFIXES + (".parquet",))
-
-
-def shard_members(shard: Path, key: str) -> list[Member]:
-    """The members of `shard` that index key `key` may name: several where a key is ambiguous, none
-    where the shard no longer has it or is no longer readable. The caller checks their bytes."""
-    if not shard.name.lower().endswith(TAR_SUFFIXES):
-        from .parquet import parquet_cells  # parquet imports this module
-
-        return list(parquet_cells(shard, key))
-    return list(tar_members(shard, key))

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -152,6 +152,19 @@ def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, li
         index.close()
 
 
+def _batches(
+    model: PromptedCLIP, todo: list[Record], runtime: Runtime, *, batch_size: int, skip_bad: bool, report, progress: bool
+) -> Iterator[tuple[list[int], list[tuple[int, int]], list[str], np.ndarray]]:
+    """(positions in `todo`, sizes, sha256s, vectors) of each batch, embedded in this process."""
+    transform = model.backbone.image_transform()
+    for batch in decode_batches(
+        todo, transform, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report,
+        progress="embedding" if progress and todo else None,
+    ):
+        if batch.indices:
+            yield batch.indices, batch.sizes, batch.digests, embed_images(model, batch.images, runtime).numpy()
+
+
 def _embed(
     model: PromptedCLIP,
     todo: list[Record],
@@ -164,28 +177,34 @@ def _embed(
     report,
     checkpoint_every: int,
     progress: bool,
+    ray: RayOptions | None = None,
 ) -> dict[str, _Embedded]:
-    """Embed `todo`, checkpointing every `checkpoint_every` images (and on the way out of an error)."""
+    """Embed `todo` in this process or on Ray, checkpointing every `checkpoint_every` images (each Ray
+    part as it arrives), and on the way out of an error."""
+    if ray is None:
+        embedded = _batches(model, todo, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report, progress=progress)
+    else:
+        from .distributed import embed_on_ray
+
+        embedded = embed_on_ray(
+            model, todo, runtime, ray, batch_size=batch_size, skip_bad=skip_bad, report=report,
+            part_size=checkpoint_every, progress=progress,
+        )
     done: dict[str, _Embedded] = {}
     pending: dict[str, _Embedded] = {}
-    transform = model.backbone.image_transform()
     try:
-        for batch in decode_batches(
-            todo, transform, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report,
-            progress="embedding" if progress and todo else None,
-        ):
-            if batch.indices:
-                vectors = embed_images(model, batch.images, runtime).numpy()
-                keys = [todo[i].key for i in batch.indices]
+        with contextlib.closing(embedded):
+            for indices, sizes, digests, vectors in embedded:
+                keys = [todo[i].key for i in indices]
                 bad = first_non_finite(vectors)
                 if bad is not None:
                     raise ValueError(f"the vector of {keys[bad]} is not finite (NaN or Inf): the prompts or backbone are broken")
-                for key, size, digest, vector in zip(keys, batch.sizes, batch.digests, vectors):
+                for key, size, digest, vector in zip(keys, sizes, digests, vectors):
                     pending[key] = _Embedded(stamps[key], size, digest, vector)
-            if len(pending) >= checkpoint_every:
-                work.save(pending)
-                done.update(pending)
-                pending = {}
+                if ray is not None or len(pending) >= checkpoint_every:
+                    work.save(pending)
+                    done.update(pending)
+                    pending = {}
     finally:
         work.save(pending)
     done.update(pending)
@@ -309,9 +328,9 @@ def build_index(
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
     if ray is not None:
-        from .distributed import require_ray
+        from .distributed import check_ray
 
-        require_ray()  # before the database is read, not after
+        check_ray()  # before the database is read, not after
     out, prompt_file = Path(out_dir), Path(prompt_file)
     pf = read_prompt_file(prompt_file)
     database = db if isinstance(db, Database) else load_database(db, skip_bad=skip_bad)
@@ -331,18 +350,10 @@ def build_index(
         old_info, old_rows, known = _previous(out, vectors_of)
         known.update(work.load())
         todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
-        if ray is None:
-            fresh = _embed(
-                model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
-                checkpoint_every=checkpoint_every, progress=progress,
-            )
-        else:
-            from .distributed import embed_on_ray
-
-            fresh = embed_on_ray(
-                model, todo, stamps, work, runtime, ray, batch_size=batch_size, skip_bad=skip_bad,
-                report=database.report, part_size=checkpoint_every, progress=progress,
-            )
+        fresh = _embed(
+            model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
+            checkpoint_every=checkpoint_every, progress=progress, ray=ray,
+        )
         known.update(fresh)
         kept = [r for r in records if r.key in known and known[r.key].stamp == stamps[r.key]]
         if not kept:

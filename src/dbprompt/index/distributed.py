@@ -13,9 +13,12 @@ only its unfinished part. Images must be readable at the same paths on every nod
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import os
 import pickle
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
@@ -27,14 +30,13 @@ from ..data.errors import BadInputReport, BadItem, Reporter
 from ..model import PromptedCLIP
 from ..pipeline import decode_batches, embed_images
 from ..runtime import Runtime, bf16_supported, default_workers
-from .build import _Embedded, _WorkDir
-from .vectors import first_non_finite
 
 if TYPE_CHECKING:
     import types
 
 INSTALL_HINT = "Ray is not installed; install it with: pip install 'dbprompt[ray]'"
 LOCAL = "local"
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,17 @@ class RayOptions:
         return cls(None if ray is True or ray == LOCAL else str(ray), workers)
 
 
-def require_ray() -> "types.ModuleType":
-    """The ray module, or a usage error that says how to install it."""
+def check_ray() -> None:
+    """Refuse at once, saying how to install it, when Ray is missing (without importing it: see `ray_session`)."""
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError(INSTALL_HINT)
+
+
+def _import_ray(local: bool) -> "types.ModuleType":
+    if local and "ray" not in sys.modules:
+        # Ray takes the machine's network address for a node's unless told it runs alone, as on macOS:
+        # a local instance then listens and connects on 127.0.0.1 only (read when ray is first imported).
+        os.environ.setdefault(LOOPBACK_ONLY, "0")
     try:
         import ray
         import ray.data  # noqa: F401  (the extra installs both)
@@ -73,9 +84,9 @@ def require_ray() -> "types.ModuleType":
 
 @contextlib.contextmanager
 def ray_session(options: RayOptions) -> Iterator["types.ModuleType"]:
-    """Ray, started (local instance, loopback only) or joined for the block, and shut down after;
-    a session the caller already started is used and left running."""
-    ray = require_ray()
+    """Ray, started (a local instance, on the loopback only when ray was not imported before) or
+    joined for the block, and shut down after; a session the caller already started is used and left running."""
+    ray = _import_ray(local=options.address is None)
     if ray.is_initialized():
         yield ray
         return
@@ -104,7 +115,7 @@ class _Part:
     sizes: list[tuple[int, int]]
     digests: list[str]
     vectors: np.ndarray
-    bad: list[BadItem] = field(default_factory=list)
+    bad: list[BadItem]
 
 
 class _Embedder:
@@ -162,8 +173,6 @@ def _actors(ray: "types.ModuleType", options: RayOptions) -> tuple[int, bool]:
 def embed_on_ray(
     model: PromptedCLIP,
     todo: Sequence[Record],
-    stamps: dict[str, tuple[int, int]],
-    work: _WorkDir,
     runtime: Runtime,
     options: RayOptions,
     *,
@@ -172,15 +181,16 @@ def embed_on_ray(
     report: BadInputReport,
     part_size: int,
     progress: bool,
-) -> dict[str, _Embedded]:
-    """Embed `todo` on Ray, checkpointing each part in `work` as it arrives; what `build._embed` does in one process."""
+) -> Iterator[tuple[list[int], list[tuple[int, int]], list[str], np.ndarray]]:
+    """(positions in `todo`, sizes, sha256s, vectors) of each part of `part_size` images, as the actors
+    finish them (in any order); its bad images are reported after it is handed over."""
     if not todo:
-        return {}
+        return
     parts = [list(todo[i : i + part_size]) for i in range(0, len(todo), part_size)]
     reporter = Reporter(skip_bad, report)
-    done: dict[str, _Embedded] = {}
     with ray_session(options) as ray:
         workers, gpus = _actors(ray, options)
+        workers = min(workers, len(parts))
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours counts images, not blocks
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-run notes would bury ours
         with _on_cpu(model):
@@ -194,21 +204,11 @@ def embed_on_ray(
             },
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=1 if gpus else 0,
         )
-        bar = tqdm(total=len(todo), desc=f"embedding on {workers} Ray workers", unit="img", disable=not progress, leave=False)
-        for row in embedded.iter_rows():
-            records, result = parts[row["part"]], pickle.loads(row["result"])
-            keys = [records[i].key for i in result.kept]
-            bad = first_non_finite(result.vectors) if keys else None
-            if bad is not None:
-                raise ValueError(f"the vector of {keys[bad]} is not finite (NaN or Inf): the prompts or backbone are broken")
-            fresh = {
-                key: _Embedded(stamps[key], size, digest, vector)
-                for key, size, digest, vector in zip(keys, result.sizes, result.digests, result.vectors)
-            }
-            work.save(fresh)  # before its bad items stop a strict run: the part's good images stay done
-            done.update(fresh)
-            for item in result.bad:
-                reporter.add(item)
-            bar.update(len(records))
-        bar.close()
-    return done
+        with tqdm(total=len(todo), desc=f"embedding on {workers} Ray workers", unit="img", disable=not progress, leave=False) as bar:
+            for row in embedded.iter_rows():
+                start, result = row["part"] * part_size, pickle.loads(row["result"])
+                if result.kept:
+                    yield [start + i for i in result.kept], result.sizes, result.digests, result.vectors
+                for item in result.bad:  # after the part's good images are checkpointed
+                    reporter.add(item)
+                bar.update(len(parts[row["part"]]))

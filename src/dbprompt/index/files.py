@@ -17,7 +17,9 @@ from pathlib import Path
 
 from ..data.errors import ItemError
 from ..data.images import real_path
-from ..data.shards import is_shard, shard_members
+from ..data.parquet import parquet_cells
+from ..data.records import Member
+from ..data.shards import TAR_SUFFIXES, is_shard, tar_members
 from .metadata import ImageRow
 
 
@@ -57,10 +59,17 @@ def indexed_bytes(row: ImageRow, root: Path) -> bytes:
     return data
 
 
+def _members(row: ImageRow) -> list[Member]:
+    """The members of its shard that the row's key may name (several where a key is ambiguous, none where it is gone)."""
+    if row.path.name.lower().endswith(TAR_SUFFIXES):
+        return list(tar_members(row.path, row.key))
+    return list(parquet_cells(row.path, row.key))
+
+
 def _member_bytes(row: ImageRow, real: Path) -> bytes:
     """The bytes of the shard member the row's key names, found again and checked against the recorded sha256."""
     try:
-        for member in shard_members(row.path, row.key):
+        for member in _members(row):
             data = member.read(real)
             if hashlib.sha256(data).hexdigest() == row.sha256:
                 return data
