@@ -27,6 +27,7 @@ from .captions import IMAGE_EXTENSIONS, CaptionRule
 from .errors import (
     BAD_METADATA,
     DUPLICATE_KEY,
+    EMPTY_FILE,
     MISSING_IMAGE,
     OUTSIDE_ROOT,
     TRUNCATED_IMAGE,
@@ -114,8 +115,10 @@ def list_shards(
             kept.append(shard)
         elif problem[0] == OUTSIDE_ROOT:
             reporter.bad_at(where, *problem)
-        else:
-            reporter.bad_at(where, UNREADABLE_FILE, f"{problem[0]}{f' ({problem[1]})' if problem[1] else ''}")
+        else:  # said of a shard, not of an image
+            kind, detail = problem
+            said = {MISSING_IMAGE: "no such shard", EMPTY_FILE: "zero-byte shard"}.get(kind, detail)
+            reporter.bad_at(where, UNREADABLE_FILE, said)
     return kept
 
 
