@@ -153,13 +153,14 @@ def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, li
 
 
 def _batches(
-    model: PromptedCLIP, todo: list[Record], runtime: Runtime, *, batch_size: int, skip_bad: bool, report, progress: bool
+    model: PromptedCLIP, records: Sequence[Record], runtime: Runtime, *, batch_size: int, skip_bad: bool, report,
+    progress: str | None = None,
 ) -> Iterator[tuple[list[int], list[tuple[int, int]], list[str], np.ndarray]]:
-    """(positions in `todo`, sizes, sha256s, vectors) of each batch, embedded in this process."""
+    """(positions in `records`, sizes, sha256s, vectors) of each batch that kept an image, embedded in this
+    process (a Ray actor runs it on its part)."""
     transform = model.backbone.image_transform()
     for batch in decode_batches(
-        todo, transform, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report,
-        progress="embedding" if progress and todo else None,
+        records, transform, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report, progress=progress
     ):
         if batch.indices:
             yield batch.indices, batch.sizes, batch.digests, embed_images(model, batch.images, runtime).numpy()
@@ -182,12 +183,15 @@ def _embed(
     """Embed `todo` in this process or on Ray, checkpointing every `checkpoint_every` images (each Ray
     part as it arrives), and on the way out of an error."""
     if ray is None:
-        embedded = _batches(model, todo, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report, progress=progress)
+        embedded = _batches(
+            model, todo, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report,
+            progress="embedding" if progress and todo else None,
+        )
     else:
         from .distributed import embed_on_ray
 
         embedded = embed_on_ray(
-            model, todo, runtime, ray, batch_size=batch_size, skip_bad=skip_bad, report=report,
+            _batches, model, todo, runtime, ray, batch_size=batch_size, skip_bad=skip_bad, report=report,
             part_size=checkpoint_every, progress=progress,
         )
     done: dict[str, _Embedded] = {}

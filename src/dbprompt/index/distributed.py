@@ -3,7 +3,7 @@
 `dbprompt index --ray [ADDRESS]` lists the database on the driver, cuts what is left to embed into
 parts of `checkpoint_every` images and streams them through a pool of actors: one per GPU where
 the cluster has GPUs, else one per CPU with one thread each. An actor decodes its part through the
-same pipeline as a single process (`decode_batches`), embeds it and hands the vectors back; the
+same code as a single process (`decode_batches`, `embed_images`), embeds it and hands the vectors back; the
 driver checkpoints each part as it arrives, in the chunks a single process writes, so a run
 stopped at any point resumes with or without Ray, and the index is written by `write_index` as
 always. Ray Data restarts a lost actor and retries the parts it held: a worker lost mid-run costs
@@ -19,7 +19,7 @@ import os
 import pickle
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from tqdm import tqdm
 from ..data import Record
 from ..data.errors import BadInputReport, BadItem, Reporter
 from ..model import PromptedCLIP
-from ..pipeline import decode_batches, embed_images
 from ..runtime import Runtime, bf16_supported, default_workers
 
 if TYPE_CHECKING:
@@ -37,6 +36,8 @@ if TYPE_CHECKING:
 INSTALL_HINT = "Ray is not installed; install it with: pip install 'dbprompt[ray]'"
 LOCAL = "local"
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# What embeds a list of records in one process: (positions kept, sizes, sha256s, vectors) per batch.
+Embed = Callable[..., Iterator[tuple[list[int], list[tuple[int, int]], list[str], np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ class _Part:
 class _Embedder:
     """A Ray actor: the prompted model on its device; one part of the collection per call."""
 
-    def __init__(self, model: Any, batch_size: int, bf16: bool | None):
+    def __init__(self, embed: Embed, model: Any, batch_size: int, bf16: bool | None):
         import ray
 
         device = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -132,7 +133,7 @@ class _Embedder:
             workers=default_workers() if device == "cuda" else 0,  # a GPU is fed by decoding processes
         )
         self.model: PromptedCLIP = ray.get(model).to(device).eval()
-        self.transform = self.model.backbone.image_transform()
+        self.embed = embed
         self.batch_size = batch_size
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -140,13 +141,13 @@ class _Embedder:
         report = BadInputReport()
         part = _Part([], [], [], np.empty((0, 0), np.float32), report.items)
         vectors = []
-        batches = decode_batches(records, self.transform, self.runtime, batch_size=self.batch_size, skip_bad=True, report=report)
-        for batch in batches:
-            if batch.indices:
-                vectors.append(embed_images(self.model, batch.images, self.runtime).numpy())
-                part.kept += batch.indices
-                part.sizes += batch.sizes
-                part.digests += batch.digests
+        for kept, sizes, digests, batch in self.embed(
+            self.model, records, self.runtime, batch_size=self.batch_size, skip_bad=True, report=report
+        ):
+            part.kept += kept
+            part.sizes += sizes
+            part.digests += digests
+            vectors.append(batch)
         if vectors:
             part.vectors = np.concatenate(vectors)
         return {"part": row["part"], "result": pickle.dumps(part)}
@@ -171,6 +172,7 @@ def _actors(ray: "types.ModuleType", options: RayOptions) -> tuple[int, bool]:
 
 
 def embed_on_ray(
+    embed: Embed,
     model: PromptedCLIP,
     todo: Sequence[Record],
     runtime: Runtime,
@@ -183,7 +185,8 @@ def embed_on_ray(
     progress: bool,
 ) -> Iterator[tuple[list[int], list[tuple[int, int]], list[str], np.ndarray]]:
     """(positions in `todo`, sizes, sha256s, vectors) of each part of `part_size` images, as the actors
-    finish them (in any order); its bad images are reported after it is handed over."""
+    finish them (in any order), each actor running `embed` (what one process runs) on its part; a
+    part's bad images are reported after it is handed over."""
     if not todo:
         return
     parts = [list(todo[i : i + part_size]) for i in range(0, len(todo), part_size)]
@@ -199,7 +202,7 @@ def embed_on_ray(
         embedded = ray.data.from_items(items, override_num_blocks=len(parts)).map(
             _Embedder,
             fn_constructor_kwargs={
-                "model": shipped, "batch_size": batch_size,
+                "embed": embed, "model": shipped, "batch_size": batch_size,
                 "bf16": runtime.bf16 if (runtime.device_type == "cuda") == gpus else None,
             },
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=1 if gpus else 0,
