@@ -2,7 +2,7 @@
 
 Every case must end in a clear error naming the file, a counted skip, or a good result: never any
 other exception (a traceback for the user) and never a read outside the database's root. Over
-1,300 cases, derandomized so CI sees the same ones every run.
+1,600 cases (tar shards and parquet files among them), derandomized so CI sees the same ones every run.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ import csv
 import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import open_clip
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from audit import watching
 from hostile import png_bomb
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors import safe_open
@@ -85,11 +88,11 @@ lines = st.lists(
 )
 
 
-def _check_database(root: Path, outside: Path, **read) -> None:
+def _check_database(root: Path, outside: Path, source: Path | None = None, **read) -> None:
     """Read and decode in-process: a DataError naming a file of the database, or confined records."""
     with watching() as seen:
         try:
-            db = load_database(root if "sep" not in read else root / "db.csv", **read)
+            db = load_database(source or (root if "sep" not in read else root / "db.csv"), **read)
             for _ in decode_batches(db.records, lambda im: torch.zeros(1), Runtime(), skip_bad=read["skip_bad"], report=db.report):
                 pass
         except DataError as exc:
@@ -121,6 +124,79 @@ def test_fuzzed_csv_rows(world, table, skip_bad):
     csv.writer(text).writerows([["filepath", "title"], *table])
     (root / "db.csv").write_text(text.getvalue(), encoding="utf-8", errors="surrogateescape")
     _check_database(root, outside, sep=",", skip_bad=skip_bad)
+
+
+member_names = st.sampled_from(
+    ["0.png", "0.txt", "0.json", "1.jpg", "1.txt", "../up.png", "/abs/2.png", "d/3.png", "d/3.txt", ".hidden.png",
+     "noext", "4.PNG", "4.txt", "5.seg.png", "0.png"]
+) | st.text(st.characters(blacklist_characters="\0"), max_size=12)
+member_kinds = st.sampled_from([tarfile.REGTYPE] * 6 + [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE])
+
+
+def _tar(members: list[tuple[str, bytes, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
+            info.linkname = "../../outside/secret.png"
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return buf.getvalue()
+
+
+def _damage(data: bytes, change: str, at: int, junk: bytes) -> bytes:
+    """The file cut short, or `junk` written over it, at a fraction `at` of its length."""
+    cut = len(data) * at // 100
+    return data[:cut] if change == "truncate" else data[:cut] + junk + data[cut + len(junk) :] if change == "overwrite" else data
+
+
+damages = st.tuples(st.sampled_from(["none", "none", "truncate", "overwrite"]), st.integers(0, 100), st.binary(min_size=1, max_size=64))
+
+
+@settings(FUZZ, max_examples=150)
+@given(data=st.data(), skip_bad=st.booleans(), damage=damages)
+def test_fuzzed_tar_shards(world, data, skip_bad, damage):
+    root, outside = world
+    payloads = image_bytes() | st.binary(max_size=30) | json_values.map(lambda v: json.dumps(v).encode()) | captions.map(lambda c: str(c).encode())
+    members = data.draw(st.lists(st.tuples(member_names, payloads, member_kinds), min_size=1, max_size=6))
+    try:
+        shard = _tar(members)
+    except (ValueError, UnicodeError):  # a name tarfile cannot write
+        assume(False)
+    (root / "shards").mkdir(exist_ok=True)
+    (root / "shards" / "00000.tar").write_bytes(_damage(shard, *damage))
+    _check_database(root, outside, root / "shards", skip_bad=skip_bad, max_pixels=10_000)
+
+
+@st.composite
+def parquet_table(draw) -> pa.Table:
+    """img2dataset's columns (or a table of paths), each value drawn from good, odd and hostile ones."""
+    n = draw(st.integers(1, 5))
+    column = lambda values: draw(st.lists(values, min_size=n, max_size=n))  # noqa: E731
+    utf8 = st.characters(blacklist_categories=("Cs",))  # what an arrow string can hold
+    texts = st.none() | st.sampled_from(["a red square", "", " "]) | st.text(utf8, max_size=12)
+    table = {
+        "caption": pa.array(column(texts), pa.string()) if draw(st.booleans()) else pa.array(column(st.none() | st.lists(texts, max_size=3)), pa.list_(pa.string())),
+        "split": pa.array(column(st.none() | st.sampled_from(["train", "val", "validation", "test", "restval", "holdout", ""])), pa.string()),
+    }
+    if draw(st.booleans()):
+        names = st.sampled_from([n for n in NAMES if "\ud800" not in n]) | st.text(utf8, max_size=20)
+        table["file_name"] = pa.array(column(st.none() | names), pa.string())
+    else:
+        table["jpg"] = pa.array(column(st.none() | image_bytes() | st.binary(max_size=30)), pa.binary())
+        table["key"] = pa.array(column(st.none() | st.sampled_from(["0", "1", "0", "../x", "a/b"]) | st.text(utf8, max_size=8)), pa.string())
+        table["status"] = pa.array(column(st.none() | st.sampled_from(["success", "failed_to_download"])), pa.string())
+    return pa.table(table)
+
+
+@settings(FUZZ, max_examples=150)
+@given(table=parquet_table(), skip_bad=st.booleans(), damage=damages)
+def test_fuzzed_parquet_rows(world, table, skip_bad, damage):
+    root, outside = world
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=2)
+    (root / "db.parquet").write_bytes(_damage(buf.getvalue(), *damage))
+    _check_database(root, outside, root / "db.parquet", skip_bad=skip_bad, max_pixels=10_000)
 
 
 @st.composite

@@ -29,6 +29,7 @@ from .data.splits import TOO_FEW_IMAGES, Splits
 from .evaluation import encode_split, score
 from .index import IndexInfo
 from .index import build_index as build_index_from
+from .index.distributed import RayOptions, check_ray
 from .locking import one_writer
 from .metrics import CURVE_KS, TABLE_KS, saturated_keys
 from .model import PromptedCLIP
@@ -295,20 +296,27 @@ def build_index(
     model: str | None = None,
     pretrained: str | None = None,
     force: bool = False,
+    ray: str | bool | None = None,
+    ray_workers: int | None = None,
     **options: Any,
 ) -> IndexInfo:
     """Embed every image of `db` through the prompt file into the index directory `out` (created or updated).
 
     Read options the prompt file recorded for this database are reused unless given. The backbone:
     `backbone`, else `model`/`pretrained`, else the one the prompt file records (local weights only).
-    An index of another database, prompt file or backbone is replaced only with `force`.
+    An index of another database, prompt file or backbone is replaced only with `force`. `ray`:
+    embed on Ray actors (`ray_workers` of them, default one per GPU, else per CPU) of a local
+    instance (True or "local") or of the cluster at an address ("auto", "HOST:PORT").
     """
     (read_kw,) = split_kwargs(options, ReadOptions)
+    on_ray = RayOptions.of(ray, ray_workers)
+    if on_ray is not None:
+        check_ray()  # before anything is loaded
     read = reuse_read_options(db, read_kw, read_prompt_file(prompts).extra, prompts, log)
     runtime = runtime or Runtime.resolve()
     if backbone is None and model is not None:
         backbone = load_named_backbone(model, pretrained, device=runtime.device)
     return build_index_from(
         _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime,
-        skip_bad=read.skip_bad, backbone=backbone, progress=progress, force=force,
+        skip_bad=read.skip_bad, backbone=backbone, progress=progress, force=force, ray=on_ray,
     )

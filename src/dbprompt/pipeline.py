@@ -44,7 +44,7 @@ class _Files(Dataset):
     def __getitem__(self, i: int):
         record = self.records[i]
         try:
-            image, digest = read_image(record.path, record.limits)  # the database's root and pixel limit
+            image, digest = read_image(record.path, record.limits, record.member)  # the database's root and pixel limit
         except DataError as e:
             return i, None, None, None, (e.problem, e.detail)
         return i, self.transform(image), image.size, digest, None
@@ -87,7 +87,7 @@ def decode_batches(
             # Located at the metadata line that names the image, with the path in the detail.
             record = records[i]
             at = record.origin or Location(record.path, 0, unit="file")
-            reporter.bad_at(at, problem, f"{record.path}" + (f" ({detail})" if detail else ""))
+            reporter.bad_at(at, problem, record.source + (f" ({detail})" if detail else ""))
         bar.update(len(batch.indices) + len(batch.bad))
         yield batch
     bar.close()

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .backbones import BackboneAdapter
 from .data.errors import IMAGE_TOO_LARGE, DataError
 from .data.images import decode_image, plain
+from .data.shards import is_shard
 from .index import Hit, ImageRow
 from .index.files import ImageUnavailable, indexed_bytes
 from .runtime import Runtime
@@ -217,10 +218,7 @@ def create_app(
     @app.get("/api/databases/{name}/images/{image_id}", summary="The indexed image file")
     def get_image(name: DbName, image_id: ImageId) -> Response:
         row, data = image_for(name, image_id)
-        media_type = mimetypes.guess_type(row.path.name)[0] or ""
-        if not media_type.startswith("image/"):
-            media_type = "application/octet-stream"
-        return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+        return Response(data, media_type=_media_type(row, data), headers={"X-Content-Type-Options": "nosniff"})
 
     @app.get("/api/databases/{name}/thumbnails/{image_id}", summary="A JPEG thumbnail of an indexed image")
     def get_thumbnail(
@@ -275,6 +273,18 @@ def _thumbnail(data: bytes, size: int) -> bytes:
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+def _media_type(row: ImageRow, data: bytes) -> str:
+    """The image type its file name says; for a shard member (its path names the shard), what its bytes say."""
+    media_type = mimetypes.guess_type(row.path.name)[0] or ""
+    if is_shard(row.path):
+        try:
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                media_type = Image.MIME.get(im.format or "", "")
+        except Exception:  # PIL raises many types for bad data
+            media_type = ""
+    return media_type if media_type.startswith("image/") else "application/octet-stream"
 
 
 def _decode_upload(data: bytes) -> Image.Image:

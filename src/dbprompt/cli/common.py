@@ -19,7 +19,11 @@ from ..options import add_options, field_names
 
 def add_database_args(parser: argparse.ArgumentParser, *, from_prompts: bool = False) -> None:
     """With `from_prompts`, unset flags mean: as recorded in the prompt file (for the same database)."""
-    parser.add_argument("db", help="imagefolder directory (metadata.jsonl/csv), Karpathy JSON, or CSV/TSV file")
+    parser.add_argument(
+        "db",
+        help="imagefolder directory (metadata.jsonl/csv), Karpathy JSON, CSV/TSV file, or webdataset/parquet shards "
+        "(a folder of them, one, or a brace pattern such as 'shards/{00000..00099}.tar')",
+    )
     if from_prompts:
         defaults = {name: None for name in recorded_fields()}
         add_options(parser, ReadOptions, "database (unset: as recorded in the prompt file for this database, else as train reads it)", defaults=defaults)

@@ -33,6 +33,13 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
         help=f"exact (inner product), ivf or hnsw (approximate); auto: exact up to {APPROX_THRESHOLD} images, then ivf",
     )
     p.add_argument("--force", action="store_true", help="replace an index of another database, prompt file or backbone")
+    g = p.add_argument_group("Ray (pip install 'dbprompt[ray]')")
+    g.add_argument(
+        "--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+        help="embed on Ray actors: of a local instance without ADDRESS, else of the cluster at ADDRESS (auto, HOST:PORT); "
+        "give it after DB, or as --ray=ADDRESS",
+    )
+    g.add_argument("--ray-workers", type=int, default=None, metavar="N", help="Ray actors (default: one per GPU of the cluster, else one per CPU)")
     add_model_args(p, required=False, recorded=True)
     add_runtime_args(p)
     add_output_args(p)
@@ -80,7 +87,7 @@ def run_index(args: argparse.Namespace) -> int:
     info = build_index(
         args.db, args.prompts, args.out, kind=args.kind, batch_size=args.batch_size, runtime=runtime_of(args),
         progress=progress_of(args), log=message, model=args.model, pretrained=args.pretrained, force=args.force,
-        **options_of(args, ReadOptions, skip_none=True),
+        ray=args.ray, ray_workers=args.ray_workers, **options_of(args, ReadOptions, skip_none=True),
     )
     build = info.last_build
     for problem in build.get("skipped", []):

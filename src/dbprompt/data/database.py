@@ -10,10 +10,12 @@ from pathlib import Path
 from ..options import option
 from .errors import BAD_METADATA, BadInputReport, DataError
 from .images import DEFAULT_MAX_PIXELS, real_path
-from .readers import METADATA_NAMES, read_csv, read_imagefolder, read_karpathy
+from .parquet import read_parquet
+from .readers import METADATA_NAMES, imagefolder_metadata, read_csv, read_imagefolder, read_karpathy
 from .records import Record
+from .shards import COMPRESSED_TAR_SUFFIXES, TAR_SUFFIXES, is_pattern, read_webdataset
 
-FORMATS = ("imagefolder", "karpathy", "csv")
+FORMATS = ("imagefolder", "karpathy", "csv", "webdataset", "parquet")
 
 
 @dataclass(frozen=True)
@@ -22,10 +24,16 @@ class ReadOptions:
 
     format: str = option("auto", "database layout", choices=["auto", *FORMATS])
     image_root: str | None = option(
-        None, "directory image paths are relative to (Karpathy, CSV); no image outside it is read (default: the file's folder)"
+        None, "directory image paths are relative to (Karpathy, CSV, parquet); no image outside it is read (default: the file's folder)"
     )
-    image_column: str = option("filepath", "CSV/TSV image column")
-    caption_column: str | None = option(None, "caption column (default: text for an imagefolder, title for CSV/TSV)")
+    image_column: str | None = option(
+        None, "image column (default: filepath for CSV/TSV; for parquet the first of jpg, png, webp, image, ..., file_name, path)"
+    )
+    caption_column: str | None = option(
+        None,
+        "caption column (default: text for an imagefolder, title for CSV/TSV, the .txt member (or .json field) for "
+        "webdataset, the first of caption, text, txt for parquet)",
+    )
     caption_template: str | None = option(
         None,
         "caption images that have none, e.g. 'a photo of {}': {} becomes the image's tags, else its class "
@@ -51,11 +59,35 @@ class Database:
         return limits.root if limits is not None and limits.root is not None else real_path(self.source.parent)
 
 
+def _shard_format(name: str) -> str | None:
+    name = name.lower()
+    if name.endswith(TAR_SUFFIXES + COMPRESSED_TAR_SUFFIXES):
+        return "webdataset"  # read_webdataset says what to do with a compressed one
+    return "parquet" if name.endswith(".parquet") else None
+
+
+def _folder_format(path: Path) -> str:
+    """An imagefolder's metadata wins; then tar shards (img2dataset writes a parquet of metadata beside each), then parquet."""
+    try:
+        if imagefolder_metadata(path):
+            return "imagefolder"
+    except DataError:
+        return "imagefolder"  # read_imagefolder raises the same error
+    names = {_shard_format(p.name) for p in path.iterdir() if p.is_file() and not p.name.startswith(".")}
+    return next((f for f in ("webdataset", "parquet") if f in names), "imagefolder")
+
+
 def detect_format(path: str | os.PathLike) -> str:
-    """Guess the layout from the path: folder or metadata.* → imagefolder, .json → karpathy, .csv/.tsv → csv."""
+    """Guess the layout from the path: a folder of tar or parquet shards, or a shard or brace pattern of
+    them → webdataset or parquet; another folder or metadata.* → imagefolder; .json → karpathy; .csv/.tsv → csv."""
+    if is_pattern(path):
+        found = _shard_format(str(path))
+        if found is None:
+            raise DataError(str(path), BAD_METADATA, "a brace pattern names .tar or .parquet shards")
+        return found
     path = Path(path)
     if path.is_dir():
-        return "imagefolder"  # read_imagefolder says what a folder without metadata needs
+        return _folder_format(path)  # read_imagefolder says what a folder without metadata needs
     if not path.is_file():
         raise DataError(str(path), BAD_METADATA, "no such file or folder")
     if path.name in METADATA_NAMES:
@@ -65,6 +97,9 @@ def detect_format(path: str | os.PathLike) -> str:
         return "karpathy"  # read_karpathy refuses a JSON without an "images" list
     if suffix in (".csv", ".tsv"):
         return "csv"
+    shards = _shard_format(path.name)
+    if shards is not None:
+        return shards
     raise DataError(str(path), BAD_METADATA, f"cannot tell the format; pass fmt= one of {FORMATS}")
 
 
@@ -73,7 +108,7 @@ def load_database(
     fmt: str = "auto",
     *,
     image_root: str | os.PathLike | None = None,
-    image_column: str = "filepath",
+    image_column: str | None = None,
     caption_column: str | None = None,
     caption_template: str | None = None,
     tags_column: str = "tags",
@@ -87,17 +122,30 @@ def load_database(
     skipped and listed in `report` instead. Problems with the whole file (unreadable, no
     header, not a Karpathy file) and a database left with no records always raise. An image
     that resolves outside the database's root, or has more than `max_pixels`, is a bad item.
-    `image_root`, `image_column`, `caption_column` (default: `text` for an imagefolder, `title`
-    for CSV), `caption_template`, `tags_column` and `sep` apply to the formats that have them.
+    `image_root`, `image_column` (default: `filepath` for CSV; detected for parquet),
+    `caption_column` (default: `text` for an imagefolder, `title` for CSV, `txt` for webdataset,
+    detected for parquet), `caption_template`, `tags_column` and `sep` apply to the formats that
+    have them. Shard formats (webdataset, parquet) take a folder of shards, one, or a brace pattern.
     """
     if fmt not in FORMATS + ("auto",):
         raise ValueError(f"fmt must be 'auto' or one of {FORMATS}, got {fmt!r}")
     fmt = detect_format(path) if fmt == "auto" else fmt
     source = Path(os.path.abspath(path))
     report = BadInputReport()
-    if fmt == "imagefolder":
-        if image_root is not None:
-            raise ValueError("image_root does not apply to an imagefolder: paths are relative to its metadata")
+    if fmt in ("imagefolder", "webdataset") and image_root is not None:
+        raise ValueError(f"image_root does not apply to {fmt}: its images are in its own folder or shards")
+    if fmt == "webdataset":
+        records = read_webdataset(
+            source, caption_column=caption_column or "txt", caption_template=caption_template,
+            tags_column=tags_column, max_pixels=max_pixels, skip_bad=skip_bad, report=report,
+        )
+    elif fmt == "parquet":
+        records = read_parquet(
+            source, image_root=image_root, image_column=image_column, caption_column=caption_column,
+            caption_template=caption_template, tags_column=tags_column, max_pixels=max_pixels, skip_bad=skip_bad,
+            report=report,
+        )
+    elif fmt == "imagefolder":
         records = read_imagefolder(
             source if source.is_dir() else source.parent, caption_column=caption_column or "text",
             caption_template=caption_template, tags_column=tags_column, max_pixels=max_pixels,
@@ -107,7 +155,7 @@ def load_database(
         records = read_karpathy(source, image_root=image_root, max_pixels=max_pixels, skip_bad=skip_bad, report=report)
     else:
         records = read_csv(
-            source, image_root=image_root, image_column=image_column, caption_column=caption_column or "title",
+            source, image_root=image_root, image_column=image_column or "filepath", caption_column=caption_column or "title",
             caption_template=caption_template, tags_column=tags_column, sep=sep, max_pixels=max_pixels,
             skip_bad=skip_bad, report=report,
         )

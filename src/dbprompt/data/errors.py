@@ -17,6 +17,7 @@ UNKNOWN_SPLIT = "unknown split"
 CONFLICTING_SPLIT = "conflicting split"
 OUTSIDE_ROOT = "outside the database"
 IMAGE_TOO_LARGE = "image too large"
+DUPLICATE_KEY = "duplicate key"
 
 
 class DataError(ValueError):
@@ -38,23 +39,30 @@ class ItemError(Exception):
         self.problem, self.detail = problem, detail
 
 
-def location(file: Path, line: int, unit: str = "line") -> str:
-    """`file:line`, `file: images[i]` for an index into a Karpathy `images` list, or the file alone."""
+def location(file: Path, line: int, unit: str = "line", name: str = "") -> str:
+    """`file:line`, `file: images[i]` for an index into a Karpathy `images` list, `file: row i` for a
+    parquet row (0-based, as pyarrow and pandas count), `file: NAME` for a tar shard's member, or the file alone."""
     if unit == "file":
         return str(file)
+    if unit == "member":
+        return f"{file}: {name}"
+    if unit == "row":
+        return f"{file}: row {line}"
     return f"{file}:{line}" if unit == "line" else f"{file}: images[{line}]"
 
 
 @dataclass(frozen=True)
 class Location:
-    """Where a database's metadata names an item: a file and line, or an index into a Karpathy list."""
+    """Where a database names an item: a file and line, an index into a Karpathy list, a parquet row
+    or a tar shard's member (`name`)."""
 
     file: Path
     line: int
     unit: str = "line"
+    name: str = ""
 
     def __str__(self) -> str:
-        return location(self.file, self.line, self.unit)
+        return location(self.file, self.line, self.unit, self.name)
 
 
 @dataclass(frozen=True)
@@ -66,10 +74,11 @@ class BadItem:
     problem: str
     detail: str = ""
     unit: str = "line"
+    name: str = ""
 
     @property
     def where(self) -> str:
-        return location(self.file, self.line, self.unit)
+        return location(self.file, self.line, self.unit, self.name)
 
     def __str__(self) -> str:
         return str(DataError(self.where, self.problem, self.detail))
@@ -99,11 +108,14 @@ class Reporter:
         self.skip_bad = skip_bad
         self.report = report
 
-    def bad(self, file: Path, line: int, problem: str, detail: str = "", unit: str = "line") -> None:
-        item = BadItem(file, line, problem, detail, unit)
-        if not self.skip_bad:
-            raise DataError(item.where, problem, detail)
-        self.report.items.append(item)
+    def bad(self, file: Path, line: int, problem: str, detail: str = "", unit: str = "line", name: str = "") -> None:
+        self.add(BadItem(file, line, problem, detail, unit, name))
 
     def bad_at(self, at: "Location", problem: str, detail: str = "") -> None:
-        self.bad(at.file, at.line, problem, detail, at.unit)
+        self.bad(at.file, at.line, problem, detail, at.unit, at.name)
+
+    def add(self, item: BadItem) -> None:
+        """Raise `item` as a DataError, or count it (one found elsewhere, e.g. by a Ray worker)."""
+        if not self.skip_bad:
+            raise DataError(item.where, item.problem, item.detail)
+        self.report.items.append(item)

@@ -13,6 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, UnidentifiedImageError
 
@@ -25,7 +26,11 @@ from .errors import (
     TRUNCATED_IMAGE,
     UNREADABLE_FILE,
     DataError,
+    ItemError,
 )
+
+if TYPE_CHECKING:
+    from .records import Member
 
 # Pillow's own warning threshold (about 9,459 x 9,459). A 109 KB PNG can claim 30,000 x 30,000
 # pixels: 2.7 GB once decoded. Pillow refuses anything over twice this whatever the setting.
@@ -85,26 +90,31 @@ def stat_problem(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def read_image(path: str | os.PathLike, limits: ImageLimits | None = None) -> tuple[Image.Image, str]:
-    """Decode `path` to RGB within `limits`, with the sha256 of the very bytes decoded.
+def read_image(
+    path: str | os.PathLike, limits: ImageLimits | None = None, member: Member | None = None
+) -> tuple[Image.Image, str]:
+    """Decode `path` (or its `member`, for a shard) to RGB within `limits`, with the sha256 of the very bytes decoded.
 
-    Raises DataError naming the path. The file is read once: the digest is what an index
-    records, so the server can later refuse a file whose content is no longer what was indexed.
+    Raises DataError naming the path (and member). The bytes are read once: the digest is what an
+    index records, so the server can later refuse a file whose content is no longer what was indexed.
     """
     path = Path(path)
+    where = str(path) if member is None else f"{path}: {member.name}"
     limits = limits or ImageLimits()
     detail = limits.outside(path)
     if detail is not None:
-        raise DataError(str(path), OUTSIDE_ROOT, detail)
+        raise DataError(where, OUTSIDE_ROOT, detail)
     real = real_path(path)
     problem = stat_problem(real)
     if problem is not None:
-        raise DataError(str(path), *problem)
+        raise DataError(where, *problem)
     try:
-        data = real.read_bytes()
+        data = real.read_bytes() if member is None else member.read(real)
     except OSError as e:
-        raise DataError(str(path), UNREADABLE_FILE, e.strerror or str(e)) from e
-    return decode_image(data, str(path), limits.max_pixels), hashlib.sha256(data).hexdigest()
+        raise DataError(where, UNREADABLE_FILE, e.strerror or str(e)) from e
+    except ItemError as e:  # a member that is not what its shard's index said
+        raise DataError(where, e.problem, e.detail) from None
+    return decode_image(data, where, limits.max_pixels), hashlib.sha256(data).hexdigest()
 
 
 def open_image(path: str | os.PathLike, limits: ImageLimits | None = None) -> Image.Image:

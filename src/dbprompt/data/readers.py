@@ -1,9 +1,10 @@
-"""Readers for the three database layouts; each returns one Record per image, captions merged.
+"""Readers for the row-based database layouts; each returns one Record per image, captions merged.
 
 Readers check the metadata and that every referenced file exists, is not empty and resolves
 (symlinks included) inside the database's root: the metadata's folder, or `image_root`. They do
 not decode images. The first decode of each image (when a command first needs its pixels) finds
-truncated or non-image files and names the metadata line through `Record.origin`.
+truncated or non-image files and names the metadata line through `Record.origin`. Shard
+layouts (webdataset tar, parquet) are read in `shards.py` and `parquet.py` with the same rules.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .errors import (
     Reporter,
 )
 from .images import DEFAULT_MAX_PIXELS, ImageLimits, real_path, stat_problem
-from .records import SPLITS, Record
+from .records import SPLITS, Member, Record
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 # Names other tools use for our three splits: Karpathy's "restval" is extra training data.
@@ -45,6 +46,7 @@ class _Item:
     path: Path
     captions: list[str]
     split: str | None
+    member: Member | None = None
 
 
 def _abspath(path: str | os.PathLike) -> Path:
@@ -99,13 +101,13 @@ def _assemble(items: list[_Item], reporter: Reporter, limits: ImageLimits) -> li
             kind, detail = problem
             reporter.bad_at(item.where, kind, str(item.path) + (f" ({detail})" if detail else ""))
             continue
-        first = merged.setdefault(item.key, _Item(item.where, item.key, item.path, [], item.split))
+        first = merged.setdefault(item.key, _Item(item.where, item.key, item.path, [], item.split, item.member))
         if first.split != item.split:
             detail = f"{item.key} is {item.split!r} here but {first.split!r} at {first.where}"
             reporter.bad_at(item.where, CONFLICTING_SPLIT, detail)
             continue
         first.captions.extend(item.captions)
-    return [Record(i.key, i.path, tuple(i.captions), i.split, i.where, limits) for i in merged.values()]
+    return [Record(i.key, i.path, tuple(i.captions), i.split, i.where, limits, i.member) for i in merged.values()]
 
 
 # ---- row-based metadata: imagefolder (jsonl/csv) and open_clip CSV/TSV -----------------------

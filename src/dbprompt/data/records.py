@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .errors import Location
 from .images import ImageLimits
 
 SPLITS = ("train", "val", "test")
+
+
+class Member(Protocol):
+    """Where an image's bytes sit inside a shard file (a tar member, a parquet cell)."""
+
+    @property
+    def name(self) -> str:
+        """What the user calls it: the tar member's name, the parquet row."""
+
+    def read(self, shard: Path) -> bytes:
+        """The image's bytes, read from `shard` (already checked to be inside the database)."""
 
 
 @dataclass(frozen=True)
@@ -18,7 +30,8 @@ class Record:
     `split` is None when the source file does not say; `assign_splits` then fills it.
     `origin` is where the metadata names the image (`file:line`), so a problem found when the
     image is first decoded can point the user at the line to fix. `limits` (the database's root
-    and pixel limit) are applied again at that decode; None: the defaults, anywhere.
+    and pixel limit) are applied again at that decode; None: the defaults, anywhere. `member`:
+    the image is not the file `path` but a member of it (a webdataset tar or parquet shard).
     """
 
     key: str
@@ -27,3 +40,9 @@ class Record:
     split: str | None = None
     origin: Location | None = field(default=None, compare=False)
     limits: ImageLimits | None = field(default=None, compare=False, repr=False)
+    member: Member | None = None
+
+    @property
+    def source(self) -> str:
+        """The file its bytes come from, and the member of it where it is one."""
+        return f"{self.path}: {self.member.name}" if self.member is not None else str(self.path)

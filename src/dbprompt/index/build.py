@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -39,6 +39,9 @@ from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatE
 from .metadata import ImageRow, write_metadata
 from .search import load_index
 from .vectors import KINDS, all_vectors, first_non_finite, make_vector_index, resolve_kind, tune_search
+
+if TYPE_CHECKING:
+    from .distributed import RayOptions
 
 TUNE_QUERIES = 256
 
@@ -149,6 +152,20 @@ def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, li
         index.close()
 
 
+def _batches(
+    model: PromptedCLIP, records: Sequence[Record], runtime: Runtime, *, batch_size: int, skip_bad: bool, report,
+    progress: str | None = None,
+) -> Iterator[tuple[list[int], list[tuple[int, int]], list[str], np.ndarray]]:
+    """(positions in `records`, sizes, sha256s, vectors) of each batch that kept an image, embedded in this
+    process (a Ray actor runs it on its part)."""
+    transform = model.backbone.image_transform()
+    for batch in decode_batches(
+        records, transform, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report, progress=progress
+    ):
+        if batch.indices:
+            yield batch.indices, batch.sizes, batch.digests, embed_images(model, batch.images, runtime).numpy()
+
+
 def _embed(
     model: PromptedCLIP,
     todo: list[Record],
@@ -161,28 +178,37 @@ def _embed(
     report,
     checkpoint_every: int,
     progress: bool,
+    ray: RayOptions | None = None,
 ) -> dict[str, _Embedded]:
-    """Embed `todo`, checkpointing every `checkpoint_every` images (and on the way out of an error)."""
+    """Embed `todo` in this process or on Ray, checkpointing every `checkpoint_every` images (each Ray
+    part as it arrives), and on the way out of an error."""
+    if ray is None:
+        embedded = _batches(
+            model, todo, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report,
+            progress="embedding" if progress and todo else None,
+        )
+    else:
+        from .distributed import embed_on_ray
+
+        embedded = embed_on_ray(
+            _batches, model, todo, runtime, ray, batch_size=batch_size, skip_bad=skip_bad, report=report,
+            part_size=checkpoint_every, progress=progress,
+        )
     done: dict[str, _Embedded] = {}
     pending: dict[str, _Embedded] = {}
-    transform = model.backbone.image_transform()
     try:
-        for batch in decode_batches(
-            todo, transform, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report,
-            progress="embedding" if progress and todo else None,
-        ):
-            if batch.indices:
-                vectors = embed_images(model, batch.images, runtime).numpy()
-                keys = [todo[i].key for i in batch.indices]
+        with contextlib.closing(embedded):
+            for indices, sizes, digests, vectors in embedded:
+                keys = [todo[i].key for i in indices]
                 bad = first_non_finite(vectors)
                 if bad is not None:
                     raise ValueError(f"the vector of {keys[bad]} is not finite (NaN or Inf): the prompts or backbone are broken")
-                for key, size, digest, vector in zip(keys, batch.sizes, batch.digests, vectors):
+                for key, size, digest, vector in zip(keys, sizes, digests, vectors):
                     pending[key] = _Embedded(stamps[key], size, digest, vector)
-            if len(pending) >= checkpoint_every:
-                work.save(pending)
-                done.update(pending)
-                pending = {}
+                if ray is not None or len(pending) >= checkpoint_every:
+                    work.save(pending)
+                    done.update(pending)
+                    pending = {}
     finally:
         work.save(pending)
     done.update(pending)
@@ -291,18 +317,24 @@ def build_index(
     checkpoint_every: int = 1024,
     progress: bool = True,
     force: bool = False,
+    ray: RayOptions | None = None,
 ) -> IndexInfo:
     """Create or update the index of `db` (a path or a loaded Database) searched through `prompt_file`.
 
     Only new or changed images are embedded; a run interrupted at any point resumes where
     its last checkpoint ended, and `out_dir` is either the old index or the new one, never a mix.
     An index of another database, prompt file or backbone in `out_dir` is replaced only with `force`.
-    Without `backbone`, the one the prompt file records is loaded from local weights only.
+    Without `backbone`, the one the prompt file records is loaded from local weights only. With
+    `ray`, the images are embedded on Ray actors, a part of `checkpoint_every` images at a time.
     """
     if batch_size < 1 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be at least 1")
     if kind not in KINDS:
         raise ValueError(f"index kind must be one of {KINDS}, got {kind!r}")
+    if ray is not None:
+        from .distributed import check_ray
+
+        check_ray()  # before the database is read, not after
     out, prompt_file = Path(out_dir), Path(prompt_file)
     pf = read_prompt_file(prompt_file)
     database = db if isinstance(db, Database) else load_database(db, skip_bad=skip_bad)
@@ -314,7 +346,9 @@ def build_index(
     model = PromptedCLIP.from_prompt_file(prompt_file, backbone, device=runtime.device)
     vectors_of = identity | {"fingerprint": backbone.fingerprint()}  # what a reusable vector was made from
     records = database.records
-    stamps = {r.key: _stamp(r.path) for r in records}
+    # A shard's members share its stamp: a rewritten shard is embedded again, an untouched one is not.
+    by_path = {path: _stamp(path) for path in dict.fromkeys(r.path for r in records)}
+    stamps = {r.key: by_path[r.path] for r in records}
 
     with _WorkDir(out, vectors_of) as work:
         old_info, old_rows, known = _previous(out, vectors_of)
@@ -322,7 +356,7 @@ def build_index(
         todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
         fresh = _embed(
             model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
-            checkpoint_every=checkpoint_every, progress=progress,
+            checkpoint_every=checkpoint_every, progress=progress, ray=ray,
         )
         known.update(fresh)
         kept = [r for r in records if r.key in known and known[r.key].stamp == stamps[r.key]]
