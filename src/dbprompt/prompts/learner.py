@@ -31,8 +31,9 @@ class PromptLearner(nn.Module):
         self.visual: PromptTokens | None = None
         self.vocab: TokenOffsets | None = None
         self.visual_start = config.visual_start
-        visual_layers = backbone.vision_num_layers - config.visual_start
-        if (config.visual_len and config.gate or config.visual_norm or config.visual_adapter) and visual_layers < 1:
+        inside_image_blocks = bool(config.visual_len and config.gate or config.visual_norm or config.visual_adapter)
+        visual_layers = backbone.vision_num_layers - config.visual_start if inside_image_blocks else 0
+        if inside_image_blocks and visual_layers < 1:
             raise ValueError(f"visual_start {config.visual_start} leaves none of {backbone.name}'s {backbone.vision_num_layers} image layers")
         self.text_norms = NormOffsets(backbone.text_num_layers, backbone.text_width) if config.text_norm else None
         self.visual_norms = NormOffsets(visual_layers, backbone.vision_width) if config.visual_norm else None
