@@ -42,15 +42,19 @@ def resolve_kind(kind: str, count: int) -> str:
     return kind
 
 
-def ivf_lists(count: int, scale: float = 1.0) -> int:
-    """About scale * sqrt(n) lists (a power of two), fewer when needed to leave 39 vectors per centroid to train."""
-    nlist = 2 ** round(np.log2(max(1.0, scale * np.sqrt(count))))
+def ivf_lists(count: int) -> int:
+    """About sqrt(n) lists (a power of two), fewer when needed to leave 39 vectors per centroid to train."""
+    nlist = 2 ** round(np.log2(max(1.0, np.sqrt(count))))
     return int(max(1, min(nlist, count // 39)))
 
 
 def _training_rows(count: int, nlist: int, seed: int) -> np.ndarray:
-    """k-means needs a few dozen points per centroid, not the whole database."""
-    return np.sort(np.random.default_rng(seed).choice(count, min(count, 64 * nlist), replace=False))
+    """A sample for k-means: 256 rows per list (FAISS's own cap), not the whole database.
+
+    Poorly trained lists cost more at search (more lists probed for the same recall) than a
+    larger sample costs once at build.
+    """
+    return np.sort(np.random.default_rng(seed).choice(count, min(count, 256 * nlist), replace=False))
 
 
 def _train(index: faiss.Index, sample: np.ndarray, seed: int) -> None:
@@ -91,13 +95,12 @@ def make_ivfpq_index(
     """An IVF-PQ index over `count` unit vectors arriving in chunks, their full vectors written to
     `directory` for re-ranking, and its factory string.
 
-    The training sample (64 rows per list) is taken as the chunks pass; codes are then added from
-    the file read back a chunk at a time. Memory: the sample, one chunk and the codes.
-    About 2 sqrt(n) lists: with sqrt(n), 1M clustered vectors needed a quarter of the lists probed.
+    The training sample is taken as the chunks pass; codes are then added from the file read back
+    a chunk at a time. Memory: the sample, one chunk and the codes.
     """
     if count < PQ_CENTROIDS:
         raise ValueError(f"an ivfpq index needs at least {PQ_CENTROIDS} vectors, got {count}; use the exact kind")
-    nlist = ivf_lists(count, scale=2.0)
+    nlist = ivf_lists(count)
     path = directory / FULL_VECTORS
     dim, sample = write_full_vectors(path, chunks, count, _training_rows(count, nlist, seed))
     factory = f"IVF{nlist},PQ{pq_subquantizers(dim)}x4fs"
