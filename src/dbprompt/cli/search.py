@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..data.database import ReadOptions
-from ..index.manifest import APPROX_THRESHOLD, KINDS
+from ..index.manifest import APPROX_THRESHOLD, IVFPQ_THRESHOLD, KINDS
 from .common import add_database_args, add_model_args, add_output_args, add_runtime_args, emit, message, options_of, progress_of, runtime_of
 
 
@@ -30,7 +30,11 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create or update")
     p.add_argument(
         "--kind", choices=KINDS, default="auto",
-        help=f"exact (inner product), ivf or hnsw (approximate); auto: exact up to {APPROX_THRESHOLD} images, then ivf",
+        help=(
+            "exact (inner product); ivf or hnsw (approximate, vectors in RAM); ivfpq (approximate, compressed "
+            f"codes in RAM, full vectors on disk); auto: exact up to {APPROX_THRESHOLD:,} images, ivf up to "
+            f"{IVFPQ_THRESHOLD:,}, then ivfpq"
+        ),
     )
     p.add_argument("--force", action="store_true", help="replace an index of another database, prompt file or backbone")
     g = p.add_argument_group("Ray (pip install 'dbprompt[ray]')")

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -38,7 +38,10 @@ from ..untrusted import loads
 from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_manifest
 from .metadata import ImageRow, write_metadata
 from .search import load_index
-from .vectors import KINDS, all_vectors, first_non_finite, make_vector_index, resolve_kind, tune_search
+from .ondisk import FULL_VECTORS, read_chunks
+from .vectors import (
+    KINDS, all_vectors, checked_chunks, first_non_finite, make_ivfpq_index, make_vector_index, resolve_kind, tune_search, vectors_in_ram,
+)
 
 if TYPE_CHECKING:
     from .distributed import RayOptions
@@ -250,7 +253,7 @@ def _check_replaceable(out: Path, identity: dict[str, str], force: bool) -> None
 def write_index(
     out_dir: str | os.PathLike,
     prompt_file: str | os.PathLike,
-    vectors: np.ndarray,
+    vectors: np.ndarray | Iterable[np.ndarray],
     rows: Sequence[ImageRow],
     *,
     kind: str = "auto",
@@ -262,43 +265,47 @@ def write_index(
 ) -> IndexInfo:
     """Write an index directory from unit vectors (row i of `vectors` is image `rows[i]`), atomically.
 
+    `vectors`: one array, or chunks of rows in order. An ivfpq index is built from them in bounded
+    memory (its full vectors go to disk as they arrive); the other kinds hold them all in RAM.
     An approximate index is tuned on `tune_queries` (default: a sample of the vectors themselves).
     `root`: the folder the server may send images from (default: the deepest one holding them all).
     """
-    if len(vectors) != len(rows) or any(row.id != i for i, row in enumerate(rows)):
-        raise ValueError("rows must be numbered 0..n-1, one per vector")
-    bad = first_non_finite(vectors)
-    if bad is not None:
-        raise ValueError(f"the vector of {rows[bad].key} is not finite (NaN or Inf); no index was written")
+    if not rows or any(row.id != i for i, row in enumerate(rows)):
+        raise ValueError("rows must be numbered 0..n-1, one per vector, at least one")
     out, pf = Path(out_dir), read_prompt_file(prompt_file)
     sha = file_sha256(prompt_file)
     _check_replaceable(out, {"database": database, "prompt_sha256": sha, "fingerprint": pf.fingerprint}, force)
     resolved = resolve_kind(kind, len(rows))
-    index, factory = make_vector_index(vectors, resolved)
-    if tune_queries is None:
-        sample = np.random.default_rng(0).choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False)
-        tune_queries = vectors[sample]
-    params, recall = tune_search(index, resolved, vectors, tune_queries)
-    info = IndexInfo(
-        path=out,
-        backbone=pf.backbone,
-        pretrained=pf.pretrained,
-        fingerprint=pf.fingerprint,
-        prompt_sha256=sha,
-        kind=resolved,
-        factory=factory,
-        count=len(rows),
-        dim=int(vectors.shape[1]),
-        search_params=params,
-        recall_at_10=round(recall, 4),
-        database=database,
-        root=str(real_path(root if root is not None else os.path.commonpath([r.path.parent for r in rows]))),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        last_build=last_build or {},
-    )
     with atomic_dir(out) as tmp:
+        if resolved == "ivfpq":
+            index, factory = make_ivfpq_index(tmp, checked_chunks(vectors, rows), len(rows))
+            stored, indexed = index.full, read_chunks(tmp / FULL_VECTORS)
+        else:
+            stored = indexed = vectors_in_ram(vectors, rows)
+            index, factory = make_vector_index(stored, resolved)
+        if tune_queries is None:
+            sample = np.random.default_rng(0).choice(len(rows), min(TUNE_QUERIES, len(rows)), replace=False)
+            tune_queries = np.asarray(stored[np.sort(sample)], dtype=np.float32)
+        params, recall = tune_search(index, resolved, indexed, tune_queries)
+        info = IndexInfo(
+            path=out,
+            backbone=pf.backbone,
+            pretrained=pf.pretrained,
+            fingerprint=pf.fingerprint,
+            prompt_sha256=sha,
+            kind=resolved,
+            factory=factory,
+            count=len(rows),
+            dim=index.d,
+            search_params=params,
+            recall_at_10=round(recall, 4),
+            database=database,
+            root=str(real_path(root if root is not None else os.path.commonpath([r.path.parent for r in rows]))),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            last_build=last_build or {},
+        )
         shutil.copyfile(prompt_file, tmp / PROMPTS)
-        faiss.write_index(index, str(tmp / VECTORS))
+        faiss.write_index(index.base if resolved == "ivfpq" else index, str(tmp / VECTORS))
         write_metadata(tmp / METADATA, rows)
         atomic_write_text(tmp / MANIFEST, json.dumps(info.to_json(), indent=2) + "\n")
     return info

@@ -3,7 +3,8 @@
     manifest.json        backbone, fingerprint, prompt sha256, database and its image root, index kind
                          and parameters, count, dimension
     prompts.safetensors  a copy of the prompt file (searches use it; `serve` needs only the directory)
-    vectors.faiss        L2-normalised image vectors; row i is image id i
+    vectors.faiss        L2-normalised image vectors; row i is image id i (ivfpq: their IVF-PQ codes)
+    vectors.f16.npy      ivfpq only: the full vectors, float16, row i = image id i, searched from disk
     metadata.sqlite      one row per image: key, path, captions, file size, mtime, width, height, sha256
 
 A manifest may come from anyone: it is read bounded in size and nesting, field by field.
@@ -29,10 +30,16 @@ PROMPTS = "prompts.safetensors"
 VECTORS = "vectors.faiss"
 METADATA = "metadata.sqlite"
 
-KINDS = ("auto", "exact", "ivf", "hnsw")
+KINDS = ("auto", "exact", "ivf", "hnsw", "ivfpq")
+# An approximate index's search effort is tuned for recall at this k (the manifest's recall_at_10).
+RECALL_K = 10
 # "auto" switches from exact search to IVF above this many images: on 2 CPU cores an exact scan
 # of 100k 512-d vectors costs about as much as encoding the text query (BENCHMARKS.md, "Search").
 APPROX_THRESHOLD = 50_000
+# ... and from IVF (every vector in RAM) to IVF-PQ (codes in RAM, vectors on disk) above this many:
+# on 500k clustered 512-d vectors IVF needed a quarter of its lists probed, 16 ms a query against
+# IVF-PQ's 0.4 ms, and held 1 GiB against 0.05 (docs/scaling-index.md).
+IVFPQ_THRESHOLD = 300_000
 
 
 class IndexFormatError(ValueError):

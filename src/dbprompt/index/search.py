@@ -19,6 +19,7 @@ import numpy as np
 from ..compat import file_sha256
 from .manifest import METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_info
 from .metadata import COLUMNS, ImageRow, connect_read_only
+from .ondisk import FULL_VECTORS, RerankedIndex, map_full_vectors
 from .vectors import set_search_params
 
 # How far past k a search may reach to replace hits `keep` drops (deleted images).
@@ -34,7 +35,7 @@ class Hit:
 class SearchIndex:
     """Vectors and metadata of one index directory. Thread-safe."""
 
-    def __init__(self, info: IndexInfo, vectors: faiss.Index, metadata: sqlite3.Connection):
+    def __init__(self, info: IndexInfo, vectors: faiss.Index | RerankedIndex, metadata: sqlite3.Connection):
         self.info = info
         self.vectors = vectors
         self._db = metadata
@@ -96,7 +97,7 @@ class SearchIndex:
 def load_index(index_dir: str | os.PathLike) -> SearchIndex:
     """Open an index's vectors and metadata, after checking the directory is complete and consistent."""
     info = read_info(index_dir)
-    for name in (PROMPTS, VECTORS, METADATA):
+    for name in (PROMPTS, VECTORS, METADATA) + ((FULL_VECTORS,) if info.kind == "ivfpq" else ()):
         if not (info.path / name).is_file():
             raise IndexFormatError(f"{info.path}: incomplete index, {name} is missing")
     if file_sha256(info.path / PROMPTS) != info.prompt_sha256:
@@ -105,6 +106,10 @@ def load_index(index_dir: str | os.PathLike) -> SearchIndex:
         vectors = faiss.read_index(str(info.path / VECTORS))
     except RuntimeError as exc:
         raise IndexFormatError(f"{info.path / VECTORS}: unreadable FAISS index: {exc}") from None
+    if info.kind == "ivfpq":
+        if faiss.try_extract_index_ivf(vectors) is None:
+            raise IndexFormatError(f"{info.path / VECTORS}: an ivfpq index holds no IVF index")
+        vectors = RerankedIndex(vectors, map_full_vectors(info.path / FULL_VECTORS, info.count, info.dim))
     db = connect_read_only(info.path / METADATA)
     try:
         (rows,) = db.execute("SELECT COUNT(*) FROM images").fetchone()
