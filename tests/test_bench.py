@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from dbprompt.backbones import load_backbone
 from dbprompt.training.validation import VALIDATION_GALLERY
-from dbprompt_lab.bench import BenchConfig, default_jobs, markdown, run, run_one, summarize, target_splits, targets
+from dbprompt_lab.bench import HEADLINE, BenchConfig, default_jobs, markdown, run, run_one, summarize, target_splits, targets
 from dbprompt_lab.cli import write_section
 from dbprompt_lab.methods import COMPARED, EXPERIMENTS, METHODS, build, load_experiment
 
@@ -133,3 +133,15 @@ def test_sweeps_are_data_with_the_commands_that_ran_them():
             # Every method a command names is one the registry knows.
         named = {w for c in data["commands"] for w in c.split() if w.startswith(("tv-", "vis-", "vocab-"))}
         assert named <= set(METHODS), named - set(METHODS)
+
+
+def test_targets_ask_less_of_prompts_where_only_the_images_changed():
+    def entry(shift, n, method, r1, **extra):
+        return {"shift": shift, "n": n, "method": method, "seeds": 2, HEADLINE: r1, "trainable_params": 10} | extra
+
+    summary = [entry(s, n, "zero-shot", 40.0) for s in ("visual", "textual") for n in (500, 2000)]
+    summary += [entry(s, n, "dbprompt", 45.0, gain_vs_full_calibrated=0.5) for s in ("visual", "textual") for n in (500, 2000)]
+    lines = {line.split(":")[0]: line for line in targets(summary, "dbprompt")}
+    assert "(target 40 %): met" in lines["visual, N=500 (2 seeds)"]
+    assert "(target 60 %): MISSED" in lines["visual, N=2000 (2 seeds)"]
+    assert "(target 60 %): MISSED" in lines["textual, N=500 (2 seeds)"]

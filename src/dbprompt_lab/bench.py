@@ -240,7 +240,7 @@ def summarize(rows: list[dict], cfg: BenchConfig) -> list[dict]:
             ft = index.get((e["shift"], e["n"], reference))
             if zs and ft and ft[HEADLINE] > zs[HEADLINE]:  # a ratio only where fine-tuning gained
                 e[key] = (e[HEADLINE] - zs[HEADLINE]) / (ft[HEADLINE] - zs[HEADLINE])
-        ft = index.get((e["shift"], e["n"], "full"))
+        ft = index.get((e["shift"], e["n"], "full")) or index.get((e["shift"], e["n"], "full-calibrated"))
         if ft and ft["trainable_params"]:
             e["params_vs_full"] = e["trainable_params"] / ft["trainable_params"]
     return summary
@@ -263,6 +263,14 @@ def markdown(summary: list[dict], cfg: BenchConfig) -> str:
     return "\n".join(lines)
 
 
+def _needed_gain(shift: str, n: int) -> float:
+    """The share of full fine-tuning's gain the issues ask for: less where only the images
+    changed (the "one pass" issue), where prompts were seen to gain nothing at all before."""
+    if shift == "visual":
+        return 0.6 if n >= 2000 else 0.4
+    return 0.8 if n >= 2000 else 0.6
+
+
 def targets(summary: list[dict], method: str = "textual+visual") -> list[str]:
     """The issue's targets, each stated as met or missed."""
     index = {(e["shift"], e["n"], e["method"]): e for e in summary}
@@ -270,7 +278,7 @@ def targets(summary: list[dict], method: str = "textual+visual") -> list[str]:
     for e in summary:
         if e["method"] != method or (e["shift"], e["n"], "zero-shot") not in index:
             continue
-        need = 0.8 if e["n"] >= 2000 else 0.6
+        need = _needed_gain(e["shift"], e["n"])
         zs = index[(e["shift"], e["n"], "zero-shot")][HEADLINE]
         gains = []
         for reference, key in FULL_REFERENCES.items():

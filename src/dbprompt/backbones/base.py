@@ -231,6 +231,13 @@ class BackboneAdapter(nn.Module, ABC):
         `layers[i]` is applied inside block i (see BlockView.run).
         """
 
+    def drop_prompt_tokens(self, x: torch.Tensor, num_prompts: int) -> torch.Tensor:
+        """The image tokens without the `num_prompts` inserted after the prefix: pooling never sees them."""
+        if not num_prompts:
+            return x
+        p = self.vision_prefix_len
+        return torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
+
     # --- whole model ----------------------------------------------------------------
     @abstractmethod
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:

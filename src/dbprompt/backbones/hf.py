@@ -163,9 +163,7 @@ class HFAdapter(BackboneAdapter):
     ) -> torch.Tensor:
         vision = self.model.vision_model
         x = self.run_blocks("image", x, None, hook, layers)
-        if num_prompts:
-            p = self.vision_prefix_len
-            x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
+        x = self.drop_prompt_tokens(x, num_prompts)
         if self.family == "clip":
             return self.model.visual_projection(vision.post_layernorm(x[:, 0]))
         return vision.head(vision.post_layernorm(x))

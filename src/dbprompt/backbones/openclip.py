@@ -212,18 +212,15 @@ class OpenClipAdapter(BackboneAdapter):
         layers: Sequence[LayerPrompt | None] | None = None,
     ) -> torch.Tensor:
         visual = self.model.visual
-        p = self.vision_prefix_len
         if self._vision_kind == "openclip":
             x = self.run_blocks("image", x, None, hook, layers)
-            if num_prompts:
-                x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
+            x = self.drop_prompt_tokens(x, num_prompts)
             pooled = shim.openclip_image_pool(visual, x)
             return pooled @ visual.proj if visual.proj is not None else pooled
         trunk = visual.trunk
         x = self.run_blocks("image", x, None, hook, layers)
         x = trunk.norm(x)
-        if num_prompts:
-            x = torch.cat([x[:, :p], x[:, p + num_prompts :]], dim=1)
+        x = self.drop_prompt_tokens(x, num_prompts)
         return visual.head(trunk.forward_head(x))
 
     # --- whole model ----------------------------------------------------------------
