@@ -38,7 +38,7 @@ from ..untrusted import loads
 from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_manifest
 from .metadata import ImageRow, write_metadata
 from .search import load_index
-from .ondisk import FULL_VECTORS, read_chunks
+from .ondisk import CHUNK_ROWS, FULL_VECTORS, read_chunks
 from .vectors import (
     KINDS, all_vectors, checked_chunks, first_non_finite, make_ivfpq_index, make_vector_index, resolve_kind, tune_search, vectors_in_ram,
 )
@@ -377,7 +377,11 @@ def build_index(
         if old_info is not None and not todo and rows == old_rows and old_info.kind == resolved:
             work.remove()
             return old_info  # nothing changed
-        vectors = np.stack([known[r.key].vector for r in kept]).astype(np.float32, copy=False)
+        # In chunks: an ivfpq index streams them to disk instead of holding a second copy of them all.
+        vectors = (
+            np.stack([known[r.key].vector for r in kept[i : i + CHUNK_ROWS]]).astype(np.float32, copy=False)
+            for i in range(0, len(kept), CHUNK_ROWS)
+        )
         queries = _tuning_queries(model, kept, runtime) if resolved != "exact" else None
         gone = {r.key for r in old_rows} - {r.key for r in rows}
         info = write_index(

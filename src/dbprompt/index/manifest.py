@@ -36,9 +36,8 @@ RECALL_K = 10
 # "auto" switches from exact search to IVF above this many images: on 2 CPU cores an exact scan
 # of 100k 512-d vectors costs about as much as encoding the text query (BENCHMARKS.md, "Search").
 APPROX_THRESHOLD = 50_000
-# ... and from IVF (every vector in RAM) to IVF-PQ (codes in RAM, vectors on disk) above this many:
-# on 500k clustered 512-d vectors IVF needed a quarter of its lists probed, 16 ms a query against
-# IVF-PQ's 0.4 ms, and held 1 GiB against 0.05 (docs/scaling-index.md).
+# ... and from IVF (every vector in RAM) to IVF-PQ (codes in RAM, vectors on disk for re-ranking)
+# above this many (BENCHMARKS.md, "An index of 10M vectors").
 IVFPQ_THRESHOLD = 300_000
 
 
