@@ -230,9 +230,12 @@ def test_the_viewer_is_driven_by_the_keyboard(site, browser):
         src = page.eval_on_selector("#viewer-image", "img => img.getAttribute('src')")
         return page.text_content("#viewer-position"), src.rsplit("/", 1)[1]
 
+    # Keys are handled by the page's own event loop: wait until it has settled and the viewer
+    # has opened, rather than read the dialog in the same instant as the key press.
+    page.wait_for_load_state("networkidle")
     page.focus("#results .result >> nth=0")
     page.keyboard.press("Enter")
-    assert page.eval_on_selector("#viewer", "dialog => dialog.open")
+    page.wait_for_function("() => document.querySelector('#viewer').open", timeout=10_000)
     assert viewing() == (f"1 / {len(ids)}", ids[0])
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")
