@@ -59,7 +59,7 @@ def test_identity_without_prompts(family):
     assert image_diff <= 1e-5, name
 
 
-ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, text_norm=True, visual_norm=True, visual_adapter=0)
+ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, text_norm=True, visual_norm=True, visual_adapter=0, visual_readout=8)
 
 
 def _open_everything(model: PromptedCLIP) -> None:
@@ -144,6 +144,8 @@ def test_resnet_tower_refuses_visual_prompts_but_takes_textual():
     backbone = adapter_for(net, "RN-tiny")
     with pytest.raises(UnsupportedPromptError, match=r"RN-tiny cannot take visual prompts.*ModifiedResNet"):
         PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=2, vocab=0, visual_adapter=0))
+    with pytest.raises(UnsupportedPromptError, match=r"RN-tiny cannot take an image readout.*--visual-readout 0"):
+        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0, visual_readout=4))
     model = PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0))
     assert model.encode_texts(["a red circle"]).shape == (1, 32)
 

@@ -13,6 +13,8 @@ import torch
 from dbprompt.cli import build_parser, main
 from dbprompt.data import SplitConfig, load_database, split_records
 from dbprompt.data.splits import assign_splits
+from dbprompt.backbones import load_backbone
+from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
 from dbprompt.storage import read_prompt_file
 
@@ -29,6 +31,23 @@ def test_help_for_every_command(capsys):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0
+
+
+def test_train_with_the_image_readout_alone_then_eval_and_reload(tiny_db, tmp_path, capsys):
+    """The fast configuration: nothing inside the image tower trains, a readout beside it does."""
+    out = tmp_path / "fast.safetensors"
+    args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress",
+            "--model", "dbprompt-tiny", "--pretrained", "random", "--visual-len", "0", "--visual-adapter", "0",
+            "--visual-readout", "4"]
+    assert main(args) == 0
+    saved = read_prompt_file(out)
+    assert saved.config.visual_readout == 4 and {"readout.down", "readout.up"} <= set(saved.tensors)
+    capsys.readouterr()
+    assert main(["eval", str(tiny_db), "--prompts", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert any("image readout" in label for label in rows)
+    model = PromptedCLIP.from_prompt_file(out, load_backbone("dbprompt-tiny", pretrained="random"))
+    assert model.prompts.readout is not None and model.prompts.readout.up.abs().max() > 0
 
 
 def test_console_script_runs():

@@ -24,7 +24,7 @@ from dbprompt.prompts import PromptConfig
 from dbprompt.storage import read_prompt_file
 
 NO_PROMPTS = PromptConfig.none()
-ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, text_norm=True, visual_norm=True, visual_adapter=0)
+ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, text_norm=True, visual_norm=True, visual_adapter=0, visual_readout=8)
 TINY_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 # SigLIP's ids: padding and end are both </s>, as in google/siglip-*; no start token.
 SIGLIP_IDS = dict(pad_token_id=1, eos_token_id=1, bos_token_id=None)

@@ -79,11 +79,37 @@ def test_frozen_image_side_is_encoded_once_and_cached(tiny_backbone, tiny_record
     text_only.run()
     train = records_for(tiny_records, "train")
     (expected,), _ = encode_records([text_only.model], train, text_only.runtime)
-    assert torch.allclose(text_only.images.features[: len(train)], expected, atol=1e-6)
+    cached = torch.nn.functional.normalize(text_only.images.states[: len(train)], dim=-1)
+    assert torch.allclose(cached, expected, atol=1e-6)
     visual = _trainer(tiny_backbone, tiny_records, epochs=1)
     assert not visual.images.frozen  # a visual prompt changes image features at every step
     visual.run()
-    assert visual.images.features is None
+    assert visual.images.states is None
+
+
+READOUT = PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0, visual_readout=8)
+
+
+def test_a_readout_trains_on_cached_tower_states_exactly_as_on_pixels(tiny_backbone, tiny_records):
+    """The readout's inputs never change, so the tower runs once per image; what it learns is the same."""
+    cached = _trainer(tiny_backbone, tiny_records, config=READOUT, epochs=2)
+    pixels = _trainer(tiny_backbone, tiny_records, config=READOUT, epochs=2, image_cache_mb=0)
+    assert cached.images.frozen and not pixels.images.frozen
+    a, b = cached.run(), pixels.run()
+    assert a.best_epoch == b.best_epoch > 0
+    moved = a.best_state["prompts.readout.up"].abs().max()
+    assert moved > 0
+    for name in a.best_state:
+        assert torch.allclose(a.best_state[name], b.best_state[name], atol=1e-5), name
+    assert all(p.grad is None for p in tiny_backbone.parameters())
+
+
+def test_a_readout_resumes_exactly(tiny_backbone, tiny_records, tmp_path):
+    straight = _trainer(tiny_backbone, tiny_records, tmp_path / "a", config=READOUT).run()
+    _trainer(tiny_backbone, tiny_records, tmp_path / "b", config=READOUT).run(stop_after_steps=3)
+    resumed = _trainer(tiny_backbone, tiny_records, tmp_path / "b", config=READOUT).run(resume=True)
+    for name in straight.best_state:
+        assert torch.equal(straight.best_state[name], resumed.best_state[name]), name
 
 
 def test_validation_ranks_among_training_images_too(tiny_backbone, tiny_records):

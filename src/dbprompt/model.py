@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones.base import PROMPT_ID, BackboneAdapter
+from .backbones.base import PROMPT_ID, BackboneAdapter, LayerHook
 from .compat import BackboneId, check_backbone
 from .prompts.config import PromptConfig
 from .prompts.learner import VOCABULARY_IDS, PromptLearner, caption_length, caption_vocabulary
@@ -99,11 +99,22 @@ class PromptedCLIP(nn.Module):
         """Parameter names (relative to this model) that training must not decay."""
         return {f"prompts.{n}" for n in self.prompts.no_weight_decay()}
 
-    def image_side_trainable(self) -> bool:
-        """Whether image features can change in training (if not, they are computed once and cached)."""
+    def image_tower_trainable(self) -> bool:
+        """Whether anything inside the image tower trains. If not, what the tower computes for an image
+        (`image_state`) never changes, so training computes it once per image and keeps it."""
         if any(m is not None for m in (self.prompts.visual, self.prompts.visual_norms, self.prompts.visual_adapters)):
             return True
         return any(p.requires_grad for p in self.backbone.image_tower.parameters())
+
+    @property
+    def image_state_width(self) -> int:
+        """Numbers per image in `image_state`."""
+        readout = self.prompts.readout
+        if readout is None:
+            return self.backbone.embed_dim
+        with torch.no_grad():
+            tokens = self.backbone.image_tokens(torch.zeros(1, 3, *self.backbone.image_size, device=readout.up.device))
+        return self.backbone.embed_dim + readout.layers * readout.width * (tokens.shape[1] if readout.tokens else 1)
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -143,14 +154,55 @@ class PromptedCLIP(nn.Module):
 
     # --- images -------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """One pass of the image tower, prompts inside or among its layers."""
+        """One pass of the image tower, prompts inside or among its layers, and the readout beside it."""
+        features, taps = self._image_parts(images)
+        readout = self.prompts.readout
+        return _finish(features if readout is None else readout(features, taps), normalize)
+
+    def image_state(self, images: torch.Tensor) -> torch.Tensor:
+        """What the image tower computes: its output features [B, E], and with a readout, the tokens each
+        block outputs, flattened after them (what training keeps per image when the tower is frozen)."""
+        features, taps = self._image_parts(images)
+        return torch.cat([features, *(t.flatten(1) for t in taps)], dim=1) if taps else features
+
+    def image_from_state(self, state: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image features from `image_state`'s output: the readout's correction applied, if any."""
+        readout = self.prompts.readout
+        if readout is None:
+            return _finish(state, normalize)
+        split = self.backbone.embed_dim
+        taps = state[:, split:].view(state.shape[0], readout.layers, -1, readout.width).unbind(1)
+        return _finish(readout(state[:, :split], taps), normalize)
+
+    def _image_parts(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The tower's output features and, with a readout, each block's output tokens."""
         x = self.backbone.image_tokens(images)
         layers = self.prompts.layers("image")
         prompt = self.prompts.visual
+        taps: list[torch.Tensor] = []
+        tap = self._tap(taps) if self.prompts.readout is not None else None
         if prompt is None or prompt.gated:
-            return _finish(self.backbone.image_from_tokens(x, layers=layers), normalize)
-        features = self.backbone.image_from_tokens(prompt.insert(x), prompt.length, prompt.layer_hook(), layers)
-        return _finish(features, normalize)
+            return self.backbone.image_from_tokens(x, hook=tap, layers=layers), taps
+        hook = _chain(prompt.layer_hook(), tap)
+        return self.backbone.image_from_tokens(prompt.insert(x), prompt.length, hook, layers), taps
+
+    def _tap(self, taps: list[torch.Tensor]) -> LayerHook:
+        """A layer hook keeping each block's output tokens (or only its summary: the class token, else the mean)."""
+        prefix, tokens = self.backbone.vision_prefix_len, self.prompts.readout.tokens
+
+        def tap(i: int, x: torch.Tensor) -> torch.Tensor:
+            if i:
+                taps.append(x if tokens else x[:, :1] if prefix else x.mean(dim=1, keepdim=True))
+            return x
+
+        return tap
+
+
+def _chain(first: LayerHook | None, second: LayerHook | None) -> LayerHook | None:
+    """Two layer hooks, one after the other (either may be None)."""
+    if first is None or second is None:
+        return first or second
+    return lambda i, x: second(i, first(i, x))
 
 
 def _check_state(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:

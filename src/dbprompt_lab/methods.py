@@ -46,7 +46,7 @@ class Method:
     def from_json(cls, data: dict) -> "Method":
         data = dict(data)
         # What an experiment file does not name is off (the defaults of its time had neither).
-        prompts = PromptConfig(**({"vocab": 0, "visual_adapter": 0} | data.pop("prompts", {"text_len": 0, "visual_len": 0})))
+        prompts = PromptConfig(**({"vocab": 0, "visual_adapter": 0, "visual_readout": 0} | data.pop("prompts", {"text_len": 0, "visual_len": 0})))
         for name in ("other_lrs", "anchors"):
             if name in data:
                 data[name] = tuple(data[name])

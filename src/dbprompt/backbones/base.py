@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Called before transformer layer `i` with the current token sequence; returns it (possibly changed).
+# Called before transformer layer `i` (and after the last, with i = layers) with the current token sequence;
+# returns it (possibly changed).
 LayerHook = Callable[[int, torch.Tensor], torch.Tensor]
 
 # Stands in for prompt positions in the token-id sequence used for pooling and masks.
@@ -138,6 +139,8 @@ class BackboneAdapter(nn.Module, ABC):
     # Class / register tokens before the patch tokens; visual prompts go right after them.
     vision_prefix_len: int
     image_size: tuple[int, int]
+    # Width of the image features the tower outputs (ViT towers; what an image readout corrects).
+    embed_dim: int
 
     # --- capability -----------------------------------------------------------------
     def text_prompt_problem(self) -> str | None:
@@ -169,14 +172,16 @@ class BackboneAdapter(nn.Module, ABC):
         hook: LayerHook | None,
         layers: Sequence[LayerPrompt | None] | None,
     ) -> torch.Tensor:
-        """The tower's blocks in order: `hook` before block i, `layers[i]` inside it (its own forward without)."""
+        """The tower's blocks in order: `hook` before block i and once more after the last (i = number of
+        blocks), `layers[i]` inside block i (its own forward without)."""
         views = self.blocks(tower) if layers is not None and any(p is not None for p in layers) else None
-        for i, forward in enumerate(self.block_forwards(tower)):
+        forwards = self.block_forwards(tower)
+        for i, forward in enumerate(forwards):
             if hook is not None:
                 x = hook(i, x)
             p = layers[i] if layers is not None and i < len(layers) else None
             x = forward(x, mask) if p is None else views[i].run(x, mask, p)
-        return x
+        return hook(len(forwards), x) if hook is not None else x
 
     # --- text -----------------------------------------------------------------------
     @abstractmethod

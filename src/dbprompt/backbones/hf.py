@@ -95,6 +95,7 @@ class HFAdapter(BackboneAdapter):
         self.vision_width = vision.config.hidden_size
         self.vision_num_layers = len(vision.encoder.layers)
         self.vision_prefix_len = 1 if self.family == "clip" else 0  # CLIP's class token; SigLIP has none
+        self.embed_dim = model.visual_projection.out_features if self.family == "clip" else self.vision_width
         size = vision.config.image_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
         self._eos_id = text.config.eos_token_id

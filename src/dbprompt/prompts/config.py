@@ -32,6 +32,13 @@ class PromptConfig:
     visual_adapter: int = option(
         16, "rank of a bottleneck adapter beside every image block's MLP, from zero: what adapts the images (0: none)"
     )
+    visual_readout: int = option(
+        0,
+        "rank of a readout beside the image tower, from zero: it reads every block's output tokens and corrects "
+        "the tower's output, so training never backpropagates through the tower (about 3x faster with "
+        "--visual-adapter 0 --visual-len 0; less accurate where the images differ, BENCHMARKS.md) (0: none)",
+    )
+    readout_tokens: bool = option(True, "the image readout reads every token of each layer through a learned pooling (off: only the summary token)")
     visual_start: int = option(
         0,
         "image layers before this one keep the backbone's own computation (visual prompts, adapters and norm "
@@ -50,7 +57,7 @@ class PromptConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("text_len", "visual_len", "vocab", "visual_adapter", "visual_start"):
+        for name in ("text_len", "visual_len", "vocab", "visual_adapter", "visual_readout", "visual_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("text_depth", "visual_depth"):
@@ -71,7 +78,7 @@ class PromptConfig:
     @classmethod
     def none(cls) -> "PromptConfig":
         """No prompts at all: the backbone's zero-shot model through the same code path."""
-        return cls(text_len=0, visual_len=0, vocab=0, text_norm=False, visual_norm=False, visual_adapter=0)
+        return cls(text_len=0, visual_len=0, vocab=0, text_norm=False, visual_norm=False, visual_adapter=0, visual_readout=0)
 
     def replace(self, **changes) -> "PromptConfig":
         return dataclasses.replace(self, **changes)
@@ -86,6 +93,7 @@ class PromptConfig:
         parts = (
             ("textual", self.text_len), ("visual", self.visual_len), ("vocabulary", self.vocab),
             ("text norms", self.text_norm), ("image norms", self.visual_norm), ("image adapters", self.visual_adapter),
+            ("image readout", self.visual_readout),
         )
         return [k for k, n in parts if n]
 
@@ -102,4 +110,5 @@ class PromptConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown prompt options {sorted(unknown)} (written by a newer dbprompt?)")
-        return cls(**({"vocab": 0, "text_norm": False, "visual_norm": False, "visual_adapter": 0, "visual_start": 0} | data))
+        return cls(**({"vocab": 0, "text_norm": False, "visual_norm": False, "visual_adapter": 0, "visual_readout": 0, "visual_start": 0}
+                     | data))

@@ -15,6 +15,7 @@ from .config import PromptConfig
 from .coupling import CoupledPromptTokens
 from .adapters import BlockAdapters
 from .norms import NormOffsets
+from .readout import ImageReadout
 from .tokens import PromptTokens
 from .vocabulary import TokenOffsets, frequent_tokens
 
@@ -38,6 +39,11 @@ class PromptLearner(nn.Module):
         self.text_norms = NormOffsets(backbone.text_num_layers, backbone.text_width) if config.text_norm else None
         self.visual_norms = NormOffsets(visual_layers, backbone.vision_width) if config.visual_norm else None
         self.visual_adapters = BlockAdapters(visual_layers, backbone.vision_width, config.visual_adapter) if config.visual_adapter else None
+        self.readout = (
+            ImageReadout(backbone.vision_num_layers, backbone.vision_width, backbone.embed_dim, config.visual_readout, config.readout_tokens)
+            if config.visual_readout
+            else None
+        )
         text_heads = backbone.num_heads("text") if config.gate and config.text_len else 0
         visual_heads = backbone.num_heads("image") if config.gate and config.visual_len else 0
         if config.vocab:
@@ -103,6 +109,9 @@ class PromptLearner(nn.Module):
 
 
 def check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:
+    problem = backbone.visual_prompt_problem()
+    if config.visual_readout and problem:
+        raise UnsupportedPromptError(f"model {backbone.name} cannot take an image readout: {problem}. Use --visual-readout 0.")
     checks = (
         ("textual", "text", config.text_len, backbone.text_prompt_problem()),
         ("visual", "image", config.visual_len, backbone.visual_prompt_problem()),

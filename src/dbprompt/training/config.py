@@ -18,7 +18,11 @@ class TrainConfig:
     grad_accum: int = option(1, "micro-batches per optimizer step")
     seed: int = option(0, "seed of the prompts' initialisation, the epochs' order and caption choice")
     checkpoint_every: int = option(50, "optimizer steps between checkpoints (0: only at epoch ends)")
-    image_cache_mb: int = option(2048, "memory for decoded training and validation images (the rest is decoded each epoch)")
+    image_cache_mb: int = option(
+        2048,
+        "memory for the training and validation images kept between epochs: what the frozen image tower computes "
+        "when nothing inside it trains, else decoded pixels (the rest is decoded each epoch)",
+    )
     anchor: float = option(
         0.0,
         "pull of caption features towards zero-shot's, 1 - cosine (KgCoOp; 0: off); several values train once "

@@ -1,9 +1,10 @@
-"""A run's training and validation images, decoded once: as pixels up to a budget, or as frozen features.
+"""A run's training and validation images, decoded once: as pixels up to a budget, or as frozen tower states.
 
-One rule decides what is kept: when nothing on the image side trains (`image_side_trainable`),
-image features never change, so each image is encoded once and only its features are kept;
-otherwise the transformed pixels are kept in memory up to the budget and the model encodes them
-at every step. The first pass over the images is also where a bad file is found.
+One rule decides what is kept: when nothing inside the image tower trains (`image_tower_trainable`),
+what the tower computes for an image (`image_state`: its features, and the layer taps an image
+readout reads) never changes, so each image goes through the tower once and only that state is
+kept (when all of it fits the budget); otherwise the transformed pixels are kept in memory up to the
+budget and the tower runs at every step. The first pass over the images is also where a bad file is found.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..data.errors import BadInputReport
 from ..data.records import Record
@@ -29,15 +31,16 @@ class ImageBank:
         self.transform = model.backbone.image_transform()
         self.budget = budget_bytes
         self.batch_size = batch_size
-        self.frozen = not model.image_side_trainable()
-        self.features: torch.Tensor | None = None  # [N, E] when frozen
+        state_bytes = len(self.records) * model.image_state_width * 4
+        self.frozen = not model.image_tower_trainable() and state_bytes <= budget_bytes
+        self.states: torch.Tensor | None = None  # [N, image_state_width] when frozen
         self._pixels: dict[int, torch.Tensor] = {}
         self._used = 0
 
     def first_pass(self, *, skip_bad: bool = False, report: BadInputReport | None = None, progress: str | None = None) -> list[int]:
         """Decode every image once; returns the positions of those that could not be read (with `skip_bad`)."""
         kept: list[int] = []
-        features = []
+        states = []
         was_training = self.model.training
         self.model.eval()
         for batch in decode_batches(
@@ -46,15 +49,16 @@ class ImageBank:
         ):
             kept += batch.indices
             if self.frozen:
-                features.append(embed_images(self.model, batch.images, self.runtime))
+                with torch.no_grad(), self.runtime.autocast():
+                    states.append(self.model.image_state(batch.images.to(self.runtime.device)).float().cpu())
             else:
                 for i, pixels in zip(batch.indices, batch.images):
                     self._keep(i, pixels)
         self.model.train(was_training)
-        if self.frozen and features:
-            full = torch.zeros(len(self.records), features[0].shape[1])
-            full[torch.as_tensor(kept, dtype=torch.long)] = torch.cat(features)
-            self.features = full
+        if self.frozen and states:
+            full = torch.zeros(len(self.records), states[0].shape[1])
+            full[torch.as_tensor(kept, dtype=torch.long)] = torch.cat(states)
+            self.states = full
         return sorted(set(range(len(self.records))) - set(kept))
 
     def _keep(self, i: int, pixels: torch.Tensor) -> None:
@@ -76,15 +80,24 @@ class ImageBank:
     def encode(self, indices: Sequence[int]) -> torch.Tensor:
         """Image features of these positions as the model gives them now (grad flows where it trains)."""
         if self.frozen:
-            return self.features[torch.as_tensor(list(indices), dtype=torch.long)].to(self.runtime.device)
+            return self.model.image_from_state(self._states(indices))
         return self.model.encode_image(self.pixels(indices).to(self.runtime.device))
 
     def encode_all(self, indices: Sequence[int]) -> torch.Tensor:
         """Unit features of many images without grad, in batches (for validation)."""
-        if self.frozen:
-            return self.features[torch.as_tensor(list(indices), dtype=torch.long)]
-        out = [embed_images(self.model, self.pixels(chunk), self.runtime) for chunk in _chunks(indices, self.batch_size)]
+        out = [self._embed(chunk) for chunk in _chunks(indices, self.batch_size)]
         return torch.cat(out) if out else torch.empty(0, 0)
+
+
+    def _states(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.states[torch.as_tensor(list(indices), dtype=torch.long)].to(self.runtime.device)
+
+    def _embed(self, indices: Sequence[int]) -> torch.Tensor:
+        if not self.frozen:
+            return embed_images(self.model, self.pixels(indices), self.runtime)
+        with torch.no_grad(), self.runtime.autocast():
+            features = self.model.image_from_state(self._states(indices), normalize=False)
+        return F.normalize(features.float(), dim=-1).cpu()
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:

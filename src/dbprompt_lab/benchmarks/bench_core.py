@@ -1,10 +1,11 @@
 """Prompted vs plain encoders, and prompt training vs full fine-tuning and LoRA, side by side in one run.
 
     python -m dbprompt_lab.benchmarks.bench_core [--model ViT-B-32] [--batch 64] [--repeats 5] [--bf16|--no-bf16]
+        [--method dbprompt]
 
 On the same random-weight backbone and the same inputs, each figure in a fresh subprocess (so its
 peak memory is its own), the median of `--repeats` timed repetitions after one warm-up:
-  * images/s of `dbprompt train`'s default prompts' encode_image vs open_clip's own encode_image;
+  * images/s of `dbprompt train`'s default prompts' (or `--method`'s) encode_image vs open_clip's own encode_image;
   * seconds of a one-query text encode, prompted vs the backbone's own;
   * train-step pairs/s of the default prompts vs all weights (full fine-tuning) vs LoRA (same loss, AdamW);
   * peak RSS of each.
@@ -28,14 +29,14 @@ CAPTION = "a large red circle on the left and a small blue star at the top, on a
 MODES = ("own-encode", "prompted-encode", "own-text", "prompted-text", "prompt-train", "full-train", "lora-train")
 
 
-def _setup(model_name: str, mode: str, device: str):
+def _setup(model_name: str, mode: str, device: str, prompts: str):
     from dbprompt.backbones import load_backbone
     from dbprompt_lab.methods import METHODS, build
 
     backbone = load_backbone(model_name, device=device)
     if mode in ("own-encode", "own-text"):
         return backbone
-    method = {"full-train": "full-calibrated", "lora-train": "lora-calibrated"}.get(mode, "dbprompt")
+    method = {"full-train": "full-calibrated", "lora-train": "lora-calibrated"}.get(mode, prompts)
     return build(METHODS[method], backbone, captions=[CAPTION]).to(device)
 
 
@@ -51,14 +52,14 @@ def _time(fn, repeats: int, device: str) -> float:
     return statistics.median(timed() for _ in range(repeats))
 
 
-def measure(model_name: str, mode: str, batch: int, repeats: int, bf16: bool, device: str) -> dict:
+def measure(model_name: str, mode: str, batch: int, repeats: int, bf16: bool, device: str, prompts: str = "dbprompt") -> dict:
     """One figure, in this process; run in a fresh subprocess so peak memory is its own."""
     from dbprompt.runtime import Runtime
     from dbprompt.training.loss import ContrastiveLoss
 
     runtime = Runtime(device=device, bf16=bf16)
     torch.manual_seed(0)
-    model = _setup(model_name, mode, device)
+    model = _setup(model_name, mode, device, prompts)
     backbone = getattr(model, "backbone", model)
     images = torch.randn(batch, 3, *backbone.image_size, device=device)
     def tokenize(texts: list[str]) -> torch.Tensor:
@@ -119,17 +120,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--method", default="dbprompt", help="the prompts measured: a method of the comparison or of an experiment")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="measure only these")
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.model, args.one, args.batch, args.repeats, args.bf16, args.device)))
+        print(json.dumps(measure(args.model, args.one, args.batch, args.repeats, args.bf16, args.device, args.method)))
         return
-    print(f"{args.model}, batch {args.batch}, {args.device}, bf16 {'on' if args.bf16 else 'off'}, torch threads {torch.get_num_threads()}")
+    print(f"{args.model}, prompts {args.method}, batch {args.batch}, {args.device}, bf16 {'on' if args.bf16 else 'off'}, torch threads {torch.get_num_threads()}")
     results = {}
     for mode in args.modes:
         cmd = [sys.executable, "-m", "dbprompt_lab.benchmarks.bench_core", "--one", mode, "--model", args.model,
-               "--batch", str(args.batch), "--repeats", str(args.repeats), "--device", args.device,
+               "--batch", str(args.batch), "--repeats", str(args.repeats), "--device", args.device, "--method", args.method,
                "--bf16" if args.bf16 else "--no-bf16"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         r = results[mode] = json.loads(out)
