@@ -148,6 +148,8 @@ def test_resnet_tower_refuses_visual_prompts_but_takes_textual():
         PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0, visual_readout=4))
     model = PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0))
     assert model.encode_texts(["a red circle"]).shape == (1, 32)
+    # Training sizes what it keeps per image from the tower's output width, known for ResNet towers too.
+    assert model.image_state_width == 32
 
 
 def test_coca_style_text_tower_refuses_textual_prompts():

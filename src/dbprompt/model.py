@@ -112,9 +112,13 @@ class PromptedCLIP(nn.Module):
         readout = self.prompts.readout
         if readout is None:
             return self.backbone.embed_dim
+        return self.backbone.embed_dim + readout.layers * readout.width * (self._image_token_count() if readout.tokens else 1)
+
+    def _image_token_count(self) -> int:
+        """Tokens per image in the tower (prefix and patches): the patch embedding of one blank image tells."""
         with torch.no_grad():
-            tokens = self.backbone.image_tokens(torch.zeros(1, 3, *self.backbone.image_size, device=readout.up.device))
-        return self.backbone.embed_dim + readout.layers * readout.width * (tokens.shape[1] if readout.tokens else 1)
+            blank = torch.zeros(1, 3, *self.backbone.image_size, device=self.prompts.readout.up.device)
+            return self.backbone.image_tokens(blank).shape[1]
 
     def trainable_parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

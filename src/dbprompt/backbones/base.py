@@ -139,7 +139,7 @@ class BackboneAdapter(nn.Module, ABC):
     # Class / register tokens before the patch tokens; visual prompts go right after them.
     vision_prefix_len: int
     image_size: tuple[int, int]
-    # Width of the image features the tower outputs (ViT towers; what an image readout corrects).
+    # Width of the image features the tower outputs (what training keeps per image, what a readout corrects).
     embed_dim: int
 
     # --- capability -----------------------------------------------------------------

@@ -92,14 +92,20 @@ class OpenClipAdapter(BackboneAdapter):
             self.vision_width = visual.class_embedding.shape[-1]
             self.vision_num_layers = len(visual.transformer.resblocks)
             self.vision_prefix_len = 1
-            self.embed_dim = int(visual.output_dim)
         elif self._vision_kind == "timm":
             trunk = visual.trunk
             self.vision_width = trunk.embed_dim
             self.vision_num_layers = len(trunk.blocks)
             self.vision_prefix_len = trunk.num_prefix_tokens
-            heads = [m.out_features for m in visual.head.modules() if isinstance(m, nn.Linear)]
-            self.embed_dim = heads[-1] if heads else trunk.num_features
+        self.embed_dim = self._image_embed_dim(visual)
+
+    @staticmethod
+    def _image_embed_dim(visual: nn.Module) -> int:
+        """open_clip's ViT and ResNet towers record their output width; a timm tower's is its head's."""
+        if hasattr(visual, "output_dim"):
+            return int(visual.output_dim)
+        heads = [m.out_features for m in visual.head.modules() if isinstance(m, nn.Linear)]
+        return heads[-1] if heads else visual.trunk.num_features
 
     @staticmethod
     def _classify_vision(visual: nn.Module) -> str | None:

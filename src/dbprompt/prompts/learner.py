@@ -109,12 +109,12 @@ class PromptLearner(nn.Module):
 
 
 def check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:
-    problem = backbone.visual_prompt_problem()
-    if config.visual_readout and problem:
-        raise UnsupportedPromptError(f"model {backbone.name} cannot take an image readout: {problem}. Use --visual-readout 0.")
+    visual_problem = backbone.visual_prompt_problem()
+    if config.visual_readout and visual_problem:
+        raise UnsupportedPromptError(f"model {backbone.name} cannot take an image readout: {visual_problem}. Use --visual-readout 0.")
     checks = (
         ("textual", "text", config.text_len, backbone.text_prompt_problem()),
-        ("visual", "image", config.visual_len, backbone.visual_prompt_problem()),
+        ("visual", "image", config.visual_len, visual_problem),
     )
     for kind, tower, length, problem in checks:
         flag = "text" if tower == "text" else "visual"

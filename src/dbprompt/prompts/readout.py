@@ -2,9 +2,10 @@
 
 Adapters inside the tower move image features where the images differ, but every step must then
 backpropagate through all its layers and keep their activations. The readout instead reads what
-the frozen tower already computes at every layer (its summary token: the class token, or the mean
-token of towers without one) and adds a small learned correction to the tower's output feature, as
-a side network does (LST, CLIP-Adapter over several depths). The tower itself runs as the backbone
+the frozen tower already computes at every layer (every block's output tokens, or with `tokens` off
+only their summary: the class token, or the mean token of towers without one) and adds a small
+learned correction to the tower's output feature, as a side network does (LST, CLIP-Adapter over
+several depths). The tower itself runs as the backbone
 does, once, and nothing it computes needs a gradient, so a training step costs its forward alone
 and its states can be kept across epochs. The up-projection starts at zero: the output starts
 exactly at the backbone's.

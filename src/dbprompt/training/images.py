@@ -88,7 +88,6 @@ class ImageBank:
         out = [self._embed(chunk) for chunk in _chunks(indices, self.batch_size)]
         return torch.cat(out) if out else torch.empty(0, 0)
 
-
     def _states(self, indices: Sequence[int]) -> torch.Tensor:
         return self.states[torch.as_tensor(list(indices), dtype=torch.long)].to(self.runtime.device)
 
