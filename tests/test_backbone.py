@@ -148,8 +148,12 @@ def test_resnet_tower_refuses_visual_prompts_but_takes_textual():
         PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0, visual_readout=4))
     model = PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0))
     assert model.encode_texts(["a red circle"]).shape == (1, 32)
-    # Training sizes what it keeps per image from the tower's output width, known for ResNet towers too.
-    assert model.image_state_width == 32
+    # Training sizes what it keeps per image from the tower's output width, known for ResNet towers too,
+    # and the ResNet tower, which takes nothing, encodes images as its own forward does.
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert model.image_state_width == model.image_state(images).shape[1] == 32
+        assert torch.equal(model.encode_image(images, normalize=False), backbone.encode_image(images))
 
 
 def test_coca_style_text_tower_refuses_textual_prompts():
@@ -159,7 +163,14 @@ def test_coca_style_text_tower_refuses_textual_prompts():
     backbone = adapter_for(net, "coca-tiny")
     with pytest.raises(UnsupportedPromptError, match=r"coca-tiny cannot take textual prompts.*class token"):
         PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0))
-    assert PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=2, vocab=0, visual_adapter=0)).encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+    with pytest.raises(UnsupportedPromptError, match=r"coca-tiny cannot take word offsets.*class token.*--vocab 0"):
+        PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=0, visual_adapter=0))
+    model = PromptedCLIP(backbone, PromptConfig(text_len=0, visual_len=2, vocab=0, visual_adapter=0))
+    assert model.encode_image(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+    # The text tower, which takes nothing, encodes captions as its own forward does.
+    ids = backbone.tokenize(["a red circle"], backbone.context_length)
+    with torch.no_grad():
+        assert torch.equal(model.encode_text(ids, normalize=False), backbone.encode_text(ids))
 
 
 def test_random_weights_are_reproducible_and_fingerprinted():

@@ -137,6 +137,8 @@ class PromptedCLIP(nn.Module):
 
     def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """One pass of the text tower: word offsets on the embeddings, prompts inside or among the layers."""
+        if self.backbone.text_prompt_problem():  # it takes nothing (PromptLearner refuses): its own forward
+            return _finish(self.backbone.encode_text(ids), normalize)
         ids = self.backbone.trim_text_padding(ids)
         x = self.backbone.text_token_embeddings(ids)
         if self.prompts.vocab is not None:
@@ -180,6 +182,8 @@ class PromptedCLIP(nn.Module):
 
     def _image_parts(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The tower's output features and, with a readout, each block's output tokens."""
+        if self.backbone.visual_prompt_problem():  # it takes nothing (PromptLearner refuses): its own forward
+            return self.backbone.encode_image(images), []
         x = self.backbone.image_tokens(images)
         layers = self.prompts.layers("image")
         prompt = self.prompts.visual

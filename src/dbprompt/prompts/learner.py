@@ -109,17 +109,20 @@ class PromptLearner(nn.Module):
 
 
 def check_supported(backbone: BackboneAdapter, config: PromptConfig) -> None:
-    visual_problem = backbone.visual_prompt_problem()
-    if config.visual_readout and visual_problem:
-        raise UnsupportedPromptError(f"model {backbone.name} cannot take an image readout: {visual_problem}. Use --visual-readout 0.")
-    checks = (
-        ("textual", "text", config.text_len, backbone.text_prompt_problem()),
-        ("visual", "image", config.visual_len, visual_problem),
+    """Refuse, naming the flag that turns it off, what a tower that cannot take tokens would silently ignore."""
+    text_problem, visual_problem = backbone.text_prompt_problem(), backbone.visual_prompt_problem()
+    wanted = (
+        (config.text_len, text_problem, "textual prompts", "--text-len 0"),
+        (config.vocab, text_problem, "word offsets", "--vocab 0"),
+        (config.visual_len, visual_problem, "visual prompts", "--visual-len 0"),
+        (config.visual_readout, visual_problem, "an image readout", "--visual-readout 0"),
     )
-    for kind, tower, length, problem in checks:
+    for amount, problem, kind, off in wanted:
+        if amount and problem:
+            raise UnsupportedPromptError(f"model {backbone.name} cannot take {kind}: {problem}. Use {off}.")
+    checks = (("text", config.text_len), ("image", config.visual_len))
+    for tower, length in checks:
         flag = "text" if tower == "text" else "visual"
-        if length and problem:
-            raise UnsupportedPromptError(f"model {backbone.name} cannot take {kind} prompts: {problem}. Use --{flag}-len 0.")
         opened = (length and config.gate) or (config.text_norm if tower == "text" else config.visual_norm or config.visual_adapter)
         if opened and backbone.blocks(tower) is None:
             raise UnsupportedPromptError(
