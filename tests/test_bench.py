@@ -8,7 +8,9 @@ from safetensors.torch import save_file
 
 from dbprompt.backbones import load_backbone
 from dbprompt.training.validation import VALIDATION_GALLERY
-from dbprompt_lab.bench import HEADLINE, BenchConfig, default_jobs, markdown, run, run_one, summarize, target_splits, targets
+from dbprompt_lab.bench import (
+    HEADLINE, BenchConfig, default_jobs, markdown, run, run_one, stored_prompts, summarize, target_splits, targets,
+)
 from dbprompt_lab.cli import write_section
 from dbprompt_lab.methods import COMPARED, EXPERIMENTS, METHODS, build, load_experiment
 
@@ -145,3 +147,17 @@ def test_targets_ask_less_of_prompts_where_only_the_images_changed():
     assert "(target 40 %): met" in lines["visual, N=500 (2 seeds)"]
     assert "(target 60 %): MISSED" in lines["visual, N=2000 (2 seeds)"]
     assert "(target 60 %): MISSED" in lines["textual, N=500 (2 seeds)"]
+
+
+def test_float16_files_are_judged_per_method_in_whole_captions():
+    """R@1 counts captions: 3 of 3,000 is a move of exactly 0.1 point (met), 4 of 3,000 is not."""
+
+    def run_row(method, before, after):
+        return {"method": method, "metrics": {HEADLINE: before}, "prompt_file_t2i_R@1": after, "prompt_file_bytes": 100}
+
+    three, four = 100 * 3 / 3000, 100 * 4 / 3000
+    line = stored_prompts([run_row("a", 55.0, 55.0 + three), run_row("b", 50.0, 50.0 - three)])
+    assert "a 0.10, b 0.10" in line and "target <= 0.1: met" in line
+    line = stored_prompts([run_row("a", 55.0, 55.0 + three), run_row("b", 50.0, 50.0 - four)])
+    assert "b 0.13" in line and "MISSED" in line
+    assert stored_prompts([{"method": "zero-shot", "metrics": {HEADLINE: 1.0}}]) is None

@@ -298,13 +298,20 @@ def targets(summary: list[dict], method: str = "textual+visual") -> list[str]:
 
 
 def stored_prompts(rows: list[dict]) -> str | None:
-    """How much storing prompts as float16 moved test T2I R@1, over every prompt run (the target: <= 0.1 point)."""
-    pairs = [(r["metrics"][HEADLINE], r["prompt_file_t2i_R@1"], r["prompt_file_bytes"]) for r in rows if "prompt_file_t2i_R@1" in r]
-    if not pairs:
+    """How much storing prompts as float16 moved test T2I R@1, worst per method (the target: <= 0.1 point).
+
+    R@1 counts captions, so a move of exactly 0.1 point (3 of 3,000) is met: compared after rounding away
+    float noise, not as 0.10000000000000142 > 0.1."""
+    runs = [r for r in rows if "prompt_file_t2i_R@1" in r]
+    if not runs:
         return None
-    worst = max(abs(a - b) for a, b, _ in pairs)
-    verdict = "met" if worst <= 0.1 else "MISSED"
+    worst: dict[str, float] = {}
+    for r in runs:
+        worst[r["method"]] = max(worst.get(r["method"], 0.0), round(abs(r["metrics"][HEADLINE] - r["prompt_file_t2i_R@1"]), 6))
+    verdict = "met" if max(worst.values()) <= 0.1 else "MISSED"
+    sizes = [r["prompt_file_bytes"] for r in runs]
+    per_method = ", ".join(f"{m} {w:.2f}" for m, w in sorted(worst.items()))
     return (
-        f"prompt files as float16: test T2I R@1 moved by at most {worst:.2f} points over {len(pairs)} prompt runs "
-        f"(target <= 0.1: {verdict}); files of {min(b for *_, b in pairs):,} to {max(b for *_, b in pairs):,} bytes"
+        f"prompt files as float16: test T2I R@1 moved by at most {max(worst.values()):.2f} points over {len(runs)} prompt runs "
+        f"({per_method}; target <= 0.1: {verdict}); files of {min(sizes):,} to {max(sizes):,} bytes"
     )
