@@ -39,9 +39,6 @@ class PromptConfig:
         "--visual-adapter 0 --visual-len 0; less accurate where the images differ, BENCHMARKS.md) (0: none)",
     )
     readout_tokens: bool = option(True, "the image readout reads every token of each layer through a learned pooling (off: only the summary token)")
-    readout_depth: int = option(
-        0, "small transformer blocks in the image readout, at its rank, in which the tokens it reads attend to each other"
-    )
     visual_start: int = option(
         0,
         "image layers before this one keep the backbone's own computation (visual prompts, adapters and norm "
@@ -60,14 +57,12 @@ class PromptConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("text_len", "visual_len", "vocab", "visual_adapter", "visual_readout", "readout_depth", "visual_start"):
+        for name in ("text_len", "visual_len", "vocab", "visual_adapter", "visual_readout", "visual_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("text_depth", "visual_depth"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: every layer), got {getattr(self, name)}")
-        if self.readout_depth and not self.visual_readout:
-            raise ValueError(f"readout_depth {self.readout_depth} needs an image readout (visual_readout > 0)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.couple and not (self.text_len and self.text_len == self.visual_len):

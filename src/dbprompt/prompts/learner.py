@@ -40,8 +40,7 @@ class PromptLearner(nn.Module):
         self.visual_norms = NormOffsets(visual_layers, backbone.vision_width) if config.visual_norm else None
         self.visual_adapters = BlockAdapters(visual_layers, backbone.vision_width, config.visual_adapter) if config.visual_adapter else None
         self.readout = (
-            ImageReadout(backbone.vision_num_layers, backbone.vision_width, backbone.embed_dim, config.visual_readout, config.readout_tokens,
-                          config.readout_depth)
+            ImageReadout(backbone.vision_num_layers, backbone.vision_width, backbone.embed_dim, config.visual_readout, config.readout_tokens)
             if config.visual_readout
             else None
         )

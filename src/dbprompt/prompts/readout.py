@@ -25,24 +25,16 @@ class ImageReadout(nn.Module):
     """A side network on the frozen tower's tokens, added to its output feature f:
 
         z = gelu(sum_i down_i norm(x_i) + down_out norm(f))    per token, [B, N, rank]
-        z = side_blocks(z)                                     `depth` small transformer blocks, if any
         f' = f + up(sum_n softmax_n(z q) z_n)                  a learned attention pooling
 
     `x_i` [B, N, width]: the tokens each image block outputs; `f` [B, embed]: the tower's own output feature. With
-    `tokens` off only the summary token of each layer is read (N = 1). The side blocks (LST's side
-    network, at the readout's rank) let the tokens look at each other, e.g. tell the object from a
-    textured background, at a cost that is small beside the tower's.
+    `tokens` off only the summary token of each layer is read (N = 1).
     """
 
-    def __init__(self, layers: int, width: int, embed_dim: int, rank: int, tokens: bool = True, depth: int = 0):
+    def __init__(self, layers: int, width: int, embed_dim: int, rank: int, tokens: bool = True):
         super().__init__()
         self.down = nn.Parameter(torch.randn(layers, rank, width) / math.sqrt(layers * width))
         self.down_out = nn.Parameter(torch.randn(rank, embed_dim) / math.sqrt(embed_dim))
-        heads = rank // 8 if rank % 8 == 0 else 1
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(rank, heads, 2 * rank, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
-            for _ in range(depth)
-        )
         self.query = nn.Parameter(torch.zeros(rank))  # zero: mean pooling at the start
         self.up = nn.Parameter(torch.zeros(embed_dim, rank))
         self.layers, self.width, self.tokens = layers, width, tokens
@@ -53,8 +45,6 @@ class ImageReadout(nn.Module):
         for down, tap in zip(self.down, taps, strict=True):
             z = z + F.linear(F.layer_norm(tap, (self.width,)), down.to(tap.dtype))
         z = F.gelu(z)
-        for block in self.blocks:
-            z = block(z)
         weights = torch.softmax(z @ self.query.to(z.dtype), dim=1)
         pooled = (weights[..., None] * z).sum(dim=1)
         return features + F.linear(pooled, self.up.to(pooled.dtype))
