@@ -79,7 +79,8 @@ def test_build_writes_a_self_describing_index(tmp_path, tiny_backbone, prompts):
 
 def test_vectors_are_the_prompted_model_s(tmp_path, tiny_backbone, prompts):
     db = folder(tmp_path / "db", n=4)
-    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    # fp32, as the model below: bf16 would be chosen by itself on a CPU with AMX
+    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False, runtime=Runtime(bf16=False))
     model = PromptedCLIP.from_prompt_file(prompts, tiny_backbone)
     transform = tiny_backbone.image_transform()
     pixels = torch.stack([transform(Image.open(db / "images" / f"{i:03d}.png").convert("RGB")) for i in range(4)])
