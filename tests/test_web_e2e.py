@@ -248,8 +248,9 @@ def test_the_viewer_is_driven_by_the_keyboard(site, browser):
     assert viewing() == (f"{len(ids)} / {len(ids)}", ids[-1])
     page.keyboard.press("Escape")
     assert not page.eval_on_selector("#viewer", "dialog => dialog.open")
-    # Focus returns to the result the viewer showed last, so Tab and Enter carry on from there.
-    assert page.evaluate("() => document.activeElement.dataset.id") == ids[-1]
+    # Focus returns to the result the viewer showed last, so Tab and Enter carry on from there. The
+    # dialog's close event is queued after the browser restores focus itself: wait for the page's turn.
+    page.wait_for_function("id => document.activeElement.dataset.id === id", arg=ids[-1], timeout=10_000)
     # A caption in the viewer searches for itself.
     page.keyboard.press("Enter")
     caption = page.text_content("#viewer-captions button >> nth=0")
