@@ -10,6 +10,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from dbprompt.backbones import UnsupportedPromptError, load_backbone
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
+from dbprompt.runtime import Runtime
 
 from conftest import adapter_for
 
@@ -105,6 +106,32 @@ def test_each_block_runs_once_per_encode(family):
             h.remove()
     # Prompted blocks run in parts (their MLP is called), the others whole: each block counts once.
     assert len(calls) == backbone.text_num_layers + backbone.vision_num_layers, name
+
+
+def test_bf16_activations_on_a_cpu_go_through_the_blocks_parts(family):
+    """open_clip's own attention copies strided bf16 heads before every product (3x slower on a CPU):
+    unprompted blocks that get bf16 activations run as the prompts' parts, with the block's own features."""
+    name, backbone = family
+    model = PromptedCLIP(backbone, NO_PROMPTS).eval()
+    images = torch.randn(2, 3, *backbone.image_size, generator=torch.Generator().manual_seed(1))
+    whole: list[int] = []
+    handles = [
+        m.register_forward_pre_hook(lambda *_: whole.append(1))
+        for m in backbone.image_tower.modules()
+        if m.__class__.__name__ in ("ResidualAttentionBlock", "Block") and hasattr(m, "mlp")
+    ]
+    try:
+        with torch.no_grad():
+            own = backbone.encode_image(images)
+            whole.clear()
+            with Runtime(bf16=True).autocast():
+                bf16_tokens = backbone.image_tokens(images).dtype == torch.bfloat16
+                features = model.encode_image(images, normalize=False)
+    finally:
+        for h in handles:
+            h.remove()
+    assert (whole == []) if bf16_tokens else (len(whole) == backbone.vision_num_layers), name
+    assert torch.nn.functional.cosine_similarity(features.float(), own, dim=-1).min() > 0.99, name
 
 
 def test_gradients_reach_the_prompts_and_never_the_backbone(family):

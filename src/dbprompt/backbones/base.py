@@ -64,6 +64,12 @@ def _norm(module: nn.Module, x: torch.Tensor, offsets: Offsets | None) -> torch.
     return F.layer_norm(x, module.normalized_shape, weight, bias, module.eps).to(x.dtype)
 
 
+def parts_are_faster(x: torch.Tensor) -> bool:
+    """bf16 activations on a CPU: open_clip's own attention copies its strided heads before every batched
+    product there, and a ViT-B-32 block ran 3.4x slower whole than in parts (BENCHMARKS.md, Core)."""
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu"
+
+
 class BlockView(ABC):
     """One pre-norm transformer block seen in parts, so that prompts can act inside it.
 
@@ -95,8 +101,11 @@ class BlockView(ABC):
         """The MLP branch's contribution [B, L, D] from the normed input."""
 
     def run(self, x: torch.Tensor, mask: torch.Tensor | None, p: LayerPrompt | None) -> torch.Tensor:
+        """The block with `p` inside it; without, its own forward, or the bare parts where those are faster."""
         if p is None:
-            return self.forward(x, mask)
+            if not parts_are_faster(x):
+                return self.forward(x, mask)
+            p = LayerPrompt()
         h = _norm(self.norm1, x, p.norm1)
         q, k, v = self.qkv(h)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
@@ -173,14 +182,15 @@ class BackboneAdapter(nn.Module, ABC):
         layers: Sequence[LayerPrompt | None] | None,
     ) -> torch.Tensor:
         """The tower's blocks in order: `hook` before block i and once more after the last (i = number of
-        blocks), `layers[i]` inside block i (its own forward without)."""
-        views = self.blocks(tower) if layers is not None and any(p is not None for p in layers) else None
+        blocks), `layers[i]` inside block i (without: its own forward, or its bare parts where those are faster)."""
+        prompted = layers is not None and any(p is not None for p in layers)
+        views = self.blocks(tower) if prompted or parts_are_faster(x) else None
         forwards = self.block_forwards(tower)
         for i, forward in enumerate(forwards):
             if hook is not None:
                 x = hook(i, x)
             p = layers[i] if layers is not None and i < len(layers) else None
-            x = forward(x, mask) if p is None else views[i].run(x, mask, p)
+            x = forward(x, mask) if views is None else views[i].run(x, mask, p)
         return hook(len(forwards), x) if hook is not None else x
 
     # --- text -----------------------------------------------------------------------
