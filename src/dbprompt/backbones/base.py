@@ -101,11 +101,8 @@ class BlockView(ABC):
         """The MLP branch's contribution [B, L, D] from the normed input."""
 
     def run(self, x: torch.Tensor, mask: torch.Tensor | None, p: LayerPrompt | None) -> torch.Tensor:
-        """The block with `p` inside it; without, its own forward, or the bare parts where those are faster."""
         if p is None:
-            if not parts_are_faster(x):
-                return self.forward(x, mask)
-            p = LayerPrompt()
+            return self.forward(x, mask)
         h = _norm(self.norm1, x, p.norm1)
         q, k, v = self.qkv(h)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
@@ -184,13 +181,16 @@ class BackboneAdapter(nn.Module, ABC):
         """The tower's blocks in order: `hook` before block i and once more after the last (i = number of
         blocks), `layers[i]` inside block i (without: its own forward, or its bare parts where those are faster)."""
         prompted = layers is not None and any(p is not None for p in layers)
-        views = self.blocks(tower) if prompted or parts_are_faster(x) else None
+        faster = parts_are_faster(x)
+        views = self.blocks(tower) if prompted or faster else None
+        bare = LayerPrompt() if faster and views is not None else None  # the parts, nothing added
         forwards = self.block_forwards(tower)
         for i, forward in enumerate(forwards):
             if hook is not None:
                 x = hook(i, x)
             p = layers[i] if layers is not None and i < len(layers) else None
-            x = forward(x, mask) if views is None else views[i].run(x, mask, p)
+            p = bare if p is None else p
+            x = forward(x, mask) if p is None else views[i].run(x, mask, p)
         return hook(len(forwards), x) if hook is not None else x
 
     # --- text -----------------------------------------------------------------------
