@@ -18,6 +18,7 @@ from dbprompt.prompts import PromptConfig
 from dbprompt.training.candidates import train_candidates
 from dbprompt.training.checkpoint import CHECKPOINT
 from dbprompt.training.config import TrainConfig
+from dbprompt.training.images import backward_mask, encode_for_step
 from dbprompt.training.loss import ContrastiveLoss, calibrate_logit_scale, clip_loss
 from dbprompt.training.trainer import Trainer, epoch_plan
 from dbprompt.training.validation import distractor_positions
@@ -51,12 +52,15 @@ def test_training_lowers_the_loss_and_leaves_the_backbone_alone(tiny_backbone, t
 
 
 def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_backbone, tiny_records, tmp_path, one_thread):
-    straight = _trainer(tiny_backbone, tiny_records, tmp_path / "a").run()
-    stopped = _trainer(tiny_backbone, tiny_records, tmp_path / "b").run(stop_after_steps=5)
+    """Also what each step draws at random (the images that backpropagate, prompt dropout) is drawn again."""
+    config = PROMPTS.replace(dropout=0.25)
+    straight_trainer = _trainer(tiny_backbone, tiny_records, tmp_path / "a", config=config, image_backward=0.5)
+    straight = straight_trainer.run()
+    stopped = _trainer(tiny_backbone, tiny_records, tmp_path / "b", config=config, image_backward=0.5).run(stop_after_steps=5)
     assert not stopped.finished and (tmp_path / "b" / CHECKPOINT).exists()
     # A fresh process would build a fresh model: different initial prompts must not matter.
     torch.manual_seed(123)
-    resumed_trainer = _trainer(tiny_backbone, tiny_records, tmp_path / "b")
+    resumed_trainer = _trainer(tiny_backbone, tiny_records, tmp_path / "b", config=config, image_backward=0.5)
     with torch.no_grad():
         for p in resumed_trainer.named.values():
             p.normal_()
@@ -65,6 +69,8 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_backbone, tiny_re
     for name in straight.best_state:
         assert torch.equal(straight.best_state[name], resumed.best_state[name]), name
     assert [h["val_score"] for h in straight.history] == [h["val_score"] for h in resumed.history]
+    for name, p in straight_trainer.named.items():  # where each ended, not only the best epoch's
+        assert torch.equal(p, resumed_trainer.named[name]), name
 
 
 def test_resume_refuses_other_options(tiny_backbone, tiny_records, tmp_path):
@@ -110,6 +116,35 @@ def test_a_readout_resumes_exactly(tiny_backbone, tiny_records, tmp_path):
     resumed = _trainer(tiny_backbone, tiny_records, tmp_path / "b", config=READOUT).run(resume=True)
     for name in straight.best_state:
         assert torch.equal(straight.best_state[name], resumed.best_state[name]), name
+
+
+def test_a_step_backpropagates_through_the_tower_for_its_drawn_images_only(tiny_backbone):
+    """All images count in the features; autograd reaches the image adapters through `backward` of them."""
+    torch.manual_seed(0)
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=0, visual_len=0, vocab=0, visual_adapter=4)).train()
+    with torch.no_grad():
+        model.prompts.visual_adapters.up.normal_()  # adapters that act, so that gradients reach them
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        plain = model.encode_image(images)
+    backprop = backward_mask(6, 0.5, torch.Generator().manual_seed(0))
+    assert int(backprop.sum()) == 3
+    features = encode_for_step(model, images, backprop)
+    assert torch.allclose(features, plain, atol=1e-6)  # in the batch's order
+    reached = []
+    for row in features:
+        (grad,) = torch.autograd.grad(row.sum(), model.prompts.visual_adapters.down, retain_graph=True, allow_unused=True)
+        reached.append(grad is not None and bool(grad.abs().sum() > 0))
+    assert reached == backprop.tolist()
+    assert encode_for_step(model, images, None).requires_grad
+    # A rank whose share drew none: no graph through the tower, but its features still take part in backward
+    # (the loss's gather over ranks runs a collective there, which every rank must join).
+    none = encode_for_step(model, images, torch.zeros(6, dtype=torch.bool))
+    assert none.requires_grad and none.grad_fn is None
+    with torch.no_grad():
+        assert torch.equal(encode_for_step(model, images, backprop), plain)
+    with pytest.raises(ValueError, match="image_backward"):
+        TrainConfig(image_backward=0.0)
 
 
 def test_validation_ranks_among_training_images_too(tiny_backbone, tiny_records):

@@ -112,6 +112,7 @@ def run_one(
                 checkpoint_every=0,
                 anchor=a,
                 calibrate_temperature=method.calibrate_temperature,
+                image_backward=method.image_backward,
             )
             for lr in (method.lr, *method.other_lrs)
             for a in method.anchors

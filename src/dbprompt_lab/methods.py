@@ -40,6 +40,8 @@ class Method:
     # TrainConfig.calibrate_temperature. Off for the reference points, which train as their
     # literature does (at the backbone's temperature; full fine-tuning also learns it).
     calibrate_temperature: bool = False
+    # TrainConfig.image_backward: the fraction of a step's images that backpropagate into the tower.
+    image_backward: float = 1.0
     notes: str = field(default="", compare=False)
 
     @classmethod
@@ -119,7 +121,9 @@ COMPARED_METHODS = (
         PromptConfig(),
         lr=TrainConfig().lr,
         calibrate_temperature=TrainConfig().calibrate_temperature,
-        notes="dbprompt train's defaults: the paper's method, vocabulary offsets, image adapters, a calibrated temperature",
+        image_backward=TrainConfig().image_backward,
+        notes="dbprompt train's defaults: the paper's method, vocabulary offsets, image adapters, a calibrated temperature, "
+        "backward through three eighths of each step's images",
     ),
     # Validation chose lr 1e-4 over 1e-5 in 23 of 24 runs, on this CPU and on a GPU
     # (BENCHMARKS.md), so 1e-5, which doubled the comparison's costliest rows, is no longer tried.

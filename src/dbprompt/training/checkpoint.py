@@ -25,7 +25,7 @@ CHECKPOINT = "checkpoint.safetensors"
 # such a checkpoint still resumes when it used that value.
 _REMOVED = {"cache_zero_shot": True, "hard_negative_group": 0}
 # Options added since, and what their absence from an older checkpoint meant.
-_ABSENT_MEANS = {"calibrate_temperature": False}
+_ABSENT_MEANS = {"calibrate_temperature": False, "image_backward": 1.0}
 
 
 @dataclass

@@ -23,6 +23,12 @@ class TrainConfig:
         "memory for the training and validation images kept between epochs: what the frozen image tower computes "
         "when nothing inside it trains, else decoded pixels (the rest is decoded each epoch)",
     )
+    image_backward: float = option(
+        0.375,
+        "fraction of each step's images whose features backpropagate into the image tower, drawn afresh every "
+        "step; the rest still count in the loss as positives and negatives (1: all). Backward through the tower "
+        "costs about what its forward does, so this is what makes a step cheap (BENCHMARKS.md)",
+    )
     anchor: float = option(
         0.0,
         "pull of caption features towards zero-shot's, 1 - cosine (KgCoOp; 0: off); several values train once "
@@ -40,6 +46,8 @@ class TrainConfig:
             raise ValueError("epochs >= 1, batch_size >= 2 and grad_accum >= 1 are required")
         if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("lr must be > 0 and warmup_fraction in [0, 1)")
+        if not 0 < self.image_backward <= 1:
+            raise ValueError(f"image_backward must be in (0, 1], got {self.image_backward}")
         if self.anchor < 0:
             raise ValueError(f"anchor must be >= 0, got {self.anchor}")
         if self.checkpoint_every < 0 or self.image_cache_mb < 0:

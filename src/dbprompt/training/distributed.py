@@ -46,13 +46,16 @@ def usable(runtime: Runtime, size: int) -> int:
 
 
 def average_gradients(runtime: Runtime, params: Iterable[torch.nn.Parameter]) -> None:
-    """Mean of each gradient over the ranks, as DistributedDataParallel makes it."""
+    """Mean of each gradient over the ranks, as DistributedDataParallel makes it. A parameter this rank's
+    step did not reach (its share of the batch drew no image to backpropagate) counts as a zero gradient:
+    every rank joins every all-reduce."""
     if runtime.world == 1:
         return
     for p in params:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= runtime.world
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= runtime.world
 
 
 def from_main(runtime: Runtime, value: Any) -> Any:

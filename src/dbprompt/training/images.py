@@ -32,7 +32,8 @@ class ImageBank:
         self.budget = budget_bytes
         self.batch_size = batch_size
         state_bytes = len(self.records) * model.image_state_width * 4
-        self.frozen = not model.image_tower_trainable() and state_bytes <= budget_bytes
+        self.tower_trains = model.image_tower_trainable()
+        self.frozen = not self.tower_trains and state_bytes <= budget_bytes
         self.states: torch.Tensor | None = None  # [N, image_state_width] when frozen
         self._pixels: dict[int, torch.Tensor] = {}
         self._used = 0
@@ -77,11 +78,12 @@ class ImageBank:
                 fresh.update({missing[j]: t for j, t in zip(batch.indices, batch.images)})
         return torch.stack([self._pixels[i] if i in self._pixels else fresh[i] for i in indices])
 
-    def encode(self, indices: Sequence[int]) -> torch.Tensor:
-        """Image features of these positions as the model gives them now (grad flows where it trains)."""
+    def encode(self, indices: Sequence[int], backprop: torch.Tensor | None = None) -> torch.Tensor:
+        """Image features of these positions as the model gives them now; grad flows where it trains,
+        through the tower (when something in it trains) for the images `backprop` marks (None: all)."""
         if self.frozen:
             return self.model.image_from_state(self._states(indices))
-        return self.model.encode_image(self.pixels(indices).to(self.runtime.device))
+        return encode_for_step(self.model, self.pixels(indices).to(self.runtime.device), backprop if self.tower_trains else None)
 
     def encode_all(self, indices: Sequence[int]) -> torch.Tensor:
         """Unit features of many images without grad, in batches (for validation)."""
@@ -103,3 +105,28 @@ def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
+
+def backward_mask(n: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Which of a step's n images backpropagate into the image tower: round(fraction * n) at random, at least one."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=generator)[: max(1, round(fraction * n))]] = True
+    return mask
+
+
+def encode_for_step(model: PromptedCLIP, images: torch.Tensor, backprop: torch.Tensor | None) -> torch.Tensor:
+    """Features of a training step's images, of which only those `backprop` marks keep their graph (None: all).
+
+    The others are encoded without autograd: they still take part in the loss (their captions' positives,
+    everyone's negatives) but cost no backward through the tower and keep no activations for it. Over the
+    random draws the tower's gradient is the whole batch's, scaled by the fraction (Adam does not mind).
+    """
+    if backprop is None or bool(backprop.all()) or not torch.is_grad_enabled():
+        return model.encode_image(images)
+    backprop = backprop.to(images.device)
+    order = torch.cat([backprop.nonzero()[:, 0], (~backprop).nonzero()[:, 0]])
+    keep = int(backprop.sum())
+    with torch.no_grad():
+        rest = model.encode_image(images[order[keep:]])
+    if not keep:  # this rank's share of the batch drew none; it still joins the loss's gather in backward
+        return rest.requires_grad_()
+    return torch.cat([model.encode_image(images[order[:keep]]), rest]).index_select(0, torch.argsort(order))

@@ -25,7 +25,7 @@ from ..runtime import CPU, Runtime
 from .checkpoint import Checkpointer, TrainState
 from .config import TrainConfig
 from .distributed import average_gradients, from_main, share, usable
-from .images import ImageBank
+from .images import ImageBank, backward_mask
 from .loss import ContrastiveLoss
 from .validation import Validator
 
@@ -50,6 +50,11 @@ def epoch_plan(records: Sequence[Record], seed: int, epoch: int, order: EpochOrd
     picks = rng.integers(0, 1 << 30, size=len(records))
     captions = [records[i].captions[picks[j] % len(records[i].captions)] for j, i in enumerate(permutation)]
     return permutation, captions
+
+
+def _seed(*words: int) -> int:
+    """A seed for torch drawn from these numbers (numpy's SeedSequence mixes them well)."""
+    return int(np.random.SeedSequence(list(words)).generate_state(1)[0])
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -152,10 +157,13 @@ class Trainer:
             self._set_schedule()
         self.validator = Validator(self.images, self.train_idx, self.val_idx)
 
-    def _pairs_loss(self, order: np.ndarray, captions: list[str], start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image and caption features of the plan's pairs start..stop, and the caption token ids."""
+    def _pairs_loss(
+        self, order: np.ndarray, captions: list[str], start: int, stop: int, backprop: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image and caption features of the plan's pairs start..stop, and the caption token ids; the images
+        `backprop` marks (None: all) keep their graph through the tower."""
         ids = self.model.tokenize(captions[start:stop]).to(self.runtime.device)
-        images = self.images.encode([self.train_idx[i] for i in order[start:stop]])
+        images = self.images.encode([self.train_idx[i] for i in order[start:stop]], backprop)
         return images, self.model.encode_text(ids), ids
 
     def _micro_batch(self, micro: int, n: int) -> tuple[int, int]:
@@ -164,9 +172,15 @@ class Trainer:
         return start, start + usable(self.runtime, min(self.cfg.batch_size, n - start))
 
     def _micro_batch_loss(self, order: np.ndarray, captions: list[str], micro: int) -> torch.Tensor:
-        start, stop = share(self.runtime, *self._micro_batch(micro, len(order)))
+        whole = self._micro_batch(micro, len(order))
+        start, stop = share(self.runtime, *whole)
+        # Each micro-batch draws from its own seeds, so a resumed run draws what the whole run did, and the
+        # images that backpropagate are drawn over the whole batch: what one process trains, several do.
+        at = (self.cfg.seed, self.state.epoch, micro)
+        backprop = backward_mask(whole[1] - whole[0], self.cfg.image_backward, torch.Generator().manual_seed(_seed(*at)))
+        torch.manual_seed(_seed(*at, self.runtime.rank + 1))  # prompt dropout
         with self.runtime.autocast():
-            image_features, text_features, ids = self._pairs_loss(order, captions, start, stop)
+            image_features, text_features, ids = self._pairs_loss(order, captions, start, stop, backprop[start - whole[0] : stop - whole[0]])
             loss = self.loss(image_features, text_features)
             if self.cfg.anchor:
                 plain = self.model.text_zero_shot(ids)

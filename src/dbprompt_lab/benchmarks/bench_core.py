@@ -7,7 +7,8 @@ On the same random-weight backbone and the same inputs, each figure in a fresh s
 peak memory is its own), the median of `--repeats` timed repetitions after one warm-up:
   * images/s of `dbprompt train`'s default prompts' (or `--method`'s) encode_image vs open_clip's own encode_image;
   * seconds of a one-query text encode, prompted vs the backbone's own;
-  * train-step pairs/s of the default prompts vs all weights (full fine-tuning) vs LoRA (same loss, AdamW);
+  * train-step pairs/s of the default prompts (backward through the images the method's training
+    backpropagates, `TrainConfig.image_backward`) vs all weights (full fine-tuning) vs LoRA (same loss, AdamW);
   * peak RSS of each.
 Targets (issue "one pass"): encode >= 0.9x; one-query text <= 1.15x; prompt step >= 2x full and
 >= 1x LoRA; prompt peak memory <= 0.6x full's.
@@ -30,14 +31,15 @@ MODES = ("own-encode", "prompted-encode", "own-text", "prompted-text", "prompt-t
 
 
 def _setup(model_name: str, mode: str, device: str, prompts: str):
+    """The model to time and the fraction of a step's images its training backpropagates through the tower."""
     from dbprompt.backbones import load_backbone
     from dbprompt_lab.methods import METHODS, build
 
     backbone = load_backbone(model_name, device=device)
     if mode in ("own-encode", "own-text"):
-        return backbone
-    method = {"full-train": "full-calibrated", "lora-train": "lora-calibrated"}.get(mode, prompts)
-    return build(METHODS[method], backbone, captions=[CAPTION]).to(device)
+        return backbone, 1.0
+    method = METHODS[{"full-train": "full-calibrated", "lora-train": "lora-calibrated"}.get(mode, prompts)]
+    return build(method, backbone, captions=[CAPTION]).to(device), method.image_backward
 
 
 def _time(fn, repeats: int, device: str) -> float:
@@ -55,11 +57,13 @@ def _time(fn, repeats: int, device: str) -> float:
 def measure(model_name: str, mode: str, batch: int, repeats: int, bf16: bool, device: str, prompts: str = "dbprompt") -> dict:
     """One figure, in this process; run in a fresh subprocess so peak memory is its own."""
     from dbprompt.runtime import Runtime
+    from dbprompt.training.images import backward_mask, encode_for_step
     from dbprompt.training.loss import ContrastiveLoss
 
     runtime = Runtime(device=device, bf16=bf16)
     torch.manual_seed(0)
-    model = _setup(model_name, mode, device, prompts)
+    model, backward = _setup(model_name, mode, device, prompts)
+    model.train(mode.endswith("train"))  # as the trainer steps (prompt dropout on) and as search encodes (off)
     backbone = getattr(model, "backbone", model)
     images = torch.randn(batch, 3, *backbone.image_size, device=device)
     def tokenize(texts: list[str]) -> torch.Tensor:
@@ -85,10 +89,12 @@ def measure(model_name: str, mode: str, batch: int, repeats: int, bf16: bool, de
         loss = ContrastiveLoss(backbone.logit_scale).to(device)
         params = [p for p in model.parameters() if p.requires_grad] + list(loss.parameters())
         optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
+        generator = torch.Generator().manual_seed(0)
 
         def step():
             with runtime.autocast():
-                value = loss(model.encode_image(images), model.encode_text(ids))
+                backprop = backward_mask(batch, backward, generator)
+                value = loss(encode_for_step(model, images, backprop), model.encode_text(ids))
             value.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
