@@ -1,15 +1,16 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
-# Both create the virtual environment and install everything they need first.
+# Two entry points for a fresh machine: `make demo` and `make test` (`make test-fast` while working).
+# Each creates the virtual environment and installs everything it needs first: dbprompt (the
+# product) and dbprompt-lab (lab/: the synthetic world, the proxy, the method comparison).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test browser
+.PHONY: demo test test-fast browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml lab/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e './lab[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,5 +19,12 @@ demo: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
+# Everything: the product's tests, then the lab's (CI runs this).
 test: $(STAMP) browser
-	$(PY) -m pytest
+	$(PY) -m pytest tests
+	cd lab && ../$(PY) -m pytest tests
+
+# All but the slow tests (Ray, the browser, torchrun, large indexes): a few minutes.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow"
+	cd lab && ../$(PY) -m pytest tests -m "not slow"

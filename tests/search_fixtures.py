@@ -12,20 +12,22 @@ from typing import Iterator
 import torch
 import uvicorn
 from PIL import Image
+from tinydata import write_database
 
 from dbprompt.backbones import BackboneAdapter
 from dbprompt.index import IndexInfo, build_index
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
-from dbprompt_lab.world import write_database
 
 
 def make_prompt_file(path: Path, backbone: BackboneAdapter, seed: int) -> Path:
     """Random prompts: a different seed is a different database's prompt file on the same backbone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        # Ungated, so that untrained prompts already move the vectors away from zero-shot.
-        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, init_std=0.5, gate=False, vocab=0, visual_adapter=0))
+        model = PromptedCLIP(backbone, PromptConfig(text_len=4, visual_len=4, vocab=0, visual_adapter=0))
+        with torch.no_grad():  # every parameter random, gates open: untrained prompts already move the vectors
+            for p in model.prompts.parameters():
+                p.normal_(0, 0.5)
     return model.save_prompt_file(path)
 
 
@@ -44,7 +46,7 @@ def write_folder(root: Path, images: dict[str, tuple[tuple[int, int, int], str]]
 def indexed_world(
     root: Path, backbone: BackboneAdapter, *, name: str, domain: str, n: int, seed: int, kind: str = "exact"
 ) -> tuple[Path, IndexInfo]:
-    """A synthetic database of `domain` with its own prompt file, indexed as `root/name`."""
+    """A tiny database of `domain` (tests/tinydata.py: source or textual words) with its own prompt file, indexed as `root/name`."""
     db = write_database(root / f"{name}-db", n, domain=domain, seed=seed, image_size=32)
     prompts = make_prompt_file(root / f"{name}.safetensors", backbone, seed)
     info = build_index(db, prompts, root / name, backbone=backbone, kind=kind, progress=False)

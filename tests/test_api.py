@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinydata import write_database
 
 import dbprompt
 from dbprompt.backbones import shim
@@ -19,7 +20,6 @@ from dbprompt.prompts import PromptConfig
 from dbprompt.runtime import Runtime
 from dbprompt.training.config import TrainConfig
 from dbprompt.training.loss import clip_loss
-from dbprompt_lab.world import write_database
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -30,6 +30,7 @@ def readme_python() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow  # two trainings of the proxy backbone at 64 pixels: ~25 s on one core
 def test_readme_python_runs_as_written_and_matches_the_cli(tmp_path, monkeypatch, one_thread, capsys):
     monkeypatch.chdir(tmp_path)
     write_database(tmp_path / "my_photos", 60, domain="textual", seed=3, image_size=64)

@@ -60,17 +60,17 @@ def test_identity_without_prompts(family):
     assert image_diff <= 1e-5, name
 
 
-ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, text_norm=True, visual_norm=True, visual_adapter=0, visual_readout=8)
+ONE_PASS = PromptConfig(text_len=4, visual_len=4, vocab=0, visual_adapter=4)
 
 
 def _open_everything(model: PromptedCLIP) -> None:
-    """Gates open and offsets non-zero: the prompts now change both towers."""
+    """Gates open and adapters' up-projections non-zero: the prompts now change both towers."""
     with torch.no_grad():
         for p in model.prompts.parameters():
             p.normal_(0, 0.3)
 
 
-def test_gated_prompts_and_offsets_start_exactly_at_open_clip_s_encoders(family):
+def test_gated_prompts_and_adapters_start_exactly_at_open_clip_s_encoders(family):
     name, backbone = family
     model = PromptedCLIP(backbone, ONE_PASS).eval()
     ids = _ids(backbone)
@@ -149,7 +149,8 @@ def test_gradients_reach_the_prompts_and_never_the_backbone(family):
 def test_prompts_change_both_towers(family):
     name, backbone = family
     text_len = 0 if "SigLIP" in name else 4  # SigLIP's tokenizer comes from the hub; ids below are raw
-    model = PromptedCLIP(backbone, PromptConfig(text_len=text_len, visual_len=4, visual_depth=2, gate=False, vocab=0, visual_adapter=0)).eval()
+    model = PromptedCLIP(backbone, PromptConfig(text_len=text_len, visual_len=4, visual_depth=2, vocab=0, visual_adapter=0)).eval()
+    _open_everything(model)
     base = PromptedCLIP(backbone, NO_PROMPTS).eval()
     images = torch.randn(2, 3, *backbone.image_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -157,7 +158,7 @@ def test_prompts_change_both_towers(family):
         assert not torch.allclose(model.encode_image(images), base.encode_image(images))
         if text_len:
             ids = model.tokenize(["a red circle", "a blue star"])
-            assert ids.shape[1] == backbone.context_length - text_len
+            assert ids.shape[1] == backbone.context_length  # gated prompts take no positions
             assert not torch.allclose(model.encode_text(ids), base.encode_texts(["a red circle", "a blue star"]))
 
 
@@ -171,15 +172,15 @@ def test_resnet_tower_refuses_visual_prompts_but_takes_textual():
     backbone = adapter_for(net, "RN-tiny")
     with pytest.raises(UnsupportedPromptError, match=r"RN-tiny cannot take visual prompts.*ModifiedResNet"):
         PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=2, vocab=0, visual_adapter=0))
-    with pytest.raises(UnsupportedPromptError, match=r"RN-tiny cannot take an image readout.*--visual-readout 0"):
-        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0, visual_readout=4))
+    with pytest.raises(UnsupportedPromptError, match=r"RN-tiny cannot take image adapters.*--visual-adapter 0"):
+        PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=4))
     model = PromptedCLIP(backbone, PromptConfig(text_len=2, visual_len=0, vocab=0, visual_adapter=0))
     assert model.encode_texts(["a red circle"]).shape == (1, 32)
     # Training sizes what it keeps per image from the tower's output width, known for ResNet towers too,
     # and the ResNet tower, which takes nothing, encodes images as its own forward does.
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert model.image_state_width == model.image_state(images).shape[1] == 32
+        assert backbone.embed_dim == model.encode_image(images).shape[1] == 32
         assert torch.equal(model.encode_image(images, normalize=False), backbone.encode_image(images))
 
 

@@ -13,8 +13,6 @@ import torch
 from dbprompt.cli import build_parser, main
 from dbprompt.data import SplitConfig, load_database, split_records
 from dbprompt.data.splits import assign_splits
-from dbprompt.backbones import load_backbone
-from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
 from dbprompt.storage import read_prompt_file
 
@@ -33,21 +31,15 @@ def test_help_for_every_command(capsys):
         assert exit_.value.code == 0
 
 
-def test_train_with_the_image_readout_alone_then_eval_and_reload(tiny_db, tmp_path, capsys):
-    """The fast configuration: nothing inside the image tower trains, a readout beside it does."""
-    out = tmp_path / "fast.safetensors"
-    args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress",
-            "--model", "dbprompt-tiny", "--pretrained", "random", "--visual-len", "0", "--visual-adapter", "0",
-            "--visual-readout", "4"]
-    assert main(args) == 0
-    saved = read_prompt_file(out)
-    assert saved.config.visual_readout == 4 and {"readout.down", "readout.up"} <= set(saved.tensors)
-    capsys.readouterr()
-    assert main(["eval", str(tiny_db), "--prompts", str(out), "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
-    assert any("image readout" in label for label in rows)
-    model = PromptedCLIP.from_prompt_file(out, load_backbone("dbprompt-tiny", pretrained="random"))
-    assert model.prompts.readout is not None and model.prompts.readout.up.abs().max() > 0
+def test_removed_options_are_not_offered(capsys):
+    """Options that lost on validation left the product (BENCHMARKS.md, What lost)."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    removed = ["--couple", "--prompt-dropout", "--text-init", "--text-norm", "--visual-norm", "--anchor", "--visual-start",
+               "--no-gate", "--visual-readout", "--readout-tokens"]
+    assert [flag for flag in removed if flag in text] == []
+    assert all(flag in text for flag in ("--text-len", "--visual-adapter", "--vocab", "--image-backward"))
 
 
 def test_console_script_runs():
@@ -65,7 +57,6 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     # One training by default, checkpointed in the work directory.
     assert (tmp_path / "shapes.safetensors.work" / "checkpoint.safetensors").exists()
     saved = read_prompt_file(out)
-    assert saved.extra["train_config"]["anchor"] == 0
     # The calibrated temperature trains but stays out of the prompt file: it ranks nothing.
     assert saved.extra["train_config"]["calibrate_temperature"] is True
     assert not any("logit_scale" in k for k in saved.tensors)
@@ -98,10 +89,6 @@ def test_train_says_when_validation_kept_zero_shot(tiny_db, tmp_path, capsys):
     assert "best epoch 0" in out and "no trained epoch beat zero-shot" in err
     # The note speaks of this database, not of the synthetic benchmark's shifts; with 8 validation images, of noise.
     assert "textures" not in err and "rotation" not in err and "noisy" in err
-    # Ungated prompts start away from zero-shot, so the note would be wrong there.
-    args[3] = str(tmp_path / "ungated.safetensors")
-    assert main(args + ["--lr", "1e-12", "--no-gate"]) == 0
-    assert "no trained epoch beat zero-shot" not in capsys.readouterr().err
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
@@ -127,24 +114,21 @@ def test_parser_builds():
     assert build_parser().prog == "dbprompt"
 
 
-def test_resumed_train_reuses_each_candidates_checkpoint(tiny_db, tmp_path):
+def test_resumed_train_after_the_end_trains_nothing_again(tiny_db, tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "p.safetensors"
     args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress"]
-    args += ["--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2"]
-    args += ["--anchor", "0", "32", "--no-calibrate-temperature"]
+    args += ["--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2", "--no-calibrate-temperature"]
     assert main(args) == 0
     first = load_file(str(out))
-    assert read_prompt_file(out).extra["train_config"]["anchor"] in (0, 32)
     assert read_prompt_file(out).extra["train_config"]["calibrate_temperature"] is False
-    work = tmp_path / "p.safetensors.work"
-    stamps = {p: p.stat().st_mtime_ns for p in work.glob("candidate-*/checkpoint.safetensors")}
-    assert len(stamps) == 2
+    checkpoint = tmp_path / "p.safetensors.work" / "checkpoint.safetensors"
+    stamp = checkpoint.stat().st_mtime_ns
     assert main(args + ["--resume"]) == 0
     again = load_file(str(out))
     assert set(again) == set(first) and all(torch.equal(again[k], first[k]) for k in first)
-    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished candidates are not re-trained
+    assert checkpoint.stat().st_mtime_ns == stamp  # a finished run is not trained again
 
 
 def _with_file_splits(tiny_db, root, splits) -> "Path":

@@ -39,6 +39,7 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found]
 
 
+@pytest.mark.slow  # two torchrun launches of two processes each
 def test_two_processes_train_what_one_does_and_a_killed_rank_resumes(tiny_db, tmp_path, one_thread):
     train = split_records(load_database(tiny_db).records)["train"]
     # Every micro-batch splits evenly over two ranks, so both runs see exactly the same batches.

@@ -40,7 +40,10 @@ from dbprompt.runtime import Runtime
 from dbprompt.storage import PromptFileError, read_prompt_file
 
 FUZZ = settings(deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None)
-pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+    pytest.mark.slow,  # 1,600 generated cases: ~20 s on one core
+]
 
 SECRETS = ["/etc/passwd", "~/.ssh/id_rsa", "../outside/secret.png", "file:///etc/passwd", "http://evil.example/w.pt"]
 
@@ -246,7 +249,8 @@ config_json = st.fixed_dictionaries(
     {}, optional={k: json_values | st.integers(-3, 10**12) for k in ("text_len", "visual_len", "vocab", "text_depth", "text_init", "gate", "dropout", "couple")}
 ).map(json.dumps)
 meta_values = st.sampled_from(SECRETS + ["hf-hub:a/b", "hf-hub:../../x", "local-dir:/etc", "dbprompt-tiny", "random", "",
-                                         "dbprompt-proxy", "ViT-B-32", "laion2b_s34b_b79k", "dbprompt-prompts/2"])
+                                         "dbprompt-proxy", "ViT-B-32", "laion2b_s34b_b79k", "dbprompt-prompts/2",
+                                         "dbprompt-prompts/3", "dbprompt", "inserted"])
 meta_values = meta_values | st.text(max_size=20) | config_json | deep | json_values.map(json.dumps)
 tensor_values = st.sampled_from(["float64", "float16", "int32", "int64", "bool", "nan", "inf", "shape", "drop"])
 

@@ -67,6 +67,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
     return subprocess.run([sys.executable, "-m", "dbprompt", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow  # a real command: a fresh Python builds ViT-B-32 before it finds no weights, ~10 s on one core
 def test_weights_not_to_be_had_end_in_one_paragraph_and_exit_4(tiny_db, tmp_path):
     """The README's headline command on a machine with no network and no cache (the issue: 55 s, 113 lines).
 

@@ -11,23 +11,27 @@ import importlib.util
 import os
 import signal
 import sys
+from typing import Callable
 
 import numpy as np
 import pytest
 from search_fixtures import make_prompt_file
+from tinydata import write_database, write_webdataset
 
 import dbprompt.index.build as build_module
 from dbprompt.cli import main
 from dbprompt.index import all_vectors, build_index, load_index
 from dbprompt.index.distributed import INSTALL_HINT, RayOptions, ray_session
-from dbprompt_lab.benchmarks import bench_ray
-from dbprompt_lab.world import write_database
-from dbprompt_lab.world.shards import write_webdataset
 
 psutil = pytest.importorskip("psutil")
 LOCAL = RayOptions(workers=2, num_cpus=2)
 NO_RAY = importlib.util.find_spec("ray") is None
-needs_ray = pytest.mark.skipif(NO_RAY, reason="Ray is an optional extra: pip install 'dbprompt[ray]'")
+
+
+def needs_ray(test: Callable) -> Callable:
+    """Skipped without Ray; slow with it (a local instance starts), so `make test-fast` leaves it out."""
+    skip = pytest.mark.skipif(NO_RAY, reason="Ray is an optional extra: pip install 'dbprompt[ray]'")
+    return pytest.mark.slow(skip(test))
 
 
 def index_contents(index_dir) -> tuple[list[tuple[int, str]], np.ndarray]:
@@ -105,16 +109,6 @@ def test_a_run_stopped_part_way_resumes_on_ray_from_its_parts(tmp_path, tiny_bac
         monkeypatch.setattr(build_module._WorkDir, "save", save)
         info = build_index(shards, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False, checkpoint_every=100, ray=LOCAL)
     assert info.last_build["embedded"] == 100 and info.count == 300  # the two saved parts were not embedded again
-
-
-@needs_ray
-def test_the_benchmark_runs_at_a_small_size(monkeypatch, capsys):
-    argv = ["bench_ray", "--images", "60", "--model", "dbprompt-tiny", "--part", "10", "--batch", "8"]
-    monkeypatch.setattr(sys, "argv", argv)
-    bench_ray.main()
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] + line.split()[1] for line in lines[2:5]] == ["oneprocess", "ray1", "ray2"]
-    assert all("img/s" in line for line in lines[2:5]) and lines[5].startswith("ray 2 / ray 1")
 
 
 def test_without_ray_the_flag_says_how_to_install_it(tmp_path, tiny_backbone, shards, monkeypatch, capsys):

@@ -37,7 +37,7 @@ def test_log_dir_has_each_epoch_as_csv_and_tensorboard_scalars(trained):
     history = read_prompt_file(out).extra["history"]
     with open(logs / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and {r["candidate"] for r in rows} == {"1"}
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and "candidate" not in rows[0]
     assert rows[0]["train_loss"] == "" and all(float(r["train_loss"]) > 0 for r in rows[1:])
     assert [float(r["val_t2i_R@1"]) for r in rows] == [h["clip_benchmark/t2i_R@1"] for h in history]
     events = EventAccumulator(str(logs))
@@ -47,15 +47,6 @@ def test_log_dir_has_each_epoch_as_csv_and_tensorboard_scalars(trained):
     assert [s.step for s in scalars] == [0, 1, 2]
     assert [s.value for s in scalars] == pytest.approx([h["clip_benchmark/t2i_R@1"] for h in history])
     assert [s.step for s in events.Scalars("train/loss")] == [1, 2]
-
-
-def test_each_candidate_gets_its_own_tensorboard_run(tiny_db, tmp_path):
-    logs = tmp_path / "logs"
-    args = ["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--epochs", "1", "--anchor", "0", "32"]
-    assert main(args + ["--log-dir", str(logs), *TINY, *QUICK]) == 0
-    with open(logs / "history.csv", newline="") as f:
-        assert [(r["candidate"], r["epoch"]) for r in csv.DictReader(f)] == [("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")]
-    assert all(any((logs / f"candidate-{i}").glob("events.out.tfevents.*")) for i in (1, 2))
 
 
 PROMPTS_LINE, ZERO_SHOT_LINE = (0x1F, 0x77, 0xB4), (0x7F, 0x7F, 0x7F)
@@ -90,6 +81,7 @@ def _open_offline(browser, url: str):  # noqa: F811
     return page, outside, console
 
 
+@pytest.mark.slow  # a real browser
 @needs_chromium
 def test_eval_report_opens_offline_with_its_plots(trained, tiny_db, browser, tmp_path, capsys):  # noqa: F811
     out, _ = trained
@@ -111,6 +103,7 @@ def test_eval_report_opens_offline_with_its_plots(trained, tiny_db, browser, tmp
     page.close()
 
 
+@pytest.mark.slow  # a real browser
 @needs_chromium
 def test_zero_shot_report_says_there_is_no_training_and_marks_saturated_k(tiny_db, browser, tmp_path, capsys):  # noqa: F811
     report = tmp_path / "report"

@@ -160,6 +160,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow  # three real commands, each starting Python and torch: ~30 s on one core
 def test_no_progress_bars_when_stderr_is_not_a_terminal(tiny_db, tmp_path):
     out = tmp_path / "p.safetensors"
     done = _cli(["train", str(tiny_db), "--out", str(out), *TINY, *QUICK], tmp_path)

@@ -256,6 +256,7 @@ def test_uploads_are_limited_and_checked(world, monkeypatch):
         assert response.status_code == 413 and "pixels" in response.json()["detail"]
 
 
+@pytest.mark.slow  # 4000 requests over real HTTP: over 10 s on one core
 def test_twenty_parallel_clients_two_hundred_queries_each(live, client):
     """Over real HTTP: 4000 requests, 0 errors, every answer identical to the sequential one."""
     expected = {}

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from hostile import png_bomb
 from PIL import Image
 from search_fixtures import make_prompt_file
+from tinydata import write_database, write_parquet, write_webdataset
 from torchvision.transforms import ToTensor
 
 from dbprompt.cli import main
@@ -33,8 +34,6 @@ from dbprompt.runtime import Runtime
 from dbprompt.searcher import open_index
 from dbprompt.server import create_app
 from dbprompt.storage import read_prompt_file
-from dbprompt_lab.world import write_database
-from dbprompt_lab.world.shards import write_parquet, write_webdataset
 
 
 def png(color: str = "red", size: int = 8) -> bytes:

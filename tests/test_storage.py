@@ -18,7 +18,7 @@ from dbprompt.storage import PromptFileError, read_prompt_file
 @pytest.fixture
 def prompt_file(tiny_backbone, tmp_path):
     torch.manual_seed(0)
-    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=3, visual_len=5, visual_depth=2, text_init="a photo of", vocab=0, visual_adapter=0))
+    model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=3, visual_len=5, visual_depth=2, vocab=0, visual_adapter=0))
     with torch.no_grad():  # open gates: the prompts then change the features
         model.prompts.text.gate.fill_(0.5)
         model.prompts.visual.gate.fill_(0.5)
@@ -30,7 +30,7 @@ def test_round_trip(prompt_file, tiny_backbone):
     pf = read_prompt_file(path)
     assert pf.backbone == "dbprompt-tiny" and pf.pretrained == "random"
     assert pf.fingerprint == tiny_backbone.fingerprint()
-    assert pf.config == model.config
+    assert pf.config == model.config and pf.method == "dbprompt" and pf.metadata["format"] == "dbprompt-prompts/3"
     assert pf.extra == {"best_epoch": 2}
     # every layer of the tiny towers, and a gate per layer and head (2 layers, 2 heads, both towers)
     assert pf.parameter_count == 2 * 3 * 64 + 2 * 5 * 64 + 2 * 2 * 2
@@ -98,9 +98,8 @@ def test_write_is_atomic(prompt_file, monkeypatch):
     "config",
     [
         PromptConfig(text_len=2, visual_len=2, vocab=0, visual_adapter=0),
-        PromptConfig(text_len=2, visual_len=0, vocab=0, gate=False, visual_adapter=0),
+        PromptConfig(text_len=2, text_depth=1, visual_len=0, vocab=0, visual_adapter=3),
         PromptConfig(text_len=0, visual_len=3, vocab=0, visual_adapter=0),
-        PromptConfig(text_len=2, visual_len=2, vocab=0, couple=True, visual_adapter=0),
         PromptConfig(text_len=1, visual_len=0, vocab=4),
     ],
 )

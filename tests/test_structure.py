@@ -1,15 +1,22 @@
-"""The product stands apart from the lab: dbprompt imports nothing of dbprompt_lab and has no import cycle."""
+"""The product stands apart from the lab: dbprompt and its tests import nothing of dbprompt_lab, its wheel
+holds none of it, and it has no import cycle."""
 
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 import dbprompt
 
 SRC = Path(dbprompt.__file__).resolve().parent.parent
+REPO = SRC.parent
+TESTS = Path(__file__).resolve().parent
 MAX_LINES = 400
 
 
@@ -77,6 +84,53 @@ def test_the_product_never_imports_the_lab():
         for p in (SRC / "dbprompt").rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def _lab_imports(path: Path) -> list[str]:
+    """`line: module` for each import of dbprompt_lab in `path`: statements, and import_module / importorskip /
+    __import__ calls naming it."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if func in ("import_module", "importorskip", "__import__") and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]
+        found += [f"{node.lineno}: {name}" for name in names if name.split(".")[0] == "dbprompt_lab"]
+    return found
+
+
+def test_the_product_s_tests_never_import_the_lab():
+    """The product is tested alone: its tests make their own data (tinydata.py), the lab tests itself (lab/tests)."""
+    offenders = {str(p.relative_to(TESTS)): found for p in sorted(TESTS.rglob("*.py")) if (found := _lab_imports(p))}
+    assert offenders == {}
+
+
+def test_the_lab_check_sees_imports_in_every_form(tmp_path):
+    source = "import dbprompt_lab.world\nfrom dbprompt_lab import bench\nimport importlib\nimportlib.import_module('dbprompt_lab.proxy')\n"
+    (tmp_path / "t.py").write_text(source + "from dbprompt import cli\nimport dbprompt_labels\n")
+    assert _lab_imports(tmp_path / "t.py") == ["1: dbprompt_lab.world", "2: dbprompt_lab", "4: dbprompt_lab.proxy"]
+
+
+@pytest.mark.slow  # packs the 26 MB proxy weights: a few seconds
+def test_the_wheel_holds_the_product_and_its_weights_and_nothing_of_the_lab(tmp_path):
+    """Built from a copy of what the wheel is made of, so that the build leaves nothing in the checkout."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, tree / name)
+    shutil.copytree(SRC, tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "out"), str(tree)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    [wheel] = (tmp_path / "out").glob("dbprompt-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert [n for n in names if "dbprompt_lab" in n] == []
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"dbprompt"}
+    assert {"dbprompt/assets/models/dbprompt-proxy.safetensors", "dbprompt/cli/__init__.py"} <= set(names)
 
 
 def test_no_import_cycle_in_the_product():

@@ -23,10 +23,13 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists() and os.environ.get("CI") != "true",
-    reason="needs the Debian chromium package at /usr/bin/chromium (`apt-get install chromium`); required when CI=true",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not CHROMIUM.exists() and os.environ.get("CI") != "true",
+        reason="needs the Debian chromium package at /usr/bin/chromium (`apt-get install chromium`); required when CI=true",
+    ),
+    pytest.mark.slow,  # a real browser
+]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ dataclasses) is imported on first use, so `dbprompt --help` does not wait for to
 
 from .lazy import lazy_exports
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __getattr__, __dir__ = lazy_exports(
     globals(),

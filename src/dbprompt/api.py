@@ -18,7 +18,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -40,8 +40,8 @@ from .report.training_log import TrainingLog
 from .runtime import Runtime
 from .searcher import Searcher, open_index
 from .storage import read_prompt_file
-from .training.candidates import train_candidates
 from .training.config import TrainConfig
+from .training.trainer import Trainer
 from .training.distributed import barrier, join
 
 __all__ = ["EvalReport", "Searcher", "TrainReport", "build_index", "evaluate", "open_index", "train"]
@@ -66,8 +66,8 @@ class TrainReport:
 
     @property
     def kept_zero_shot(self) -> bool:
-        """Prompts kept at epoch 0 that start at zero-shot rank exactly as zero-shot does."""
-        return self.best_epoch == 0 and self.config.starts_at_zero_shot
+        """Prompts kept at epoch 0 rank exactly as zero-shot does: every part starts at the backbone's output."""
+        return self.best_epoch == 0
 
     def to_json(self) -> dict[str, Any]:
         """What `dbprompt train --json` prints."""
@@ -117,7 +117,6 @@ def train(
     model: str | None = None,
     pretrained: str | None = None,
     backbone: BackboneAdapter | None = None,
-    anchors: Sequence[float] | None = None,
     runtime: Runtime | None = None,
     work_dir: str | os.PathLike | None = None,
     resume: bool = False,
@@ -129,8 +128,7 @@ def train(
 ) -> TrainReport:
     """Train prompts for one database on a frozen backbone and write them to `out` (a .safetensors file).
 
-    `model`/`pretrained` name the backbone (or pass a loaded `backbone`). `anchors`: several text
-    anchor weights, one training each, validation keeping the best. Checkpoints go to
+    `model`/`pretrained` name the backbone (or pass a loaded `backbone`). Checkpoints go to
     `work_dir` (default: OUT.work); `resume` continues from them. `log_dir` gets each epoch's
     scores as CSV and TensorBoard scalars. Without a validation split in the database file,
     validation is carved out of the training images (see `split_records`). An existing `out` is
@@ -139,9 +137,9 @@ def train(
     """
     prompt_kw, train_kw, split_kw, read_kw = split_kwargs(options, PromptConfig, TrainConfig, SplitConfig, ReadOptions)
     config, splits_cfg, read = PromptConfig(**prompt_kw), SplitConfig(**split_kw), ReadOptions(**read_kw)
-    base = TrainConfig(**train_kw)
+    cfg = TrainConfig(**train_kw)
     if not config.kinds:
-        raise ValueError("nothing to train: --text-len, --visual-len, --vocab and --visual-adapter are all 0, and no norm offsets are on")
+        raise ValueError("nothing to train: --text-len, --visual-len, --vocab and --visual-adapter are all 0")
     runtime = join(runtime or Runtime.resolve())  # torchrun: one process per GPU (or CPU share)
     log = log if runtime.main else (lambda message: None)
     database = _read(db, read)
@@ -154,27 +152,26 @@ def train(
         backbone = load_named_backbone(model, pretrained, device=runtime.device)
     vocabulary = caption_vocabulary(backbone, config, [c for r in splits["train"] for c in r.captions])
 
-    def fresh() -> PromptedCLIP:
-        torch.manual_seed(base.seed)
-        return PromptedCLIP(backbone, config, vocabulary)
-
+    torch.manual_seed(cfg.seed)
+    fresh = PromptedCLIP(backbone, config, vocabulary=vocabulary)
     out = Path(out)
     log(
-        f"training {'+'.join(config.kinds)} prompts ({fresh().trainable_parameter_count():,} parameters) on "
+        f"training {'+'.join(config.kinds)} prompts ({fresh.trainable_parameter_count():,} parameters) on "
         f"{backbone.name} [{backbone.pretrained}]: {len(splits['train'])} train / {len(splits['val'])} val / "
         f"{len(splits['test'])} test images (splits made {splits.how()}), {runtime.describe()}"
     )
     for warning in warnings:
         log(f"warning: {warning}")
-    configs = [base.replace(anchor=a) for a in dict.fromkeys(anchors if anchors is not None else [base.anchor])]
     with contextlib.ExitStack() as stack:
         logging = log_dir and runtime.main
-        on_epoch = stack.enter_context(TrainingLog(log_dir, candidates=len(configs), resume=resume)) if logging else None
-        trained, result, cfg = train_candidates(
-            fresh, splits["train"], splits["val"], configs, work_dir=work_dir or out.with_name(out.name + ".work"),
-            resume=resume, log=log, runtime=runtime, progress=progress, skip_bad=read.skip_bad, report=database.report,
-            on_epoch=on_epoch,
+        on_epoch = stack.enter_context(TrainingLog(log_dir, resume=resume)) if logging else None
+        trainer = Trainer(
+            fresh, splits["train"], splits["val"], cfg, runtime, work_dir=work_dir or out.with_name(out.name + ".work"),
+            log=log, progress=progress, skip_bad=read.skip_bad, report=database.report, on_epoch=on_epoch,
         )
+        result = trainer.run(resume=resume)
+        trainer.restore_best()
+    trained = trainer.model
     summary = splits.to_json()
     extra = {
         "best_epoch": result.best_epoch,
@@ -242,7 +239,7 @@ def evaluate(
         named = load_named_backbone(model, pretrained, device=runtime.device) if model else None
         prompted = PromptedCLIP.from_prompt_file(prompts, named, device=runtime.device)
         backbone = prompted.backbone
-        label = "prompts (" + "+".join(pf.config.kinds) + ")"
+        label = "prompts (" + "+".join(prompted.prompts.kinds) + ")"
     elif model:
         backbone = load_named_backbone(model, pretrained, device=runtime.device)
     else:

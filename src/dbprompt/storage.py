@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,10 +23,24 @@ from safetensors.torch import save as st_save
 from . import __version__
 from .atomic import atomic_write_bytes
 from .compat import BackboneId
-from .prompts.config import PromptConfig
+from .prompts.method import config_from_json, config_to_json
+from .prompts.registry import method_named
 from .untrusted import loads
 
-FORMAT = "dbprompt-prompts/2"
+FORMAT = "dbprompt-prompts/3"
+FORMAT_2 = "dbprompt-prompts/2"
+# Options of dbprompt's method that format 2 had and that lost on validation: (their default, their flag).
+# A format-2 file that used one computes something this dbprompt cannot, so it is refused by name; one
+# trained with a training-only option (dropout, a phrase's start) computes what its tensors say, and loads.
+FORMAT_2_REMOVED = {
+    "gate": (True, "--no-gate"),
+    "couple": (False, "--couple"),
+    "text_norm": (False, "--text-norm"),
+    "visual_norm": (False, "--visual-norm"),
+    "visual_readout": (0, "--visual-readout"),
+    "visual_start": (0, "--visual-start"),
+}
+FORMAT_2_TRAINING_ONLY = ("dropout", "text_init", "readout_tokens")
 # Prompts for the largest open_clip models with deep prompts and a full vocabulary take tens of
 # MB and a header of a few KB per hundred epochs of history; anything far beyond is not ours.
 MAX_FILE_BYTES = 256 * 2**20
@@ -43,7 +57,8 @@ class PromptFile:
     path: Path
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
-    config: PromptConfig
+    method: str
+    config: Any
     extra: dict
 
     @property
@@ -68,7 +83,7 @@ class PromptFile:
 
 
 def write_prompt_file(
-    path: str | Path, tensors: dict[str, torch.Tensor], config: PromptConfig, bb: BackboneId, extra: dict | None = None
+    path: str | Path, tensors: dict[str, torch.Tensor], method: str, config: Any, bb: BackboneId, extra: dict | None = None
 ) -> Path:
     """Write prompt tensors atomically with what rebuilds and checks their model; `extra`: any JSON-able summary.
 
@@ -83,7 +98,8 @@ def write_prompt_file(
         "backbone": bb.name,
         "pretrained": bb.pretrained or "",
         "backbone_fingerprint": bb.fingerprint,
-        "prompt_config": config.to_json(),
+        "prompt_method": method,
+        "prompt_config": config_to_json(config),
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
     atomic_write_bytes(path, st_save(tensors, metadata=metadata))
@@ -108,7 +124,7 @@ def read_prompt_file(path: str | Path) -> PromptFile:
         metadata = _read_metadata(data)
     except (SafetensorError, ValueError) as exc:
         raise PromptFileError(f"{path}: not a dbprompt prompt file (not valid safetensors: {exc})") from None
-    if metadata.get("format") != FORMAT:
+    if metadata.get("format") not in (FORMAT, FORMAT_2):
         raise PromptFileError(f"{path}: not a {FORMAT} prompt file (format {metadata.get('format')!r})")
     missing = {"backbone", "backbone_fingerprint", "prompt_config"} - set(metadata)
     if missing:
@@ -116,8 +132,11 @@ def read_prompt_file(path: str | Path) -> PromptFile:
     if not _FINGERPRINT.fullmatch(metadata["backbone_fingerprint"]):
         raise PromptFileError(f"{path}: backbone_fingerprint is not a hex digest")
     try:
-        config = _config(metadata["prompt_config"])
         extra = loads(metadata.get("extra", "{}"))
+        method, options = _method_options(metadata, path)
+        config = config_from_json(method_named(method).config_class, options)
+    except PromptFileError:
+        raise
     except (ValueError, TypeError) as exc:
         raise PromptFileError(f"{path}: bad metadata: {exc}") from None
     if not isinstance(extra, dict):
@@ -126,22 +145,34 @@ def read_prompt_file(path: str | Path) -> PromptFile:
     if problem:
         raise PromptFileError(f"{path}: {problem}")
     tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}  # computed in float32
-    return PromptFile(path, tensors, metadata, config, extra)
+    return PromptFile(path, tensors, metadata, method, config, extra)
 
 
-def _config(text: str) -> PromptConfig:
-    """The prompt config, each option of its own type first (PromptConfig itself trusts its caller)."""
-    data = loads(text)
-    if isinstance(data, dict):
-        hints = typing.get_type_hints(PromptConfig)
-        for name, value in data.items():
-            if name not in hints:
-                continue  # from_json names unknown options
-            kinds = typing.get_args(hints[name]) or (hints[name],)
-            kinds += (int,) if float in kinds else ()
-            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-                raise ValueError(f"prompt option {name} is {type(value).__name__}")
-    return PromptConfig.from_json(text)
+class RemovedOptionError(PromptFileError):
+    """A format-2 prompt file that used an option this dbprompt no longer has."""
+
+
+def _method_options(metadata: dict[str, str], path: Path) -> tuple[str, dict]:
+    """The file's prompt method and its options as this dbprompt reads them (format 2: dbprompt's method,
+    its options of the time mapped onto today's, or refused by name)."""
+    options = loads(metadata["prompt_config"])
+    if not isinstance(options, dict):
+        raise ValueError("the prompt config is not a JSON object")
+    if metadata["format"] == FORMAT:
+        if not isinstance(metadata.get("prompt_method"), str):
+            raise ValueError("it names no prompt method")
+        return metadata["prompt_method"], options
+    version = metadata.get("dbprompt_version", "0.2")
+    for name, (default, flag) in FORMAT_2_REMOVED.items():
+        if name in options and options[name] != default:
+            raise RemovedOptionError(
+                f"{path}: written by dbprompt {version} with {flag} ({name} = {json.dumps(options[name])}), an option "
+                f"dbprompt {__version__} no longer has (it lost on validation, BENCHMARKS.md): train the database again "
+                f"with dbprompt {__version__}, or read this file with dbprompt {version}"
+            )
+    kept = {k: v for k, v in options.items() if k not in FORMAT_2_REMOVED and k not in FORMAT_2_TRAINING_ONLY}
+    # Options a file's version did not have yet read as off.
+    return "dbprompt", {"vocab": 0, "visual_adapter": 0} | kept
 
 
 def _bounded_bytes(path: Path) -> bytes:

@@ -1,17 +1,16 @@
 """The token-level interface a frozen dual encoder offers to prompts.
 
 Prompt modules only ever see this interface: they get token sequences, may insert tokens,
-may rewrite prompt positions between layers through a hook, and may give each layer a
-`LayerPrompt` (key/value prompts behind a gate, offsets to its norms) that the layer's
-`BlockView` applies inside the block in the same single pass. Everything that knows a
-backbone's internals lives in the adapter that implements it.
+may rewrite positions between layers through a hook, and may act inside each block through
+`BlockPrompt`: the block runs in its parts (`BlockView`) and asks each prompt at its
+attention and its MLP, in the same single pass. This module knows towers and blocks, never a
+prompt kind; everything that knows a backbone's internals lives in the adapter that implements it.
 """
 
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -33,35 +32,25 @@ class UnsupportedPromptError(ValueError):
     """A prompt kind was asked of a tower that cannot take tokens."""
 
 
-Offsets = tuple[torch.Tensor, torch.Tensor]
+class BlockPrompt:
+    """What acts inside a tower's blocks (PEFT's layer classes): a prompt kind overrides the steps it changes.
 
-
-@dataclass
-class LayerPrompt:
-    """What one transformer layer gets from the prompts; every part starts at the backbone's own output.
-
-    `prefix` [P, D]: prompt tokens the layer's queries also attend to, as keys and values only
-    (deep prompts are replaced at the next layer, so their queries and MLP never mattered).
-    The attention to them is computed apart and scaled per head by `gate` [H], which starts
-    at 0 (LLaMA-Adapter's zero-init attention), so the layer begins exactly as the backbone's.
-    `norm1` / `norm2`: offsets (weight, bias) [D] to the affine of the block's two norms.
-    `adapter` (down [r, D], up [D, r]): a bottleneck beside the MLP, on the same normed input
-    (AdaptFormer); `up` starts at 0.
+    Each step gets the layer's index, the block in parts (its norms and projections, to compute
+    with the backbone's own weights) and that step's tensors, and returns them changed; the
+    defaults change nothing. Every kind must start at the backbone's own output.
     """
 
-    prefix: torch.Tensor | None = None
-    gate: torch.Tensor | None = None
-    norm1: Offsets | None = None
-    norm2: Offsets | None = None
-    adapter: tuple[torch.Tensor, torch.Tensor] | None = None
+    def acts_at(self, layer: int) -> bool:
+        """Whether this layer's block must run in parts for it (else the block's own forward runs)."""
+        return True
 
+    def attention(self, layer: int, block: "BlockView", q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Per-head attention outputs a [B, H, L, head_dim], from the block's queries q [B, H, L, head_dim]."""
+        return a
 
-def _norm(module: nn.Module, x: torch.Tensor, offsets: Offsets | None) -> torch.Tensor:
-    """The block's LayerNorm, its affine moved by `offsets`; computed in float as open_clip's and timm's are."""
-    if offsets is None:
-        return module(x)
-    weight, bias = module.weight + offsets[0], module.bias + offsets[1]
-    return F.layer_norm(x, module.normalized_shape, weight, bias, module.eps).to(x.dtype)
+    def mlp(self, layer: int, block: "BlockView", h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The MLP branch's output [B, L, D], from the block's normed input h [B, L, D]."""
+        return out
 
 
 def parts_are_faster(x: torch.Tensor) -> bool:
@@ -73,10 +62,10 @@ def parts_are_faster(x: torch.Tensor) -> bool:
 class BlockView(ABC):
     """One pre-norm transformer block seen in parts, so that prompts can act inside it.
 
-        x = x + attention_output(attend(qkv(norm1(x))))
-        x = x + mlp_branch(norm2(x))
+        x = x + attention_output(prompts' attention(attend(qkv(norm1(x)))))
+        x = x + prompts' mlp(mlp_branch(norm2(x)))
 
-    Without a LayerPrompt the block's own forward runs, untouched (adapters injected by other
+    Where no prompt acts, the block's own forward runs, untouched (adapters injected by other
     tools, e.g. LoRA, keep working).
     """
 
@@ -100,24 +89,18 @@ class BlockView(ABC):
     def mlp_branch(self, h: torch.Tensor) -> torch.Tensor:
         """The MLP branch's contribution [B, L, D] from the normed input."""
 
-    def run(self, x: torch.Tensor, mask: torch.Tensor | None, p: LayerPrompt | None) -> torch.Tensor:
-        if p is None:
-            return self.forward(x, mask)
-        h = _norm(self.norm1, x, p.norm1)
+    def run(self, x: torch.Tensor, mask: torch.Tensor | None, layer: int, prompts: Sequence[BlockPrompt]) -> torch.Tensor:
+        """The block in parts, each of `prompts` acting at its attention and its MLP (none: the bare parts)."""
+        h = self.norm1(x)
         q, k, v = self.qkv(h)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype))
-        if p.prefix is not None and p.prefix.shape[0]:
-            # Keys and values of the prompts, through the same norm and projections; one set for the batch.
-            _, pk, pv = self.qkv(_norm(self.norm1, p.prefix.to(h.dtype)[None], p.norm1))
-            batch = (q.shape[0], -1, -1, -1)
-            a_p = F.scaled_dot_product_attention(q, pk.expand(batch), pv.expand(batch))
-            a = a + p.gate.to(a.dtype).view(1, -1, 1, 1) * a_p
+        for p in prompts:
+            a = p.attention(layer, self, q, a)
         x = x + self.attention_output(a, h)
-        h = _norm(self.norm2, x, p.norm2)
+        h = self.norm2(x)
         out = self.mlp_branch(h)
-        if p.adapter is not None:
-            down, up = p.adapter
-            out = out + F.linear(F.gelu(F.linear(h, down.to(h.dtype))), up.to(h.dtype))
+        for p in prompts:
+            out = p.mlp(layer, self, h, out)
         return x + out
 
 
@@ -145,7 +128,7 @@ class BackboneAdapter(nn.Module, ABC):
     # Class / register tokens before the patch tokens; visual prompts go right after them.
     vision_prefix_len: int
     image_size: tuple[int, int]
-    # Width of the image features the tower outputs (what training keeps per image, what a readout corrects).
+    # Width of the image features the tower outputs (what training keeps per image when the tower is frozen).
     embed_dim: int
 
     # --- capability -----------------------------------------------------------------
@@ -160,7 +143,7 @@ class BackboneAdapter(nn.Module, ABC):
     @abstractmethod
     def blocks(self, tower: str) -> list[BlockView] | None:
         """The tower's ("text" or "image") blocks as views, or None when its block type is not one the
-        adapter can open (then only inserted, ungated prompts work there)."""
+        adapter can open (then nothing can act inside its blocks; prompts that only insert tokens still can)."""
 
     @abstractmethod
     def num_heads(self, tower: str) -> int:
@@ -176,21 +159,19 @@ class BackboneAdapter(nn.Module, ABC):
         x: torch.Tensor,
         mask: torch.Tensor | None,
         hook: LayerHook | None,
-        layers: Sequence[LayerPrompt | None] | None,
+        prompts: Sequence[BlockPrompt] = (),
     ) -> torch.Tensor:
         """The tower's blocks in order: `hook` before block i and once more after the last (i = number of
-        blocks), `layers[i]` inside block i (without: its own forward, or its bare parts where those are faster)."""
-        prompted = layers is not None and any(p is not None for p in layers)
+        blocks); block i in parts with the `prompts` that act there, else its own forward (or its bare parts
+        where those are faster)."""
         faster = parts_are_faster(x)
-        views = self.blocks(tower) if prompted or faster else None
-        bare = LayerPrompt() if faster and views is not None else None  # the parts, nothing added
+        views = self.blocks(tower) if prompts or faster else None
         forwards = self.block_forwards(tower)
         for i, forward in enumerate(forwards):
             if hook is not None:
                 x = hook(i, x)
-            p = layers[i] if layers is not None and i < len(layers) else None
-            p = bare if p is None else p
-            x = forward(x, mask) if p is None else views[i].run(x, mask, p)
+            acting = [p for p in prompts if p.acts_at(i)]
+            x = views[i].run(x, mask, i, acting) if acting or (faster and views is not None) else forward(x, mask)
         return hook(len(forwards), x) if hook is not None else x
 
     # --- text -----------------------------------------------------------------------
@@ -219,13 +200,13 @@ class BackboneAdapter(nn.Module, ABC):
         x: torch.Tensor,
         ids: torch.Tensor,
         hook: LayerHook | None = None,
-        layers: Sequence[LayerPrompt | None] | None = None,
+        prompts: Sequence[BlockPrompt] = (),
     ) -> torch.Tensor:
         """Features [B, E] from a full-length embedding sequence.
 
         `ids` has the same length as `x`; prompt positions hold PROMPT_ID so pooling
-        at the end token and padding masks land on the right positions. `layers[i]` is
-        applied inside block i (see BlockView.run).
+        at the end token and padding masks land on the right positions. `prompts` act
+        inside the blocks (see `run_blocks`).
         """
 
     # --- image ----------------------------------------------------------------------
@@ -239,11 +220,11 @@ class BackboneAdapter(nn.Module, ABC):
         x: torch.Tensor,
         num_prompts: int = 0,
         hook: LayerHook | None = None,
-        layers: Sequence[LayerPrompt | None] | None = None,
+        prompts: Sequence[BlockPrompt] = (),
     ) -> torch.Tensor:
         """Features [B, E]; the `num_prompts` positions after the prefix are dropped before pooling.
 
-        `layers[i]` is applied inside block i (see BlockView.run).
+        `prompts` act inside the blocks (see `run_blocks`).
         """
 
     def drop_prompt_tokens(self, x: torch.Tensor, num_prompts: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .base import BackboneAdapter, BlockView, LayerHook, LayerPrompt
+from .base import BackboneAdapter, BlockView, BlockPrompt, LayerHook
 from .blocks import _heads, _merge
 
 # The end-token id configs carried before transformers PR 24773; the model then pools at the largest id.
@@ -134,7 +134,7 @@ class HFAdapter(BackboneAdapter):
         x: torch.Tensor,
         ids: torch.Tensor,
         hook: LayerHook | None = None,
-        layers: Sequence[LayerPrompt | None] | None = None,
+        prompts: Sequence[BlockPrompt] = (),
     ) -> torch.Tensor:
         text = self.model.text_model
         length = x.shape[1]
@@ -142,7 +142,7 @@ class HFAdapter(BackboneAdapter):
         mask = None
         if self.family == "clip":
             mask = torch.full((length, length), float("-inf"), device=x.device, dtype=x.dtype).triu(1)[None, None]
-        x = text.final_layer_norm(self.run_blocks("text", x, mask, hook, layers))
+        x = text.final_layer_norm(self.run_blocks("text", x, mask, hook, prompts))
         if self.family == "siglip":
             return text.head(x[:, -1])
         # Prompt positions hold PROMPT_ID (negative): never the end token, never the largest id.
@@ -160,10 +160,10 @@ class HFAdapter(BackboneAdapter):
         x: torch.Tensor,
         num_prompts: int = 0,
         hook: LayerHook | None = None,
-        layers: Sequence[LayerPrompt | None] | None = None,
+        prompts: Sequence[BlockPrompt] = (),
     ) -> torch.Tensor:
         vision = self.model.vision_model
-        x = self.run_blocks("image", x, None, hook, layers)
+        x = self.run_blocks("image", x, None, hook, prompts)
         x = self.drop_prompt_tokens(x, num_prompts)
         if self.family == "clip":
             return self.model.visual_projection(vision.post_layernorm(x[:, 0]))

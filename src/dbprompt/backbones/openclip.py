@@ -17,7 +17,7 @@ from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
 from . import shim
-from .base import BackboneAdapter, BlockView, LayerHook, LayerPrompt
+from .base import BackboneAdapter, BlockView, BlockPrompt, LayerHook
 from .blocks import OpenClipBlock, TimmBlock
 
 _text_pool = shim.text_pool()
@@ -189,13 +189,13 @@ class OpenClipAdapter(BackboneAdapter):
         x: torch.Tensor,
         ids: torch.Tensor,
         hook: LayerHook | None = None,
-        layers: Sequence[LayerPrompt | None] | None = None,
+        prompts: Sequence[BlockPrompt] = (),
     ) -> torch.Tensor:
         t = self._text
         length = x.shape[1]
         x = x + t.positional_embedding[:length].to(x.dtype)
         mask = t.attn_mask[:length, :length] if t.attn_mask is not None else None
-        x = self.run_blocks("text", x, mask, hook, layers)
+        x = self.run_blocks("text", x, mask, hook, prompts)
         x = t.ln_final(x)
         # The placeholder ids of prompt positions never match an end token, so the
         # pooled position shifts with the prompts.
@@ -218,16 +218,16 @@ class OpenClipAdapter(BackboneAdapter):
         x: torch.Tensor,
         num_prompts: int = 0,
         hook: LayerHook | None = None,
-        layers: Sequence[LayerPrompt | None] | None = None,
+        prompts: Sequence[BlockPrompt] = (),
     ) -> torch.Tensor:
         visual = self.model.visual
         if self._vision_kind == "openclip":
-            x = self.run_blocks("image", x, None, hook, layers)
+            x = self.run_blocks("image", x, None, hook, prompts)
             x = self.drop_prompt_tokens(x, num_prompts)
             pooled = shim.openclip_image_pool(visual, x)
             return pooled @ visual.proj if visual.proj is not None else pooled
         trunk = visual.trunk
-        x = self.run_blocks("image", x, None, hook, layers)
+        x = self.run_blocks("image", x, None, hook, prompts)
         x = trunk.norm(x)
         x = self.drop_prompt_tokens(x, num_prompts)
         return visual.head(trunk.forward_head(x))

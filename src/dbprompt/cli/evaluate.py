@@ -73,6 +73,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _prompt_file_info(path: str | Path) -> dict:
+    import dataclasses
+
     from ..storage import read_prompt_file
 
     pf = read_prompt_file(path)
@@ -83,7 +85,9 @@ def _prompt_file_info(path: str | Path) -> dict:
         "backbone": pf.backbone,
         "pretrained": pf.pretrained,
         "backbone_fingerprint": pf.fingerprint,
-        "prompt_config": json.loads(pf.config.to_json()),
+        "format": pf.metadata.get("format"),
+        "prompt_method": pf.method,
+        "prompt_config": dataclasses.asdict(pf.config),
         "parameters": pf.parameter_count,
         "tensors": {k: list(v.shape) for k, v in pf.tensors.items()},
         "training": pf.extra,

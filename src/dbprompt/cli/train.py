@@ -37,11 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from ..training.distributed import launched, leave
 
     options = options_of(args, PromptConfig, TrainConfig, SplitConfig, ReadOptions)
-    anchors = options.pop("anchor")
-    anchors = anchors if isinstance(anchors, list) else [anchors]
     try:
         report = train(
-            args.db, args.out, model=args.model, pretrained=args.pretrained, anchors=anchors, runtime=runtime_of(args),
+            args.db, args.out, model=args.model, pretrained=args.pretrained, runtime=runtime_of(args),
             work_dir=args.work_dir, resume=args.resume, force=args.force, progress=progress_of(args), log=message,
             log_dir=args.log_dir, **options,
         )
@@ -54,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
         message(
             f"note: no trained epoch beat zero-shot on the {report.val_images} validation images, so this prompt file "
             "ranks exactly as zero-shot does. Try more --epochs or another --lr; where the images themselves differ "
-            "from what the backbone saw, a visual prompt alone (--text-len 0 --vocab 0) may do better."
+            "from what the backbone saw, the image side alone (--text-len 0 --vocab 0) may do better."
             + (" With so few validation images the choice is also noisy." if report.val_images < SMALL_SPLIT else "")
         )
     emit(
         args, report.to_json(),
-        f"wrote {report.path} ({report.path.stat().st_size:,} bytes); anchor {report.train_config.anchor:g}, "
+        f"wrote {report.path} ({report.path.stat().st_size:,} bytes); "
         f"best epoch {report.best_epoch} (0 = before training) by validation T2I R@1 {report.best_score:.1f}",
     )
     return 0

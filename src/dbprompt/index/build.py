@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -62,8 +62,8 @@ class _Embedded:
 class _WorkDir:
     """Checkpoints beside the output, locked against a second builder, valid for one prompt + backbone."""
 
-    def __init__(self, out: Path, identity: dict[str, str]):
-        self.out = out
+    def __init__(self, out: Path, identity: dict[str, str], on_save: Callable[[int], None]):
+        self.out, self.on_save = out, on_save
         self.path = out.with_name(f".{out.name}.work")
         self.identity = identity | {"format": FORMAT}
         self._lock = contextlib.ExitStack()
@@ -121,6 +121,7 @@ class _WorkDir:
                 vectors=np.stack([e.vector for e in items.values()]),
             )
         self._chunks += 1
+        self.on_save(len(items))
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -325,14 +326,15 @@ def build_index(
     progress: bool = True,
     force: bool = False,
     ray: RayOptions | None = None,
+    on_checkpoint: Callable[[int], None] = lambda images: None,
 ) -> IndexInfo:
     """Create or update the index of `db` (a path or a loaded Database) searched through `prompt_file`.
 
     Only new or changed images are embedded; a run interrupted at any point resumes where
     its last checkpoint ended, and `out_dir` is either the old index or the new one, never a mix.
     An index of another database, prompt file or backbone in `out_dir` is replaced only with `force`.
-    Without `backbone`, the one the prompt file records is loaded from local weights only. With
-    `ray`, the images are embedded on Ray actors, a part of `checkpoint_every` images at a time.
+    Without `backbone`, the one the prompt file records is loaded from local weights only. With `ray`, the
+    images are embedded on Ray actors, `checkpoint_every` at a time; `on_checkpoint(images)` follows each save.
     """
     if batch_size < 1 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be at least 1")
@@ -357,7 +359,7 @@ def build_index(
     by_path = {path: _stamp(path) for path in dict.fromkeys(r.path for r in records)}
     stamps = {r.key: by_path[r.path] for r in records}
 
-    with _WorkDir(out, vectors_of) as work:
+    with _WorkDir(out, vectors_of, on_checkpoint) as work:
         old_info, old_rows, known = _previous(out, vectors_of)
         known.update(work.load())
         todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]

@@ -12,20 +12,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .tokens import drop_vectors
-
 
 class TokenOffsets(nn.Module):
-    """One zero-initialised offset vector per listed token id, added wherever that id occurs.
+    """One zero-initialised offset vector per listed token id, added wherever that id occurs."""
 
-    With `dropout` p > 0 a token's offset is dropped with probability p in a training step
-    (the same for all its occurrences in the batch), so the database's words keep working
-    with their pre-trained embeddings too.
-    """
-
-    def __init__(self, ids: torch.Tensor, width: int, dropout: float = 0.0):
+    def __init__(self, ids: torch.Tensor, width: int):
         super().__init__()
-        self.dropout = dropout
         # A tensor stays on its own device, also under a meta-device skeleton (as_tensor would move it).
         ids = (ids if isinstance(ids, torch.Tensor) else torch.tensor(ids)).long().reshape(-1)
         if ids.numel() == 0:
@@ -39,8 +31,7 @@ class TokenOffsets(nn.Module):
         """Token embeddings `x` [B, L, D] of token `ids` [B, L], with the listed tokens' offsets added."""
         rows = torch.searchsorted(self.ids, ids.contiguous()).clamp(max=self.ids.numel() - 1)
         hit = (self.ids[rows] == ids).unsqueeze(-1)
-        offsets = drop_vectors(self.offsets, self.dropout, self.training)
-        return x + torch.where(hit, offsets[rows].to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+        return x + torch.where(hit, self.offsets[rows].to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def frequent_tokens(ids: torch.Tensor, limit: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 # CSV columns, and the TensorBoard tag of each entry key.
-COLUMNS = ("candidate", "epoch", "train_loss", "val_score", "val_t2i_R@1", "val_i2t_R@1", "time")
+COLUMNS = ("epoch", "train_loss", "val_score", "val_t2i_R@1", "val_i2t_R@1", "time")
 TAGS = {
     "train_loss": "train/loss",
     "val_score": "val/score",
@@ -22,21 +22,15 @@ TAGS = {
 
 
 class TrainingLog:
-    """A callable for `Trainer(on_epoch=...)` that writes DIR/history.csv and TensorBoard event files.
+    """A callable for `Trainer(on_epoch=...)` that writes DIR/history.csv and TensorBoard event files."""
 
-    With several candidates (`--anchor 0 32`), each has its own TensorBoard run
-    (DIR/candidate-N) and CSV rows, by the "candidate" number `train_candidates` puts in each entry.
-    """
-
-    def __init__(self, log_dir: str | Path, *, candidates: int = 1, resume: bool = False):
+    def __init__(self, log_dir: str | Path, *, resume: bool = False):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
 
         self.dir = Path(log_dir)
         if self.dir.exists() and not self.dir.is_dir():
             raise ValueError(f"--log-dir {self.dir}: exists and is not a directory")
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._writer_class = SummaryWriter
-        self._multi = candidates > 1
         path = self.dir / "history.csv"
         append = resume and path.exists()
         self._file = open(path, "a" if append else "w", newline="", encoding="utf-8")
@@ -44,31 +38,22 @@ class TrainingLog:
         if not append:
             self._csv.writerow(COLUMNS)
             self._file.flush()
-        self._writers: dict[int, Any] = {}
-
-    def _writer(self, candidate: int):
-        if candidate not in self._writers:
-            run = self.dir / f"candidate-{candidate}" if self._multi else self.dir
-            self._writers[candidate] = self._writer_class(log_dir=str(run))
-        return self._writers[candidate]
+        self._writer = SummaryWriter(log_dir=str(self.dir))
 
     def __call__(self, entry: dict[str, Any]) -> None:
-        epoch, candidate = int(entry["epoch"]), int(entry.get("candidate", 1))
-        row = [candidate, epoch, entry.get("train_loss"), entry.get("val_score")]
+        epoch = int(entry["epoch"])
+        row = [epoch, entry.get("train_loss"), entry.get("val_score")]
         row += [entry.get("clip_benchmark/t2i_R@1"), entry.get("clip_benchmark/i2t_R@1"), round(time.time(), 3)]
         self._csv.writerow(["" if v is None else v for v in row])
         self._file.flush()
-        writer = self._writer(candidate)
         for key, tag in TAGS.items():
             if entry.get(key) is not None:
-                writer.add_scalar(tag, float(entry[key]), epoch)
-        writer.flush()
+                self._writer.add_scalar(tag, float(entry[key]), epoch)
+        self._writer.flush()
 
     def close(self) -> None:
         self._file.close()
-        for writer in self._writers.values():
-            writer.close()
-
+        self._writer.close()
     def __enter__(self) -> "TrainingLog":
         return self
 

@@ -29,12 +29,6 @@ class TrainConfig:
         "step; the rest still count in the loss as positives and negatives (1: all). Backward through the tower "
         "costs about what its forward does, so this is what makes a step cheap (BENCHMARKS.md)",
     )
-    anchor: float = option(
-        0.0,
-        "pull of caption features towards zero-shot's, 1 - cosine (KgCoOp; 0: off); several values train once "
-        "each and validation keeps the best",
-        nargs="+",
-    )
     calibrate_temperature: bool = option(
         True,
         "train the loss's temperature from the value that fits the untrained model on this database, "
@@ -48,8 +42,6 @@ class TrainConfig:
             raise ValueError("lr must be > 0 and warmup_fraction in [0, 1)")
         if not 0 < self.image_backward <= 1:
             raise ValueError(f"image_backward must be in (0, 1], got {self.image_backward}")
-        if self.anchor < 0:
-            raise ValueError(f"anchor must be >= 0, got {self.anchor}")
         if self.checkpoint_every < 0 or self.image_cache_mb < 0:
             raise ValueError("checkpoint_every and image_cache_mb must be >= 0")
 

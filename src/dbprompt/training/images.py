@@ -1,9 +1,8 @@
 """A run's training and validation images, decoded once: as pixels up to a budget, or as frozen tower states.
 
 One rule decides what is kept: when nothing inside the image tower trains (`image_tower_trainable`),
-what the tower computes for an image (`image_state`: its features, and the layer taps an image
-readout reads) never changes, so each image goes through the tower once and only that state is
-kept (when all of it fits the budget); otherwise the transformed pixels are kept in memory up to the
+what the tower computes for an image (its features) never changes, so each image goes through the
+tower once and only its features are kept (when all of them fit the budget); otherwise the transformed pixels are kept in memory up to the
 budget and the tower runs at every step. The first pass over the images is also where a bad file is found.
 """
 
@@ -31,10 +30,10 @@ class ImageBank:
         self.transform = model.backbone.image_transform()
         self.budget = budget_bytes
         self.batch_size = batch_size
-        state_bytes = len(self.records) * model.image_state_width * 4
+        state_bytes = len(self.records) * model.backbone.embed_dim * 4
         self.tower_trains = model.image_tower_trainable()
         self.frozen = not self.tower_trains and state_bytes <= budget_bytes
-        self.states: torch.Tensor | None = None  # [N, image_state_width] when frozen
+        self.states: torch.Tensor | None = None  # [N, embed_dim] features, not unit length, when frozen
         self._pixels: dict[int, torch.Tensor] = {}
         self._used = 0
 
@@ -51,7 +50,7 @@ class ImageBank:
             kept += batch.indices
             if self.frozen:
                 with torch.no_grad(), self.runtime.autocast():
-                    states.append(self.model.image_state(batch.images.to(self.runtime.device)).float().cpu())
+                    states.append(self.model.encode_image(batch.images.to(self.runtime.device), normalize=False).float().cpu())
             else:
                 for i, pixels in zip(batch.indices, batch.images):
                     self._keep(i, pixels)
@@ -82,7 +81,7 @@ class ImageBank:
         """Image features of these positions as the model gives them now; grad flows where it trains,
         through the tower (when something in it trains) for the images `backprop` marks (None: all)."""
         if self.frozen:
-            return self.model.image_from_state(self._states(indices))
+            return F.normalize(self._states(indices), dim=-1)
         return encode_for_step(self.model, self.pixels(indices).to(self.runtime.device), backprop if self.tower_trains else None)
 
     def encode_all(self, indices: Sequence[int]) -> torch.Tensor:
@@ -96,9 +95,7 @@ class ImageBank:
     def _embed(self, indices: Sequence[int]) -> torch.Tensor:
         if not self.frozen:
             return embed_images(self.model, self.pixels(indices), self.runtime)
-        with torch.no_grad(), self.runtime.autocast():
-            features = self.model.image_from_state(self._states(indices), normalize=False)
-        return F.normalize(features.float(), dim=-1).cpu()
+        return F.normalize(self._states(indices), dim=-1).cpu()
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:

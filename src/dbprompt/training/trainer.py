@@ -7,11 +7,12 @@ would have done (bit for bit on one thread; see README, Reproducibility).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from .validation import Validator
 CALIBRATION_PAIRS = 512
 # How an epoch orders its images, from the epoch's random generator (the lab groups look-alikes).
 EpochOrder = Callable[[np.random.Generator, int], np.ndarray]
+# Entered around each part of a run, by name: "forward" (a micro-batch's forward and loss), "validation"
+# (an epoch's validation), "calibration" (the temperature's, before training); e.g. to time them.
+Phase = Callable[[str], ContextManager[None]]
 
 
 def _quiet(message: str) -> None:
@@ -103,6 +107,7 @@ class Trainer:
         skip_bad: bool = False,
         report: BadInputReport | None = None,
         on_epoch: Callable[[dict], None] | None = None,
+        phase: Phase = lambda name: contextlib.nullcontext(),
     ):
         if len(train_records) < 2:
             raise ValueError(f"training needs at least 2 images, got {len(train_records)}")
@@ -112,7 +117,7 @@ class Trainer:
         self.cfg, self.runtime, self.order = cfg, runtime, order
         # Only rank 0 reports: the others train the same parameters on their share of each batch.
         self.progress, self.log, self.on_epoch = progress and runtime.main, log if runtime.main else _quiet, on_epoch
-        self.skip_bad, self.report = skip_bad, report
+        self.skip_bad, self.report, self.phase = skip_bad, report, phase
         own = cfg.calibrate_temperature
         self.loss = ContrastiveLoss(model.backbone.logit_scale, own, runtime.rank, runtime.world).to(runtime.device)
         self.named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -157,14 +162,14 @@ class Trainer:
             self._set_schedule()
         self.validator = Validator(self.images, self.train_idx, self.val_idx)
 
-    def _pairs_loss(
+    def _pairs(
         self, order: np.ndarray, captions: list[str], start: int, stop: int, backprop: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Image and caption features of the plan's pairs start..stop, and the caption token ids; the images
-        `backprop` marks (None: all) keep their graph through the tower."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and caption features of the plan's pairs start..stop; the images `backprop` marks (None: all)
+        keep their graph through the tower."""
         ids = self.model.tokenize(captions[start:stop]).to(self.runtime.device)
         images = self.images.encode([self.train_idx[i] for i in order[start:stop]], backprop)
-        return images, self.model.encode_text(ids), ids
+        return images, self.model.encode_text(ids)
 
     def _micro_batch(self, micro: int, n: int) -> tuple[int, int]:
         """Micro-batch `micro` of an epoch of n pairs; over several ranks, trimmed to split evenly."""
@@ -178,14 +183,9 @@ class Trainer:
         # images that backpropagate are drawn over the whole batch: what one process trains, several do.
         at = (self.cfg.seed, self.state.epoch, micro)
         backprop = backward_mask(whole[1] - whole[0], self.cfg.image_backward, torch.Generator().manual_seed(_seed(*at)))
-        torch.manual_seed(_seed(*at, self.runtime.rank + 1))  # prompt dropout
-        with self.runtime.autocast():
-            image_features, text_features, ids = self._pairs_loss(order, captions, start, stop, backprop[start - whole[0] : stop - whole[0]])
-            loss = self.loss(image_features, text_features)
-            if self.cfg.anchor:
-                plain = self.model.text_zero_shot(ids)
-                loss = loss + self.cfg.anchor * (1 - (text_features.float() * plain.float()).sum(-1)).mean()
-        return loss
+        with self.phase("forward"), self.runtime.autocast():
+            image_features, text_features = self._pairs(order, captions, start, stop, backprop[start - whole[0] : stop - whole[0]])
+            return self.loss(image_features, text_features)
 
     def _calibrate_temperature(self) -> None:
         """Start the loss's temperature where it best fits the untrained model on epoch 0's first pairs."""
@@ -194,10 +194,10 @@ class Trainer:
         if self.runtime.main:
             self.model.eval()
             images, texts = [], []
-            with torch.no_grad():
+            with torch.no_grad(), self.phase("calibration"):
                 for start in range(0, n, b):
                     with self.runtime.autocast():
-                        image_features, text_features, _ = self._pairs_loss(order, captions, start, min(n, start + b))
+                        image_features, text_features = self._pairs(order, captions, start, min(n, start + b))
                     images.append(image_features.float().cpu())
                     texts.append(text_features.float().cpu())
             before, after = self.loss.calibrate(torch.cat(images), torch.cat(texts), b)
@@ -206,7 +206,8 @@ class Trainer:
             self.loss.scale.fill_(from_main(self.runtime, float(self.loss.scale)))
 
     def _record_validation(self, epoch: int, train_loss: float | None) -> None:
-        metrics = from_main(self.runtime, self.validator() if self.runtime.main else None)
+        with self.phase("validation"):
+            metrics = from_main(self.runtime, self.validator() if self.runtime.main else None)
         score = selection_score(metrics) if metrics is not None else float(epoch)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
         if metrics is not None:

@@ -32,6 +32,6 @@ class Validator:
     def __call__(self) -> dict[str, float] | None:
         if not self.val:
             return None
-        model = self.bank.model.eval()  # before any encoding: prompt dropout is for training steps only
+        model = self.bank.model.eval()
         features = self.bank.encode_all(self.val + self.distractors)
         return score(model, [self.bank.records[i] for i in self.val], features, self.bank.runtime)

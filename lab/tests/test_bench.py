@@ -12,7 +12,7 @@ from dbprompt_lab.bench import (
     HEADLINE, BenchConfig, default_jobs, markdown, run, run_one, stored_prompts, summarize, target_splits, targets,
 )
 from dbprompt_lab.cli import write_section
-from dbprompt_lab.methods import COMPARED, EXPERIMENTS, METHODS, build, load_experiment
+from dbprompt_lab.methods import COMPARED, EXPERIMENTS, METHODS, RETIRED, build, load_experiment
 
 SMALL = dict(
     model="dbprompt-tiny",
@@ -54,11 +54,10 @@ def test_comparison_runs_resumes_and_reports(tmp_path):
     total = len(SMALL["methods"])
     assert [line.split(",")[0] for line in lines[:total]] == [f"[{i}/{total}" for i in range(1, total + 1)]
     assert "about 0 min left]" in lines[total - 1] and lines[total].startswith(f"{total} runs in ")
-    # Each trained row says which learning rate and anchor validation kept, from those tried.
+    # Each trained row says which learning rate validation kept, from those tried.
     by_method = {r["method"]: r for r in rows}
-    assert by_method["dbprompt"]["anchor"] in METHODS["dbprompt"].anchors
     assert by_method["full"]["lr"] in (METHODS["full"].lr, *METHODS["full"].other_lrs)
-    assert "anchor" not in by_method["zero-shot"]
+    assert "lr" not in by_method["zero-shot"]
     assert by_method["full"]["validation_gallery"] == VALIDATION_GALLERY
     # Only dbprompt's own recipe calibrates the temperature; the reference points train as published.
     assert by_method["dbprompt"]["calibrate_temperature"] and not by_method["full"]["calibrate_temperature"]
@@ -130,11 +129,23 @@ def test_sweeps_are_data_with_the_commands_that_ran_them():
     for path in files:
         data = json.loads(path.read_text())
         assert data["commands"] and data["description"]
-        for method in load_experiment(path):
+        runnable, retired = load_experiment(path)
+        for method in runnable:
             assert METHODS[method.name] == method and method.name not in COMPARED
-            # Every method a command names is one the registry knows.
+        for name, reason in retired.items():  # what lost stays as data, with the reason it cannot run now
+            assert RETIRED[name] == reason and path.name in reason and "no longer has" in reason
+        # Every method a command names is one the registry knows.
         named = {w for c in data["commands"] for w in c.split() if w.startswith(("tv-", "vis-", "vocab-"))}
-        assert named <= set(METHODS), named - set(METHODS)
+        assert named <= set(METHODS) | set(RETIRED), named - set(METHODS) - set(RETIRED)
+
+
+def test_sweeps_of_removed_options_are_retired_by_name_and_the_literature_runs_inserted():
+    from dbprompt_lab.prompts import InsertedConfig
+
+    assert "--couple" in RETIRED["tv-deep-gated-vocab-couple"] and "--anchor" in RETIRED["tv-deep-gated-vocab-anchor8"]
+    assert "--visual-readout" in RETIRED["rotf32-lr3e-3"] and "--visual-norm" in RETIRED["op-vnorm"]
+    assert METHODS["tv-shallow"].prompts == InsertedConfig(text_len=8, text_depth=1, visual_len=8, visual_depth=1)
+    assert isinstance(METHODS["textual"].prompts, InsertedConfig) and METHODS["textual"].prompts.visual_len == 0
 
 
 def test_targets_ask_less_of_prompts_where_only_the_images_changed():

@@ -1,17 +1,19 @@
 """Tuning methods compared like for like: each only decides what in a PromptedCLIP is trainable.
 
-Prompts, full fine-tuning, LoRA and projection-only all then go through the same Trainer and
-the same evaluation, so a comparison differs in the method alone. The methods of the comparison
-are defined here; the candidates of past sweeps are data, one JSON file per sweep in
-`experiments/` with the commands that ran it, and are looked up by name the same way.
+Prompts (dbprompt's method, or the literature's inserted prompts registered by `prompts`), full
+fine-tuning, LoRA and projection-only all then go through the same Trainer and the same
+evaluation, so a comparison differs in the method alone. The methods of the comparison are
+defined here; the candidates of past sweeps are data, one JSON file per sweep in `experiments/`
+with the commands that ran it, and are looked up by name the same way. A candidate that used an
+option dbprompt no longer has is retired: its record stays, with the reason, and it cannot run.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import save as st_save
@@ -22,6 +24,8 @@ from dbprompt.model import PromptedCLIP
 from dbprompt.prompts.config import PromptConfig
 from dbprompt.training.config import TrainConfig
 
+from .prompts import InsertedConfig
+
 EXPERIMENTS = Path(__file__).resolve().parent / "experiments"
 
 
@@ -30,13 +34,12 @@ class Method:
     name: str
     # What is trained: "none", "prompts", "full", "lora" or "projection".
     tune: str
-    prompts: PromptConfig = PromptConfig.none()
+    # A registered prompt method's config: dbprompt's PromptConfig or the lab's InsertedConfig.
+    prompts: Any = PromptConfig.none()
     lr: float = 1e-3
     # Further learning rates tried; validation picks one (per database, seed and size).
     other_lrs: tuple[float, ...] = ()
     lora_rank: int = 8
-    # TrainConfig.anchor weights tried; with several, validation picks one, as for learning rates.
-    anchors: tuple[float, ...] = (0.0,)
     # TrainConfig.calibrate_temperature. Off for the reference points, which train as their
     # literature does (at the backbone's temperature; full fine-tuning also learns it).
     calibrate_temperature: bool = False
@@ -46,13 +49,41 @@ class Method:
 
     @classmethod
     def from_json(cls, data: dict) -> "Method":
+        """A sweep's candidate; a RetiredMethod error names what of it dbprompt no longer has."""
         data = dict(data)
+        if data.pop("anchors", [0.0]) != [0.0]:
+            raise RetiredMethod("--anchor (KgCoOp's text anchor)")
+        options = data.pop("prompts", {"text_len": 0, "visual_len": 0})
         # What an experiment file does not name is off (the defaults of its time had neither).
-        prompts = PromptConfig(**({"vocab": 0, "visual_adapter": 0, "visual_readout": 0} | data.pop("prompts", {"text_len": 0, "visual_len": 0})))
-        for name in ("other_lrs", "anchors"):
-            if name in data:
-                data[name] = tuple(data[name])
+        prompts = _inserted(options) if options.get("gate") is False else _gated({"vocab": 0, "visual_adapter": 0} | options)
+        if "other_lrs" in data:
+            data["other_lrs"] = tuple(data["other_lrs"])
         return cls(prompts=prompts, **data)
+
+
+class RetiredMethod(ValueError):
+    """A sweep's candidate that used an option dbprompt no longer has (it lost, and was removed)."""
+
+
+# Format-2 options of dbprompt's method that were removed, and their defaults then.
+_REMOVED = {"couple": False, "text_norm": False, "visual_norm": False, "visual_readout": 0, "readout_tokens": True,
+            "visual_start": 0, "dropout": 0.0, "text_init": None, "gate": True}
+
+
+def _gated(options: dict) -> PromptConfig:
+    used = sorted(k for k, default in _REMOVED.items() if k in options and options[k] != default)
+    if used:
+        raise RetiredMethod(", ".join(f"--{k.replace('_', '-')}" for k in used))
+    return PromptConfig(**{k: v for k, v in options.items() if k not in _REMOVED})
+
+
+def _inserted(options: dict) -> InsertedConfig:
+    """The literature's ungated prompts of an old sweep (`"gate": false`), as the lab's inserted method."""
+    known = {f.name for f in fields(InsertedConfig)}
+    extra = sorted(k for k, v in options.items() if k not in known | {"gate"} and v not in (0, False, None))
+    if extra:
+        raise RetiredMethod(f"inserted prompts with {', '.join(extra)}")
+    return InsertedConfig(**{k: v for k, v in options.items() if k in known})
 
 
 def attention_module_names(backbone: BackboneAdapter) -> list[str]:
@@ -106,8 +137,8 @@ def artifact_bytes(model: PromptedCLIP) -> int:
     return len(st_save(tensors)) if tensors else 0
 
 
-# The single-modality reference points as the literature runs them: shallow, ungated.
-_LITERATURE = PromptConfig(text_len=8, text_depth=1, visual_len=8, visual_depth=1, gate=False, vocab=0, visual_adapter=0)
+# The single-modality reference points as the literature runs them: shallow, inserted.
+_LITERATURE = InsertedConfig(text_len=8, text_depth=1, visual_len=8, visual_depth=1)
 
 COMPARED_METHODS = (
     Method("zero-shot", "none"),
@@ -137,19 +168,31 @@ COMPARED_METHODS = (
 COMPARED = tuple(m.name for m in COMPARED_METHODS)
 
 
-def load_experiment(path: Path) -> list[Method]:
+def load_experiment(path: Path) -> tuple[list[Method], dict[str, str]]:
+    """A sweep's candidates that still run, and why each of the others cannot (by name)."""
     data = json.loads(path.read_text())
-    return [Method.from_json(m) for m in data["methods"]]
+    methods, retired = [], {}
+    for entry in data["methods"]:
+        try:
+            methods.append(Method.from_json(entry))
+        except RetiredMethod as exc:
+            retired[entry["name"]] = (
+                f"method {entry['name']!r} of {path.name} used {exc}, which dbprompt no longer has; its runs are "
+                f"recorded there ({data.get('made_with', 'an earlier dbprompt')}) and in git history"
+            )
+    return methods, retired
 
 
-def _registry() -> dict[str, Method]:
-    methods = {m.name: m for m in COMPARED_METHODS}
+def _registry() -> tuple[dict[str, Method], dict[str, str]]:
+    methods, retired = {m.name: m for m in COMPARED_METHODS}, {}
     for path in sorted(EXPERIMENTS.glob("*.json")):
-        for method in load_experiment(path):
-            if method.name in methods:
-                raise ValueError(f"{path}: method {method.name!r} is defined twice")
-            methods[method.name] = method
-    return methods
+        runnable, gone = load_experiment(path)
+        for name in [m.name for m in runnable] + list(gone):
+            if name in methods or name in retired:
+                raise ValueError(f"{path}: method {name!r} is defined twice")
+        methods |= {m.name: m for m in runnable}
+        retired |= gone
+    return methods, retired
 
 
-METHODS: dict[str, Method] = _registry()
+METHODS, RETIRED = _registry()

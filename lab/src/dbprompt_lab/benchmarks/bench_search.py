@@ -189,14 +189,12 @@ def bench_backbone(name: str, root: Path, args: argparse.Namespace, queries: lis
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = PromptedCLIP.for_captions(backbone, PromptConfig(), vocabulary).eval()
-        ungated = PromptedCLIP(backbone, PromptConfig(gate=False, vocab=0)).eval()
     own = PromptedCLIP(backbone, PromptConfig.none()).eval()
     prompts = model.save_prompt_file(root / f"{name}.safetensors")
     report(f"{name}: indexing", bench_indexing(root / name, model, prompts, args.images, args.batch_size, runtime))
     encoders = {
         "backbone's own (no prompts)": own,
         "default prompts (deep, gated, vocabulary)": model,
-        "ungated deep prompts (`--no-gate`)": ungated,
     }
     lines, text_p50 = bench_text(encoders, queries, runtime)
     report(f"{name}: query text encoding, one query", lines)

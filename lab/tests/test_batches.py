@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from dbprompt.data.records import Record
 from dbprompt.training.trainer import epoch_plan

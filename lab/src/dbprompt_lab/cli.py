@@ -13,7 +13,7 @@ from dbprompt.atomic import atomic_write_text
 from dbprompt.runtime import Runtime
 
 from . import proxy
-from .methods import COMPARED, METHODS
+from .methods import COMPARED, METHODS, RETIRED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +73,7 @@ def register_proxy(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     pre.add_argument("--workers", type=int, default=None, help="image-decoding worker processes")
     pre.add_argument("--resume", action="store_true")
-    pre.add_argument("--out", default=None, help="weights file (default: inside the package)")
+    pre.add_argument("--out", default=None, help="weights file (default: WORK_DIR/dbprompt-proxy.safetensors; to ship them, copy it and its .record.json into src/dbprompt/assets/models/)")
     pre.set_defaults(func=cmd_pretrain)
     chk = proxy_sub.add_parser("check", help="re-measure the shipped proxy's source R@1", description="Regenerate the held-out source test set and compare T2I R@1 with the recorded value.")
     chk.add_argument("--work-dir", default="runs/proxy")
@@ -96,7 +96,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         hard_negatives=args.hard_negatives,
         runtime=Runtime.resolve(args.device, args.bf16, args.workers),
         resume=args.resume,
-        out=Path(args.out) if args.out else proxy.WEIGHTS,
+        out=Path(args.out) if args.out else None,
     )
     m = record["source_test_metrics"]
     print(f"source test T2I R@1 {m['clip_benchmark/t2i_R@1']:.1f}, I2T R@1 {m['clip_benchmark/i2t_R@1']:.1f}")
@@ -127,7 +127,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--shifts", nargs="+", default=list(d.shifts))
     m.add_argument("--sizes", nargs="+", type=int, default=list(d.sizes))
     m.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
-    m.add_argument("--methods", nargs="+", default=list(COMPARED), choices=list(METHODS), help="default: %(default)s")
+    m.add_argument("--methods", nargs="+", default=list(COMPARED), choices=list(METHODS) + list(RETIRED), metavar="METHOD", help="of the comparison or a sweep in experiments/ (default: %(default)s)")
     m.add_argument("--epochs", nargs="+", default=[f"{n}:{e}" for n, e in d.epochs.items()], help="epoch budget per size, SIZE:EPOCHS (default: %(default)s)")
     m.add_argument("--val-images", type=int, default=d.val_images)
     m.add_argument("--test-images", type=int, default=d.test_images)
@@ -141,6 +141,9 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 def cmd_methods(args: argparse.Namespace) -> int:
     from .bench import BenchConfig, default_jobs, markdown, run, stored_prompts, summarize, targets
 
+    retired = [RETIRED[m] for m in args.methods if m in RETIRED]
+    if retired:
+        raise ValueError("; ".join(retired))
     epochs = dict(tuple(int(v) for v in item.split(":")) for item in args.epochs)
     missing = [n for n in args.sizes if n not in epochs]
     if missing:

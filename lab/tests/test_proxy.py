@@ -25,6 +25,7 @@ def test_proxy_ships_and_loads_by_name():
     assert backbone.fingerprint() != load_backbone(proxy.NAME, "random").fingerprint()
 
 
+@pytest.mark.slow  # writes and evaluates the proxy's whole test world: ~13 s on one core
 def test_proxy_reproduces_its_recorded_source_recall(tmp_path):
     recorded, now = proxy.check(tmp_path)
     assert recorded == json.loads(proxy.RECORD.read_text())["source_test_metrics"]["clip_benchmark/t2i_R@1"]

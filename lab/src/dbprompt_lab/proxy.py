@@ -29,6 +29,8 @@ from .batches import find_look_alikes, grouped_order
 from .world import write_database
 
 NAME = "dbprompt-proxy"
+# What dbprompt ships (read only: `pretrain` writes into its work directory; shipping new weights is
+# copying them and their record here, in a commit of their own).
 WEIGHTS = MODEL_CONFIG_DIR / f"{NAME}.safetensors"
 RECORD = MODEL_CONFIG_DIR / f"{NAME}.record.json"
 # The source database it is pre-trained on, and a held-out source test set drawn with another seed.
@@ -60,14 +62,16 @@ def pretrain(
     hard_negatives: int = 0,
     runtime: Runtime | None = None,
     resume: bool = False,
-    out: Path = WEIGHTS,
+    out: Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Pre-train the proxy from random weights on the source domain; write fp16 weights + a record.
+    """Pre-train the proxy from random weights on the source domain; write fp16 weights + a record
+    (to `out`, default WORK_DIR/dbprompt-proxy.safetensors, and the record beside it).
 
     `hard_negatives` K > 1 makes batches of runs of K look-alike images (batches.py).
     """
     work = Path(work_dir)
+    out = out or work / f"{NAME}.safetensors"
     db = work / "source"
     if not (db / "metadata.jsonl").exists():
         print(f"writing {images} source-domain images to {db}")

@@ -26,8 +26,8 @@ from dbprompt.data import Record, load_database
 from dbprompt.evaluation import evaluate_models
 from dbprompt.model import PromptedCLIP
 from dbprompt.runtime import Runtime, pick_device
-from dbprompt.training.candidates import train_candidates
 from dbprompt.training.config import TrainConfig
+from dbprompt.training.trainer import Phase, Trainer, TrainResult
 from dbprompt.training.validation import VALIDATION_GALLERY
 
 from .methods import COMPARED, METHODS, Method, artifact_bytes, build
@@ -82,9 +82,12 @@ def train_subset(pool: list[Record], n: int, seed: int) -> list[Record]:
 
 
 def run_one(
-    method: Method, train: list[Record], val: list[Record], test: list[Record], cfg: BenchConfig, n: int, seed: int
+    method: Method, train: list[Record], val: list[Record], test: list[Record], cfg: BenchConfig, n: int, seed: int,
+    phase: Phase = lambda name: contextlib.nullcontext(),
 ) -> dict:
-    """Train with each of the method's learning rates and anchors, keep what validation prefers, test it once."""
+    """Train with each of the method's learning rates, keep what validation prefers, test it once.
+
+    `phase` is entered around each part of the run (the Trainer's parts, and "test"), e.g. to time them."""
     # Decoding in the job's own process: jobs run side by side, one per core, and each run's
     # small images are decoded once and then kept in memory.
     runtime = Runtime.resolve(cfg.device, cfg.bf16, workers=0)
@@ -103,31 +106,27 @@ def run_one(
     if method.tune == "none":
         model = fresh()
     else:
-        configs = [
-            TrainConfig(
-                epochs=cfg.epochs[n],
-                batch_size=cfg.batch_size,
-                lr=lr,
-                seed=seed,
-                checkpoint_every=0,
-                anchor=a,
-                calibrate_temperature=method.calibrate_temperature,
-                image_backward=method.image_backward,
+        best: tuple[PromptedCLIP, TrainResult, TrainConfig] | None = None
+        for lr in (method.lr, *method.other_lrs):
+            train_cfg = TrainConfig(
+                epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=lr, seed=seed, checkpoint_every=0,
+                calibrate_temperature=method.calibrate_temperature, image_backward=method.image_backward,
             )
-            for lr in (method.lr, *method.other_lrs)
-            for a in method.anchors
-        ]
-        model, result, chosen = train_candidates(
-            fresh, train, val, configs, runtime=runtime, progress=False, log=lambda _: None
-        )
-        row |= {"lr": chosen.lr, "anchor": chosen.anchor, "best_epoch": result.best_epoch, "history": result.history}
+            trainer = Trainer(fresh(), train, val, train_cfg, runtime, progress=False, log=lambda _: None, phase=phase)
+            result = trainer.run()
+            trainer.restore_best()
+            if best is None or result.best_score > best[1].best_score:  # ties: the earlier learning rate
+                best = (trainer.model, result, train_cfg)
+        model, result, chosen = best
+        row |= {"lr": chosen.lr, "best_epoch": result.best_epoch, "history": result.history}
         row["validation_gallery"] = VALIDATION_GALLERY
         row["calibrate_temperature"] = method.calibrate_temperature
     row |= {"trainable_params": model.trainable_parameter_count(), "artifact_bytes": artifact_bytes(model)}
     row["train_seconds"] = time.perf_counter() - started
-    row["metrics"] = evaluate_models({method.name: model}, test, runtime)[method.name]
-    if method.tune == "prompts":
-        row |= _as_stored(model, test, runtime)
+    with phase("test"):
+        row["metrics"] = evaluate_models({method.name: model}, test, runtime)[method.name]
+        if method.tune == "prompts":
+            row |= _as_stored(model, test, runtime)
     return row
 
 

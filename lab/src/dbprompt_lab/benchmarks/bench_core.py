@@ -63,7 +63,7 @@ def measure(model_name: str, mode: str, batch: int, repeats: int, bf16: bool, de
     runtime = Runtime(device=device, bf16=bf16)
     torch.manual_seed(0)
     model, backward = _setup(model_name, mode, device, prompts)
-    model.train(mode.endswith("train"))  # as the trainer steps (prompt dropout on) and as search encodes (off)
+    model.train(mode.endswith("train"))  # as the trainer steps and as search encodes
     backbone = getattr(model, "backbone", model)
     images = torch.randn(batch, 3, *backbone.image_size, device=device)
     def tokenize(texts: list[str]) -> torch.Tensor:

@@ -18,19 +18,16 @@ Targets (issue 17): ray 2 vs 1 >= 1.6x, ray 2 vs one process >= 0.9x.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from dbprompt.backbones import load_backbone
 from dbprompt.index import build_index
-from dbprompt.index import build as build_module
 from dbprompt.index.distributed import RayOptions, ray_session
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
@@ -39,33 +36,16 @@ from dbprompt_lab.world import write_database
 from dbprompt_lab.world.shards import write_webdataset
 
 
-@contextlib.contextmanager
-def checkpoint_times() -> Iterator[list[tuple[float, int]]]:
-    """(time, images) of each checkpoint the index build writes, for the block."""
-    seen: list[tuple[float, int]] = []
-    save = build_module._WorkDir.save
-
-    def timed(self, items):
-        save(self, items)
-        seen.append((time.perf_counter(), len(items)))
-
-    build_module._WorkDir.save = timed
-    try:
-        yield seen
-    finally:
-        build_module._WorkDir.save = save
-
-
 def measure(shards: Path, prompts: Path, out: Path, backbone, args, ray: RayOptions | None) -> tuple[float, float]:
     """(end-to-end, steady) images/s of one fresh build; steady skips the first round (a part per worker)."""
     runtime = Runtime.resolve("cpu", workers=1)
-    with checkpoint_times() as seen:
-        start = time.perf_counter()
-        build_index(
-            shards, prompts, out, backbone=backbone, runtime=runtime, batch_size=args.batch, checkpoint_every=args.part,
-            progress=False, ray=ray, kind="exact",
-        )
-        total = time.perf_counter() - start
+    seen: list[tuple[float, int]] = []  # (time, images) of each checkpoint the build writes
+    start = time.perf_counter()
+    build_index(
+        shards, prompts, out, backbone=backbone, runtime=runtime, batch_size=args.batch, checkpoint_every=args.part,
+        progress=False, ray=ray, kind="exact", on_checkpoint=lambda images: seen.append((time.perf_counter(), images)),
+    )
+    total = time.perf_counter() - start
     first = ray.workers if ray is not None and ray.workers else 1
     steady = sum(n for _, n in seen[first:]) / (seen[-1][0] - seen[first - 1][0]) if len(seen) > first else float("nan")
     return args.images / total, steady

@@ -1,0 +1,49 @@
+"""The index benchmarks (bench_bigindex, bench_ray) run end to end at a tiny size against today's dbprompt.
+
+They lived in the product's index tests until the lab moved out: the scripts are lab code, what
+they measure (the ivfpq index, `dbprompt index --ray`) is tested in the product's own tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dbprompt.backbones import BackboneAdapter
+from dbprompt.model import PromptedCLIP
+from dbprompt.prompts import PromptConfig
+from dbprompt_lab.benchmarks import bench_bigindex, bench_ray
+
+
+@pytest.fixture
+def prompts(tmp_path: Path, tiny_backbone: BackboneAdapter) -> Path:
+    """A prompt file of the tiny backbone: the index benchmark stores it with its synthetic vectors."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=4, vocab=0, visual_adapter=0))
+    return model.save_prompt_file(tmp_path / "a.safetensors")
+
+
+def test_bench_bigindex_runs_at_a_tiny_size(tmp_path, prompts, monkeypatch, capsys):
+    argv = ["bench_bigindex", "--n", "3000", "--kind", "ivfpq", "--queries", "20", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", argv + ["--prompts", str(prompts), "--dir", str(tmp_path)])
+    bench_bigindex.main()
+    out = capsys.readouterr().out
+    assert "3,000 vectors: ivfpq (IVF" in out and "| 3,000 | IVF" in out
+    recall = float(out.split("| 3,000 | ")[1].split(" | ")[2])
+    assert recall >= 0.9
+
+
+@pytest.mark.slow  # starts a local Ray instance, three times
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is an optional extra: pip install 'dbprompt[ray]'")
+def test_bench_ray_runs_at_a_small_size(monkeypatch, capsys):
+    argv = ["bench_ray", "--images", "60", "--model", "dbprompt-tiny", "--part", "10", "--batch", "8"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_ray.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] + line.split()[1] for line in lines[2:5]] == ["oneprocess", "ray1", "ray2"]
+    assert all("img/s" in line for line in lines[2:5]) and lines[5].startswith("ray 2 / ray 1")
