@@ -359,3 +359,29 @@ def test_search_reaches_past_deleted_images_to_keep_k_results(tmp_path, tiny_bac
             (db / key).unlink()
         again = [h.image.key for h in searcher.search("colour number 3", k=5)]
     assert len(again) == 5 and not set(again) & set(first[:3]) and again[:2] == first[3:]
+
+
+def test_a_zero_shot_index_needs_no_prompt_file_and_trained_prompts_replace_it(tmp_path, tiny_backbone, prompts, capsys):
+    """Search before training: the backbone's own features, through the untrained prompt file the index keeps."""
+    db = folder(tmp_path / "db", n=4)
+    out = tmp_path / "idx"
+    argv = ["index", str(db), "--out", str(out), "--model", "dbprompt-tiny", "--pretrained", "random", "--no-progress", "--no-bf16"]
+    assert main(argv) == 0
+    transform = tiny_backbone.image_transform()
+    pixels = torch.stack([transform(Image.open(db / "images" / f"{i:03d}.png").convert("RGB")) for i in range(4)])
+    with torch.no_grad():
+        own = torch.nn.functional.normalize(tiny_backbone.encode_image(pixels), dim=-1).numpy()
+    stored = vectors_by_key(out)
+    np.testing.assert_allclose(np.stack([stored[f"images/{i:03d}.png"] for i in range(4)]), own, atol=1e-5)
+    capsys.readouterr()
+    assert main(["search", str(out), "colour number 2", "-k", "2", "--json", "--model", "dbprompt-tiny", "--pretrained", "random"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 2
+    before = (out / "manifest.json").read_text()
+    assert main(argv) == 0 and (out / "manifest.json").read_text() == before  # the same prompt file: nothing to redo
+    # Trained prompts take over only when asked; then every image is embedded through them.
+    trained = ["index", str(db), "--out", str(out), "--prompts", str(prompts), "--no-progress"]
+    assert main(trained) == 2 and "another prompt file" in capsys.readouterr().err
+    assert main(trained + ["--force"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["prompt_sha256"] == file_sha256(prompts)
+    assert main(["index", str(db), "--out", str(out)]) == 2
+    assert "(--model) for a zero-shot index" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -273,6 +274,19 @@ def evaluate(
     return result
 
 
+def _zero_shot_prompts(out: Path, backbone: BackboneAdapter, tmp: Path) -> Path:
+    """The untrained prompt file a zero-shot index of `backbone` keeps: the one `out` holds already (so that
+    re-indexing reuses its vectors), else a new one in `tmp`."""
+    from .index.manifest import PROMPTS
+
+    kept = out / PROMPTS
+    with contextlib.suppress(OSError, ValueError):
+        pf = read_prompt_file(kept)
+        if pf.config == PromptConfig.none() and pf.fingerprint == backbone.fingerprint():
+            return kept
+    return PromptedCLIP(backbone, PromptConfig.none()).save_prompt_file(tmp / "zero-shot.safetensors")
+
+
 def _in_table(key: str) -> bool:
     """The metrics eval reports: ranks, and R@K at the table's K (a report's curves have every K)."""
     _, _, k = key.partition("_R@")
@@ -281,7 +295,7 @@ def _in_table(key: str) -> bool:
 
 def build_index(
     db: str | os.PathLike | Database,
-    prompts: str | os.PathLike,
+    prompts: str | os.PathLike | None,
     out: str | os.PathLike,
     *,
     kind: str = "auto",
@@ -301,6 +315,8 @@ def build_index(
 
     Read options the prompt file recorded for this database are reused unless given. The backbone:
     `backbone`, else `model`/`pretrained`, else the one the prompt file records (local weights only).
+    Without a prompt file (`prompts=None`) the index is zero-shot: the backbone's own features, through
+    an untrained prompt file that the index keeps, so a collection is searchable before any training.
     An index of another database, prompt file or backbone is replaced only with `force`. `ray`:
     embed on Ray actors (`ray_workers` of them, default one per GPU, else per CPU) of a local
     instance (True or "local") or of the cluster at an address ("auto", "HOST:PORT").
@@ -309,11 +325,15 @@ def build_index(
     on_ray = RayOptions.of(ray, ray_workers)
     if on_ray is not None:
         check_ray()  # before anything is loaded
-    read = reuse_read_options(db, read_kw, read_prompt_file(prompts).extra, prompts, log)
+    if prompts is None and backbone is None and model is None:
+        raise ValueError("give a prompt file (--prompts), or a backbone (--model) for a zero-shot index")
     runtime = runtime or Runtime.resolve()
     if backbone is None and model is not None:
         backbone = load_named_backbone(model, pretrained, device=runtime.device)
-    return build_index_from(
-        _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime,
-        skip_bad=read.skip_bad, backbone=backbone, progress=progress, force=force, ray=on_ray,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        prompts = _zero_shot_prompts(Path(out), backbone, Path(tmp)) if prompts is None else prompts
+        read = reuse_read_options(db, read_kw, read_prompt_file(prompts).extra, prompts, log)
+        return build_index_from(
+            _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime,
+            skip_bad=read.skip_bad, backbone=backbone, progress=progress, force=force, ray=on_ray,
+        )

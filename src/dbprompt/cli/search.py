@@ -21,12 +21,13 @@ def _register_index(sub: argparse._SubParsersAction) -> None:
         help="embed a database's images into a searchable index",
         description=(
             "Embed every image of DB through the visual prompt of --prompts into INDEX_DIR (FAISS vectors, "
-            "SQLite metadata, a manifest and a copy of the prompt file). Re-running embeds only new or "
+            "SQLite metadata, a manifest and a copy of the prompt file); without --prompts, zero-shot through "
+            "--model's own features, to search before training anything. Re-running embeds only new or "
             "changed images and drops deleted ones; an interrupted run resumes."
         ),
     )
     add_database_args(p, from_prompts=True)
-    p.add_argument("--prompts", required=True, metavar="FILE", help="prompt file trained for this database")
+    p.add_argument("--prompts", metavar="FILE", help="prompt file trained for this database (unset: a zero-shot index of --model)")
     p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index directory to create or update")
     p.add_argument(
         "--kind", choices=KINDS, default="auto",

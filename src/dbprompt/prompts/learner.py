@@ -43,9 +43,11 @@ class PromptLearner(PromptMethod):
         self.vocab: TokenOffsets | None = None
         if config.vocab:
             if vocabulary is None:
-                raise ValueError("PromptConfig.vocab needs the token ids to tune: build with PromptedCLIP.for_captions")
-            if len(vocabulary) > config.vocab:
-                raise ValueError(f"{len(vocabulary)} vocabulary ids, more than PromptConfig.vocab = {config.vocab}")
+                raise ValueError("PromptConfig.vocab needs the token ids to tune (PromptedCLIP.for_captions chooses them)")
+            if vocabulary.numel() > config.vocab:
+                raise ValueError(f"{vocabulary.numel()} vocabulary ids, more than PromptConfig.vocab = {config.vocab}")
+            if vocabulary.numel() and int(vocabulary.max()) >= backbone.vocab_size:
+                raise ValueError(f"vocabulary token id {int(vocabulary.max())} is beyond {backbone.name}'s {backbone.vocab_size} tokens")
             self.vocab = TokenOffsets(vocabulary, backbone.text_width)
         self.text = _gated(backbone, "text", config.text_len, config.text_depth, config.init_std)
         self.visual = _gated(backbone, "image", config.visual_len, config.visual_depth, config.init_std)
