@@ -101,11 +101,11 @@ def test_text_prompts_train_on_cached_image_features_exactly_as_on_pixels(tiny_b
     pixels = _trainer(tiny_backbone, tiny_records, config=TEXT_ONLY, epochs=2, image_cache_mb=0)
     assert cached.images.frozen and not pixels.images.frozen
     a, b = cached.run(), pixels.run()
-    assert a.best_epoch == b.best_epoch > 0
-    moved = a.best_state["prompts.text.gate"].abs().max()
-    assert moved > 0
-    for name in a.best_state:
-        assert torch.allclose(a.best_state[name], b.best_state[name], atol=1e-5), name
+    assert a.best_epoch == b.best_epoch and [h["val_score"] for h in a.history] == pytest.approx([h["val_score"] for h in b.history])
+    # Where training ended, whichever epoch validation kept (that choice is noise on 40 images).
+    assert cached.named["prompts.text.gate"].abs().max() > 0
+    for name, p in cached.named.items():
+        assert torch.allclose(p, pixels.named[name], atol=1e-5), name
     assert all(p.grad is None for p in tiny_backbone.parameters())
 
 
