@@ -97,6 +97,63 @@ def retrieval_metrics(
     return metrics
 
 
+# Label-level metrics (`label_metrics`): every image sharing a query's text is relevant to it.
+LABEL_K = 10
+LABEL_KEYS = ("label/t2i_mAP", "label/t2i_mAP@R", f"label/t2i_P@{LABEL_K}")
+
+
+def label_metrics(
+    text_emb: np.ndarray | torch.Tensor,
+    image_emb: np.ndarray | torch.Tensor,
+    texts: Sequence[str],
+    image_captions: Sequence[Sequence[str]],
+) -> dict[str, float]:
+    """mAP, MAP@R (Musgrave et al. 2020) and precision@10, in %, over the distinct texts of `texts` (each
+    queried by its first caption's features), where an image of the gallery `image_emb` is relevant to a
+    text when any of its `image_captions` is that text (after case and whitespace normalisation): what class
+    folders, tags and repeated captions are searched for. Ties rank irrelevant images first.
+
+    Also `label/shared`: the percentage of queries with more than one relevant image (0: relevance is the
+    1:1 pairs R@K measures, and these numbers add nothing).
+    """
+    queries = torch.as_tensor(text_emb).detach().float()
+    gallery = torch.as_tensor(image_emb).detach().float()
+    if len(image_captions) != len(gallery) or len(texts) != len(queries):
+        raise ValueError(f"{len(texts)} texts for {len(queries)} text features, {len(image_captions)} captions for {len(gallery)} images")
+    first: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        first.setdefault(_key(text), i)  # each distinct text's first caption queries for it
+    row = {key: r for r, key in enumerate(first)}
+    relevant = torch.zeros(len(first), len(gallery), dtype=torch.bool)
+    for image, captions in enumerate(image_captions):
+        for key in {_key(c) for c in captions} & row.keys():
+            relevant[row[key], image] = True
+    scores = queries[list(first.values())] @ gallery.T
+    # Descending by score, irrelevant first among equal scores (pessimistic, as the ranks above).
+    order = torch.sort(relevant.float(), dim=1, stable=True).indices
+    order = order.gather(1, torch.sort(scores.gather(1, order), dim=1, descending=True, stable=True).indices)
+    hits = relevant.gather(1, order).float()
+    n_rel = hits.sum(dim=1).clamp(min=1)
+    precision = hits.cumsum(dim=1) / torch.arange(1, hits.shape[1] + 1)
+    first_r = torch.arange(hits.shape[1])[None, :] < n_rel[:, None]
+    values = (
+        ((precision * hits).sum(dim=1) / n_rel).mean(),
+        ((precision * hits * first_r).sum(dim=1) / n_rel).mean(),
+        (hits[:, :LABEL_K].sum(dim=1) / min(LABEL_K, hits.shape[1])).mean(),
+        (hits.sum(dim=1) > 1).float().mean(),
+    )
+    return {k: 100.0 * float(v) for k, v in zip((*LABEL_KEYS, "label/shared"), values)}
+
+
+def shares_texts(texts: Sequence[str]) -> bool:
+    """Whether any two of `texts` are the same text (after case and whitespace normalisation)."""
+    return len({_key(t) for t in texts}) < len(texts)
+
+
+def _key(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def saturated_keys(metrics: Sequence[str], captions_per_image: Sequence[int]) -> list[str]:
     """The R@k keys every query hits by construction: k reaches past all the negatives a query ranks.
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..api import evaluate
-    from ..metrics import format_table
+    from ..metrics import LABEL_KEYS, format_table
     from ..storage import read_prompt_file
 
     options = options_of(args, SplitConfig, ReadOptions, skip_none=True)
@@ -53,9 +53,13 @@ def run_eval(args: argparse.Namespace) -> int:
         pf = read_prompt_file(args.prompts)
         sizes = {name: (pf.parameter_count, Path(args.prompts).stat().st_size) for name in report.rows} | sizes
     rows = {name: m | {"trainable_params": sizes[name][0], "artifact_bytes": sizes[name][1]} for name, m in report.rows.items()}
+    # Where captions repeat (folders, tags), the label-level metrics too; where most are shared, R@K's ties
+    # count a query's other relevant images against it: its text->image columns get a dagger.
+    shared = min(m.get("label/shared", 0.0) for m in rows.values()) >= 50.0
+    keys = TABLE_KEYS + (LABEL_KEYS if all("label/t2i_mAP" in m for m in rows.values()) else ())
     # A saturated R@K is shown with a star: rename the column so the table says it, not just a footnote.
-    star = {k: k + "*" if k in report.saturated else k for k in TABLE_KEYS}
-    table = format_table([(name, {star[k]: m[k] for k in TABLE_KEYS}) for name, m in rows.items()], list(star.values()))
+    star = {k: k + "*" if k in report.saturated else k + "†" if shared and "/t2i_R@" in k else k for k in keys}
+    table = format_table([(name, {star[k]: m[k] for k in keys}) for name, m in rows.items()], list(star.values()))
     lines = [
         f"{report.split} split: {report.images} images, {report.captions} captions, backbone {report.backbone} [{report.pretrained}]",
         "R@K in %; clip_benchmark = every caption a query, any caption a hit; open_clip = 1:1 pairs (first caption)",
@@ -65,6 +69,11 @@ def run_eval(args: argparse.Namespace) -> int:
         lines.append(
             f"* saturated: K reaches every candidate a query ranks ({report.images} images, {report.captions} captions), "
             "so every query hits and the number says nothing about the model; evaluate on more images"
+        )
+    if shared:
+        lines.append(
+            "† most captions are shared by several images (folders, tags): a text query's other relevant images count "
+            "against it, so R@K says little here; label/ columns (in %) treat every image with the query's text as relevant"
         )
     if report.report:
         message(f"report: {report.report}")

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     emit(
         args, report.to_json(),
         f"wrote {report.path} ({report.path.stat().st_size:,} bytes); "
-        f"best epoch {report.best_epoch} (0 = before training) by validation T2I R@1 {report.best_score:.1f}",
+        f"best epoch {report.best_epoch} (0 = before training) by validation "
+        f"{'mAP' if report.history and report.history[0].get('selected_by') == 'label/t2i_mAP' else 'T2I R@1'} {report.best_score:.1f}",
     )
     return 0

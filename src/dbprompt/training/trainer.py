@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from ..data.errors import BadInputReport
 from ..data.records import Record
-from ..evaluation import selection_score
+from ..evaluation import selection_key, selection_score
+from ..metrics import LABEL_K, LABEL_KEYS
 from ..model import PromptedCLIP
 from ..runtime import CPU, Runtime
 from .checkpoint import Checkpointer, TrainState
@@ -30,6 +31,7 @@ from .images import ImageBank, backward_mask
 from .loss import ContrastiveLoss
 from .validation import Validator
 
+HEADLINE = "clip_benchmark/t2i_R@1"
 # Training pairs the temperature is calibrated on (TrainConfig.calibrate_temperature).
 CALIBRATION_PAIRS = 512
 # How an epoch orders its images, from the epoch's random generator (the lab groups look-alikes).
@@ -211,14 +213,17 @@ class Trainer:
         score = selection_score(metrics) if metrics is not None else float(epoch)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
         if metrics is not None:
-            entry.update({k: metrics[k] for k in ("clip_benchmark/t2i_R@1", "clip_benchmark/i2t_R@1")})
+            shown = ("clip_benchmark/t2i_R@1", "clip_benchmark/i2t_R@1", *(k for k in LABEL_KEYS if k in metrics))
+            entry.update({k: metrics[k] for k in shown} | {"selected_by": selection_key(metrics)})
         self.state.history.append(entry)
         if score > self.state.best_score:
             self.state.best_score, self.state.best_epoch = score, epoch
             self.best_state = {n: p.detach().cpu().clone() for n, p in self.named.items()}
         if metrics is not None:
             best = "  (best)" if self.state.best_epoch == epoch else ""
-            self.log(f"epoch {epoch}: val T2I R@1 {entry['clip_benchmark/t2i_R@1']:.1f}  I2T R@1 {entry['clip_benchmark/i2t_R@1']:.1f}{best}")
+            label = f"  mAP {entry['label/t2i_mAP']:.1f}  P@{LABEL_K} {entry[f'label/t2i_P@{LABEL_K}']:.1f}" if "label/t2i_mAP" in entry else ""
+            chosen = "  (epochs chosen by mAP: most captions are shared)" if epoch == 0 and entry["selected_by"] != HEADLINE else ""
+            self.log(f"epoch {epoch}: val T2I R@1 {entry[HEADLINE]:.1f}  I2T R@1 {entry['clip_benchmark/i2t_R@1']:.1f}{label}{best}{chosen}")
         if self.on_epoch is not None and self.runtime.main:
             self.on_epoch(entry)
 
