@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dbprompt.data.database import require_captions
 from dbprompt.data import (
     DataError,
     Record,
@@ -450,8 +451,8 @@ def test_caption_template_fills_from_tags_then_file_names(tmp_path):
         load_database(tmp_path, caption_template="a photo of {}")
     db = load_database(tmp_path, caption_template="a photo of {}", skip_bad=True)
     assert {r.key: r.captions for r in db.records} == {
-        "dog_003.png": ("a photo of dog, beach",),
-        "cat.png": ("a photo of cat, sofa",),
+        "dog_003.png": ("a photo of dog", "a photo of beach", "a photo of dog, beach"),  # a caption a tag, one for all
+        "cat.png": ("a photo of cat", "a photo of sofa", "a photo of cat, sofa"),
         "b.png": ("a real caption",),
     }
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "007.png", "labels": ["bond"]}\n{"file_name": "cat.png", "labels": [1]}\n')
@@ -467,8 +468,12 @@ def test_caption_template_from_class_folders_of_a_folder_without_metadata(tmp_pa
     make_image(tmp_path / "loose_photo_01.png")
     make_image(tmp_path / ".hidden" / "x.png")
     (tmp_path / "train" / "notes.txt").write_text("not an image")
-    with pytest.raises(DataError, match="no metadata.jsonl.*--caption-template"):
-        load_database(tmp_path)
+    # Without a template, the images are read uncaptioned: to index, search and mark, not to train or evaluate.
+    bare = load_database(tmp_path)
+    assert sorted(r.key for r in bare.records) == ["loose_photo_01.png", "test/tabby-cat/3.png", "train/golden_retriever/1.jpg", "train/tabby-cat/2.png"]
+    assert all(r.captions == () for r in bare.records)
+    with pytest.raises(DataError, match="4 of 4 images have no caption, which training needs.*--caption-template.*--feedback"):
+        require_captions(bare, "training")
     db = load_database(tmp_path, caption_template="a photo of a {}")
     assert {r.key: (r.captions, r.split) for r in db.records} == {
         "loose_photo_01.png": (("a photo of a loose photo",), None),

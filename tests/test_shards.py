@@ -256,7 +256,7 @@ def test_whole_parquet_file_problems(tmp_path):
     with pytest.raises(DataError, match=r"a\.parquet: bad metadata: no caption column .*--caption-template"):
         load_database(tmp_path / "a.parquet", skip_bad=True)
     [record] = load_database(tmp_path / "a.parquet", caption_template="a photo of {}").records
-    assert record.captions == ("a photo of red, square",)
+    assert record.captions == ("a photo of red", "a photo of square", "a photo of red, square")
     pq.write_table(pa.table({"url": ["http://x"], "caption": ["x"]}), tmp_path / "b.parquet")
     with pytest.raises(DataError, match=r"b\.parquet: bad metadata: no image column"):
         load_database(tmp_path / "b.parquet")

@@ -25,6 +25,7 @@ import torch
 
 from .backbones import BackboneAdapter, load_named_backbone
 from .data import BadInputReport, Database, DataError, ReadOptions, SplitConfig, read_database, split_records
+from .data.database import require_captions
 from .data.recorded import record_read_options, reuse_read_options
 from .data.splits import TOO_FEW_IMAGES, Splits
 from .evaluation import encode_split, score
@@ -32,6 +33,7 @@ from .index import IndexInfo
 from .index import build_index as build_index_from
 from .index.distributed import RayOptions, check_ray
 from .locking import one_writer
+from .marks import MarkedRecords, MarkStore, apply_marks, marks_path
 from .metrics import CURVE_KS, TABLE_KS, saturated_keys
 from .model import PromptedCLIP
 from .options import split_kwargs
@@ -125,9 +127,14 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     log_dir: str | os.PathLike | None = None,
+    feedback: str | os.PathLike | None = None,
     **options: Any,
 ) -> TrainReport:
     """Train prompts for one database on a frozen backbone and write them to `out` (a .safetensors file).
+
+    `feedback`: an index directory whose search page kept marks (`serve --feedback`): each query marked
+    relevant to an image is one of its captions, each marked irrelevant a hard negative for the query; the
+    database then needs no captions of its own.
 
     `model`/`pretrained` name the backbone (or pass a loaded `backbone`). Checkpoints go to
     `work_dir` (default: OUT.work); `resume` continues from them. `log_dir` gets each epoch's
@@ -144,6 +151,7 @@ def train(
     runtime = join(runtime or Runtime.resolve())  # torchrun: one process per GPU (or CPU share)
     log = log if runtime.main else (lambda message: None)
     database = _read(db, read)
+    marked = _with_marks(database, feedback, log)
     splits = split_records(database.records, splits_cfg)
     _check_validation(splits, database)
     warnings = splits.warnings("val", "test")
@@ -169,6 +177,7 @@ def train(
         trainer = Trainer(
             fresh, splits["train"], splits["val"], cfg, runtime, work_dir=work_dir or out.with_name(out.name + ".work"),
             log=log, progress=progress, skip_bad=read.skip_bad, report=database.report, on_epoch=on_epoch,
+            negatives=marked.negatives if marked else None,
         )
         result = trainer.run(resume=resume)
         trainer.restore_best()
@@ -185,6 +194,8 @@ def train(
         "train_images": len(splits["train"]),
         "pairs_per_second": result.pairs_per_second,
     }
+    if marked:
+        extra["feedback"] = {"marks": marked.relevant + marked.irrelevant, "relevant": marked.relevant, "queries": marked.queries}
     if runtime.main:
         trained.save_prompt_file(out, extra)
     barrier(runtime)  # every rank returns once the file is there
@@ -192,6 +203,20 @@ def train(
         out, config, cfg, result.best_epoch, result.best_score, result.history, len(splits["train"]),
         len(splits["val"]), trained.trainable_parameter_count(), database.report, summary, warnings,
     )
+
+
+def _with_marks(database: Database, feedback: str | os.PathLike | None, log: Callable[[str], None]) -> MarkedRecords | None:
+    """Put the marks kept beside index `feedback` into `database`'s records (or require captions without)."""
+    if feedback is None:
+        require_captions(database, "training")
+        return None
+    with contextlib.closing(MarkStore(marks_path(feedback), create=False)) as store:
+        marked = apply_marks(database.records, store.marks())
+    if len(marked.records) < 2:
+        raise ValueError(f"{marks_path(feedback)}: {marked.summary()}; training needs captions or marks on at least 2 images")
+    log(f"marks from {marks_path(feedback)}: {marked.summary()}")
+    database.records = marked.records
+    return marked
 
 
 def _check_validation(splits: Splits, database: Database) -> None:
@@ -250,6 +275,7 @@ def evaluate(
         models[label] = prompted
     read = reuse_read_options(db, read_kw, training, prompts, log) if prompts is not None else ReadOptions(**read_kw)
     database = _read(db, read)
+    require_captions(database, "evaluation")
     splits = split_records(database.records, dataclasses.replace(SplitConfig.from_recorded(training.get("splits", {})), **split_kw))
     warnings = splits.warnings(split, trained=bool(training))
     for warning in warnings:

@@ -122,11 +122,11 @@ def label_metrics(
         raise ValueError(f"{len(texts)} texts for {len(queries)} text features, {len(image_captions)} captions for {len(gallery)} images")
     first: dict[str, int] = {}
     for i, text in enumerate(texts):
-        first.setdefault(_key(text), i)  # each distinct text's first caption queries for it
+        first.setdefault(text_key(text), i)  # each distinct text's first caption queries for it
     row = {key: r for r, key in enumerate(first)}
     relevant = torch.zeros(len(first), len(gallery), dtype=torch.bool)
     for image, captions in enumerate(image_captions):
-        for key in {_key(c) for c in captions} & row.keys():
+        for key in {text_key(c) for c in captions} & row.keys():
             relevant[row[key], image] = True
     scores = queries[list(first.values())] @ gallery.T
     # Descending by score, irrelevant first among equal scores (pessimistic, as the ranks above).
@@ -147,10 +147,11 @@ def label_metrics(
 
 def shares_texts(texts: Sequence[str]) -> bool:
     """Whether any two of `texts` are the same text (after case and whitespace normalisation)."""
-    return len({_key(t) for t in texts}) < len(texts)
+    return len({text_key(t) for t in texts}) < len(texts)
 
 
-def _key(text: str) -> str:
+def text_key(text: str) -> str:
+    """What makes two texts one query, and their images positives for each other: case and spacing ignored."""
     return " ".join(text.lower().split())
 
 

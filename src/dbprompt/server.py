@@ -38,6 +38,7 @@ from .index import Hit, ImageRow
 from .index.files import ImageUnavailable, indexed_bytes
 from .runtime import Runtime
 from .searcher import IndexSet, Searcher, StaleIndexError
+from .server_marks import add_mark_routes
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_QUERY_CHARS = 500
@@ -74,6 +75,7 @@ class DatabaseInfo(BaseModel):
     prompt_sha256: str
     created: str
     problem: str | None = None  # set while the index's directory holds nothing that can be opened
+    feedback: bool = False  # whether the server keeps marks on its results (`serve --feedback`)
 
 
 class Result(BaseModel):
@@ -122,8 +124,10 @@ def create_app(
     runtime: Runtime | None = None,
     backbone: BackboneAdapter | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    feedback: bool = False,
 ) -> FastAPI:
-    """The app over `index_dirs` (opened here, one backbone shared: `backbone`, else each index's recorded one)."""
+    """The app over `index_dirs` (opened here, one backbone shared: `backbone`, else each index's recorded one);
+    with `feedback`, it keeps the marks users put on results (see server_marks)."""
     if not index_dirs:
         raise ValueError("give at least one index directory")
     indexes = IndexSet(index_dirs, runtime, backbone=backbone)
@@ -186,7 +190,7 @@ def create_app(
             listed.append(DatabaseInfo(
                 name=name, count=info.count, dim=info.dim, kind=info.kind, backbone=info.backbone,
                 pretrained=info.pretrained, fingerprint=info.fingerprint, prompt_sha256=info.prompt_sha256,
-                created=info.created, problem=entry.problem,
+                created=info.created, problem=entry.problem, feedback=feedback,
             ))
         return listed
 
@@ -232,6 +236,8 @@ def create_app(
         except Exception as exc:  # PIL raises many types for bad data
             raise HTTPException(404, f"image {image_id} of {name!r} cannot be read: {plain(exc)}") from None
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+
+    add_mark_routes(app, searcher_for, enabled=feedback, max_query_chars=MAX_QUERY_CHARS)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -305,7 +311,8 @@ def serve(
     runtime: Runtime | None = None,
     backbone: BackboneAdapter | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    feedback: bool = False,
 ) -> None:
     """Open the indexes, then serve until interrupted."""
-    app = create_app(index_dirs, runtime=runtime, backbone=backbone, max_upload_bytes=max_upload_bytes)
+    app = create_app(index_dirs, runtime=runtime, backbone=backbone, max_upload_bytes=max_upload_bytes, feedback=feedback)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -81,6 +81,11 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted (default: 10)")
+    p.add_argument(
+        "--feedback", action="store_true",
+        help="let users mark results relevant or not (kept beside each index as INDEX_DIR.marks.sqlite, for "
+        "`dbprompt train --feedback`); off by default, since the server has no authentication",
+    )
     add_model_args(p, required=False, recorded=True)
     add_runtime_args(p, batch_size=False)
     p.set_defaults(func=run_serve)
@@ -155,6 +160,6 @@ def run_serve(args: argparse.Namespace) -> int:
     runtime = runtime_of(args)
     serve(
         args.index_dirs, host=args.host, port=args.port, runtime=runtime, backbone=named_backbone(args, runtime),
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_upload_bytes=int(args.max_upload_mb * 2**20), feedback=args.feedback,
     )
     return 0

@@ -26,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true", help="continue from the work directory's checkpoint")
     g.add_argument("--log-dir", default=None, metavar="DIR", help="write each epoch's validation scores and loss to DIR/history.csv and as TensorBoard scalars")
     g.add_argument("--force", action="store_true", help="replace an existing --out prompt file")
+    g.add_argument(
+        "--feedback", default=None, metavar="INDEX_DIR",
+        help="also learn from the marks users made on this index's search page (serve --feedback): a query marked "
+        "relevant is a caption of its image, one marked irrelevant a hard negative; the database then needs no captions",
+    )
     add_split_args(p)
     add_runtime_args(p, batch_size=False)
     add_output_args(p)
@@ -41,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         report = train(
             args.db, args.out, model=args.model, pretrained=args.pretrained, runtime=runtime_of(args),
             work_dir=args.work_dir, resume=args.resume, force=args.force, progress=progress_of(args), log=message,
-            log_dir=args.log_dir, **options,
+            log_dir=args.log_dir, feedback=args.feedback, **options,
         )
     finally:
         leave()

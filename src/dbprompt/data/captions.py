@@ -2,7 +2,8 @@
 
 Many collections have no captions: a folder per class, a tag list per image, or only file
 names. With a caption template ("a photo of {}") each image without a caption gets one, `{}`
-filled with the first of these it has: its tags, its class folder, its file name's words.
+filled with the first of these it has: its tags (a caption each, and one for them all), its class
+folder, its file name's words.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ class CaptionRule:
                 hint = "" if self.template else " (for images without captions, see --caption-template)"
                 raise ItemError(BAD_METADATA, f"missing column {self.column!r}{hint}")
             return caption_list(value, where, reporter)
-        return [self.fill(tag_words(row.get(self.tags)) or words(path.stem))]
+        tags = tag_list(row.get(self.tags))
+        if not tags:
+            return [self.fill(words(path.stem))]
+        # One caption a tag, so the image is found (and trained) under each; with several, their joint one too.
+        return [self.fill(t) for t in tags] + ([self.fill(", ".join(tags))] if len(tags) > 1 else [])
 
     def fill(self, label: str) -> str:
         """The template with `label` in its slot (replaced literally: no format fields to abuse)."""
@@ -72,15 +77,15 @@ def caption_list(value: Any, where: Location, reporter: Reporter) -> list[str]:
     return kept
 
 
-def tag_words(value: Any) -> str:
-    """Tags as one phrase ("dog, beach"), from a list or a comma-separated string; "" when there are none."""
+def tag_list(value: Any) -> list[str]:
+    """Distinct tags in order, from a list or a comma-separated string; [] when there are none."""
     if value is None:
-        return ""
+        return []
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         raise ItemError(BAD_METADATA, f"tags must be a list of strings or a comma-separated string, got {brief(value)}")
-    return ", ".join(dict.fromkeys(t.strip() for t in value if t.strip()))
+    return list(dict.fromkeys(t.strip() for t in value if t.strip()))
 
 
 def words(name: str) -> str:

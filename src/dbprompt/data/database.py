@@ -103,6 +103,18 @@ def detect_format(path: str | os.PathLike) -> str:
     raise DataError(str(path), BAD_METADATA, f"cannot tell the format; pass fmt= one of {FORMATS}")
 
 
+def require_captions(database: Database, use: str) -> None:
+    """Stop, naming the database, where images have no caption but `use` needs them."""
+    missing = sum(1 for r in database.records if not r.captions)
+    if missing:
+        raise DataError(
+            str(database.source), BAD_METADATA,
+            f"{missing:,} of {len(database.records):,} images have no caption, which {use} needs (a folder without "
+            "metadata.jsonl or metadata.csv); --caption-template 'a photo of {}' captions them by class folder or file "
+            "name, and `dbprompt train --feedback INDEX_DIR` trains from the marks made on the search page",
+        )
+
+
 def load_database(
     path: str | os.PathLike,
     fmt: str = "auto",

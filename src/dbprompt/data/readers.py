@@ -222,13 +222,15 @@ def imagefolder_metadata(root: Path) -> list[tuple[Path, str | None]]:
 
 
 def _folder_items(root: Path, captions: CaptionRule, limits: ImageLimits, reporter: Reporter) -> list[_Item]:
-    """An imagefolder without metadata: every image file, captioned from its class folder or file name."""
+    """An imagefolder without metadata: every image file, captioned from its class folder or file name
+    (with a caption template; without one, uncaptioned: to index, search and mark)."""
     items = []
     for path, split, label in folder_images(root, _folder_split):
         where = Location(path, 0, unit="file")
         try:
             key, path = _locate(str(path), root, root, limits)
-            items.append(_Item(where, key, path, [captions.fill(label or words(path.stem))], split))
+            text = [captions.fill(label or words(path.stem))] if captions.template is not None else []
+            items.append(_Item(where, key, path, text, split))
         except ItemError as e:
             reporter.bad_at(where, e.problem, e.detail)
     return items
@@ -245,17 +247,20 @@ def read_imagefolder(
     report: BadInputReport | None = None,
 ) -> list[Record]:
     """Read a Hugging Face imagefolder: metadata.jsonl/.csv with file_name + a caption column (+ split),
-    or split subfolders; with a caption template, also a folder of images without metadata."""
+    or split subfolders; or a folder of images without metadata (captioned by a caption template, else
+    uncaptioned: `require_captions` stops what needs captions)."""
     root = _abspath(root)
     metadata = imagefolder_metadata(root) if root.is_dir() else []
     captions = CaptionRule(caption_column, caption_template, tags_column)
     limits = ImageLimits(root, max_pixels)
     reporter = Reporter(skip_bad, report if report is not None else BadInputReport())
     if not metadata:
-        if not root.is_dir() or caption_template is None:
-            hint = "; for images without captions, --caption-template 'a photo of {}' captions them by folder or file name"
-            raise DataError(str(root), BAD_METADATA, "no metadata.jsonl or metadata.csv, nor split subfolders with one" + hint)
-        return _assemble(_folder_items(root, captions, limits, reporter), reporter, limits)
+        if not root.is_dir():
+            raise DataError(str(root), BAD_METADATA, "not a folder, nor a metadata.jsonl or metadata.csv")
+        items = _folder_items(root, captions, limits, reporter)
+        if not items and not reporter.report.items:
+            raise DataError(str(root), BAD_METADATA, "no metadata.jsonl or metadata.csv, and no image files")
+        return _assemble(items, reporter, limits)
     items: list[_Item] = []
     for meta, folder_split in metadata:
         if meta.suffix == ".jsonl":

@@ -84,6 +84,16 @@ class SearchIndex:
     def row(self, image_id: int) -> ImageRow | None:
         return self.rows([image_id]).get(image_id)
 
+    def ids_of(self, keys: Sequence[str]) -> dict[str, int]:
+        """The ids of those of `keys` this index holds (a rebuild may give an image another id)."""
+        found: dict[str, int] = {}
+        for start in range(0, len(keys), 500):  # under SQLite's limit on bound parameters
+            part = list(keys[start : start + 500])
+            with self._db_lock:
+                rows = self._db.execute(f"SELECT key, id FROM images WHERE key IN ({','.join('?' * len(part))})", part).fetchall()
+            found.update(dict(rows))
+        return found
+
     def all_rows(self) -> list[ImageRow]:
         with self._db_lock:
             result = self._db.execute(f"SELECT {COLUMNS} FROM images ORDER BY id").fetchall()

@@ -20,7 +20,7 @@ from PIL import Image
 from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..data.records import Record
-from ..metrics import CURVE_KS, TABLE_KS
+from ..metrics import CURVE_KS, LABEL_K, LABEL_KEYS, TABLE_KS, text_key
 from ..pipeline import encode_texts
 from ..runtime import Runtime
 from . import plots
@@ -36,6 +36,10 @@ DEFINITIONS = {
     "clip_benchmark": "CLIP_benchmark: every caption is a text query; an image query hits when any of its captions does",
     "open_clip": "open_clip: 1:1 pairs, each image with its first caption",
 }
+SHARED_NOTE = (
+    "† most captions are shared by several images (class folders, tags): a text query's other relevant images "
+    "count against it, so text→image R@K says little here; see the label-level table."
+)
 
 
 @dataclass
@@ -86,8 +90,14 @@ def _thumbnail(path: Path) -> str:
     return _data_uri(buffer.getvalue(), "image/jpeg")
 
 
+def _shared(report: "EvalReport") -> bool:
+    """Whether most queries share their text with other images (as `dbprompt eval` marks its table)."""
+    return min(m.get("label/shared", 0.0) for m in report.rows.values()) >= 50.0
+
+
 def _table(report: "EvalReport", prefix: str) -> str:
-    head = "".join(f"<th>{d} R@{k}</th>" for d in ("text→image", "image→text") for k in TABLE_KS)
+    shared = _shared(report)
+    head = "".join(f"<th>{d} R@{k}{'†' if shared and d == 'text→image' else ''}</th>" for d in ("text→image", "image→text") for k in TABLE_KS)
     body = []
     for name, metrics in report.rows.items():
         cells = []
@@ -98,27 +108,50 @@ def _table(report: "EvalReport", prefix: str) -> str:
                 cells.append(f"<td{' class=sat' if mark else ''}>{metrics[key]:.1f}{'*' if mark else ''}</td>")
         body.append(f"<tr><th scope=row>{html.escape(name)}</th>{''.join(cells)}</tr>")
     return (
-        f"<table><caption>{html.escape(DEFINITIONS[prefix])}</caption>"
-        f"<thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"<div class=wide><table><caption>{html.escape(DEFINITIONS[prefix])}</caption>"
+        f"<thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
+def _label_table(report: "EvalReport") -> str:
+    """mAP, MAP@R and P@K per distinct query text, where captions repeat; empty where they do not."""
+    if not all("label/t2i_mAP" in m for m in report.rows.values()):
+        return ""
+    names = {"label/t2i_mAP": "mAP", "label/t2i_mAP@R": "MAP@R", f"label/t2i_P@{LABEL_K}": f"precision@{LABEL_K}"}
+    head = "".join(f"<th>{names[k]}</th>" for k in LABEL_KEYS)
+    body = "".join(
+        f"<tr><th scope=row>{html.escape(name)}</th>{''.join(f'<td>{m[k]:.1f}</td>' for k in LABEL_KEYS)}</tr>" for name, m in report.rows.items()
+    )
+    return (
+        "<h2>Label-level retrieval (%)</h2><div class=wide><table><caption>Each distinct caption text (a class folder's, a tag's) "
+        "is one query; every image with that text is relevant to it.</caption>"
+        f"<thead><tr><th>method</th>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+    )
+
+
+def _example_queries(records: Sequence[Record]) -> list[str]:
+    """Up to EXAMPLE_QUERIES distinct caption texts, evenly spread over the split."""
+    distinct = list({text_key(r.captions[0]): r.captions[0] for r in records}.values())
+    n = min(EXAMPLE_QUERIES, len(distinct))
+    return [distinct[i * len(distinct) // n] for i in range(n)]
+
+
 def _examples(inputs: ReportInputs) -> str:
-    """A few test captions as queries: each method's top images, the caption's own image outlined."""
+    """A few test captions as queries: each method's top images, those that have the query's text outlined."""
     records = list(inputs.records)
-    n = min(EXAMPLE_QUERIES, len(records))
-    picks = [i * len(records) // n for i in range(n)]
-    queries = [records[i].captions[0] for i in picks]
+    queries = _example_queries(records)
+    keys = [{text_key(c) for c in r.captions} for r in records]
     thumbs: dict[int, str] = {}
     blocks = []
     scores = {
         name: encode_texts(model, queries, inputs.runtime) @ inputs.features[name][: len(records)].T
         for name, model in inputs.models.items()
     }
-    for q, (own, query) in enumerate(zip(picks, queries)):
+    for q, query in enumerate(queries):
+        relevant = torch.tensor([text_key(query) in k for k in keys])
         rows = []
         for name, s in scores.items():
-            rank = 1 + int((s[q] > s[q, own]).sum())
+            rank = 1 + int((s[q] > s[q][relevant].max()).sum())
             top = torch.topk(s[q], min(TOP, len(records))).indices.tolist()
             cells = []
             for i in top:
@@ -126,9 +159,9 @@ def _examples(inputs: ReportInputs) -> str:
                     thumbs[i] = _thumbnail(records[i].path)
                 alt = html.escape(records[i].captions[0], quote=True)
                 image = f'<img src="{thumbs[i]}" alt="{alt}" title="{alt}">' if thumbs[i] else '<span class="missing">unreadable</span>'
-                cells.append(f'<li class="{"hit" if i == own else ""}">{image}<span>{s[q, i]:.3f}</span></li>')
+                cells.append(f'<li class="{"hit" if relevant[i] else ""}">{image}<span>{s[q, i]:.3f}</span></li>')
             rows.append(
-                f'<div class="row"><p class="label">{html.escape(name)}<br><small>its image: rank {rank}</small></p>'
+                f'<div class="row"><p class="label">{html.escape(name)}<br><small>first image with this text: rank {rank}</small></p>'
                 f'<ol>{"".join(cells)}</ol></div>'
             )
         blocks.append(f"<section class=query><h3>“{html.escape(query)}”</h3>{''.join(rows)}</section>")
@@ -138,6 +171,8 @@ def _examples(inputs: ReportInputs) -> str:
 def _page(report: "EvalReport", inputs: ReportInputs, figures: Mapping[str, bytes]) -> str:
     name = Path(report.database).name or report.database
     warnings = [*report.warnings]
+    if _shared(report):
+        warnings.append(SHARED_NOTE)
     if report.saturated:
         warnings.append("* saturated: K reaches every image (or caption) the query ranks, so every query hits; these numbers say nothing about the model.")
     notes = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
@@ -145,8 +180,8 @@ def _page(report: "EvalReport", inputs: ReportInputs, figures: Mapping[str, byte
     if "validation.png" in figures:
         training = (
             f'<figure><img src="{_data_uri(figures["validation.png"], "image/png")}" alt="validation R@1 and training loss per epoch">'
-            "<figcaption>Validation R@1 after each epoch (epoch 0: before training), as recorded in the prompt file; "
-            "training keeps the epoch marked. Right: the mean contrastive loss of each epoch.</figcaption></figure>"
+            "<figcaption>Validation R@1 (and mAP, where captions repeat) after each epoch (epoch 0: before training), as "
+            "recorded in the prompt file; training keeps the epoch marked. Right: the mean contrastive loss of each epoch.</figcaption></figure>"
         )
     else:
         training = "<p>No validation history: evaluated without a prompt file, or the file records none.</p>"
@@ -171,12 +206,13 @@ backbone {html.escape(report.backbone)} [{html.escape(str(report.pretrained))}];
 <h2>Recall@K (%)</h2>
 {_table(report, "clip_benchmark")}
 {_table(report, "open_clip")}
+{_label_table(report)}
 <figure><img src="{recall}" alt="recall@K curves, text to image and image to text, zero-shot and prompts">
 <figcaption>Recall@K for every K up to the gallery's size (CLIP_benchmark definition): the share of queries whose own image (caption) is among the first K.</figcaption></figure>
 <h2>Training</h2>
 {training}
 <h2>Example queries</h2>
-<p>Captions of {html.escape(report.split)} images used as text queries: each method's top {TOP} images with their scores; the caption's own image is outlined.</p>
+<p>Captions of {html.escape(report.split)} images used as text queries: each method's top {TOP} images with their scores; images that have the query's text are outlined.</p>
 {_examples(inputs)}
 <footer>Made by dbprompt {__version__} on {created}.</footer>
 </body>
@@ -193,7 +229,8 @@ h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font
 table { border-collapse: collapse; margin: 0.8rem 0; font-variant-numeric: tabular-nums; }
 caption { text-align: left; color: #555; font-size: 0.85rem; padding-bottom: 0.3rem; }
 th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }
-th[scope=row], thead th:first-child { text-align: left; white-space: nowrap; }
+th[scope=row], thead th:first-child { text-align: left; min-width: 9rem; }
+.wide { overflow-x: auto; max-width: 100%; }
 td.sat { color: #999; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.85rem; }
 .query { border-top: 1px solid #e3e3e3; padding-top: 0.3rem; }

@@ -44,17 +44,21 @@ def recall_curves(
 
 
 def validation_curve(history: Sequence[Mapping[str, float | None]], best_epoch: int | None) -> bytes:
-    """Validation R@1 per epoch (0 = before training) with the kept epoch marked, and the training loss beside it."""
+    """Validation R@1 (and mAP, where captions repeat) per epoch (0 = before training) with the kept epoch marked,
+    and the training loss beside it."""
     figure = Figure(figsize=(9, 3.4), layout="constrained")
     left, right = figure.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
-    for key, label, colour in (("clip_benchmark/t2i_R@1", "text → image R@1", COLOURS[1]), ("clip_benchmark/i2t_R@1", "image → text R@1", COLOURS[2])):
+    lines = [("clip_benchmark/t2i_R@1", "text → image R@1", COLOURS[1]), ("clip_benchmark/i2t_R@1", "image → text R@1", COLOURS[2])]
+    if all("label/t2i_mAP" in h for h in history):  # captions repeat: the epochs were chosen by mAP
+        lines.insert(0, ("label/t2i_mAP", "text → image mAP", COLOURS[4]))
+    for key, label, colour in lines:
         left.plot(epochs, [h.get(key) for h in history], marker="o", label=label, color=colour)
     if best_epoch is not None:
         left.axvline(best_epoch, color="#444", linestyle="--", linewidth=1, label=f"kept: epoch {best_epoch}")
     left.set_title("validation")
     left.set_xlabel("epoch (0 = before training)")
-    left.set_ylabel("R@1 (%)")
+    left.set_ylabel("%")
     left.legend(loc="best")
     left.grid(True, alpha=0.3)
     trained = [(h["epoch"], h["train_loss"]) for h in history if h.get("train_loss") is not None]

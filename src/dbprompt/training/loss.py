@@ -1,4 +1,10 @@
-"""The symmetric contrastive loss (open_clip's ClipLoss) and the temperature it owns and calibrates."""
+"""The symmetric contrastive loss (open_clip's ClipLoss) and the temperature it owns and calibrates.
+
+Where texts repeat (class folders, tags), a pair's caption may be relevant to other images of the
+batch: the targets then spread over every relevant item, both ways (UniCL, SupCon). Identical texts
+have identical features, so over exact repeats this equals ClipLoss (a row's positives tie); it differs
+where one image has several keys (its tags), and it is what marks will train with.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import math
 
 import torch
 from open_clip.loss import ClipLoss
+from torch import distributed as dist
 from torch import nn
 
 # The most a logit scale may reach, as CLIP clamps it.
@@ -35,29 +42,89 @@ class ContrastiveLoss(nn.Module):
     def scale(self) -> torch.Tensor:
         return self.logit_scale if self.own else self._borrowed[0]
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
-        return clip_loss(image_features, text_features, self.scale, self.clip)
+    def forward(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, keys: Keys | None = None, negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`keys`: (image keys [B, K] padded with -1, text keys [B]) of this rank's pairs; None: all unique.
+        `negatives`: features of images marked irrelevant to some of the batch's texts (one process only)."""
+        if negatives is not None and len(negatives):
+            if self.clip.world_size > 1:
+                raise ValueError("hard negatives are for one process: they are not gathered across ranks")
+            return hard_negative_loss(image_features, text_features, negatives, self.scale, keys)
+        if keys is not None and self.clip.world_size > 1:
+            keys = (_gather(keys[0]), _gather(keys[1]))
+        return clip_loss(image_features, text_features, self.scale, self.clip, keys)
 
     @torch.no_grad()
-    def calibrate(self, image_features: torch.Tensor, text_features: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    def calibrate(
+        self, image_features: torch.Tensor, text_features: torch.Tensor, batch_size: int, keys: Keys | None = None
+    ) -> tuple[float, float]:
         """Move the temperature to the best fit of these pairs; returns the logit scale before and after."""
         before = float(self.scale.exp())
-        self.scale.fill_(calibrate_logit_scale(image_features, text_features, batch_size))
+        self.scale.fill_(calibrate_logit_scale(image_features, text_features, batch_size, keys=keys))
         return before, float(self.scale.exp())
 
 
+# Relevance keys of a batch's pairs: each image's keys [B, K] (-1 pads), each text's key [B].
+Keys = tuple[torch.Tensor, torch.Tensor]
+
+
+def relevance(keys: Keys) -> torch.Tensor:
+    """[B, B] bool: text j is relevant to image i when its key is one of image i's."""
+    image_keys, text_keys = keys
+    return (image_keys[:, :, None] == text_keys[None, None, :]).any(dim=1)
+
+
+def _gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor`, in rank order, as open_clip gathers the features."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
 def clip_loss(
-    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, loss: ClipLoss | None = None
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    loss: ClipLoss | None = None,
+    keys: Keys | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE in float32 at exp(logit_scale), clamped as CLIP does."""
+    """Symmetric InfoNCE in float32 at exp(logit_scale), clamped as CLIP does; with `keys` (over the whole,
+    gathered batch), each row's target spread evenly over its relevant columns."""
     loss = loss or ClipLoss()
-    return loss(image_features.float(), text_features.float(), logit_scale.exp().clamp(max=MAX_SCALE))
+    scale = logit_scale.exp().clamp(max=MAX_SCALE)
+    relevant = relevance(keys).to(image_features.device) if keys is not None else None
+    if relevant is None or int(relevant.sum()) == len(relevant):  # only the pairs themselves: ClipLoss exactly
+        return loss(image_features.float(), text_features.float(), scale)
+    per_image, per_text = loss.get_logits(image_features.float(), text_features.float(), scale)
+    return (_soft_cross_entropy(per_image, relevant) + _soft_cross_entropy(per_text, relevant.T)) / 2
+
+
+def hard_negative_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, negatives: torch.Tensor, logit_scale: torch.Tensor, keys: Keys | None = None
+) -> torch.Tensor:
+    """`clip_loss` with more images on the text->image side that no text of the batch is relevant to: the
+    ones a user marked irrelevant to one of them (ranked high, they are the negatives worth most)."""
+    scale = logit_scale.exp().clamp(max=MAX_SCALE)
+    n = len(image_features)
+    relevant = relevance(keys) if keys is not None else torch.eye(n, dtype=torch.bool)
+    relevant = relevant.to(image_features.device)
+    images = torch.cat([image_features, negatives]).float()
+    per_image = scale * images @ text_features.float().T  # [B + E, B]
+    none = torch.zeros(len(negatives), n, dtype=torch.bool, device=relevant.device)
+    return (_soft_cross_entropy(per_image[:n], relevant) + _soft_cross_entropy(per_image.T, torch.cat([relevant, none]).T)) / 2
+
+
+def _soft_cross_entropy(logits: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    targets = relevant.float()
+    return -((targets / targets.sum(dim=1, keepdim=True)) * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 
 def calibrate_logit_scale(
-    image_features: torch.Tensor, text_features: torch.Tensor, batch_size: int, grid: int = 64
+    image_features: torch.Tensor, text_features: torch.Tensor, batch_size: int, grid: int = 64, keys: Keys | None = None
 ) -> float:
-    """The log logit scale in [0, ln 100] that minimises the mean in-batch loss of these pairs."""
+    """The log logit scale in [0, ln 100] that minimises the mean in-batch loss of these pairs (with the
+    training's targets: `keys` as `clip_loss` takes them, for all pairs)."""
     candidates = torch.linspace(0.0, math.log(MAX_SCALE), grid)
     losses = torch.zeros(grid)
     loss = ClipLoss()
@@ -65,6 +132,7 @@ def calibrate_logit_scale(
         img, txt = image_features[start : start + batch_size].float(), text_features[start : start + batch_size].float()
         if len(img) < 2:
             break
+        part = None if keys is None else (keys[0][start : start + batch_size], keys[1][start : start + batch_size])
         for i, c in enumerate(candidates):
-            losses[i] += clip_loss(img, txt, c, loss)
+            losses[i] += clip_loss(img, txt, c, loss, part)
     return float(candidates[int(losses.argmin())])

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
+from typing import Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,14 +21,15 @@ from tqdm import tqdm
 from ..data.errors import BadInputReport
 from ..data.records import Record
 from ..evaluation import selection_key, selection_score
-from ..metrics import LABEL_K, LABEL_KEYS
+from ..metrics import LABEL_K, LABEL_KEYS, text_key
 from ..model import PromptedCLIP
 from ..runtime import CPU, Runtime
 from .checkpoint import Checkpointer, TrainState
 from .config import TrainConfig
 from .distributed import average_gradients, from_main, share, usable
 from .images import ImageBank, backward_mask
-from .loss import ContrastiveLoss
+from .keys import CaptionKeys
+from .loss import ContrastiveLoss, Keys
 from .validation import Validator
 
 HEADLINE = "clip_benchmark/t2i_R@1"
@@ -39,6 +40,8 @@ EpochOrder = Callable[[np.random.Generator, int], np.ndarray]
 # Entered around each part of a run, by name: "forward" (a micro-batch's forward and loss), "validation"
 # (an epoch's validation), "calibration" (the temperature's, before training); e.g. to time them.
 Phase = Callable[[str], ContextManager[None]]
+# Hard negatives a step adds at most, as a share of its batch.
+NEGATIVES_PER_PAIR = 0.5
 
 
 def _quiet(message: str) -> None:
@@ -110,7 +113,10 @@ class Trainer:
         report: BadInputReport | None = None,
         on_epoch: Callable[[dict], None] | None = None,
         phase: Phase = lambda name: contextlib.nullcontext(),
+        negatives: Mapping[str, Sequence[Record]] | None = None,
     ):
+        """`negatives`: by `metrics.text_key` of a caption, images marked irrelevant to it (marks.apply_marks);
+        a step whose batch holds that caption ranks them as negatives too (one process only)."""
         if len(train_records) < 2:
             raise ValueError(f"training needs at least 2 images, got {len(train_records)}")
         if cfg.batch_size % runtime.world:
@@ -128,7 +134,19 @@ class Trainer:
         self.named |= {f"loss.{n}": p for n, p in self.loss.named_parameters()}
         no_decay = model.no_weight_decay() | {f"loss.{n}" for n, _ in self.loss.named_parameters()}
         self.optimizer, self.optimizer_order = _make_optimizer(self.named, no_decay, cfg)
-        self.images = ImageBank(list(train_records) + list(val_records), model, runtime, cfg.image_cache_mb << 20, cfg.batch_size)
+        known = list(train_records) + list(val_records)
+        at = {r.key: i for i, r in enumerate(known)}
+        held = {r.key for r in val_records}  # validation images never train, not even as negatives
+        for record in (r for rs in (negatives or {}).values() for r in rs):
+            if record.key not in at:
+                at[record.key] = len(known)
+                known.append(record)
+        self.images = ImageBank(known, model, runtime, cfg.image_cache_mb << 20, cfg.batch_size)
+        self.negatives = {q: sorted({at[r.key] for r in rs if r.key not in held}) for q, rs in (negatives or {}).items()}
+        if self.negatives and runtime.world > 1:
+            self.log("note: marks of irrelevant images are not used under torchrun (hard negatives need one process)")
+            self.negatives = {}
+        self.keys = CaptionKeys(self.images.records)
         self.train_idx = list(range(len(train_records)))
         self.val_idx = list(range(len(train_records), len(train_records) + len(val_records)))
         self.checkpoints = Checkpointer(work_dir, cfg)
@@ -157,6 +175,7 @@ class Trainer:
             had_val = bool(self.val_idx)
             self.train_idx = [i for i in self.train_idx if i not in bad]
             self.val_idx = [i for i in self.val_idx if i not in bad]
+            self.negatives = {q: [i for i in idx if i not in bad] for q, idx in self.negatives.items()}
             if len(self.train_idx) < 2:
                 raise ValueError(f"training needs at least 2 readable images, got {len(self.train_idx)}")
             if had_val and not self.val_idx:
@@ -173,6 +192,10 @@ class Trainer:
         images = self.images.encode([self.train_idx[i] for i in order[start:stop]], backprop)
         return images, self.model.encode_text(ids)
 
+    def _keys(self, order: np.ndarray, captions: list[str], start: int, stop: int) -> Keys | None:
+        """The relevance keys of the plan's pairs start..stop (see CaptionKeys)."""
+        return self.keys.batch([self.train_idx[i] for i in order[start:stop]], captions[start:stop])
+
     def _micro_batch(self, micro: int, n: int) -> tuple[int, int]:
         """Micro-batch `micro` of an epoch of n pairs; over several ranks, trimmed to split evenly."""
         start = micro * self.cfg.batch_size
@@ -187,7 +210,18 @@ class Trainer:
         backprop = backward_mask(whole[1] - whole[0], self.cfg.image_backward, torch.Generator().manual_seed(_seed(*at)))
         with self.phase("forward"), self.runtime.autocast():
             image_features, text_features = self._pairs(order, captions, start, stop, backprop[start - whole[0] : stop - whole[0]])
-            return self.loss(image_features, text_features)
+            negatives = self._negatives(order, captions, start, stop)
+            return self.loss(image_features, text_features, self._keys(order, captions, start, stop), negatives)
+
+    def _negatives(self, order: np.ndarray, captions: list[str], start: int, stop: int) -> torch.Tensor | None:
+        """Features of the images marked irrelevant to the batch's captions (those not in the batch), if any;
+        they train the text side (no graph through the image tower: they cost one forward each)."""
+        if not self.negatives:
+            return None
+        batch = {self.train_idx[i] for i in order[start:stop]}
+        found = dict.fromkeys(i for c in captions[start:stop] for i in self.negatives.get(text_key(c), ()) if i not in batch)
+        chosen = list(found)[: max(1, int(NEGATIVES_PER_PAIR * (stop - start)))]
+        return self.images.encode(chosen, torch.zeros(len(chosen), dtype=torch.bool)) if chosen else None
 
     def _calibrate_temperature(self) -> None:
         """Start the loss's temperature where it best fits the untrained model on epoch 0's first pairs."""
@@ -202,7 +236,7 @@ class Trainer:
                         image_features, text_features = self._pairs(order, captions, start, min(n, start + b))
                     images.append(image_features.float().cpu())
                     texts.append(text_features.float().cpu())
-            before, after = self.loss.calibrate(torch.cat(images), torch.cat(texts), b)
+            before, after = self.loss.calibrate(torch.cat(images), torch.cat(texts), b, self._keys(order, captions, 0, n))
             self.log(f"loss temperature calibrated on {n} training pairs: logit scale {before:.1f} -> {after:.1f}")
         with torch.no_grad():
             self.loss.scale.fill_(from_main(self.runtime, float(self.loss.scale)))

@@ -34,5 +34,4 @@ class Validator:
             return None
         model = self.bank.model.eval()
         features = self.bank.encode_all(self.val + self.distractors)
-        records = self.bank.records
-        return score(model, [records[i] for i in self.val], features, self.bank.runtime, distractors=[records[i] for i in self.distractors])
+        return score(model, [self.bank.records[i] for i in self.val], features, self.bank.runtime)

@@ -14,6 +14,8 @@ let shown = null; // {response, label}: what the grid holds, for the viewer and 
 let viewing = -1; // the result open in the viewer
 let queryImageURL = null;
 let queryImageName = null; // the file (or result key) an image search was made with
+let marksOn = false; // whether the server keeps marks (`dbprompt serve --feedback`)
+let marked = new Map(); // image id -> true (relevant) / false (not), for the query shown
 
 function problem(body, response) {
   const detail = body && body.detail;
@@ -49,7 +51,7 @@ function relative(url) {
 
 async function loadDatabases() {
   const select = $("#database");
-  const databases = await getJSON("api/databases");
+  databases = await getJSON("api/databases");
   for (const db of databases) {
     const option = document.createElement("option");
     option.value = db.name;
@@ -92,6 +94,69 @@ function button(text, className, onClick) {
   return b;
 }
 
+// Marks: ✓ (what the query asked for) and ✗ (not) on each result of a text search; a second press withdraws.
+function feedbackURL() {
+  return `${databaseURL()}/feedback`;
+}
+
+let databases = [];
+function probeMarks() {
+  const db = databases.find((d) => d.name === $("#database").value);
+  marksOn = Boolean(db && db.feedback);
+}
+
+async function loadMarks(query) {
+  marked = new Map();
+  if (!marksOn || query === null) return;
+  const body = await getJSON(`${feedbackURL()}?${new URLSearchParams({ query })}`);
+  for (const m of body.marks) if (m.image_id !== null) marked.set(m.image_id, m.relevant);
+}
+
+function markButtons(hit) {
+  const box = Object.assign(document.createElement("span"), { className: "marks" });
+  for (const [relevant, sign, name] of [[true, "✓", "relevant"], [false, "✗", "not relevant"]]) {
+    const b = button(sign, `mark ${relevant ? "yes" : "no"}`, () => mark(hit, relevant));
+    b.title = `mark as ${name} to this query (${relevant ? "Y" : "N"} in the viewer); again to withdraw`;
+    b.setAttribute("aria-label", `${name}`);
+    box.append(b);
+  }
+  return box;
+}
+
+function showMarks() {
+  for (const box of document.querySelectorAll(".marks")) {
+    const state = marked.get(Number(box.dataset.id));
+    box.querySelector(".yes").setAttribute("aria-pressed", String(state === true));
+    box.querySelector(".no").setAttribute("aria-pressed", String(state === false));
+    box.closest(".result, dialog").classList.toggle("is-relevant", state === true);
+    box.closest(".result, dialog").classList.toggle("is-irrelevant", state === false);
+  }
+  const n = marked.size;
+  $("#marks-status").textContent = marksOn && shown && shown.response.query !== null
+    ? (n ? `${n} marked for this query. ` : "") + "Mark results ✓ or ✗ to teach the search (dbprompt train --feedback)."
+    : "";
+}
+
+async function mark(hit, relevant) {
+  const query = shown && shown.response.query;
+  if (query === null) return;
+  const withdraw = marked.get(hit.id) === relevant;
+  try {
+    if (withdraw) {
+      await getJSON(`${feedbackURL()}?${new URLSearchParams({ query, image_id: hit.id })}`, { method: "DELETE" });
+      marked.delete(hit.id);
+    } else {
+      await getJSON(feedbackURL(), {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ query, image_id: hit.id, relevant }),
+      });
+      marked.set(hit.id, relevant);
+    }
+    showMarks();
+  } catch (error) {
+    setStatus(`Mark not kept: ${error.message}`, true);
+  }
+}
+
 function card(hit, index, database) {
   const figure = document.createElement("figure");
   figure.className = "result";
@@ -109,6 +174,11 @@ function card(hit, index, database) {
   actions.append(button("More like this", "more-like", () => moreLike(hit)));
   if (hit.captions.length) actions.append(button("Search this caption", "search-caption", () => searchFor(hit.captions[0])));
   caption.append(score, text, actions);
+  if (marksOn && shown && shown.response.query !== null) {
+    const marks = markButtons(hit);
+    marks.dataset.id = hit.id;
+    caption.prepend(marks);
+  }
   figure.append(img, caption);
   figure.addEventListener("click", () => enlarge(index));
   figure.addEventListener("keydown", (event) => {
@@ -119,9 +189,9 @@ function card(hit, index, database) {
 
 function render(response, label) {
   const grid = $("#results");
+  shown = { response, image: response.query === null ? queryImageName : null };
   grid.replaceChildren(...response.results.map((hit, i) => card(hit, i, response.database)));
   grid.dataset.database = response.database;
-  shown = { response, image: response.query === null ? queryImageName : null };
   $("#download").disabled = response.results.length === 0;
   const took = response.took_ms.toFixed(1);
   setStatus(`${response.results.length} results for ${label} in ${response.database} (${took} ms)`);
@@ -130,6 +200,7 @@ function render(response, label) {
   setHint(weak
     ? `Weak match: the best score is ${best === null ? "none" : best.toFixed(3)} (below ${WEAK_SCORE}), so these images may not show ${label}. Try other words, such as words the captions use.`
     : "");
+  showMarks();
 }
 
 function enlarge(index) {
@@ -146,6 +217,10 @@ function enlarge(index) {
     item.append(button(c, "search-caption", () => searchFor(c)));
     return item;
   }));
+  const marks = $("#viewer-marks");
+  marks.replaceChildren(...(marksOn && shown.response.query !== null ? [markButtons(hit)] : []));
+  if (marks.firstChild) marks.firstChild.dataset.id = hit.id;
+  showMarks();
   $("#viewer-prev").disabled = index === 0;
   $("#viewer-next").disabled = index === shown.response.results.length - 1;
   if (!$("#viewer").open) $("#viewer").showModal();
@@ -157,6 +232,7 @@ async function run(request, label) {
   setStatus("Searching…");
   try {
     const response = await request();
+    await loadMarks(response.query).catch(() => { marked = new Map(); });
     if (ticket === latest) render(response, label);
   } catch (error) {
     if (ticket === latest) showError(error.message);
@@ -214,6 +290,9 @@ function onViewerKey(event) {
   else if (event.key === "ArrowLeft") enlarge(viewing - 1);
   else if (event.key === "Home") enlarge(0);
   else if (event.key === "End" && shown) enlarge(shown.response.results.length - 1);
+  else if ((event.key === "y" || event.key === "n") && marksOn && shown && shown.response.query !== null) {
+    mark(shown.response.results[viewing], event.key === "y");
+  }
   else return;
   event.preventDefault();
 }
@@ -222,7 +301,7 @@ let typing;
 function init() {
   $("#search").addEventListener("submit", (event) => { event.preventDefault(); searchText(); });
   $("#query").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(searchText, 300); });
-  $("#database").addEventListener("change", searchText);
+  $("#database").addEventListener("change", () => { probeMarks(); searchText(); });
   $("#k").addEventListener("change", searchText);
   $("#image").addEventListener("change", (event) => {
     const file = event.target.files[0];
@@ -241,6 +320,7 @@ function init() {
   $("#viewer-next").addEventListener("click", () => enlarge(viewing + 1));
   $("#viewer-more").addEventListener("click", () => { if (shown) moreLike(shown.response.results[viewing]); });
   loadDatabases()
+    .then(probeMarks)
     .then(() => {
       const q = new URLSearchParams(location.search).get("q");
       if (q) { $("#query").value = q; searchText(); }

@@ -1,0 +1,99 @@
+"""Class folders with no captions (issue 25): what each method learns from labels alone.
+
+Six shape classes in folders, `--per-class` training images each, read with the template
+"a photo of a {}"; validation and test are folders of their own (other seeds), so test mAP is
+class-level retrieval on images nothing trained or chose on. Every method trains through the
+comparison's `run_one` (the Trainer, its multi-positive targets, epochs chosen by validation mAP).
+Beside them, the ceiling of the text side alone: a linear probe (a class vector fitted per
+class, cross-entropy) on the frozen backbone's image features.
+
+    python -m dbprompt_lab.benchmarks.bench_labels [--worlds source shifted] [--methods ...] [--out runs/labels]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from dbprompt.atomic import atomic_write_text
+from dbprompt.backbones import load_backbone
+from dbprompt.data import Record, load_database
+from dbprompt.metrics import LABEL_KEYS, label_metrics
+from dbprompt.model import PromptedCLIP
+from dbprompt.pipeline import encode_records
+from dbprompt.prompts.config import PromptConfig
+from dbprompt.runtime import CPU
+from dbprompt_lab.bench import BenchConfig, run_one
+from dbprompt_lab.methods import METHODS
+from dbprompt_lab.world.folders import write_class_folders
+
+TEMPLATE = "a photo of a {}"
+SPLITS = {"train": (0, None), "val": (1, 20), "test": (2, 100)}  # split: (seed, images a class; None: --per-class)
+
+
+def folders(root: Path, world: str, per_class: int) -> dict[str, list[Record]]:
+    """The world's train, validation and test folders, written once."""
+    out = {}
+    for split, (seed, n) in SPLITS.items():
+        db = root / "data" / f"{world}-{split}-{n or per_class}"
+        if not db.exists():
+            write_class_folders(db.with_suffix(".tmp"), n or per_class, seed=seed, shifted=world == "shifted").rename(db)
+        out[split] = [Record(r.key, r.path, r.captions, split) for r in load_database(db, caption_template=TEMPLATE).records]
+    return out
+
+
+def linear_probe(model: str, data: dict[str, list[Record]], steps: int = 500) -> dict[str, float]:
+    """Label metrics of class vectors fitted on the frozen image features: the text side's ceiling."""
+    backbone = load_backbone(model)
+    net = PromptedCLIP.for_captions(backbone, PromptConfig(), [TEMPLATE.format("x")]).eval()
+    with torch.no_grad():
+        train, test = (encode_records([net], data[s], CPU)[0][0] for s in ("train", "test"))
+    texts = sorted({r.captions[0] for r in data["train"]})
+    labels = torch.tensor([texts.index(r.captions[0]) for r in data["train"]])
+    vectors = torch.zeros(len(texts), train.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([vectors], lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        logits = 30.0 * train @ torch.nn.functional.normalize(vectors, dim=-1).T
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        optimizer.step()
+    return label_metrics(torch.nn.functional.normalize(vectors.detach(), dim=-1), test, texts, [r.captions for r in data["test"]])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worlds", nargs="+", default=["source", "shifted"], choices=["source", "shifted"])
+    ap.add_argument("--methods", nargs="+", default=["zero-shot", "dbprompt"], choices=list(METHODS))
+    ap.add_argument("--per-class", type=int, default=60)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=BenchConfig().model)
+    ap.add_argument("--out", default="runs/labels")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    root = Path(args.out)
+    n = 6 * args.per_class
+    cfg = BenchConfig(model=args.model, sizes=(n,), seeds=(args.seed,), epochs={n: args.epochs})
+    keys = (LABEL_KEYS[0], LABEL_KEYS[2])
+    print(f"| world | method | test mAP | test P@10 | best epoch | (images a class: {args.per_class}, epochs: {args.epochs}) |")
+    print("|---|---|---|---|---|---|")
+    for world in args.worlds:
+        data = folders(root, world, args.per_class)
+        probe = linear_probe(args.model, data)
+        print(f"| {world} | linear probe on frozen image features | {probe[keys[0]]:.1f} | {probe[keys[1]]:.1f} | – | |", flush=True)
+        for name in args.methods:
+            saved = root / "runs" / f"{world}-{args.per_class}-{args.epochs}-{args.seed}-{name}.json"
+            if saved.exists():
+                row = json.loads(saved.read_text())
+            else:
+                row = run_one(METHODS[name], data["train"], data["val"], data["test"], cfg, n, args.seed)
+                atomic_write_text(saved, json.dumps(row, indent=1))
+            m = row["metrics"]
+            print(f"| {world} | {name} | {m[keys[0]]:.1f} | {m[keys[1]]:.1f} | {row.get('best_epoch', '–')} | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
