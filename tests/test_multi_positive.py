@@ -76,13 +76,19 @@ def test_calibration_fits_the_scale_with_the_training_targets():
     assert total(chosen) == pytest.approx(min(total(float(c)) for c in grid), abs=1e-6)
 
 
-def test_caption_keys_number_shared_texts_alike_and_stay_out_of_the_way_when_none_is():
+def test_caption_keys_number_labels_alike_and_stay_out_of_the_way_of_descriptions():
     rec = lambda key, *captions: Record(key, None, captions)  # noqa: E731
-    keys = CaptionKeys([rec("a", "a photo of dog", "a photo of beach"), rec("b", "A photo  of Dog"), rec("c", "a cat")])
-    assert keys.shared and keys.width == 2
-    image_keys, text_keys = keys.batch([0, 1, 2], ["a photo of beach", "a photo of dog", "a cat"])
-    assert relevance((image_keys, text_keys)).tolist() == [[True, True, False], [False, True, False], [False, False, True]]
-    assert CaptionKeys([rec("a", "one", "two"), rec("b", "three")]).batch([0, 1], ["one", "three"]) is None
+    tags = [rec("a", "a photo of dog", "a photo of beach"), rec("b", "A photo  of Dog"), rec("c", "a photo of beach", "a cat"),
+            rec("d", "a cat")]
+    keys = CaptionKeys(tags)  # every text belongs to two images: labels
+    assert keys.labels and keys.width == 2
+    image_keys, text_keys = keys.batch([0, 1, 2, 3], ["a photo of beach", "a photo of dog", "a cat", "a cat"])
+    assert relevance((image_keys, text_keys)).tolist() == [
+        [True, True, False, False], [False, True, False, False], [True, False, True, True], [False, False, True, True]
+    ]
+    # Descriptions, of which one text in four is shared: the plain loss.
+    described = CaptionKeys([rec("a", "one", "two"), rec("b", "three", "one"), rec("c", "four")])
+    assert not described.labels and described.batch([0, 1], ["one", "three"]) is None
 
 
 def _rank(rank: int, port: int, images, texts, keys, out) -> None:

@@ -100,6 +100,9 @@ def retrieval_metrics(
 # Label-level metrics (`label_metrics`): every image sharing a query's text is relevant to it.
 LABEL_K = 10
 LABEL_KEYS = ("label/t2i_mAP", "label/t2i_mAP@R", f"label/t2i_P@{LABEL_K}")
+# Where at least this share (%) of distinct texts belongs to several images, the texts are labels (class
+# folders, tags): validation picks epochs by mAP, tables mark R@K, training spreads targets over them.
+LABELS_SHARE = 50.0
 
 
 def label_metrics(

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..api import evaluate
-    from ..metrics import LABEL_KEYS, format_table
+    from ..metrics import LABEL_KEYS, LABELS_SHARE, format_table
     from ..storage import read_prompt_file
 
     options = options_of(args, SplitConfig, ReadOptions, skip_none=True)
@@ -55,7 +55,7 @@ def run_eval(args: argparse.Namespace) -> int:
     rows = {name: m | {"trainable_params": sizes[name][0], "artifact_bytes": sizes[name][1]} for name, m in report.rows.items()}
     # Where captions repeat (folders, tags), the label-level metrics too; where most are shared, R@K's ties
     # count a query's other relevant images against it: its text->image columns get a dagger.
-    shared = min(m.get("label/shared", 0.0) for m in rows.values()) >= 50.0
+    shared = min(m.get("label/shared", 0.0) for m in rows.values()) >= LABELS_SHARE
     keys = TABLE_KEYS + (LABEL_KEYS if all("label/t2i_mAP" in m for m in rows.values()) else ())
     # A saturated R@K is shown with a star: rename the column so the table says it, not just a footnote.
     star = {k: k + "*" if k in report.saturated else k + "†" if shared and "/t2i_R@" in k else k for k in keys}

@@ -20,7 +20,7 @@ from PIL import Image
 from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..data.records import Record
-from ..metrics import CURVE_KS, LABEL_K, LABEL_KEYS, TABLE_KS, text_key
+from ..metrics import CURVE_KS, LABEL_K, LABEL_KEYS, LABELS_SHARE, TABLE_KS, text_key
 from ..pipeline import encode_texts
 from ..runtime import Runtime
 from . import plots
@@ -92,7 +92,7 @@ def _thumbnail(path: Path) -> str:
 
 def _shared(report: "EvalReport") -> bool:
     """Whether most queries share their text with other images (as `dbprompt eval` marks its table)."""
-    return min(m.get("label/shared", 0.0) for m in report.rows.values()) >= 50.0
+    return min(m.get("label/shared", 0.0) for m in report.rows.values()) >= LABELS_SHARE
 
 
 def _table(report: "EvalReport", prefix: str) -> str:

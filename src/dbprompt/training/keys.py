@@ -1,5 +1,5 @@
-"""Which training pairs are positives for each other: images that share a caption (a class folder's
-text, a tag's, a caption repeated verbatim), compared as `metrics.text_key` compares them."""
+"""Which training pairs are positives for each other where captions are labels: images that share a
+caption (a class folder's text, a tag's), compared as `metrics.text_key` compares them."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ from typing import Sequence
 import torch
 
 from ..data.records import Record
-from ..metrics import text_key
+from ..metrics import LABELS_SHARE, text_key
 from .loss import Keys
 
 
 class CaptionKeys:
     """Each caption text's id and each image's ids; batches get them as the loss takes them.
 
+    Only where the captions are labels (`metrics.LABELS_SHARE` of the distinct texts belong to several
+    images): there an image is a positive for every text it has, whichever of its texts a step drew.
+    Descriptions that only sometimes coincide keep the plain loss, which already treats verbatim
+    repeats as multi-positive targets would (their features tie); counting another image's drawn
+    description as a positive for every image that has it cost 1.2 points of test R@1 on the proxy's
+    visual shift at N = 500 (BENCHMARKS.md, *Class folders and marks*).
     Ids come from the records alone, in order, so every rank of a torchrun job numbers them alike.
     """
 
@@ -23,12 +29,13 @@ class CaptionKeys:
         self.ids: dict[str, int] = {}
         self.of_image = [sorted({self.ids.setdefault(text_key(c), len(self.ids)) for c in r.captions}) for r in records]
         self.width = max((len(k) for k in self.of_image), default=1)
-        self.shared = any(n > 1 for n in Counter(k for keys in self.of_image for k in keys).values())
+        images = Counter(k for keys in self.of_image for k in keys)
+        self.labels = bool(images) and 100.0 * sum(n > 1 for n in images.values()) / len(images) >= LABELS_SHARE
 
     def batch(self, images: Sequence[int], captions: Sequence[str]) -> Keys | None:
-        """Keys of the pairs (image `images[i]`, caption `captions[i]`); None where no caption is shared
-        (the loss is then ClipLoss exactly, at no cost)."""
-        if not self.shared:
+        """Keys of the pairs (image `images[i]`, caption `captions[i]`); None where the captions are not
+        labels (the loss is then ClipLoss exactly, at no cost)."""
+        if not self.labels:
             return None
         image_keys = torch.full((len(images), self.width), -1, dtype=torch.long)
         for row, i in enumerate(images):
