@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -104,28 +105,68 @@ def test_marks_outlive_a_rebuild_with_new_prompts_and_a_restart(world, tiny_back
     assert marks_path(world["index"]).is_file() and not (world["index"] / "marks.sqlite").exists()
 
 
-_WRITER = """
+_SERVER = """
 import sys
-from dbprompt.marks import MarkStore
-store = MarkStore(sys.argv[1])
-for i in range(100000):
-    store.add(f"query {i % 7}", f"image-{i}", "h", i % 2 == 0, "p")
-    print(i, flush=True)  # answered: only after the commit
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import uvicorn
+from dbprompt.backbones import load_backbone
+from dbprompt.runtime import Runtime
+from dbprompt.server import create_app
+from search_fixtures import indexed_world
+root = Path(sys.argv[1])
+indexed_world(root, load_backbone("dbprompt-tiny"), name="shapes", domain="source", n=12, seed=1)
+app = create_app([root / "shapes"], runtime=Runtime(), feedback=True)
+print("ready", flush=True)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[3]), log_level="warning")
 """
 
 
-@pytest.mark.slow  # a subprocess killed mid-write
+@pytest.mark.slow  # a server process killed while it answers marks
 def test_kill_9_while_marking_loses_no_answered_mark(tmp_path):
-    path = tmp_path / "x.index.marks.sqlite"
-    writer = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-    answered = -1
-    deadline = time.monotonic() + 60
-    while answered < 300 and time.monotonic() < deadline:
-        answered = int(writer.stdout.readline())
-    os.kill(writer.pid, signal.SIGKILL)
-    writer.wait()
-    keys = {m.image_key for m in MarkStore(path).marks()}
-    assert {f"image-{i}" for i in range(answered + 1)} <= keys
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", _SERVER, str(tmp_path), os.path.dirname(__file__), str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        answered: list[str] = []
+        stop = threading.Event()
+
+        def mark_until_gone() -> None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+                while not stop.is_set():
+                    query = f"query {len(answered)}"
+                    try:
+                        response = client.post(URL, json={"query": query, "image_id": len(answered) % 12, "relevant": True})
+                    except httpx.TransportError:
+                        if server.poll() is not None:
+                            return  # killed
+                        time.sleep(0.1)  # not listening yet
+                        continue
+                    if response.status_code == 200:
+                        answered.append(query)
+                    time.sleep(0.05)  # about the server's rate; a 429 is simply not answered 200
+
+        poster = threading.Thread(target=mark_until_gone)
+        poster.start()
+        deadline = time.monotonic() + 60
+        while len(answered) < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(server.pid, signal.SIGKILL)  # while the poster is mid-request
+        server.wait()
+        stop.set()
+        poster.join(10)
+    finally:
+        server.kill()
+        server.wait()
+    assert len(answered) >= 40
+    kept = {m.query for m in MarkStore(marks_path(tmp_path / "shapes")).marks()}
+    assert set(answered) <= kept
 
 
 @pytest.mark.slow  # a real browser
