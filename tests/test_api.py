@@ -87,3 +87,22 @@ def test_bf16_autocast_runs_on_the_cpu(tiny_backbone):
     for a, b in zip(exact, approx):
         assert b.dtype == torch.bfloat16  # the towers ran under autocast
         assert torch.nn.functional.cosine_similarity(a, b.float()).min() > 0.98
+
+
+def test_the_api_says_what_is_wrong_with_a_closed_index_and_wrong_arguments(tmp_path, tiny_backbone):
+    from search_fixtures import indexed_world
+
+    import dbprompt
+
+    indexed_world(tmp_path, tiny_backbone, name="shapes", domain="source", n=8, seed=1)
+    with pytest.raises(TypeError, match="db must be a database's path .* got NoneType"):
+        dbprompt.evaluate(None, model="dbprompt-tiny", pretrained="random")
+    searcher = dbprompt.open_index(tmp_path / "shapes", backbone=tiny_backbone)
+    assert len(searcher.search("a red circle", k=3)) == 3
+    with pytest.raises(TypeError, match="a query is text .* got int"):
+        searcher.search(42)
+    with pytest.raises(TypeError, match="a text query is a str, got bytes"):
+        searcher.search_text(b"a red circle")
+    searcher.close()
+    with pytest.raises(ValueError, match="this index was closed; open it again"):
+        searcher.search("a red circle")

@@ -53,9 +53,9 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress"]
     args += ["--model", "dbprompt-tiny", "--pretrained", "random"]
     splits = ["--val-fraction", "0.3", "--test-fraction", "0.3", "--split-seed", "5"]
-    assert main(args + ["--text-len", "4", "--visual-len", "2"] + splits) == 0
+    assert main(args + ["--text-len", "4", "--visual-len", "2", "--keep-work"] + splits) == 0
     assert out.exists()
-    # One training by default, checkpointed in the work directory.
+    # One training by default, checkpointed in the work directory (kept: --keep-work).
     assert (tmp_path / "shapes.safetensors.work" / "checkpoint.safetensors").exists()
     saved = read_prompt_file(out)
     # The calibrated temperature trains but stays out of the prompt file: it ranks nothing.
@@ -121,7 +121,10 @@ def test_resumed_train_after_the_end_trains_nothing_again(tiny_db, tmp_path):
     out = tmp_path / "p.safetensors"
     args = ["train", str(tiny_db), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress"]
     args += ["--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2", "--no-calibrate-temperature"]
-    assert main(args) == 0
+    assert main(args + ["--force"]) == 0
+    assert not (tmp_path / "p.safetensors.work").exists()  # a finished run leaves no checkpoint behind
+    args += ["--keep-work"]
+    assert main(args + ["--force"]) == 0
     first = load_file(str(out))
     assert read_prompt_file(out).extra["train_config"]["calibrate_temperature"] is False
     checkpoint = tmp_path / "p.safetensors.work" / "checkpoint.safetensors"
@@ -194,3 +197,22 @@ def test_small_splits_are_warned_about_with_what_to_change(tiny_db, tmp_path, ca
     assert "warning: the test split has only" in err and "seeded hash" in err
     assert main(["eval", str(tiny_db), "--prompts", str(tmp_path / "p.safetensors")]) == 0
     assert "train again with a higher --test-fraction" in capsys.readouterr().err
+
+
+def test_train_reports_the_metric_that_chose_the_epoch_never_its_tie_break(tiny_db, tmp_path, capsys):
+    out = tmp_path / "p.safetensors"
+    args = ["train", str(tiny_db), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress", "--val-fraction", "0.05"]
+    assert main(args + ["--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2"]) == 0
+    saved = read_prompt_file(out).extra
+    best = next(h for h in saved["history"] if h["epoch"] == saved["best_epoch"])
+    shown = float(capsys.readouterr().out.rsplit(" ", 1)[1])
+    assert shown == round(best[best["selected_by"]], 1) <= 100.0
+    assert saved["best_val_score"] > best[best["selected_by"]]  # the tie-break, kept out of what is shown
+
+
+def test_version(capsys):
+    import dbprompt
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"dbprompt {dbprompt.__version__}"

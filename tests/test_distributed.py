@@ -25,6 +25,7 @@ def _args(db: Path, out: Path) -> list[str]:
         "train", str(db), "--out", str(out), "--model", "dbprompt-tiny", "--pretrained", "random", "--epochs", "3",
         "--batch-size", str(BATCH), "--no-progress", "--checkpoint-every", "1", "--workers", "0",
         "--no-bf16",  # the same arithmetic as one process: bf16 (on by itself where AMX is) rounds by batch layout
+        "--keep-work",  # the checkpoints are compared below
     ]
 
 

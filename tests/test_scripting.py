@@ -88,6 +88,8 @@ def test_recorded_options_stay_with_their_database(csv_db, trained, tmp_path, ca
     capsys.readouterr()
     assert main(["eval", str(copy), "--prompts", str(trained)]) == 3  # images are not beside the copy
     assert "are not reused" in capsys.readouterr().err
+    # The file names its database by name only: shared, it tells nothing of the owner's directories.
+    assert read_prompt_file(trained).extra["database"] == "pairs.csv"
 
 
 def test_info_reads_an_index_directory(csv_db, trained, tmp_path, capsys):
@@ -181,3 +183,20 @@ def test_no_progress_is_accepted_wherever_there_is_progress(command):
 
     args = {"train": ["--out", "x", "--model", "m"], "eval": [], "index": ["--prompts", "p", "--out", "o"]}[command]
     assert build_parser().parse_args([command, "db", *args, "--no-progress"]).progress is False
+
+
+def test_the_api_draws_no_bars_into_a_log_file(tiny_db, tmp_path, capfd):
+    import dbprompt
+
+    dbprompt.train(tiny_db, tmp_path / "p.safetensors", model="dbprompt-tiny", pretrained="random", epochs=1, batch_size=8, text_len=2, visual_len=2)
+    dbprompt.build_index(tiny_db, tmp_path / "p.safetensors", tmp_path / "p.index")
+    err = capfd.readouterr().err
+    assert "\r" not in err and "it/s" not in err  # stderr is not a terminal here: no tqdm frames
+
+
+def test_a_closed_output_pipe_ends_the_command_quietly(trained, tmp_path):
+    command = [sys.executable, "-m", "dbprompt", "info", str(trained), "--json"]
+    done = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    done.stdout.close()  # as `| head -0` does: nobody reads what it writes
+    err = done.stderr.read().decode()
+    assert done.wait(timeout=120) == errors.PIPE_CLOSED and err == ""

@@ -153,7 +153,7 @@ def test_page_and_openapi_docs(client):
 
 
 BAD_REQUESTS = [
-    ("get", "/api/databases/nope/search?q=red", 404, "unknown database 'nope'"),
+    ("get", "/api/databases/nope/search?q=red", 404, "no such database; known: shapes, textual"),
     ("get", "/api/databases/shapes/search?q=", 422, "at least 1 character"),
     ("get", "/api/databases/shapes/search?q=%20%20", 400, "the query is empty"),
     ("get", "/api/databases/shapes/search", 422, "Field required"),
@@ -174,6 +174,12 @@ def test_bad_requests_get_a_4xx_with_a_message(client, method, url, status, mess
     response = getattr(client, method)(url)
     assert response.status_code == status
     assert message in json.dumps(response.json()["detail"])
+
+
+@pytest.mark.parametrize("url", ["/api/databases/{x}/images/0", "/api/databases/{x}/search?q=red", "/api/databases/shapes/search?q=red&k={x}"])
+def test_errors_never_echo_what_the_client_sent(client, url):
+    response = client.get(url.format(x="A" * 60_000))
+    assert 400 <= response.status_code < 500 and "AAAA" not in response.text and len(response.content) < 2_000
 
 
 PATH_TRAVERSALS = [

@@ -130,7 +130,7 @@ def test_the_same_fields_in_an_index_manifest_steer_nothing(tmp_path, tiny_backb
     with watching() as seen:
         with pytest.raises(RecordedBackboneError, match="idx: records backbone 'dbprompt-tiny' with weights '/etc/passwd'"):
             open_index(tmp_path / "idx")
-        assert main(["search", str(tmp_path / "idx"), "red"]) == 2
+        assert main(["search", str(tmp_path / "idx"), "red"]) == 3  # bad data: what the index records
         err = capsys.readouterr().err
         assert "Traceback" not in err and err.count("\n") == 1 and "--model and --pretrained" in err
         # Naming the backbone explicitly works, its fingerprint checked against the record.
@@ -313,8 +313,28 @@ def test_info_refuses_huge_headers_and_deep_metadata_in_one_line(tmp_path, promp
         open_index(manifest_dir)
 
 
+@pytest.mark.parametrize("pretrained", ["random", ""])
+def test_a_file_cannot_make_dbprompt_build_a_huge_random_model(tmp_path, prompts, tiny_db, pretrained):
+    """A file recording ViT-bigG-14 (2.5 B parameters) with random weights: refused before anything is
+    built (measured before: peak RSS 10.5 GB, and `info` said nothing), by every command, exit 3."""
+    import subprocess
+    import time
+
+    forged = forge_prompt_file(prompts, tmp_path / "big.safetensors", metadata={"backbone": "ViT-bigG-14", "pretrained": pretrained})
+    # The command runs under a small Python that reports its peak resident memory (KiB) on stdout.
+    measured = "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+    for args in (["info", str(forged)], ["eval", str(tiny_db), "--prompts", str(forged)]):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", measured, sys.executable, "-m", "dbprompt", *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+        assert "random weights are built only when you ask for them" in done.stderr and len(done.stderr.splitlines()) == 1
+        assert time.monotonic() - started < 30 and int(done.stdout.split()[-1]) < 3 * 2**20  # under 3 GB
+    with pytest.raises(RecordedBackboneError, match="random weights"):
+        PromptedCLIP.from_prompt_file(forged)
+
+
 def test_subprocess_cli_says_one_line_for_a_steering_prompt_file(tmp_path, prompts, tiny_db):
-    """The whole CLI in a fresh process, as a user runs it: exit 2, one line, no traceback, no download."""
+    """The whole CLI in a fresh process, as a user runs it: exit 3, one line, no traceback, no download."""
     import subprocess
 
     forged = forge_prompt_file(prompts, tmp_path / "f.safetensors", metadata={"backbone": "hf-hub:someone/model", "pretrained": ""})
@@ -324,5 +344,50 @@ def test_subprocess_cli_says_one_line_for_a_steering_prompt_file(tmp_path, promp
         capture_output=True, text=True, env=env, timeout=120,
     )
     lines = [line for line in done.stderr.splitlines() if line.startswith("dbprompt index: error:")]
-    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr
+    assert done.returncode == 3 and len(lines) == 1 and "Traceback" not in done.stderr
     assert "records backbone 'hf-hub:someone/model'" in lines[0]
+
+
+_HOLDER = """
+import multiprocessing, sys, time
+from pathlib import Path
+from dbprompt.locking import claim_output, release_inherited_locks
+
+def worker(release, started):
+    if release == "1":
+        release_inherited_locks()  # what each image-decoding worker does first (pipeline.decode_batches)
+    started.set()
+    time.sleep(60)
+
+with claim_output(Path(sys.argv[1]), replace=True, command="index"):
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+    child = context.Process(target=worker, args=(sys.argv[2], started))
+    child.start()
+    started.wait(30)
+    print(child.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_a_killed_writer_s_workers_do_not_keep_its_output_locked(tmp_path, release):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "photos.index"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out), "1" if release else "0"], stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        os.kill(holder.pid, signal.SIGKILL)  # the OOM killer, a closed laptop
+        holder.wait()
+        if release:  # the re-run proceeds at once, while the worker still lives
+            with claim_output(out, replace=True, command="index"):
+                pass
+        else:  # the control: a worker that kept its copy holds the lock
+            with pytest.raises(OutputBusyError):
+                with claim_output(out, replace=True, command="index"):
+                    pass
+    finally:
+        os.kill(worker, signal.SIGKILL)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ from .report.training_log import TrainingLog
 from .runtime import Runtime
 from .searcher import Searcher, open_index
 from .storage import read_prompt_file
+from .training.checkpoint import CHECKPOINT
 from .training.config import TrainConfig
 from .training.trainer import Trainer
 from .training.distributed import barrier, join
@@ -108,7 +111,14 @@ class EvalReport:
         return data
 
 
+def _bars(progress: bool | None) -> bool:
+    """Progress bars for a person at a terminal (None: where stderr is one); in a log file they are noise."""
+    return sys.stderr.isatty() if progress is None else progress
+
+
 def _read(db: str | os.PathLike | Database, read: ReadOptions) -> Database:
+    if not isinstance(db, (str, os.PathLike, Database)):
+        raise TypeError(f"db must be a database's path (str or os.PathLike) or a dbprompt Database, got {type(db).__name__}")
     return db if isinstance(db, Database) else read_database(db, read)
 
 
@@ -124,10 +134,11 @@ def train(
     work_dir: str | os.PathLike | None = None,
     resume: bool = False,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
     log: Callable[[str], None] = print,
     log_dir: str | os.PathLike | None = None,
     feedback: str | os.PathLike | None = None,
+    keep_work: bool = False,
     **options: Any,
 ) -> TrainReport:
     """Train prompts for one database on a frozen backbone and write them to `out` (a .safetensors file).
@@ -137,7 +148,8 @@ def train(
     database then needs no captions of its own.
 
     `model`/`pretrained` name the backbone (or pass a loaded `backbone`). Checkpoints go to
-    `work_dir` (default: OUT.work); `resume` continues from them. `log_dir` gets each epoch's
+    `work_dir` (default: OUT.work); `resume` continues from them; a finished run removes its
+    checkpoint (and the default work directory) unless `keep_work`. `log_dir` gets each epoch's
     scores as CSV and TensorBoard scalars. Without a validation split in the database file,
     validation is carved out of the training images (see `split_records`). An existing `out` is
     replaced only with `force` (or `resume`), and a second run into the same `out` is refused while
@@ -176,7 +188,7 @@ def train(
         on_epoch = stack.enter_context(TrainingLog(log_dir, resume=resume)) if logging else None
         trainer = Trainer(
             fresh, splits["train"], splits["val"], cfg, runtime, work_dir=work_dir or out.with_name(out.name + ".work"),
-            log=log, progress=progress, skip_bad=read.skip_bad, report=database.report, on_epoch=on_epoch,
+            log=log, progress=_bars(progress), skip_bad=read.skip_bad, report=database.report, on_epoch=on_epoch,
             negatives=marked.negatives if marked else None,
         )
         result = trainer.run(resume=resume)
@@ -190,7 +202,7 @@ def train(
         "train_config": dataclasses.asdict(cfg),
         "splits": summary,
         "read": record_read_options(read),
-        "database": str(database.source),
+        "database": database.source.name,  # the name alone: a shared prompt file tells nothing of one's directories
         "train_images": len(splits["train"]),
         "pairs_per_second": result.pairs_per_second,
     }
@@ -198,6 +210,8 @@ def train(
         extra["feedback"] = {"marks": marked.relevant + marked.irrelevant, "relevant": marked.relevant, "queries": marked.queries}
     if runtime.main:
         trained.save_prompt_file(out, extra)
+        if not keep_work:
+            _remove_checkpoint(Path(work_dir) if work_dir else out.with_name(out.name + ".work"), owned=work_dir is None)
     barrier(runtime)  # every rank returns once the file is there
     return TrainReport(
         out, config, cfg, result.best_epoch, result.best_score, result.history, len(splits["train"]),
@@ -217,6 +231,14 @@ def _with_marks(database: Database, feedback: str | os.PathLike | None, log: Cal
     log(f"marks from {marks_path(feedback)}: {marked.summary()}")
     database.records = marked.records
     return marked
+
+
+def _remove_checkpoint(work: Path, *, owned: bool) -> None:
+    """What a finished run no longer needs (several times the prompt file): its checkpoint, and the
+    work directory itself where dbprompt chose it (a directory the user named may hold other things)."""
+    (work / CHECKPOINT).unlink(missing_ok=True)
+    if owned:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _check_validation(splits: Splits, database: Database) -> None:
@@ -327,7 +349,7 @@ def build_index(
     kind: str = "auto",
     batch_size: int = 64,
     runtime: Runtime | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     backbone: BackboneAdapter | None = None,
     log: Callable[[str], None] = print,
     model: str | None = None,
@@ -361,5 +383,5 @@ def build_index(
         read = reuse_read_options(db, read_kw, read_prompt_file(prompts).extra, prompts, log)
         return build_index_from(
             _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime,
-            skip_bad=read.skip_bad, backbone=backbone, progress=progress, force=force, ray=on_ray,
+            skip_bad=read.skip_bad, backbone=backbone, progress=_bars(progress), force=force, ray=on_ray,
         )

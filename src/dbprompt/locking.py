@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The file descriptors of the locks this process holds (see release_inherited_locks).
+_HELD: set[int] = set()
 
 
 class OutputBusyError(OSError):
@@ -43,12 +45,30 @@ def exclusive(lock_path: Path, busy: str) -> Iterator[None]:
         if current:
             break
         handle.close()
+    _HELD.add(handle.fileno())
     try:
         yield
     finally:
+        _HELD.discard(handle.fileno())
         with contextlib.suppress(FileNotFoundError):
             lock_path.unlink()
         handle.close()
+
+
+def release_inherited_locks(*_: Any) -> None:
+    """In a forked child (an image-decoding worker): let go of the locks it inherited.
+
+    A flock belongs to the open file, which a fork shares: a worker that outlived its killed parent
+    for a few seconds kept the output locked, and the user's re-run was told another run was
+    writing. Pointing the child's copies at /dev/null leaves the lock to the process that took it.
+    """
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd in list(_HELD):
+        os.dup2(null, fd)
+    os.close(null)
+    _HELD.clear()
 
 
 @contextlib.contextmanager

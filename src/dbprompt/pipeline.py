@@ -18,6 +18,7 @@ from tqdm import tqdm
 from .data.errors import BadInputReport, DataError, Location, Reporter
 from .data.images import read_image
 from .data.records import Record
+from .locking import release_inherited_locks
 from .model import PromptedCLIP
 from .runtime import Runtime
 
@@ -79,6 +80,7 @@ def decode_batches(
         num_workers=runtime.workers,
         collate_fn=_collate,
         prefetch_factor=2 if runtime.workers else None,
+        worker_init_fn=release_inherited_locks,  # the output's lock stays with this process alone
     )
     reporter = Reporter(skip_bad, report if report is not None else BadInputReport())
     bar = tqdm(total=len(records), desc=progress, unit="img", disable=progress is None, leave=False)

@@ -48,6 +48,7 @@ class Searcher:
         self._lock = lock or threading.Lock()  # shared by every searcher on the same backbone: the cores are too
         self._transform = model.backbone.image_transform()
         self.encode_text = lru_cache(maxsize=TEXT_CACHE_SIZE)(self._encode_text)
+        self._closed = False
 
     @property
     def name(self) -> str:
@@ -67,9 +68,15 @@ class Searcher:
             return embed_images(self.model, pixels, self.runtime)[0].numpy()
 
     def search_text(self, text: str, k: int = 10) -> list[Hit]:
+        self._check_open()
+        if not isinstance(text, str):
+            raise TypeError(f"a text query is a str, got {type(text).__name__}")
         return self.index.search(self.encode_text(text), k, keep=present)
 
     def search_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
+        self._check_open()
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"an image query is a PIL image, got {type(image).__name__}")
         return self.index.search(self.encode_image(image), k, keep=present)
 
     def search(self, query: str | Image.Image | os.PathLike, k: int = 10) -> list[Hit]:
@@ -78,9 +85,17 @@ class Searcher:
             return self.search_text(query, k)
         if isinstance(query, Image.Image):
             return self.search_image(query, k)
+        if not isinstance(query, os.PathLike):
+            raise TypeError(f"a query is text (str), a PIL image or an image file's path (os.PathLike), got {type(query).__name__}")
+        self._check_open()
         return self.search_image(open_image(query), k)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self.index.info.path}: this index was closed; open it again (dbprompt.open_index)")
+
     def close(self) -> None:
+        self._closed = True
         self.index.close()
 
     def __enter__(self) -> "Searcher":

@@ -144,7 +144,8 @@ def create_app(
         try:
             return indexes[name]
         except KeyError:
-            raise HTTPException(404, f"unknown database {name!r}; known: {', '.join(sorted(indexes.names()))}") from None
+            # The name is not echoed: whatever a client sends stays out of the answer.
+            raise HTTPException(404, f"no such database; known: {', '.join(sorted(indexes.names()))}") from None
         except StaleIndexError as exc:
             raise HTTPException(503, str(exc)) from None
 

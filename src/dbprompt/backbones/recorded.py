@@ -15,7 +15,7 @@ import re
 import open_clip
 
 from .base import BackboneAdapter
-from .factory import RANDOM, load_backbone
+from .factory import MODEL_CONFIG_DIR, RANDOM, load_backbone, shipped_weights
 from .shim import hub_offline
 
 # A hub repository id (org/name), the only form a recorded `hf-hub:`/`hf:` model may take.
@@ -27,6 +27,14 @@ class RecordedBackboneError(ValueError):
     """A recorded backbone that cannot be loaded from this machine without a path or a download."""
 
 
+def check_recorded_backbone(name: str, pretrained: str | None, *, source: str = "") -> None:
+    """Refuse, before anything is built, a recorded backbone that could open a path or a host, or
+    make dbprompt build random weights the user never asked for (a multi-GB model, for one)."""
+    refusal = _refusal(name, pretrained)
+    if refusal is not None:
+        raise RecordedBackboneError(_message(source, name, pretrained, refusal))
+
+
 def load_recorded_backbone(
     name: str, pretrained: str | None, *, device: str = "cpu", source: str = ""
 ) -> BackboneAdapter:
@@ -34,9 +42,7 @@ def load_recorded_backbone(
 
     The caller checks the loaded backbone's fingerprint against the record (`compat.check_backbone`).
     """
-    refusal = _refusal(name, pretrained)
-    if refusal is not None:
-        raise RecordedBackboneError(_message(source, name, pretrained, refusal))
+    check_recorded_backbone(name, pretrained, source=source)
     with hub_offline():
         try:
             backbone = load_backbone(name, pretrained, device=device)
@@ -56,6 +62,10 @@ def _refusal(name: str, pretrained: str | None) -> str | None:
             return "the hub model is not an org/name id"
     elif name not in open_clip.list_models():
         return "no open_clip model and no model shipped with dbprompt has that name"
+    random = pretrained == RANDOM or (pretrained is None and hub is None and shipped_weights(name) is None)
+    if random and (hub is not None or not (MODEL_CONFIG_DIR / f"{name}.json").is_file()):
+        # Only dbprompt's own small test architectures; any other from a file is a way to exhaust memory.
+        return "random weights are built only when you ask for them (--pretrained random), never because a file says so"
     if pretrained in (None, RANDOM, name):
         return None
     if hub is None and pretrained in open_clip.list_pretrained_tags_by_model(name):

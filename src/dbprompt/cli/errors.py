@@ -3,11 +3,15 @@
     0  success
     1  internal error: a bug in dbprompt (the traceback is printed for the bug report), or out of memory
     2  usage: a bad option or combination of options (argparse's own code for the same), or an
-       output that exists or another run is writing (pass --force, or wait)
+       output that exists (pass --force)
     3  bad data: a database, image, prompt file or index that is missing, unreadable, malformed,
-       or does not belong with the rest (a DataError, PromptFileError, IndexFormatError, ...)
+       or does not belong with the rest (a DataError, PromptFileError, IndexFormatError, ...),
+       including a backbone a file records that is not loaded from what the file says
+    5  busy: another run is writing that output (wait for it; a killed run's lock dies with it)
     4  weights not available: a backbone's weights (or tokenizer) are neither on this machine nor to be
        had from the network; the message names the model and the routes that need no network
+  141  the reader of the output went away (`dbprompt search ... --json | head -2`): the command stops
+       quietly, as Unix tools do when SIGPIPE ends them
 
 Only an internal error prints a traceback: every other message says what to fix.
 """
@@ -17,8 +21,9 @@ from __future__ import annotations
 import sys
 import traceback
 
-OK, INTERNAL, USAGE, BAD_DATA, WEIGHTS_UNAVAILABLE = 0, 1, 2, 3, 4
+OK, INTERNAL, USAGE, BAD_DATA, WEIGHTS_UNAVAILABLE, BUSY = 0, 1, 2, 3, 4, 5
 INTERRUPTED = 130
+PIPE_CLOSED = 128 + 13  # SIGPIPE
 
 
 def _bad_data_types() -> tuple[type[BaseException], ...]:
@@ -43,11 +48,14 @@ def exit_code(exc: BaseException) -> int:
 
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
-    if isinstance(exc, (OutputExistsError, OutputBusyError)):
+    if isinstance(exc, OutputBusyError):
+        return BUSY
+    if isinstance(exc, OutputExistsError):
         return USAGE
     if _weights_unavailable(exc):
         return WEIGHTS_UNAVAILABLE
-    if isinstance(exc, _bad_data_types()):
+    recorded = sys.modules.get("dbprompt.backbones.recorded")
+    if isinstance(exc, _bad_data_types()) or (recorded is not None and isinstance(exc, recorded.RecordedBackboneError)):
         return BAD_DATA
     if isinstance(exc, ValueError):
         return USAGE

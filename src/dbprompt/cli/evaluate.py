@@ -84,9 +84,12 @@ def run_eval(args: argparse.Namespace) -> int:
 def _prompt_file_info(path: str | Path) -> dict:
     import dataclasses
 
+    from ..backbones.recorded import check_recorded_backbone
     from ..storage import read_prompt_file
 
     pf = read_prompt_file(path)
+    # What eval, index and serve would refuse without --model, refused here too, before anything is built.
+    check_recorded_backbone(pf.backbone, pf.pretrained, source=str(pf.path))
     return {
         "file": str(pf.path),
         "bytes": pf.path.stat().st_size,

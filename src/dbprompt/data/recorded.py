@@ -31,8 +31,12 @@ def record_read_options(read: ReadOptions) -> dict[str, Any]:
     return recorded
 
 
-def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
+def _same_database(where: str | os.PathLike, trained_on: str) -> bool:
+    """Whether `where` is the database a prompt file names: by its file or folder name (the file records
+    only that, so sharing it shares nothing of the owner's directories), or by path in older files."""
+    if "/" in trained_on or os.sep in trained_on:
+        return os.path.realpath(where) == os.path.realpath(trained_on)
+    return Path(os.path.realpath(where)).name == trained_on
 
 
 def reuse_read_options(
@@ -51,7 +55,7 @@ def reuse_read_options(
     where = db.source if isinstance(db, Database) else db
     trained_on = extra.get("database")
     reused = {k: v for k, v in recorded.items() if k not in given and v != _default(k)}
-    if reused and trained_on and not _same_file(where, trained_on):
+    if reused and trained_on and not _same_database(where, str(trained_on)):
         log(f"note: {source} was trained on {trained_on}; its read options ({_flags(reused)}) are not reused for {Path(where)}")
         return ReadOptions(**given)
     if reused:
