@@ -71,6 +71,17 @@ class TrainReport:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def selected_by(self) -> str:
+        """The validation metric that chose the epoch: T2I R@1, or mAP where captions are labels."""
+        return next((h.get("selected_by") for h in self.history if h["epoch"] == self.best_epoch), None) or "clip_benchmark/t2i_R@1"
+
+    @property
+    def best_metric(self) -> float:
+        """That metric at the kept epoch, in %: what to show (`best_score` adds a tie-break that can pass 100)."""
+        best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+        return float(best.get(self.selected_by, self.best_score))
+
+    @property
     def kept_zero_shot(self) -> bool:
         """Prompts kept at epoch 0 rank exactly as zero-shot does: every part starts at the backbone's output."""
         return self.best_epoch == 0

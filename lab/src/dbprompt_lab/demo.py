@@ -42,7 +42,7 @@ def run_demo(args: argparse.Namespace) -> int:
         db, prompts, model=model, pretrained=None if shipped_weights(model) else RANDOM, runtime=runtime, force=True,
         **options,
     )
-    print(f"best epoch {trained.best_epoch} (0 = before training), validation T2I R@1 {trained.best_score:.1f}")
+    print(f"best epoch {trained.best_epoch} (0 = before training), validation T2I R@1 {trained.best_metric:.1f}")
     print(f"\n>>> dbprompt.evaluate({str(db)!r}, {str(prompts)!r})")
     report = dbprompt.evaluate(db, prompts, runtime=runtime)
     print(f"{report.split} split: {report.images} images, {report.captions} captions")

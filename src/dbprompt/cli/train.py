@@ -61,12 +61,9 @@ def run(args: argparse.Namespace) -> int:
             "from what the backbone saw, the image side alone (--text-len 0 --vocab 0) may do better."
             + (" With so few validation images the choice is also noisy." if report.val_images < SMALL_SPLIT else "")
         )
-    # The metric itself: the score that chose the epoch adds a tie-break (R-sum / 1e4) that would show as 100.1.
-    best = next((h for h in report.history if h["epoch"] == report.best_epoch), {})
-    key = best.get("selected_by", "clip_benchmark/t2i_R@1")
     emit(
         args, report.to_json(),
         f"wrote {report.path} ({report.path.stat().st_size:,} bytes); best epoch {report.best_epoch} (0 = before "
-        f"training) by validation {'mAP' if key == 'label/t2i_mAP' else 'T2I R@1'} {best.get(key, report.best_score):.1f}",
+        f"training) by validation {'mAP' if report.selected_by == 'label/t2i_mAP' else 'T2I R@1'} {report.best_metric:.1f}",
     )
     return 0
