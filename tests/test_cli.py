@@ -216,3 +216,11 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"dbprompt {dbprompt.__version__}"
+
+
+def test_train_help_opens_with_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    head = capsys.readouterr().out.splitlines()[:10]
+    assert head[0].startswith("usage: dbprompt train DB --out FILE --model MODEL")
+    assert sum(line.startswith("  dbprompt train ") for line in head) == 3

@@ -128,3 +128,19 @@ def test_report_into_a_file_is_refused(tiny_db, tmp_path, capsys):
     target.write_text("")
     assert main(["eval", str(tiny_db), *TINY, "--report", str(target)]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_example_queries_are_those_that_moved_most_labelled_before_and_after(trained, tiny_db, tmp_path, capsys):
+    import re
+
+    out, _ = trained
+    report = tmp_path / "report"
+    assert main(["eval", str(tiny_db), "--prompts", str(out), "--report", str(report)]) == 0
+    capsys.readouterr()
+    page = (report / "index.html").read_text()
+    shown = re.findall(r'<small class="why">(improved|worsened|worst after training): rank (\d+) → (\d+)</small>', page)
+    assert 1 <= len(shown) <= 6 and len(shown) == page.count("<section class=query>")
+    for why, before, after in shown:
+        assert (why != "improved" or int(before) > int(after)) and (why != "worsened" or int(before) < int(after))
+    worst = [int(after) for why, _, after in shown if why == "worst after training"]
+    assert worst == sorted(worst, reverse=True)

@@ -16,7 +16,17 @@ from .common import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train prompts on a database", description="Train textual and visual prompts on a frozen backbone; writes one small prompt file.")
+    p = sub.add_parser(
+        "train", help="train prompts on a database", formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="dbprompt train DB --out FILE --model MODEL [--pretrained WEIGHTS] [options]",
+        description=(
+            "Train textual and visual prompts on a frozen backbone; writes one small prompt file.\n\n"
+            "examples:\n"
+            "  dbprompt train photos/ --out photos.safetensors --model ViT-B-32 --pretrained laion2b_s34b_b79k\n"
+            "  dbprompt train photos/ --caption-template 'a photo of a {}' --out photos.safetensors --model dbprompt-proxy\n"
+            "  dbprompt train photos/ --feedback photos.index --out round2.safetensors --model dbprompt-proxy"
+        ),
+    )
     add_database_args(p)
     p.add_argument("--out", required=True, help="prompt file to write (.safetensors)")
     add_model_args(p, required=True)

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ..model import PromptedCLIP
 
 EXAMPLE_QUERIES = 6
+# Distinct caption texts (evenly spread) the examples are chosen among: bounds the text encoding.
+SELECTION_POOL = 2000
 TOP = 5
 THUMBNAIL = 128
 DEFINITIONS = {
@@ -129,25 +131,52 @@ def _label_table(report: "EvalReport") -> str:
     )
 
 
-def _example_queries(records: Sequence[Record]) -> list[str]:
-    """Up to EXAMPLE_QUERIES distinct caption texts, evenly spread over the split."""
-    distinct = list({text_key(r.captions[0]): r.captions[0] for r in records}.values())
-    n = min(EXAMPLE_QUERIES, len(distinct))
-    return [distinct[i * len(distinct) // n] for i in range(n)]
+def _spread(items: Sequence[str], n: int) -> list[str]:
+    n = min(n, len(items))
+    return [items[i * len(items) // n] for i in range(n)]
+
+
+def _first_relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """Per query, the rank of its best-scored relevant image (ties against it)."""
+    best = scores.masked_fill(~relevant, float("-inf")).max(dim=1).values
+    return 1 + (scores > best[:, None]).sum(dim=1)
+
+
+def _example_queries(inputs: ReportInputs, records: Sequence[Record], keys: list[set[str]]) -> list[tuple[str, str]]:
+    """The queries worth looking at, each with why: with a prompt file, the distinct caption texts whose
+    first relevant image moved most (up, then down) and those still worst after training; without one,
+    texts evenly spread over the split."""
+    distinct = _spread(list({text_key(c): c for r in records for c in r.captions}.values()), SELECTION_POOL)
+    if len(inputs.models) < 2:
+        return [(q, "") for q in _spread(distinct, EXAMPLE_QUERIES)]
+    relevant = torch.tensor([[text_key(q) in k for k in keys] for q in distinct])
+    (before_name, before_model), (after_name, after_model) = list(inputs.models.items())[:2]
+    ranks = [
+        _first_relevant_ranks(encode_texts(model, distinct, inputs.runtime) @ inputs.features[name][: len(records)].T, relevant)
+        for name, model in ((before_name, before_model), (after_name, after_model))
+    ]
+    gain = (ranks[0] - ranks[1]).tolist()
+    order = sorted(range(len(distinct)), key=lambda i: -gain[i])
+    picks = [(i, "improved") for i in order[:2] if gain[i] > 0] + [(i, "worsened") for i in order[::-1][:2] if gain[i] < 0]
+    chosen = {i for i, _ in picks}
+    worst = [i for i in sorted(range(len(distinct)), key=lambda i: -int(ranks[1][i])) if i not in chosen]
+    picks += [(i, "worst after training") for i in worst[: EXAMPLE_QUERIES - len(picks)]]
+    return [(distinct[i], f"{why}: rank {int(ranks[0][i])} → {int(ranks[1][i])}") for i, why in picks]
 
 
 def _examples(inputs: ReportInputs) -> str:
     """A few test captions as queries: each method's top images, those that have the query's text outlined."""
     records = list(inputs.records)
-    queries = _example_queries(records)
     keys = [{text_key(c) for c in r.captions} for r in records]
+    chosen = _example_queries(inputs, records, keys)
+    queries = [q for q, _ in chosen]
     thumbs: dict[int, str] = {}
     blocks = []
     scores = {
         name: encode_texts(model, queries, inputs.runtime) @ inputs.features[name][: len(records)].T
         for name, model in inputs.models.items()
     }
-    for q, query in enumerate(queries):
+    for q, (query, why) in enumerate(chosen):
         relevant = torch.tensor([text_key(query) in k for k in keys])
         rows = []
         for name, s in scores.items():
@@ -164,7 +193,8 @@ def _examples(inputs: ReportInputs) -> str:
                 f'<div class="row"><p class="label">{html.escape(name)}<br><small>first image with this text: rank {rank}</small></p>'
                 f'<ol>{"".join(cells)}</ol></div>'
             )
-        blocks.append(f"<section class=query><h3>“{html.escape(query)}”</h3>{''.join(rows)}</section>")
+        label = f' <small class="why">{html.escape(why)}</small>' if why else ""
+        blocks.append(f"<section class=query><h3>“{html.escape(query)}”{label}</h3>{''.join(rows)}</section>")
     return "".join(blocks)
 
 
@@ -212,7 +242,9 @@ backbone {html.escape(report.backbone)} [{html.escape(str(report.pretrained))}];
 <h2>Training</h2>
 {training}
 <h2>Example queries</h2>
-<p>Captions of {html.escape(report.split)} images used as text queries: each method's top {TOP} images with their scores; images that have the query's text are outlined.</p>
+<p>Captions of {html.escape(report.split)} images used as text queries: each method's top {TOP} images with their scores; images that have the query's text are outlined.
+With a prompt file they are the queries whose first relevant image moved most, up and down, and those still
+ranked worst after training (its rank before → after).</p>
 {_examples(inputs)}
 <footer>Made by dbprompt {__version__} on {created}.</footer>
 </body>
@@ -234,6 +266,7 @@ th[scope=row], thead th:first-child { text-align: left; min-width: 9rem; }
 td.sat { color: #999; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.85rem; }
 .query { border-top: 1px solid #e3e3e3; padding-top: 0.3rem; }
+.why { font-weight: normal; color: #666; margin-left: 0.5rem; }
 .row { display: flex; align-items: center; gap: 0.8rem; }
 .label { width: 13rem; flex: none; font-size: 0.85rem; margin: 0.3rem 0; overflow-wrap: anywhere; }
 .row ol { display: flex; gap: 0.4rem; list-style: none; padding: 0; margin: 0.3rem 0; }
