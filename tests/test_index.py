@@ -361,6 +361,36 @@ def test_search_reaches_past_deleted_images_to_keep_k_results(tmp_path, tiny_bac
     assert len(again) == 5 and not set(again) & set(first[:3]) and again[:2] == first[3:]
 
 
+def test_a_collection_moved_away_is_said_after_two_rounds_not_searched_through(tmp_path, tiny_backbone, prompts, capsys, monkeypatch):
+    import dbprompt.searcher as searcher_module
+
+    db = folder(tmp_path / "db", n=40)
+    build_index(db, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False)
+    moved = db.rename(tmp_path / "elsewhere")  # the drive is not mounted
+    looked, real = [], searcher_module.present
+    monkeypatch.setattr(searcher_module, "present", lambda row: looked.append(row) or real(row))  # counts the stats
+    with open_index(tmp_path / "idx") as searcher:
+        hits = searcher.search("colour number 3", k=5)
+        note = searcher.missing_note(hits)
+    assert len(hits) == 0 and hits.missing == 10 and len(looked) == 5 + 10  # two rounds, not up to k + 1,024
+    assert "no longer where the index found them" in note and str(db.resolve()) in note
+    monkeypatch.undo()
+    assert main(["search", str(tmp_path / "idx"), "colour number 3", "-k", "5", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "no longer where the index found them" in captured.err and json.loads(captured.out)["missing"] == 10
+    from fastapi.testclient import TestClient
+
+    from dbprompt.runtime import Runtime
+    from dbprompt.server import create_app
+
+    answer = TestClient(create_app([tmp_path / "idx"], runtime=Runtime())).get("/api/databases/idx/search", params={"q": "colour number 3", "k": 5}).json()
+    assert answer["results"] == [] and answer["missing"] == 10 and "no longer where the index found them" in answer["note"]  # the page shows it
+    moved.rename(db)
+    with open_index(tmp_path / "idx") as searcher:
+        hits = searcher.search("colour number 3", k=5)
+    assert len(hits) == 5 and hits.missing == 0 and searcher.missing_note(hits) is None
+
+
 def test_a_zero_shot_index_needs_no_prompt_file_and_trained_prompts_replace_it(tmp_path, tiny_backbone, prompts, capsys):
     """Search before training: the backbone's own features, through the untrained prompt file the index keeps."""
     db = folder(tmp_path / "db", n=4)

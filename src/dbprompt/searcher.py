@@ -24,7 +24,7 @@ from .backbones import BackboneAdapter
 from .backbones.recorded import load_recorded_backbone
 from .compat import check_backbone, check_prompt_file
 from .data import open_image
-from .index import Hit, IndexInfo, SearchIndex, load_index
+from .index import Hits, IndexInfo, SearchIndex, load_index
 from .index.files import present
 from .index.manifest import MANIFEST
 from .model import PromptedCLIP
@@ -67,20 +67,21 @@ class Searcher:
         with self._lock:
             return embed_images(self.model, pixels, self.runtime)[0].numpy()
 
-    def search_text(self, text: str, k: int = 10) -> list[Hit]:
+    def search_text(self, text: str, k: int = 10) -> Hits:
         self._check_open()
         if not isinstance(text, str):
             raise TypeError(f"a text query is a str, got {type(text).__name__}")
         return self.index.search(self.encode_text(text), k, keep=present)
 
-    def search_image(self, image: Image.Image, k: int = 10) -> list[Hit]:
+    def search_image(self, image: Image.Image, k: int = 10) -> Hits:
         self._check_open()
         if not isinstance(image, Image.Image):
             raise TypeError(f"an image query is a PIL image, got {type(image).__name__}")
         return self.index.search(self.encode_image(image), k, keep=present)
 
-    def search(self, query: str | Image.Image | os.PathLike, k: int = 10) -> list[Hit]:
-        """Text (a str), an image, or the path of an image file; the k best images, best first."""
+    def search(self, query: str | Image.Image | os.PathLike, k: int = 10) -> Hits:
+        """Text (a str), an image, or the path of an image file; the k best images, best first (their
+        `missing`: better-ranked images whose files are gone; see `missing_note`)."""
         if isinstance(query, str):
             return self.search_text(query, k)
         if isinstance(query, Image.Image):
@@ -89,6 +90,16 @@ class Searcher:
             raise TypeError(f"a query is text (str), a PIL image or an image file's path (os.PathLike), got {type(query).__name__}")
         self._check_open()
         return self.search_image(open_image(query), k)
+
+    def missing_note(self, hits: Hits) -> str | None:
+        """What to tell the user when most of a query's best images are gone from where they were indexed."""
+        if not hits.mostly_missing:
+            return None
+        return (
+            f"{hits.missing} of the best-matching images are no longer where the index found them, under "
+            f"{self.index.root}: moved, deleted, or on a drive that is not mounted. Mount or restore it, or index "
+            "the collection again where it is now."
+        )
 
     def _check_open(self) -> None:
         if self._closed:

@@ -34,7 +34,7 @@ from .backbones import BackboneAdapter
 from .data.errors import IMAGE_TOO_LARGE, DataError
 from .data.images import decode_image, plain
 from .data.shards import is_shard
-from .index import Hit, ImageRow
+from .index import Hits, ImageRow
 from .index.files import ImageUnavailable, indexed_bytes
 from .runtime import Runtime
 from .searcher import IndexSet, Searcher, StaleIndexError
@@ -95,6 +95,8 @@ class SearchResponse(BaseModel):
     k: int
     took_ms: float
     results: list[Result]
+    missing: int = 0  # better-ranked images left out because their files are gone
+    note: str | None = None  # set when most of them are: the collection is not where it was indexed
 
 
 class _BodyLimit:
@@ -159,7 +161,7 @@ def create_app(
         except ImageUnavailable as exc:
             raise HTTPException(404, f"image {image_id} of {name!r} cannot be sent: {exc}") from None
 
-    def respond(name: str, query: str | None, k: int, hits: list[Hit], start: float) -> SearchResponse:
+    def respond(name: str, query: str | None, k: int, hits: Hits, start: float, note: str | None) -> SearchResponse:
         base = f"/api/databases/{name}"
         results = [
             Result(
@@ -170,7 +172,7 @@ def create_app(
             for h in hits
         ]
         took = round((time.perf_counter() - start) * 1000, 3)
-        return SearchResponse(database=name, query=query, k=k, took_ms=took, results=results)
+        return SearchResponse(database=name, query=query, k=k, took_ms=took, results=results, missing=hits.missing, note=note)
 
     @app.exception_handler(ValueError)
     def bad_value(request: Request, exc: ValueError) -> JSONResponse:
@@ -205,7 +207,8 @@ def create_app(
         searcher = searcher_for(name)
         if not q.strip():
             raise HTTPException(400, "the query is empty")
-        return respond(name, q, k, searcher.search_text(q, k), start)
+        hits = searcher.search_text(q, k)
+        return respond(name, q, k, hits, start, searcher.missing_note(hits))
 
     @app.post("/api/databases/{name}/search/image", response_model=SearchResponse, summary="Search by image")
     def search_image(
@@ -218,7 +221,8 @@ def create_app(
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"image over {max_upload_bytes} bytes")
-        return respond(name, None, k, searcher.search_image(_decode_upload(data), k), start)
+        hits = searcher.search_image(_decode_upload(data), k)
+        return respond(name, None, k, hits, start, searcher.missing_note(hits))
 
     @app.get("/api/databases/{name}/images/{image_id}", summary="The indexed image file")
     def get_image(name: DbName, image_id: ImageId) -> Response:

@@ -123,12 +123,15 @@ def run_search(args: argparse.Namespace) -> int:
     backbone = named_backbone(args, runtime)
     with open_index(args.index_dir, prompt_file=args.prompts, runtime=runtime, backbone=backbone) as searcher:
         hits = searcher.search(Path(args.image) if args.image is not None else args.query, args.k)
+        note = searcher.missing_note(hits)
+    if note:
+        message(f"note: {note}")
     rows = [
         {"rank": i, "score": round(h.score, 6), "id": h.image.id, "key": h.image.key, "path": str(h.image.path),
          "captions": list(h.image.captions)}
         for i, h in enumerate(hits, 1)
     ]
-    emit(args, {"index": args.index_dir, "query": args.query, "image": args.image, "results": rows}, _table(rows))
+    emit(args, {"index": args.index_dir, "query": args.query, "image": args.image, "results": rows, "missing": hits.missing}, _table(rows))
     return 0
 
 

@@ -17,6 +17,7 @@ __getattr__, __dir__ = lazy_exports(
         "read_info": "dbprompt.index.manifest",
         "ImageRow": "dbprompt.index.metadata",
         "Hit": "dbprompt.index.search",
+        "Hits": "dbprompt.index.search",
         "SearchIndex": "dbprompt.index.search",
         "load_index": "dbprompt.index.search",
         "APPROX_THRESHOLD": "dbprompt.index.manifest",

@@ -32,6 +32,17 @@ class Hit:
     image: ImageRow
 
 
+class Hits(list):
+    """One query's hits, best first. `missing`: how many better-ranked images `keep` refused (files that are
+    gone); most of them missing means the collection is not where it was indexed (a drive not mounted)."""
+
+    missing: int = 0
+
+    @property
+    def mostly_missing(self) -> bool:
+        return self.missing > 0 and self.missing >= len(self)
+
+
 class SearchIndex:
     """Vectors and metadata of one index directory. Thread-safe."""
 
@@ -54,8 +65,11 @@ class SearchIndex:
         """The folder every indexed image resolved inside when it was indexed."""
         return Path(self.info.root)
 
-    def search(self, query: np.ndarray, k: int = 10, keep: Callable[[ImageRow], bool] | None = None) -> list[Hit]:
-        """The k nearest images to one unit-length query vector, best first (only those `keep` accepts)."""
+    def search(self, query: np.ndarray, k: int = 10, keep: Callable[[ImageRow], bool] | None = None) -> Hits:
+        """The k nearest images to one unit-length query vector, best first (only those `keep` accepts).
+
+        Refused rows widen the search (at most to k + MAX_EXTRA), but only while most rows pass: where most
+        are refused, the files are not where they were, and a second round says so as well as eight would."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.info.dim:
             raise ValueError(f"query has dimension {query.shape[1]}, the index {self.info.dim}")
@@ -68,9 +82,16 @@ class SearchIndex:
             scores, ids = self.vectors.search(query, reach)
             found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
             rows = self.rows([i for i, _ in found])
-            hits = [Hit(s, rows[i]) for i, s in found if keep is None or keep(rows[i])]
-            if len(hits) >= k or reach >= min(self.info.count, k + MAX_EXTRA):
-                return hits[:k]
+            hits = Hits()
+            for i, s in found:
+                if keep is None or keep(rows[i]):
+                    hits.append(Hit(s, rows[i]))
+                    if len(hits) == k:
+                        break
+                else:
+                    hits.missing += 1
+            if len(hits) >= k or reach >= min(self.info.count, k + MAX_EXTRA) or (reach > k and hits.mostly_missing):
+                return hits
             reach = min(2 * reach, self.info.count, k + MAX_EXTRA)
 
     def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:

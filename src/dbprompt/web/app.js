@@ -197,7 +197,7 @@ function render(response, label) {
   setStatus(`${response.results.length} results for ${label} in ${response.database} (${took} ms)`);
   const best = response.results.length ? response.results[0].score : null;
   const weak = response.query !== null && (best === null || best < WEAK_SCORE);
-  setHint(weak
+  setHint(response.note ? response.note : weak
     ? `Weak match: the best score is ${best === null ? "none" : best.toFixed(3)} (below ${WEAK_SCORE}), so these images may not show ${label}. Try other words, such as words the captions use.`
     : "");
   showMarks();
