@@ -151,11 +151,15 @@ def create_app(
         except StaleIndexError as exc:
             raise HTTPException(503, str(exc)) from None
 
-    def image_for(name: str, image_id: int) -> tuple[ImageRow, bytes]:
+    def row_for(name: str, image_id: int) -> tuple[Searcher, ImageRow]:
         searcher = searcher_for(name)
         row = searcher.index.row(image_id)
         if row is None:
             raise HTTPException(404, f"database {name!r} has no image {image_id}")
+        return searcher, row
+
+    def image_for(name: str, image_id: int) -> tuple[ImageRow, bytes]:
+        searcher, row = row_for(name, image_id)
         try:
             return row, indexed_bytes(row, searcher.index.root)
         except ImageUnavailable as exc:
@@ -242,7 +246,7 @@ def create_app(
             raise HTTPException(404, f"image {image_id} of {name!r} cannot be read: {plain(exc)}") from None
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
-    add_mark_routes(app, searcher_for, enabled=feedback, max_query_chars=MAX_QUERY_CHARS)
+    add_mark_routes(app, searcher_for, row_for, enabled=feedback, max_query_chars=MAX_QUERY_CHARS)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

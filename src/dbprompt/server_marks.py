@@ -17,6 +17,7 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from .marks import MAX_MARKS, MarksFull, MarkStore, marks_path
+from .index import ImageRow
 from .searcher import Searcher
 
 # Marks a client may write: a burst of this many, then this many a second.
@@ -78,9 +79,16 @@ class _Rate:
 
 
 def add_mark_routes(
-    app: FastAPI, searcher_for: Callable[[str], Searcher], *, enabled: bool, max_query_chars: int, max_marks: int = MAX_MARKS
+    app: FastAPI,
+    searcher_for: Callable[[str], Searcher],
+    row_for: Callable[[str, int], tuple[Searcher, ImageRow]],
+    *,
+    enabled: bool,
+    max_query_chars: int,
+    max_marks: int = MAX_MARKS,
 ) -> None:
-    """GET, POST and DELETE /api/databases/{name}/feedback; without `enabled`, each answers 403."""
+    """GET, POST and DELETE /api/databases/{name}/feedback; without `enabled`, each answers 403. `searcher_for`
+    and `row_for` are the server's own lookups of a database and of one of its images (404 where unknown)."""
     stores: dict[str, MarkStore] = {}
     lock = threading.Lock()
     rate = _Rate(RATE_BURST, RATE_PER_SECOND)
@@ -102,23 +110,17 @@ def add_mark_routes(
             raise HTTPException(400, "the query is empty")
         return query
 
-    def image_key(searcher: Searcher, name: str, image_id: int) -> tuple[str, str]:
-        row = searcher.index.row(image_id)
-        if row is None:
-            raise HTTPException(404, f"database {name!r} has no image {image_id}")
-        return row.key, row.sha256
-
     def limit(request: Request) -> None:
         if not rate.allow(request.client.host if request.client else ""):
             raise HTTPException(429, f"too many marks: at most {RATE_PER_SECOND:g} a second; try again shortly", headers={"Retry-After": "1"})
 
     @app.post("/api/databases/{name}/feedback", response_model=MarkStored, summary="Mark a result relevant or not")
     def add_mark(name: DbName, mark: MarkIn, request: Request) -> MarkStored:
-        searcher, store = store_for(name)
+        _, store = store_for(name)
         limit(request)
-        key, sha256 = image_key(searcher, name, mark.image_id)
+        searcher, row = row_for(name, mark.image_id)  # the index that ranked it, the prompt file recorded with it
         try:
-            count = store.add(check_query(mark.query), key, sha256, mark.relevant, searcher.index.info.prompt_sha256)
+            count = store.add(check_query(mark.query), row.key, row.sha256, mark.relevant, searcher.index.info.prompt_sha256)
         except MarksFull as exc:
             raise HTTPException(413, str(exc)) from None
         return MarkStored(count=count, stored=True, changed=True)
@@ -130,10 +132,10 @@ def add_mark_routes(
         query: Annotated[str, Query(min_length=1, description="the query the mark was for")],
         image_id: Annotated[int, Query(ge=0, le=2**63 - 1, description="the image's id")],
     ) -> MarkStored:
-        searcher, store = store_for(name)
+        _, store = store_for(name)
         limit(request)
-        key, _ = image_key(searcher, name, image_id)
-        changed = store.withdraw(check_query(query), key)
+        _, row = row_for(name, image_id)
+        changed = store.withdraw(check_query(query), row.key)
         return MarkStored(count=store.count(), stored=False, changed=changed)
 
     @app.get("/api/databases/{name}/feedback", response_model=MarksResponse, summary="The marks kept")
