@@ -142,45 +142,39 @@ def _first_relevant_ranks(scores: torch.Tensor, relevant: torch.Tensor) -> torch
     return 1 + (scores > best[:, None]).sum(dim=1)
 
 
-def _example_queries(inputs: ReportInputs, records: Sequence[Record], keys: list[set[str]]) -> list[tuple[str, str]]:
-    """The queries worth looking at, each with why: with a prompt file, the distinct caption texts whose
-    first relevant image moved most (up, then down) and those still worst after training; without one,
-    texts evenly spread over the split."""
-    distinct = _spread(list({text_key(c): c for r in records for c in r.captions}.values()), SELECTION_POOL)
-    if len(inputs.models) < 2:
-        return [(q, "") for q in _spread(distinct, EXAMPLE_QUERIES)]
-    relevant = torch.tensor([[text_key(q) in k for k in keys] for q in distinct])
-    (before_name, before_model), (after_name, after_model) = list(inputs.models.items())[:2]
-    ranks = [
-        _first_relevant_ranks(encode_texts(model, distinct, inputs.runtime) @ inputs.features[name][: len(records)].T, relevant)
-        for name, model in ((before_name, before_model), (after_name, after_model))
-    ]
-    gain = (ranks[0] - ranks[1]).tolist()
-    order = sorted(range(len(distinct)), key=lambda i: -gain[i])
+def _picks(before: torch.Tensor, after: torch.Tensor) -> list[tuple[int, str]]:
+    """Which queries to show, by their first relevant image's rank before and after training: those that
+    moved most (up, then down), then those still ranked worst; each with why."""
+    gain = (before - after).tolist()
+    order = sorted(range(len(gain)), key=lambda i: -gain[i])
     picks = [(i, "improved") for i in order[:2] if gain[i] > 0] + [(i, "worsened") for i in order[::-1][:2] if gain[i] < 0]
     chosen = {i for i, _ in picks}
-    worst = [i for i in sorted(range(len(distinct)), key=lambda i: -int(ranks[1][i])) if i not in chosen]
+    worst = [i for i in sorted(range(len(gain)), key=lambda i: -int(after[i])) if i not in chosen]
     picks += [(i, "worst after training") for i in worst[: EXAMPLE_QUERIES - len(picks)]]
-    return [(distinct[i], f"{why}: rank {int(ranks[0][i])} → {int(ranks[1][i])}") for i, why in picks]
+    return [(i, f"{why}: rank {int(before[i])} → {int(after[i])}") for i, why in picks]
 
 
 def _examples(inputs: ReportInputs) -> str:
-    """A few test captions as queries: each method's top images, those that have the query's text outlined."""
+    """A few test captions as queries: each method's top images, those that have the query's text outlined.
+    With a prompt file they are chosen by how their ranks moved (`_picks`); without, evenly spread."""
     records = list(inputs.records)
     keys = [{text_key(c) for c in r.captions} for r in records]
-    chosen = _example_queries(inputs, records, keys)
-    queries = [q for q, _ in chosen]
-    thumbs: dict[int, str] = {}
-    blocks = []
+    distinct = list({text_key(c): c for r in records for c in r.captions}.values())
+    compared = len(inputs.models) >= 2
+    queries = _spread(distinct, SELECTION_POOL if compared else EXAMPLE_QUERIES)
+    relevant = torch.tensor([[text_key(q) in k for k in keys] for q in queries])
     scores = {
         name: encode_texts(model, queries, inputs.runtime) @ inputs.features[name][: len(records)].T
         for name, model in inputs.models.items()
     }
-    for q, (query, why) in enumerate(chosen):
-        relevant = torch.tensor([text_key(query) in k for k in keys])
+    ranks = {name: _first_relevant_ranks(s, relevant) for name, s in scores.items()}
+    before, after = list(ranks.values())[:2] if compared else (None, None)
+    chosen = _picks(before, after) if compared else [(q, "") for q in range(len(queries))]
+    thumbs: dict[int, str] = {}
+    blocks = []
+    for q, why in chosen:
         rows = []
         for name, s in scores.items():
-            rank = 1 + int((s[q] > s[q][relevant].max()).sum())
             top = torch.topk(s[q], min(TOP, len(records))).indices.tolist()
             cells = []
             for i in top:
@@ -188,13 +182,13 @@ def _examples(inputs: ReportInputs) -> str:
                     thumbs[i] = _thumbnail(records[i].path)
                 alt = html.escape(records[i].captions[0], quote=True)
                 image = f'<img src="{thumbs[i]}" alt="{alt}" title="{alt}">' if thumbs[i] else '<span class="missing">unreadable</span>'
-                cells.append(f'<li class="{"hit" if relevant[i] else ""}">{image}<span>{s[q, i]:.3f}</span></li>')
+                cells.append(f'<li class="{"hit" if relevant[q, i] else ""}">{image}<span>{s[q, i]:.3f}</span></li>')
             rows.append(
-                f'<div class="row"><p class="label">{html.escape(name)}<br><small>first image with this text: rank {rank}</small></p>'
+                f'<div class="row"><p class="label">{html.escape(name)}<br><small>first image with this text: rank {int(ranks[name][q])}</small></p>'
                 f'<ol>{"".join(cells)}</ol></div>'
             )
         label = f' <small class="why">{html.escape(why)}</small>' if why else ""
-        blocks.append(f"<section class=query><h3>“{html.escape(query)}”{label}</h3>{''.join(rows)}</section>")
+        blocks.append(f"<section class=query><h3>“{html.escape(queries[q])}”{label}</h3>{''.join(rows)}</section>")
     return "".join(blocks)
 
 
