@@ -7,9 +7,9 @@
     3  bad data: a database, image, prompt file or index that is missing, unreadable, malformed,
        or does not belong with the rest (a DataError, PromptFileError, IndexFormatError, ...),
        including a backbone a file records that is not loaded from what the file says
-    5  busy: another run is writing that output (wait for it; a killed run's lock dies with it)
     4  weights not available: a backbone's weights (or tokenizer) are neither on this machine nor to be
        had from the network; the message names the model and the routes that need no network
+    5  busy: another run is writing that output (wait for it; a killed run's lock dies with it)
   141  the reader of the output went away (`dbprompt search ... --json | head -2`): the command stops
        quietly, as Unix tools do when SIGPIPE ends them
 
@@ -36,10 +36,11 @@ def _bad_data_types() -> tuple[type[BaseException], ...]:
     return DataError, PromptFileError, IndexFormatError, IncompatibleError, OSError
 
 
-def _weights_unavailable(exc: BaseException) -> bool:
-    """Looked up, not imported: its module imports open_clip (seconds), and if it was never imported nothing raised it."""
-    loading = sys.modules.get("dbprompt.backbones.loading")
-    return loading is not None and isinstance(exc, loading.WeightsUnavailableError)
+def _raised_from(exc: BaseException, module: str, name: str) -> bool:
+    """Whether `exc` is `module.name`, looked up, not imported: the backbone modules import open_clip
+    (seconds), and if one was never imported nothing raised its errors."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
 
 
 def exit_code(exc: BaseException) -> int:
@@ -52,10 +53,9 @@ def exit_code(exc: BaseException) -> int:
         return BUSY
     if isinstance(exc, OutputExistsError):
         return USAGE
-    if _weights_unavailable(exc):
+    if _raised_from(exc, "dbprompt.backbones.loading", "WeightsUnavailableError"):
         return WEIGHTS_UNAVAILABLE
-    recorded = sys.modules.get("dbprompt.backbones.recorded")
-    if isinstance(exc, _bad_data_types()) or (recorded is not None and isinstance(exc, recorded.RecordedBackboneError)):
+    if isinstance(exc, _bad_data_types()) or _raised_from(exc, "dbprompt.backbones.recorded", "RecordedBackboneError"):
         return BAD_DATA
     if isinstance(exc, ValueError):
         return USAGE
