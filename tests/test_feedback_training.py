@@ -71,3 +71,19 @@ def test_marks_alone_train_a_prompt_file_the_server_then_serves(bare_folder, tmp
     listed = client.get(url, params={"query": "a circle"}).json()
     assert listed["count"] == count and all(m["image_id"] is not None for m in listed["marks"])
     assert client.get("/api/databases").json()[0]["prompt_sha256"] == file_sha256(out)  # the new index is served
+
+
+def test_training_from_marks_leaves_a_database_the_caller_passed_as_it_was(bare_folder, tmp_path):
+    import contextlib
+
+    import dbprompt
+    from dbprompt.marks import MarkStore, marks_path
+
+    database = load_database(bare_folder)
+    index = tmp_path / "photos.index"
+    with contextlib.closing(MarkStore(marks_path(index))) as store:
+        for record in database.records[:12]:
+            store.add("a circle", record.key, "h", record.key.startswith("circle/"), "p")
+    dbprompt.train(database, tmp_path / "p.safetensors", model="dbprompt-tiny", pretrained="random", feedback=index, epochs=1,
+                   batch_size=8, text_len=2, visual_len=2, val_fraction=0.3, test_fraction=0)
+    assert len(database.records) == 40 and all(r.captions == () for r in database.records)

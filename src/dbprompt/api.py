@@ -71,15 +71,18 @@ class TrainReport:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def _best(self) -> dict:
+        return next((h for h in self.history if h["epoch"] == self.best_epoch), {})
+
+    @property
     def selected_by(self) -> str:
         """The validation metric that chose the epoch: T2I R@1, or mAP where captions are labels."""
-        return next((h.get("selected_by") for h in self.history if h["epoch"] == self.best_epoch), None) or "clip_benchmark/t2i_R@1"
+        return self._best.get("selected_by") or "clip_benchmark/t2i_R@1"
 
     @property
     def best_metric(self) -> float:
         """That metric at the kept epoch, in %: what to show (`best_score` adds a tie-break that can pass 100)."""
-        best = next((h for h in self.history if h["epoch"] == self.best_epoch), {})
-        return float(best.get(self.selected_by, self.best_score))
+        return float(self._best.get(self.selected_by, self.best_score))
 
     @property
     def kept_zero_shot(self) -> bool:
@@ -173,8 +176,7 @@ def train(
         raise ValueError("nothing to train: --text-len, --visual-len, --vocab and --visual-adapter are all 0")
     runtime = join(runtime or Runtime.resolve())  # torchrun: one process per GPU (or CPU share)
     log = log if runtime.main else (lambda message: None)
-    database = _read(db, read)
-    marked = _with_marks(database, feedback, log)
+    database, marked = _with_marks(_read(db, read), feedback, log)
     splits = split_records(database.records, splits_cfg)
     _check_validation(splits, database)
     warnings = splits.warnings("val", "test")
@@ -230,18 +232,20 @@ def train(
     )
 
 
-def _with_marks(database: Database, feedback: str | os.PathLike | None, log: Callable[[str], None]) -> MarkedRecords | None:
-    """Put the marks kept beside index `feedback` into `database`'s records (or require captions without)."""
+def _with_marks(
+    database: Database, feedback: str | os.PathLike | None, log: Callable[[str], None]
+) -> tuple[Database, MarkedRecords | None]:
+    """`database` with the marks kept beside index `feedback` in its records (a copy: a Database the caller
+    passed stays as it was), or unchanged where there is no `feedback` and every image has a caption."""
     if feedback is None:
         require_captions(database, "training")
-        return None
+        return database, None
     with contextlib.closing(MarkStore(marks_path(feedback), create=False)) as store:
         marked = apply_marks(database.records, store.marks())
     if len(marked.records) < 2:
         raise ValueError(f"{marks_path(feedback)}: {marked.summary()}; training needs captions or marks on at least 2 images")
     log(f"marks from {marks_path(feedback)}: {marked.summary()}")
-    database.records = marked.records
-    return marked
+    return dataclasses.replace(database, records=marked.records), marked
 
 
 def _remove_checkpoint(work: Path, *, owned: bool) -> None:
