@@ -35,3 +35,13 @@ def test_bench_marks_runs_the_loop_through_the_server(tmp_path, monkeypatch, cap
     assert all(0 <= r["label/t2i_mAP"] <= 100 for r in rows)
     assert (tmp_path / "source.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| marks | 1 | 36 |" in capsys.readouterr().out
+
+
+def test_class_folders_are_written_once_per_setting(tmp_path):
+    from dbprompt_lab.world.folders import class_folders_once
+
+    two = class_folders_once(tmp_path, 2, seed=1, shifted=False)
+    stamp = (two / "star" / "0000.png").stat().st_mtime_ns
+    assert class_folders_once(tmp_path, 2, seed=1, shifted=False) == two and (two / "star" / "0000.png").stat().st_mtime_ns == stamp
+    three = class_folders_once(tmp_path, 3, seed=1, shifted=False)  # another size is another collection
+    assert three != two and len(list(three.rglob("*.png"))) == 18 and not list(tmp_path.glob("*.tmp"))

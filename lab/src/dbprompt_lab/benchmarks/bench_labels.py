@@ -28,7 +28,7 @@ from dbprompt.prompts.config import PromptConfig
 from dbprompt.runtime import CPU
 from dbprompt_lab.bench import BenchConfig, run_one
 from dbprompt_lab.methods import METHODS
-from dbprompt_lab.world.folders import write_class_folders
+from dbprompt_lab.world.folders import class_folders_once
 
 TEMPLATE = "a photo of a {}"
 SPLITS = {"train": (0, None), "val": (1, 20), "test": (2, 100)}  # split: (seed, images a class; None: --per-class)
@@ -38,9 +38,7 @@ def folders(root: Path, world: str, per_class: int) -> dict[str, list[Record]]:
     """The world's train, validation and test folders, written once."""
     out = {}
     for split, (seed, n) in SPLITS.items():
-        db = root / "data" / f"{world}-{split}-{n or per_class}"
-        if not db.exists():
-            write_class_folders(db.with_suffix(".tmp"), n or per_class, seed=seed, shifted=world == "shifted").rename(db)
+        db = class_folders_once(root / "data", n or per_class, seed=seed, shifted=world == "shifted")
         out[split] = [Record(r.key, r.path, r.captions, split) for r in load_database(db, caption_template=TEMPLATE).records]
     return out
 

@@ -28,7 +28,7 @@ from dbprompt.atomic import atomic_write_bytes, atomic_write_text
 from dbprompt.runtime import Runtime
 from dbprompt.server import create_app
 from dbprompt_lab.benchmarks.bench_labels import TEMPLATE
-from dbprompt_lab.world.folders import write_class_folders
+from dbprompt_lab.world.folders import class_folders_once
 from dbprompt_lab.world.scene import SHAPES
 
 MODES = ("marks", "captions", "both")
@@ -114,10 +114,9 @@ def main() -> None:
     out = Path(args.out)
     classes = SHAPES[:6]
     world = "shifted" if args.shifted else "source"
-    train, held = out / f"{world}-train", out / f"{world}-held"
-    for folder, n, seed in ((train, args.per_class, 0), (held, args.held_per_class, 2)):
-        if not folder.exists():
-            write_class_folders(folder.with_suffix(".tmp"), n, seed=seed, shifted=args.shifted).rename(folder)
+    # Data by its settings: another --per-class is another collection, never the last run's reused.
+    train = class_folders_once(out / "data", args.per_class, seed=0, shifted=args.shifted)
+    held = class_folders_once(out / "data", args.held_per_class, seed=2, shifted=args.shifted)
     print(f"| mode | round | marks | held-out mAP | held-out P@10 |  ({world}, {args.per_class} images a class, top {args.top})")
     print("|---|---|---|---|---|")
     rows = [row for mode in args.modes for row in run_mode(mode, train, held, out / "work" / mode, args, classes)]

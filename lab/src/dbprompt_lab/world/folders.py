@@ -52,3 +52,12 @@ def write_class_folders(
             image = render(class_scene(kind, rng, other_rate), rng, size=image_size, shifted=shifted)
             (folder / f"{i:04d}.png").write_bytes(encode_png(image))
     return out
+
+
+def class_folders_once(root: str | os.PathLike, per_class: int, *, seed: int, shifted: bool) -> Path:
+    """The collection of these settings under `root`, written the first time only (aside, then renamed
+    into place, so an interrupted run leaves nothing a later one would take for complete)."""
+    out = Path(root) / f"{'shifted' if shifted else 'source'}-{per_class}-seed{seed}"
+    if not out.exists():
+        write_class_folders(out.with_suffix(".tmp"), per_class, seed=seed, shifted=shifted).rename(out)
+    return out
