@@ -256,6 +256,7 @@ table { border-collapse: collapse; margin: 0.8rem 0; font-variant-numeric: tabul
 caption { text-align: left; color: #555; font-size: 0.85rem; padding-bottom: 0.3rem; }
 th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }
 th[scope=row], thead th:first-child { text-align: left; min-width: 9rem; }
+thead th { font-size: 0.8rem; }
 .wide { overflow-x: auto; max-width: 100%; }
 td.sat { color: #999; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.85rem; }
