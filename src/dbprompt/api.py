@@ -35,7 +35,7 @@ from .index import IndexInfo
 from .index import build_index as build_index_from
 from .index.distributed import RayOptions, check_ray
 from .locking import one_writer
-from .marks import MarkedRecords, MarkStore, apply_marks, marks_path
+from .marks import with_marks
 from .metrics import CURVE_KS, TABLE_KS, saturated_keys
 from .model import PromptedCLIP
 from .options import split_kwargs
@@ -176,7 +176,7 @@ def train(
         raise ValueError("nothing to train: --text-len, --visual-len, --vocab and --visual-adapter are all 0")
     runtime = join(runtime or Runtime.resolve())  # torchrun: one process per GPU (or CPU share)
     log = log if runtime.main else (lambda message: None)
-    database, marked = _with_marks(_read(db, read), feedback, log)
+    database, marked = with_marks(_read(db, read), feedback, log)
     splits = split_records(database.records, splits_cfg)
     _check_validation(splits, database)
     warnings = splits.warnings("val", "test")
@@ -230,22 +230,6 @@ def train(
         out, config, cfg, result.best_epoch, result.best_score, result.history, len(splits["train"]),
         len(splits["val"]), trained.trainable_parameter_count(), database.report, summary, warnings,
     )
-
-
-def _with_marks(
-    database: Database, feedback: str | os.PathLike | None, log: Callable[[str], None]
-) -> tuple[Database, MarkedRecords | None]:
-    """`database` with the marks kept beside index `feedback` in its records (a copy: a Database the caller
-    passed stays as it was), or unchanged where there is no `feedback` and every image has a caption."""
-    if feedback is None:
-        require_captions(database, "training")
-        return database, None
-    with contextlib.closing(MarkStore(marks_path(feedback), create=False)) as store:
-        marked = apply_marks(database.records, store.marks())
-    if len(marked.records) < 2:
-        raise ValueError(f"{marks_path(feedback)}: {marked.summary()}; training needs captions or marks on at least 2 images")
-    log(f"marks from {marks_path(feedback)}: {marked.summary()}")
-    return dataclasses.replace(database, records=marked.records), marked
 
 
 def _remove_checkpoint(work: Path, *, owned: bool) -> None:

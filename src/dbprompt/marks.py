@@ -9,6 +9,7 @@ which a rebuild may change.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sqlite3
@@ -16,8 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+from .data.database import Database, require_captions
 from .data.records import Record
 from .metrics import text_key
 
@@ -164,3 +166,19 @@ def apply_marks(records: Sequence[Record], marks: Sequence[Mark]) -> MarkedRecor
         if captions:
             out.records.append(dataclasses.replace(record, captions=tuple(captions.values())))
     return out
+
+
+def with_marks(
+    database: Database, feedback: str | os.PathLike | None, log: Callable[[str], None]
+) -> tuple[Database, MarkedRecords | None]:
+    """`database` with the marks kept beside index `feedback` in its records (a copy: a Database the caller
+    passed stays as it was), or unchanged where there is no `feedback` and every image has a caption."""
+    if feedback is None:
+        require_captions(database, "training")
+        return database, None
+    with contextlib.closing(MarkStore(marks_path(feedback), create=False)) as store:
+        marked = apply_marks(database.records, store.marks())
+    if len(marked.records) < 2:
+        raise ValueError(f"{marks_path(feedback)}: {marked.summary()}; training needs captions or marks on at least 2 images")
+    log(f"marks from {marks_path(feedback)}: {marked.summary()}")
+    return dataclasses.replace(database, records=marked.records), marked
