@@ -237,6 +237,10 @@ class IndexSet:
         """The current entry of `name` (KeyError for a name not served), reopened if its directory changed."""
         entry = self._entries[name]
         stamp = _stamp(entry.path)
+        if stamp is None and entry.searcher is not None:
+            # Gone for the instant between `dbprompt index`'s two renames (or deleted): the index
+            # already open still answers, rather than refusing the requests of that instant.
+            return entry
         if stamp != entry.stamp:
             with self._lock:
                 entry = self._entries[name]
