@@ -5,12 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast browser
+.PHONY: demo test test-fast test-oldest browser
 
-$(STAMP): pyproject.toml lab/pyproject.toml
+$(STAMP): pyproject.toml lab/pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]' -e './lab[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]' -e './lab[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,3 +28,10 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow"
 	cd lab && ../$(PY) -m pytest tests -m "not slow"
+
+# The fast tests on the oldest torch/torchvision pyproject.toml accepts (the other end of its ranges).
+test-oldest:
+	python3 -m venv .venv-oldest
+	.venv-oldest/bin/python -m pip install -q -c constraints-oldest.txt -e '.[test]' -e './lab[test]'
+	.venv-oldest/bin/python -m pytest tests -m "not slow"
+	cd lab && ../.venv-oldest/bin/python -m pytest tests -m "not slow"
