@@ -172,3 +172,21 @@ def test_help_does_not_import_torch():
     code = "import sys; from dbprompt.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'open_clip', 'faiss') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_torch_ranges_hold_the_pins_ci_tests_and_the_installed_versions():
+    """pyproject.toml accepts ranges; CI installs constraints.txt's pins, the other end is constraints-oldest.txt."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    ranges = {r.name: r.specifier for r in map(Requirement, tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])}
+    for name in ("constraints.txt", "constraints-oldest.txt"):
+        pins = [Requirement(line) for line in (REPO / name).read_text().splitlines() if line and not line.startswith("#")]
+        assert {p.name for p in pins} == {"torch", "torchvision"}, name
+        for pin in pins:
+            (pinned,) = pin.specifier
+            assert pinned.operator == "==" and ranges[pin.name].contains(pinned.version), (name, pin)
+    for name in ("torch", "torchvision"):
+        assert ranges[name].contains(version(name).split("+")[0]), name
