@@ -12,6 +12,15 @@ from dbprompt.backbones.openclip import OpenClipAdapter
 from dbprompt.data import assign_splits, load_database
 
 
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test its own dbprompt cache directory (the backbones remembered by --model: backbones.registry),
+    so no test reads or writes the user's, and none sees what another test named."""
+    cache = tmp_path_factory.mktemp("dbprompt-cache")
+    monkeypatch.setenv("DBPROMPT_CACHE_DIR", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     return load_backbone("dbprompt-tiny")

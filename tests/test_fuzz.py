@@ -29,7 +29,7 @@ from safetensors.torch import save
 
 from dbprompt.backbones import recorded
 from dbprompt.backbones.recorded import RecordedBackboneError, load_recorded_backbone
-from dbprompt.compat import IncompatibleError
+from dbprompt.compat import BackboneId, IncompatibleError
 from dbprompt.data import DataError, load_database
 from dbprompt.data.errors import IMAGE_TOO_LARGE, NOT_AN_IMAGE, TRUNCATED_IMAGE
 from dbprompt.data.images import decode_image, real_path
@@ -311,7 +311,7 @@ def test_fuzzed_recorded_backbones_never_name_a_path(tiny_backbone, name, pretra
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(recorded, "load_backbone", lambda *args, **kwargs: loaded.append(args) or tiny_backbone)
         try:
-            load_recorded_backbone(name, pretrained, source="file")
+            load_recorded_backbone(BackboneId(name, pretrained, "0" * 16), source="file")
         except RecordedBackboneError as exc:
             assert str(exc).startswith("file: records backbone") and "--model and --pretrained" in str(exc)
     if loaded:  # what reached the loader names no path: a known model, a hub id, a known tag

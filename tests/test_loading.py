@@ -23,6 +23,7 @@ from dbprompt.backbones import WeightsUnavailableError, load_backbone, load_name
 from dbprompt.backbones.factory import MODEL_CONFIG_DIR
 from dbprompt.backbones.recorded import load_recorded_backbone
 from dbprompt.cli import build_parser, errors
+from dbprompt.compat import BackboneId
 
 from test_hf_backbone import save_clip
 
@@ -141,10 +142,10 @@ def test_a_pre_filled_cache_with_the_hub_offline(hub, tmp_path, monkeypatch):
     assert clip.fingerprint() == load_backbone(f"hf:{tmp_path / 'clip'}").fingerprint()
     assert load_backbone("hf:org/tiny-clip", COMMIT).pretrained == COMMIT  # a revision, as the hub names them
     # What the prompt file records loads again: through the recorded-backbone rules too (hub ids, cache only).
-    assert load_recorded_backbone(clip.name, clip.pretrained).fingerprint() == clip.fingerprint()
+    assert load_recorded_backbone(BackboneId.of(clip)).fingerprint() == clip.fingerprint()
     openclip = load_named_backbone("hf-hub:org/tiny-openclip", None)  # no --pretrained needed
     assert openclip.name == openclip.pretrained == "hf-hub:org/tiny-openclip"
-    assert load_recorded_backbone(openclip.name, openclip.pretrained).fingerprint() == openclip.fingerprint()
+    assert load_recorded_backbone(BackboneId.of(openclip)).fingerprint() == openclip.fingerprint()
     assert openclip.fingerprint() == load_backbone("dbprompt-tiny", seed=3).fingerprint()
     assert openclip.tokenize(["a red circle"], 32)[0, 0] == 49406  # its tokenizer, offline too
     with pytest.raises(ValueError, match="--pretrained laion2b_s34b_b79k means nothing for hf-hub:org/tiny-openclip"):

@@ -17,6 +17,12 @@ from dbprompt.data import Record, assign_splits, load_database
 from dbprompt_lab.world import write_database
 
 
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test its own dbprompt cache directory, never the user's (dbprompt remembers backbones named there)."""
+    monkeypatch.setenv("DBPROMPT_CACHE_DIR", str(tmp_path_factory.mktemp("dbprompt-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone() -> BackboneAdapter:
     return load_backbone("dbprompt-tiny")

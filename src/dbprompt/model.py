@@ -63,7 +63,7 @@ class PromptedCLIP(nn.Module):
         if backbone is None:
             from .backbones.recorded import load_recorded_backbone
 
-            backbone = load_recorded_backbone(pf.backbone, pf.pretrained, device=device, source=str(pf.path))
+            backbone = load_recorded_backbone(pf.backbone_id, device=device, source=str(pf.path))
         check_backbone(str(pf.path), pf.backbone_id, backbone)
         try:
             model = cls.from_state(backbone, pf.config, pf.tensors)

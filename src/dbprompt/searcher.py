@@ -169,7 +169,7 @@ def _attach(index: SearchIndex, prompt_file: str | os.PathLike | None, backbones
         info = index.info
         key = EXPLICIT if EXPLICIT in backbones else (info.backbone, info.pretrained)
         if key not in backbones:
-            loaded = load_recorded_backbone(info.backbone, info.pretrained, device=runtime.device, source=str(info.path))
+            loaded = load_recorded_backbone(info.backbone_id, device=runtime.device, source=str(info.path))
             backbones[key] = (loaded, threading.Lock())
         backbone, lock = backbones[key]
         model = PromptedCLIP.from_prompt_file(Path(prompt_file or index.prompt_file), backbone, device=runtime.device)

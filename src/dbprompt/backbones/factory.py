@@ -13,6 +13,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from . import registry
 from .base import BackboneAdapter
 from .hf_loading import PREFIX as HF_PREFIX, RANDOM, check_own_weights, load_hf
 from .loading import fetch
@@ -121,10 +122,16 @@ def _check_open_clip_dir(folder: Path, *, weights: bool) -> None:
 
 
 def load_named_backbone(model: str, pretrained: str | None, *, device: str = "cpu") -> BackboneAdapter:
-    """`load_backbone` for what a user named, refusing to fall back to random weights silently."""
+    """`load_backbone` for what a user named, refusing to fall back to random weights silently.
+
+    A route that names a local path (a directory, a checkpoint file) is remembered on this machine by
+    the backbone's fingerprint, so files made with it load again without --model (`registry`).
+    """
     own_weights = model.startswith((HF_PREFIX, HF_HUB, LOCAL_DIR)) or shipped_weights(model) is not None
     if pretrained is None and not own_weights:
         tags = open_clip.list_pretrained_tags_by_model(model) if model in open_clip.list_models() else []
         hint = f" (open_clip has: {', '.join(tags[:4])})" if tags else ""
         raise ValueError(f"--model {model}: say which weights with --pretrained TAG{hint}, a checkpoint file, or 'random'")
-    return load_backbone(model, pretrained, device=device)
+    backbone = load_backbone(model, pretrained, device=device)
+    registry.remember(backbone, pretrained)
+    return backbone

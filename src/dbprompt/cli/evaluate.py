@@ -89,7 +89,8 @@ def _prompt_file_info(path: str | Path) -> dict:
 
     pf = read_prompt_file(path)
     # What eval, index and serve would refuse without --model, refused here too, before anything is built.
-    check_recorded_backbone(pf.backbone, pf.pretrained, source=str(pf.path))
+    known = check_recorded_backbone(pf.backbone_id, source=str(pf.path))
+    loads = f"{known.flags()} (named on this machine {known.recorded_at})" if known else "as recorded (shipped or cached weights)"
     return {
         "file": str(pf.path),
         "bytes": pf.path.stat().st_size,
@@ -97,6 +98,7 @@ def _prompt_file_info(path: str | Path) -> dict:
         "backbone": pf.backbone,
         "pretrained": pf.pretrained,
         "backbone_fingerprint": pf.fingerprint,
+        "backbone_loads_with": loads,
         "format": pf.metadata.get("format"),
         "prompt_method": pf.method,
         "prompt_config": dataclasses.asdict(pf.config),

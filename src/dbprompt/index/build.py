@@ -351,7 +351,7 @@ def build_index(
     _check_replaceable(out, identity, force)  # before hours of embedding, not after
     runtime = runtime or Runtime.resolve()
     if backbone is None:
-        backbone = load_recorded_backbone(pf.backbone, pf.pretrained, device=runtime.device, source=str(prompt_file))
+        backbone = load_recorded_backbone(pf.backbone_id, device=runtime.device, source=str(prompt_file))
     model = PromptedCLIP.from_prompt_file(prompt_file, backbone, device=runtime.device)
     vectors_of = identity | {"fingerprint": backbone.fingerprint()}  # what a reusable vector was made from
     records = database.records
