@@ -2,8 +2,8 @@
 
 Prompt files and index manifests come from anyone. What they record about their backbone must
 never make dbprompt open a local path or contact a host the user did not name, so a recorded
-backbone is loaded only as: weights shipped with dbprompt, random weights of an architecture
-open_clip knows, or an open_clip tag / Hugging Face hub id whose files are already in the local
+backbone is loaded only as: weights shipped with dbprompt, random weights of dbprompt's own small
+test architectures, or an open_clip tag / Hugging Face hub id whose files are already in the local
 cache (the hub switched offline while loading). One more route is this machine's own: a backbone
 the user named here before with `--model` (a directory, a checkpoint file) is remembered by its
 fingerprint (`registry`), and a file recording that fingerprint loads through the route the user
