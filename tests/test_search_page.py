@@ -13,7 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 from search_fixtures import foldered_world, indexed_world, set_weak_line
 
-from dbprompt.index.calibration import LEGACY_WEAK_BELOW, NONSENSE, threshold, weak_below
+from dbprompt.index.calibration import (
+    LEGACY_WEAK_BELOW,
+    NONSENSE,
+    threshold,
+    weak_below,
+)
 from dbprompt.index.metadata import ImageRow
 from dbprompt.runtime import Runtime
 from dbprompt.searcher import named_dirs, open_index
