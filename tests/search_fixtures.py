@@ -72,10 +72,12 @@ def running_server(app, timeout: float = 20.0) -> Iterator[str]:
         thread.join(timeout)
 
 
-def foldered_world(root: Path, backbone: BackboneAdapter, *, n: int, seed: int, every: int = 4) -> tuple[Path, IndexInfo]:
+def foldered_world(
+    root: Path, backbone: BackboneAdapter, *, n: int, seed: int, every: int = 4, image_size: int = 16
+) -> tuple[Path, IndexInfo]:
     """A tiny database (tests/tinydata.py) whose images lie in two folders, `a` (every `every`-th one) and `b`
     (the rest), indexed as `root/foldered`: more than 100 images, to page past a page of 100."""
-    db = write_database(root / "foldered-db", n, seed=seed, image_size=16)
+    db = write_database(root / "foldered-db", n, seed=seed, image_size=image_size)
     rows = [json.loads(line) for line in (db / "metadata.jsonl").read_text().splitlines()]
     for i, row in enumerate(rows):
         folder = db / ("a" if i % every == 0 else "b")
