@@ -41,6 +41,7 @@ function card(hit, index, database) {
   const figure = element("figure", "result");
   figure.dataset.database = database;
   figure.dataset.id = hit.id;
+  figure.dataset.key = hit.key;
   figure.tabIndex = 0;
   const img = element("img");
   img.src = relative(hit.thumbnail_url);
@@ -227,7 +228,8 @@ function onViewerKey(event) {
 
 let typing;
 function init() {
-  $("#search").addEventListener("submit", (event) => { event.preventDefault(); searchText(); });
+  // Enter searches now, and the search typing would start in a moment is dropped (it would close a viewer opened meanwhile).
+  $("#search").addEventListener("submit", (event) => { event.preventDefault(); clearTimeout(typing); searchText(); });
   $("#query").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(searchText, 300); });
   $("#database").addEventListener("change", () => { probeMarks(); showDatabase(); searchAgain(); });
   $("#folder").addEventListener("change", searchAgain);
