@@ -8,13 +8,13 @@ const MAX_OFFSET = 900; // the server pages through the best 1,000 (server.MAX_O
 
 let latest = 0; // a response is shown only if no newer request was made meanwhile
 let queryImageURL = null;
-let queryImageName = null; // the file (or result key) an image search was made with
+let queryImage = null; // {blob, name}: the file (or result) an image search was made with
 
 // The query image above the results: an uploaded file, or the result "more like this" started from.
 function showQueryImage(blob, name) {
   if (queryImageURL) URL.revokeObjectURL(queryImageURL);
   queryImageURL = blob ? URL.createObjectURL(blob) : null;
-  queryImageName = blob ? name : null;
+  queryImage = blob ? { blob, name } : null;
   $("#query-image").hidden = !blob;
   $("#query-image-img").src = queryImageURL || "";
   $("#query-image-label").textContent = blob ? `Searching by ${name}` : "";
@@ -87,7 +87,7 @@ function render(response, label, fetchPage, append = false) {
   const grid = $("#results");
   const before = append ? shown.response.results : [];
   const results = [...before, ...response.results];
-  if (!append) shown = { response, image: response.query === null ? queryImageName : null, label, fetchPage };
+  if (!append) shown = { response, image: response.query === null && queryImage ? queryImage.name : null, label, fetchPage };
   shown.response = { ...response, offset: 0, k: results.length, results };
   const cards = response.results.map((hit, i) => card(hit, before.length + i, response.database));
   if (append) grid.append(...cards); else grid.replaceChildren(...cards);
@@ -188,7 +188,7 @@ function searchImage(blob, name, label = name) {
 
 // Whatever was searched last, again: another database, folder or page size.
 function searchAgain() {
-  if (queryImageURL && shown && shown.image) fetch(queryImageURL).then((r) => r.blob()).then((blob) => searchImage(blob, shown.image));
+  if (queryImage) searchImage(queryImage.blob, queryImage.name);
   else searchText();
 }
 
