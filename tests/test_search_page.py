@@ -136,6 +136,8 @@ def test_a_query_under_the_line_is_flagged_weak_and_one_over_it_is_not(world, cl
         set_weak_line(index, line)  # the server sees the new manifest on the next request
         assert c.get("/api/databases").json()[0]["weak_below"] == pytest.approx(line, abs=1e-6)
         assert best(low)[1] is True and best(high)[1] is False
+        answer = c.get("/api/databases/lined/search", params={"q": low, "k": 3}).json()
+        assert answer["weak_below"] == pytest.approx(line, abs=1e-6)  # what the page's hint quotes
         later = c.get("/api/databases/lined/search", params={"q": low, "k": 3, "offset": 3}).json()
         assert later["weak"] is False  # the first page decides: later ones are weaker by construction
 
@@ -171,3 +173,32 @@ def test_serve_refuses_a_bad_or_repeated_name_before_it_listens(world, spec, pro
         specs.append(f"x={world['index']}")
     result = subprocess.run([sys.executable, "-m", "dbprompt", "serve", *specs], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and problem in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_header_reports_what_training_recorded(tmp_path, tiny_backbone):
+    """Validation R@1 before training (epoch 0) and at the epoch kept, as the prompt file records them."""
+    import torch
+    from tinydata import write_database
+
+    from dbprompt.index import build_index
+    from dbprompt.model import PromptedCLIP
+    from dbprompt.prompts import PromptConfig
+
+    history = [
+        {"epoch": 0, "train_loss": None, "val_score": 10.0, "clip_benchmark/t2i_R@1": 10.0},
+        {"epoch": 1, "train_loss": 0.9, "val_score": 30.0, "clip_benchmark/t2i_R@1": 30.0},
+        {"epoch": 2, "train_loss": 0.8, "val_score": 20.0, "clip_benchmark/t2i_R@1": 20.0},
+    ]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = PromptedCLIP(tiny_backbone, PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0))
+    prompts = model.save_prompt_file(
+        tmp_path / "trained.safetensors", {"history": history, "best_epoch": 1, "database": "shapes", "train_images": 24}
+    )
+    db = write_database(tmp_path / "db", 12, seed=0, image_size=16)
+    info = build_index(db, prompts, tmp_path / "trained", backbone=tiny_backbone, progress=False)
+    with TestClient(create_app([info.path], runtime=Runtime())) as c:
+        (about,) = c.get("/api/databases").json()
+    assert about["prompts"] == "textual" and about["prompt_file"] == "trained.safetensors"
+    assert about["trained_on"] == "shapes" and about["train_images"] == 24
+    assert about["val_r1"] == {"zero_shot": 10.0, "trained": 30.0, "epoch": 1}

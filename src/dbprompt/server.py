@@ -126,7 +126,8 @@ class SearchResponse(BaseModel):
     results: list[Result]
     missing: int = 0  # better-ranked images left out because their files are gone
     note: str | None = None  # set when most of them are: the collection is not where it was indexed
-    weak: bool = False  # a text query whose best score is under the database's weak_below: it matched nothing well
+    weak: bool = False  # a text query whose best score is under weak_below: it matched nothing well
+    weak_below: float | None = None  # the database's line for text queries (DatabaseInfo.weak_below), as of this search
 
 
 class _BodyLimit:
@@ -209,10 +210,11 @@ def create_app(
         ]
         took = round((time.perf_counter() - start) * 1000, 3)
         # Page 1 decides: later pages are weaker by construction, and the hint is about the query.
-        weak = query is not None and offset == 0 and (not hits or hits[0].score < weak_below(searcher.index.info.calibration)[0])
+        line = weak_below(searcher.index.info.calibration)[0] if query is not None else None
+        weak = line is not None and offset == 0 and (not hits or hits[0].score < line)
         return SearchResponse(
             database=name, query=query, k=k, offset=offset, folder=folder, took_ms=took, results=results, missing=hits.missing,
-            note=searcher.missing_note(hits), weak=weak,
+            note=searcher.missing_note(hits), weak=weak, weak_below=line,
         )
 
     @app.exception_handler(ValueError)

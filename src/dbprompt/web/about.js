@@ -28,7 +28,8 @@ function aboutParts(db) {
   if (db.prompts === "zero-shot") parts.push("zero-shot (no trained prompts)");
   else if (db.prompts) {
     const trained = day(db.prompt_modified);
-    parts.push(`${db.prompts} prompts${db.prompt_file ? ` from ${db.prompt_file}` : ""}${trained ? `, trained ${trained}` : ""}`);
+    const on = db.train_images ? ` on ${db.train_images.toLocaleString("en")} images` : "";
+    parts.push(`${db.prompts} prompts${db.prompt_file ? ` from ${db.prompt_file}` : ""}${trained ? `, trained ${trained}${on}` : ""}`);
   }
   if (db.val_r1) parts.push(`val R@1 ${db.val_r1.zero_shot.toFixed(1)} zero-shot → ${db.val_r1.trained.toFixed(1)} with prompts`);
   const indexed = day(db.created);

@@ -76,7 +76,7 @@ function weakHint(response, label) {
   if (!response.weak) return "";
   const db = databases.find((d) => d.name === response.database);
   const best = response.results.length ? response.results[0].score.toFixed(3) : "none";
-  const line = db ? db.weak_below.toFixed(3) : "?";
+  const line = response.weak_below.toFixed(3);
   const measured = db && db.weak_calibrated
     ? "the line measured for this database when it was indexed"
     : "a line for OpenAI and LAION CLIPs: index the database again to measure its own";
