@@ -202,3 +202,16 @@ def test_the_header_reports_what_training_recorded(tmp_path, tiny_backbone):
     assert about["prompts"] == "textual" and about["prompt_file"] == "trained.safetensors"
     assert about["trained_on"] == "shapes" and about["train_images"] == 24
     assert about["val_r1"] == {"zero_shot": 10.0, "trained": 30.0, "epoch": 1}
+
+
+def test_indexing_again_measures_an_old_index_s_line_without_embedding_anything(tmp_path, tiny_backbone):
+    from dbprompt.index import build_index
+
+    db, info = indexed_world(tmp_path, tiny_backbone, name="old", domain="source", n=10, seed=7)
+    manifest = json.loads((info.path / "manifest.json").read_text())
+    del manifest["calibration"], manifest["prompt_source"]  # as an index built before they were kept
+    (info.path / "manifest.json").write_text(json.dumps(manifest))
+    with TestClient(create_app([info.path], runtime=Runtime())) as c:
+        assert c.get("/api/databases").json()[0]["weak_calibrated"] is False
+    again = build_index(db, tmp_path / "old.safetensors", info.path, backbone=tiny_backbone, progress=False)
+    assert again.last_build["embedded"] == 0 and again.calibration == info.calibration

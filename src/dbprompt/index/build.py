@@ -383,9 +383,9 @@ def build_index(
             for i, r in enumerate(kept)
         ]
         resolved = resolve_kind(kind, len(rows))
-        if old_info is not None and not todo and rows == old_rows and old_info.kind == resolved:
+        if old_info is not None and not todo and rows == old_rows and old_info.kind == resolved and old_info.calibration:
             work.remove()
-            return old_info  # nothing changed
+            return old_info  # nothing changed (an index built without the weak-match statistics is written again)
         captions = caption_queries(model, kept, runtime)
         gone = {r.key for r in old_rows} - {r.key for r in rows}
         info = write_index(
