@@ -36,10 +36,10 @@ from .data.images import decode_image, plain
 from .data.shards import is_shard
 from .index import Hits, ImageRow
 from .index.about import describe
+from .index.calibration import weak_below
 from .index.files import ImageUnavailable, indexed_bytes
 from .runtime import Runtime
 from .searcher import IndexDirs, IndexSet, Searcher, StaleIndexError
-from .index.calibration import weak_below
 from .server_marks import add_mark_routes
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
