@@ -6,17 +6,7 @@ import argparse
 
 from ..data.database import ReadOptions
 from ..index.manifest import APPROX_THRESHOLD, IVFPQ_THRESHOLD, KINDS
-from .common import (
-    add_database_args,
-    add_model_args,
-    add_output_args,
-    add_runtime_args,
-    emit,
-    message,
-    options_of,
-    progress_of,
-    runtime_of,
-)
+from .common import add_database_args, add_model_args, add_output_args, add_runtime_args, emit, message, options_of, progress_of, runtime_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
