@@ -70,3 +70,28 @@ def running_server(app, timeout: float = 20.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def foldered_world(
+    root: Path, backbone: BackboneAdapter, *, n: int, seed: int, every: int = 4, image_size: int = 16
+) -> tuple[Path, IndexInfo]:
+    """A tiny database (tests/tinydata.py) whose images lie in two folders, `a` (every `every`-th one) and `b`
+    (the rest), indexed as `root/foldered`: more than 100 images, to page past a page of 100."""
+    db = write_database(root / "foldered-db", n, seed=seed, image_size=image_size)
+    rows = [json.loads(line) for line in (db / "metadata.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        folder = db / ("a" if i % every == 0 else "b")
+        folder.mkdir(exist_ok=True)
+        (db / row["file_name"]).rename(folder / Path(row["file_name"]).name)
+        row["file_name"] = f"{folder.name}/{Path(row['file_name']).name}"
+    (db / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    prompts = make_prompt_file(root / "foldered.safetensors", backbone, seed)
+    return db, build_index(db, prompts, root / "foldered", backbone=backbone, progress=False)
+
+
+def set_weak_line(index_dir: Path, line: float) -> None:
+    """Rewrite an index's calibration so that its weak-match line is `line` (no captions measured): a test's
+    tiny random backbone scores nonsense and captions alike, so a test draws the line where it needs it."""
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    manifest["calibration"] = {"nonsense_best": {"q10": line, "q50": line, "q90": line}, "nonsense_queries": 50}
+    (index_dir / "manifest.json").write_text(json.dumps(manifest))

@@ -136,7 +136,9 @@ def test_page_and_openapi_docs(client):
     page = client.get("/")
     assert page.status_code == 200 and "<title>dbprompt search</title>" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    for asset in ("/", "/static/app.js", "/static/style.css"):
+    scripts = re.findall(r'<script src="([^"]+)"', page.text)
+    assert scripts == [f"static/{name}.js" for name in ("common", "marks", "about", "app", "drop")]
+    for asset in ("/", "/static/style.css", *(f"/{src}" for src in scripts)):
         response = client.get(asset)
         assert response.status_code == 200
         assert "http:" not in response.text and "https:" not in response.text and "//" + "cdn" not in response.text

@@ -10,11 +10,12 @@ the server serves, reopens an index whose directory `dbprompt index` replaced, w
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -35,6 +36,10 @@ TEXT_CACHE_SIZE = 4096
 # (model name, pretrained tag), or EXPLICIT -> the loaded backbone and the lock its searchers share.
 _Backbones = dict[tuple[str, str | None], tuple[BackboneAdapter, threading.Lock]]
 EXPLICIT = ("", None)
+# A database name someone chose (`serve NAME=DIR`): it goes into URLs, so it stays plain.
+DATABASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Index directories, each named after itself, or (name, directory) pairs, or a mapping of names to directories.
+IndexDirs = Sequence[str | os.PathLike | tuple[str, str | os.PathLike]] | Mapping[str, str | os.PathLike]
 
 
 class Searcher:
@@ -67,29 +72,37 @@ class Searcher:
         with self._lock:
             return embed_images(self.model, pixels, self.runtime)[0].numpy()
 
-    def search_text(self, text: str, k: int = 10) -> Hits:
+    def search_text(self, text: str, k: int = 10, *, offset: int = 0, folder: str | None = None) -> Hits:
         self._check_open()
         if not isinstance(text, str):
             raise TypeError(f"a text query is a str, got {type(text).__name__}")
-        return self.index.search(self.encode_text(text), k, keep=present)
+        return self._search(self.encode_text(text), k, offset, folder)
 
-    def search_image(self, image: Image.Image, k: int = 10) -> Hits:
+    def search_image(self, image: Image.Image, k: int = 10, *, offset: int = 0, folder: str | None = None) -> Hits:
         self._check_open()
         if not isinstance(image, Image.Image):
             raise TypeError(f"an image query is a PIL image, got {type(image).__name__}")
-        return self.index.search(self.encode_image(image), k, keep=present)
+        return self._search(self.encode_image(image), k, offset, folder)
 
-    def search(self, query: str | Image.Image | os.PathLike, k: int = 10) -> Hits:
-        """Text (a str), an image, or the path of an image file; the k best images, best first (their
-        `missing`: better-ranked images whose files are gone; see `missing_note`)."""
+    def search(self, query: str | Image.Image | os.PathLike, k: int = 10, *, offset: int = 0, folder: str | None = None) -> Hits:
+        """Text (a str), an image, or the path of an image file; the k best images after the first `offset`,
+        best first, only from `folder` (relative to the index's root; "" the root itself) when given. Their
+        `missing`: better-ranked images whose files are gone; see `missing_note`."""
         if isinstance(query, str):
-            return self.search_text(query, k)
+            return self.search_text(query, k, offset=offset, folder=folder)
         if isinstance(query, Image.Image):
-            return self.search_image(query, k)
+            return self.search_image(query, k, offset=offset, folder=folder)
         if not isinstance(query, os.PathLike):
             raise TypeError(f"a query is text (str), a PIL image or an image file's path (os.PathLike), got {type(query).__name__}")
         self._check_open()
-        return self.search_image(open_image(query), k)
+        return self.search_image(open_image(query), k, offset=offset, folder=folder)
+
+    def _search(self, vector: np.ndarray, k: int, offset: int, folder: str | None) -> Hits:
+        if folder is None:
+            return self.index.search(vector, k, keep=present, offset=offset)
+        if folder not in self.index.folders:
+            raise ValueError("the index has no images in the folder asked for (its folders: index.folders, or /api/databases)")
+        return self.index.search(vector, k, keep=present, offset=offset, where=lambda row: self.index.folder_of(row) == folder)
 
     def missing_note(self, hits: Hits) -> str | None:
         """What to tell the user when most of a query's best images are gone from where they were indexed."""
@@ -132,7 +145,29 @@ def open_searchers(
     prompt_files = list(prompt_files) if prompt_files is not None else [None] * len(index_dirs)
     if len(prompt_files) != len(index_dirs):
         raise ValueError("give one prompt file (or None) per index")
-    return _open_all(index_dirs, prompt_files, _backbones_with(backbone), runtime)
+    return _open_all(named_dirs(index_dirs), prompt_files, _backbones_with(backbone), runtime)
+
+
+def named_dirs(index_dirs: IndexDirs) -> dict[str, Path]:
+    """Index directories by database name: a directory is named after itself, a (name, directory) pair
+    by its name (letters, digits, '.', '_', '-'); two of one name are refused, since one would hide the other."""
+    pairs = index_dirs.items() if isinstance(index_dirs, Mapping) else index_dirs
+    named: dict[str, Path] = {}
+    for item in pairs:
+        if isinstance(item, tuple):
+            name, index_dir = item[0], Path(item[1])
+            if not DATABASE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} (for {index_dir}): a database name is 1 to 64 letters, digits, '.', '_' or '-', "
+                    "starting with a letter or digit"
+                )
+        else:
+            index_dir = Path(item)
+            name = index_dir.name
+        if name in named:
+            raise ValueError(f"two databases are named {name!r} ({named[name]} and {index_dir}); name them apart with NAME=DIR")
+        named[name] = index_dir
+    return named
 
 
 def _backbones_with(backbone: BackboneAdapter | None) -> _Backbones:
@@ -140,20 +175,15 @@ def _backbones_with(backbone: BackboneAdapter | None) -> _Backbones:
 
 
 def _open_all(
-    index_dirs: Sequence[str | os.PathLike], prompt_files: Sequence[str | os.PathLike | None], backbones: _Backbones,
-    runtime: Runtime,
+    named: dict[str, Path], prompt_files: Sequence[str | os.PathLike | None], backbones: _Backbones, runtime: Runtime
 ) -> dict[str, Searcher]:
     # Queries come one at a time, which FAISS runs on one thread anyway; its idle OpenMP team
     # only fights torch's for the cores (several times slower right after a torch forward).
     faiss.omp_set_num_threads(1)
     searchers: dict[str, Searcher] = {}
     try:
-        for index_dir, prompt_file in zip(index_dirs, prompt_files):
-            index = load_index(index_dir)
-            if index.name in searchers:
-                index.close()
-                raise ValueError(f"{index_dir}: two indexes are named {index.name!r}; rename one directory")
-            searchers[index.name] = _attach(index, prompt_file, backbones, runtime)
+        for (name, index_dir), prompt_file in zip(named.items(), prompt_files):
+            searchers[name] = _attach(load_index(index_dir), prompt_file, backbones, runtime)
     except BaseException:
         for searcher in searchers.values():
             searcher.close()
@@ -218,14 +248,13 @@ class IndexSet:
     a replaced index is opened again (one stat per request notices), and one that cannot be opened
     is stale (`StaleIndexError`) until its directory changes again. Thread-safe."""
 
-    def __init__(
-        self, index_dirs: Sequence[str | os.PathLike], runtime: Runtime | None = None, *, backbone: BackboneAdapter | None = None
-    ):
+    def __init__(self, index_dirs: IndexDirs, runtime: Runtime | None = None, *, backbone: BackboneAdapter | None = None):
         self._runtime = runtime or Runtime.resolve()
         self._backbones = _backbones_with(backbone)  # shared with the indexes reopened later
         self._lock = threading.Lock()
-        stamps = [_stamp(Path(d)) for d in index_dirs]  # before opening: a change meanwhile is seen next time
-        searchers = _open_all(index_dirs, [None] * len(index_dirs), self._backbones, self._runtime)
+        named = named_dirs(index_dirs)
+        stamps = [_stamp(d) for d in named.values()]  # before opening: a change meanwhile is seen next time
+        searchers = _open_all(named, [None] * len(named), self._backbones, self._runtime)
         self._entries = {
             name: _Entry(s.index.info.path, stamp, s.index.info, s) for (name, s), stamp in zip(searchers.items(), stamps)
         }

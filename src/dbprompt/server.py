@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import io
 import mimetypes
-import os
+import re
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Annotated, Sequence
+from typing import Annotated
 
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -35,14 +35,18 @@ from .data.errors import IMAGE_TOO_LARGE, DataError
 from .data.images import decode_image, plain
 from .data.shards import is_shard
 from .index import Hits, ImageRow
+from .index.about import describe
+from .index.calibration import weak_below
 from .index.files import ImageUnavailable, indexed_bytes
 from .runtime import Runtime
-from .searcher import IndexSet, Searcher, StaleIndexError
+from .searcher import IndexDirs, IndexSet, Searcher, StaleIndexError
 from .server_marks import add_mark_routes
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_QUERY_CHARS = 500
 MAX_K = 100
+MAX_OFFSET = 900  # "more results" pages through the best MAX_OFFSET + MAX_K (each page searches all before it)
+MAX_FOLDER_CHARS = 1000
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_UPLOAD_PIXELS = 40_000_000
 THUMBNAIL_CACHE = 2048
@@ -61,7 +65,19 @@ _PAGE_HEADERS = {
 DbName = Annotated[str, PathParam(description="database name, as listed by /api/databases")]
 ImageId = Annotated[int, PathParam(ge=0, le=2**63 - 1, description="image id, as returned by a search")]
 K = Annotated[int, Query(ge=1, le=MAX_K, description="number of results")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip: the next page starts at offset + k")]
+Folder = Annotated[
+    str | None, Query(max_length=MAX_FOLDER_CHARS, description="only images in this folder (one of the database's `folders`)")
+]
 UploadedImage = Annotated[UploadFile, File(description="an image file (PNG, JPEG, ...) within the server's size limit")]
+
+
+class ValR1(BaseModel):
+    """Text-to-image R@1 on the validation split, as training recorded it: before training and at the epoch kept."""
+
+    zero_shot: float
+    trained: float
+    epoch: int
 
 
 class DatabaseInfo(BaseModel):
@@ -76,6 +92,17 @@ class DatabaseInfo(BaseModel):
     created: str
     problem: str | None = None  # set while the index's directory holds nothing that can be opened
     feedback: bool = False  # whether the server keeps marks on its results (`serve --feedback`)
+    # What the page's header says (index/about.py): None where the index or prompt file does not record it.
+    prompt_file: str | None = None
+    prompt_modified: str | None = None
+    prompts: str | None = None  # "zero-shot", or the kinds of prompts trained ("textual+visual")
+    trained_on: str | None = None
+    train_images: int | None = None
+    val_r1: ValR1 | None = None
+    examples: list[str] = []  # captions of the database, to try as queries
+    folders: dict[str, int] = {}  # images per folder, where there is more than one: `folder=` narrows a search
+    weak_below: float = 0.2  # a text query whose best score is below this matched nothing well
+    weak_calibrated: bool = False  # whether that line was measured on this index (else the legacy one)
 
 
 class Result(BaseModel):
@@ -93,10 +120,14 @@ class SearchResponse(BaseModel):
     database: str
     query: str | None
     k: int
+    offset: int = 0
+    folder: str | None = None
     took_ms: float
     results: list[Result]
     missing: int = 0  # better-ranked images left out because their files are gone
     note: str | None = None  # set when most of them are: the collection is not where it was indexed
+    weak: bool = False  # a text query whose best score is under weak_below: it matched nothing well
+    weak_below: float | None = None  # the database's line for text queries (DatabaseInfo.weak_below), as of this search
 
 
 class _BodyLimit:
@@ -121,15 +152,15 @@ class _BodyLimit:
 
 
 def create_app(
-    index_dirs: Sequence[str | os.PathLike],
+    index_dirs: IndexDirs,
     *,
     runtime: Runtime | None = None,
     backbone: BackboneAdapter | None = None,
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     feedback: bool = False,
 ) -> FastAPI:
-    """The app over `index_dirs` (opened here, one backbone shared: `backbone`, else each index's recorded one);
-    with `feedback`, it keeps the marks users put on results (see server_marks)."""
+    """The app over `index_dirs` (opened here, one backbone shared: `backbone`, else each index's recorded one;
+    named as searcher.named_dirs says); with `feedback`, it keeps the marks users put on results (see server_marks)."""
     if not index_dirs:
         raise ValueError("give at least one index directory")
     indexes = IndexSet(index_dirs, runtime, backbone=backbone)
@@ -165,7 +196,9 @@ def create_app(
         except ImageUnavailable as exc:
             raise HTTPException(404, f"image {image_id} of {name!r} cannot be sent: {exc}") from None
 
-    def respond(name: str, query: str | None, k: int, hits: Hits, start: float, note: str | None) -> SearchResponse:
+    def respond(
+        searcher: Searcher, name: str, query: str | None, k: int, offset: int, folder: str | None, hits: Hits, start: float
+    ) -> SearchResponse:
         base = f"/api/databases/{name}"
         results = [
             Result(
@@ -176,7 +209,13 @@ def create_app(
             for h in hits
         ]
         took = round((time.perf_counter() - start) * 1000, 3)
-        return SearchResponse(database=name, query=query, k=k, took_ms=took, results=results, missing=hits.missing, note=note)
+        # Page 1 decides: later pages are weaker by construction, and the hint is about the query.
+        line = weak_below(searcher.index.info.calibration)[0] if query is not None else None
+        weak = line is not None and offset == 0 and (not hits or hits[0].score < line)
+        return SearchResponse(
+            database=name, query=query, k=k, offset=offset, folder=folder, took_ms=took, results=results, missing=hits.missing,
+            note=searcher.missing_note(hits), weak=weak, weak_below=line,
+        )
 
     @app.exception_handler(ValueError)
     def bad_value(request: Request, exc: ValueError) -> JSONResponse:
@@ -194,10 +233,11 @@ def create_app(
         for name in indexes.names():
             entry = indexes.entry(name)
             info = entry.info
+            about = describe(entry.searcher.index) if entry.searcher is not None else {}
             listed.append(DatabaseInfo(
                 name=name, count=info.count, dim=info.dim, kind=info.kind, backbone=info.backbone,
                 pretrained=info.pretrained, fingerprint=info.fingerprint, prompt_sha256=info.prompt_sha256,
-                created=info.created, problem=entry.problem, feedback=feedback,
+                created=info.created, problem=entry.problem, feedback=feedback, **about,
             ))
         return listed
 
@@ -206,32 +246,42 @@ def create_app(
         name: DbName,
         q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY_CHARS, description="what to look for")],
         k: K = 10,
+        offset: Offset = 0,
+        folder: Folder = None,
     ) -> SearchResponse:
         start = time.perf_counter()
         searcher = searcher_for(name)
         if not q.strip():
             raise HTTPException(400, "the query is empty")
-        hits = searcher.search_text(q, k)
-        return respond(name, q, k, hits, start, searcher.missing_note(hits))
+        hits = searcher.search_text(q, k, offset=offset, folder=folder)
+        return respond(searcher, name, q, k, offset, folder, hits, start)
 
     @app.post("/api/databases/{name}/search/image", response_model=SearchResponse, summary="Search by image")
     def search_image(
         name: DbName,
         image: UploadedImage,
         k: K = 10,
+        offset: Offset = 0,
+        folder: Folder = None,
     ) -> SearchResponse:
         start = time.perf_counter()
         searcher = searcher_for(name)
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"image over {max_upload_bytes} bytes")
-        hits = searcher.search_image(_decode_upload(data), k)
-        return respond(name, None, k, hits, start, searcher.missing_note(hits))
+        hits = searcher.search_image(_decode_upload(data), k, offset=offset, folder=folder)
+        return respond(searcher, name, None, k, offset, folder, hits, start)
 
     @app.get("/api/databases/{name}/images/{image_id}", summary="The indexed image file")
-    def get_image(name: DbName, image_id: ImageId) -> Response:
+    def get_image(
+        name: DbName, image_id: ImageId, download: Annotated[bool, Query(description="as an attachment, to save")] = False
+    ) -> Response:
         row, data = image_for(name, image_id)
-        return Response(data, media_type=_media_type(row, data), headers={"X-Content-Type-Options": "nosniff"})
+        media_type = _media_type(row, data)
+        headers = {"X-Content-Type-Options": "nosniff"}
+        if download:
+            headers["Content-Disposition"] = f'attachment; filename="{_file_name(row, media_type)}"'
+        return Response(data, media_type=media_type, headers=headers)
 
     @app.get("/api/databases/{name}/thumbnails/{image_id}", summary="A JPEG thumbnail of an indexed image")
     def get_thumbnail(
@@ -302,6 +352,14 @@ def _media_type(row: ImageRow, data: bytes) -> str:
     return media_type if media_type.startswith("image/") else "application/octet-stream"
 
 
+def _file_name(row: ImageRow, media_type: str) -> str:
+    """A safe name to save an image as: its key's last part in plain characters, with its type's extension."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", row.key.replace("\\", "/").rsplit("/", 1)[-1]).lstrip("._")[:120]
+    extension = mimetypes.guess_extension(media_type) or ""
+    name = name or f"image-{row.id}"
+    return name if not extension or name.lower().endswith(extension) else f"{name}{extension}"
+
+
 def _decode_upload(data: bytes) -> Image.Image:
     """An RGB image from uploaded bytes; anything else is the client's error, in plain words."""
     try:
@@ -313,7 +371,7 @@ def _decode_upload(data: bytes) -> Image.Image:
 
 
 def serve(
-    index_dirs: Sequence[str | os.PathLike],
+    index_dirs: IndexDirs,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,

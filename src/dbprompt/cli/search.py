@@ -77,7 +77,10 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
             "One backbone is loaded and shared; each database searches through its own prompts."
         ),
     )
-    p.add_argument("index_dirs", metavar="INDEX_DIR", nargs="+")
+    p.add_argument(
+        "index_dirs", metavar="[NAME=]INDEX_DIR", nargs="+",
+        help="an index directory, served under its folder's name, or under NAME (letters, digits, '.', '_', '-')",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest image upload accepted (default: 10)")
@@ -155,6 +158,14 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _named(spec: str) -> str | tuple[str, str]:
+    """NAME=DIR as (NAME, DIR); a directory that exists is itself even with a '=' in its name."""
+    from pathlib import Path
+
+    name, sep, index_dir = spec.partition("=")
+    return (name, index_dir) if sep and not Path(spec).exists() else spec
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from ..server import serve
 
@@ -162,7 +173,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError("--max-upload-mb must be positive")
     runtime = runtime_of(args)
     serve(
-        args.index_dirs, host=args.host, port=args.port, runtime=runtime, backbone=named_backbone(args, runtime),
+        [_named(spec) for spec in args.index_dirs], host=args.host, port=args.port, runtime=runtime, backbone=named_backbone(args, runtime),
         max_upload_bytes=int(args.max_upload_mb * 2**20), feedback=args.feedback,
     )
     return 0

@@ -31,10 +31,11 @@ from ..data.images import real_path
 from ..locking import exclusive
 from ..locking import OutputExistsError
 from ..model import PromptedCLIP
-from ..pipeline import decode_batches, embed_images, encode_texts
+from ..pipeline import decode_batches, embed_images
 from ..runtime import Runtime
 from ..storage import read_prompt_file
 from ..untrusted import loads
+from .calibration import caption_queries, measure
 from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_manifest
 from .metadata import ImageRow, write_metadata
 from .search import load_index
@@ -219,14 +220,16 @@ def _embed(
     return done
 
 
-def _tuning_queries(model: PromptedCLIP, records: Sequence[Record], runtime: Runtime) -> np.ndarray | None:
-    """Caption vectors: the real query distribution, modality gap included (None without captions)."""
-    rng = np.random.default_rng(0)
-    picks = rng.choice(len(records), min(TUNE_QUERIES, len(records)), replace=False)
-    captions = [records[i].captions[rng.integers(len(records[i].captions))] for i in picks if records[i].captions]
-    if not captions:
-        return None
-    return encode_texts(model, captions, runtime, batch_size=64).numpy()
+def _in_chunks(known: dict[str, _Embedded], kept: Sequence[Record]) -> Iterator[np.ndarray]:
+    """The vectors of `kept` in order, in chunks: an ivfpq index streams them to disk instead of holding a second copy."""
+    for i in range(0, len(kept), CHUNK_ROWS):
+        yield np.stack([known[r.key].vector for r in kept[i : i + CHUNK_ROWS]]).astype(np.float32, copy=False)
+
+
+def _iso(timestamp: float | None) -> str:
+    """A UTC time (now, for None) as the manifest writes it."""
+    when = datetime.now(timezone.utc) if timestamp is None else datetime.fromtimestamp(timestamp, timezone.utc)
+    return when.isoformat(timespec="seconds")
 
 
 def _check_replaceable(out: Path, identity: dict[str, str], force: bool) -> None:
@@ -262,6 +265,7 @@ def write_index(
     database: str = "",
     root: str | os.PathLike | None = None,
     last_build: dict[str, object] | None = None,
+    calibration: dict[str, object] | None = None,
     force: bool = False,
 ) -> IndexInfo:
     """Write an index directory from unit vectors (row i of `vectors` is image `rows[i]`), atomically.
@@ -270,6 +274,7 @@ def write_index(
     memory (its full vectors go to disk as they arrive); the other kinds hold them all in RAM.
     An approximate index is tuned on `tune_queries` (default: a sample of the vectors themselves).
     `root`: the folder the server may send images from (default: the deepest one holding them all).
+    `calibration`: the score statistics of the weak-match hint (calibration.measure; default: none, the legacy line).
     """
     if not rows or any(row.id != i for i, row in enumerate(rows)):
         raise ValueError("rows must be numbered 0..n-1, one per vector, at least one")
@@ -302,8 +307,10 @@ def write_index(
             recall_at_10=round(recall, 4),
             database=database,
             root=str(real_path(root if root is not None else os.path.commonpath([r.path.parent for r in rows]))),
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created=_iso(None),
             last_build=last_build or {},
+            prompt_source={"name": Path(prompt_file).name, "modified": _iso(Path(prompt_file).stat().st_mtime)},
+            calibration=calibration or {},
         )
         shutil.copyfile(prompt_file, tmp / PROMPTS)
         faiss.write_index(index.base if resolved == "ivfpq" else index, str(tmp / VECTORS))
@@ -376,23 +383,16 @@ def build_index(
             for i, r in enumerate(kept)
         ]
         resolved = resolve_kind(kind, len(rows))
-        if old_info is not None and not todo and rows == old_rows and old_info.kind == resolved:
+        if old_info is not None and not todo and rows == old_rows and old_info.kind == resolved and old_info.calibration:
             work.remove()
-            return old_info  # nothing changed
-        # In chunks: an ivfpq index streams them to disk instead of holding a second copy of them all.
-        vectors = (
-            np.stack([known[r.key].vector for r in kept[i : i + CHUNK_ROWS]]).astype(np.float32, copy=False)
-            for i in range(0, len(kept), CHUNK_ROWS)
-        )
-        queries = _tuning_queries(model, kept, runtime) if resolved != "exact" else None
+            return old_info  # nothing changed (an index built without the weak-match statistics is written again)
+        captions = caption_queries(model, kept, runtime)
         gone = {r.key for r in old_rows} - {r.key for r in rows}
         info = write_index(
-            out, prompt_file, vectors, rows, kind=resolved, tune_queries=queries, database=identity["database"],
-            root=database.root, force=force,
-            last_build={
-                "embedded": len(fresh),
-                "reused": len(rows) - len(fresh),
-                "removed": len(gone),
+            out, prompt_file, _in_chunks(known, kept), rows, kind=resolved, tune_queries=captions if resolved != "exact" else None,
+            database=identity["database"], root=database.root, calibration=measure(model, runtime, _in_chunks(known, kept), captions),
+            force=force, last_build={
+                "embedded": len(fresh), "reused": len(rows) - len(fresh), "removed": len(gone),
                 "skipped": [str(item) for item in database.report.items],
             },
         )

@@ -1,7 +1,8 @@
 """What an index directory holds and the manifest that says what made it.
 
     manifest.json        backbone, fingerprint, prompt sha256, database and its image root, index kind
-                         and parameters, count, dimension
+                         and parameters, count, dimension; the prompt file's name and date, and the score
+                         statistics that calibrate the weak-match hint (calibration.py)
     prompts.safetensors  a copy of the prompt file (searches use it; `serve` needs only the directory)
     vectors.faiss        L2-normalised image vectors; row i is image id i (ivfpq: their IVF-PQ codes)
     vectors.f16.npy      ivfpq only: the full vectors, float16, row i = image id i, searched from disk
@@ -64,6 +65,9 @@ class IndexInfo:
     root: str  # the folder every indexed image resolves inside, symlinks resolved
     created: str
     last_build: dict[str, object] = field(default_factory=dict)
+    # Absent from indexes built before they were kept:
+    prompt_source: dict[str, object] = field(default_factory=dict)  # the prompt file's name and modification time
+    calibration: dict[str, object] = field(default_factory=dict)  # score statistics (calibration.measure)
 
     @property
     def name(self) -> str:
@@ -82,8 +86,9 @@ class IndexInfo:
 _TYPES: dict[str, Any] = {
     "backbone": str, "pretrained": (str, type(None)), "fingerprint": str, "prompt_sha256": str, "kind": str,
     "factory": str, "count": int, "dim": int, "search_params": dict, "recall_at_10": (int, float),
-    "database": str, "root": str, "created": str, "last_build": dict,
+    "database": str, "root": str, "created": str, "last_build": dict, "prompt_source": dict, "calibration": dict,
 }
+_OPTIONAL = {"last_build", "prompt_source", "calibration"}
 
 
 def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
@@ -113,7 +118,7 @@ def read_info(index_dir: str | os.PathLike) -> IndexInfo:
             "against); rebuild it with `dbprompt index` into the same directory"
         )
     data = {k: v for k, v in data.items() if k not in ("format", "dbprompt_version")}
-    wrong = sorted((set(data) ^ set(_TYPES)) - {"last_build"})
+    wrong = sorted((set(data) ^ set(_TYPES)) - _OPTIONAL)
     if wrong:
         raise IndexFormatError(f"{manifest}: bad manifest: unexpected or missing fields {wrong}")
     for name, kind in _TYPES.items():

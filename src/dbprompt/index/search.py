@@ -1,7 +1,8 @@
 """An opened index: vector search plus the metadata of the images it returns.
 
 The vectors and metadata need no database; `keep` lets a caller drop hits whose file is gone
-(the Searcher does), and the search reaches further so that k hits remain where it can.
+(the Searcher does), `where` narrows the search to some images (a folder), and `offset` pages
+past the first hits: the search reaches further so that k hits remain where it can.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
+from pathlib import Path, PurePath
 from typing import Callable, Sequence
 
 import faiss
@@ -24,6 +27,9 @@ from .vectors import set_search_params
 
 # How far past k a search may reach to replace hits `keep` drops (deleted images).
 MAX_EXTRA = 1024
+# How far a filtered search may reach for k images that pass its filter: a folder rarer than that
+# among the best this many gets fewer than k (each round reads its rows' metadata).
+MAX_FILTERED_REACH = 200_000
 
 
 @dataclass(frozen=True)
@@ -65,42 +71,84 @@ class SearchIndex:
         """The folder every indexed image resolved inside when it was indexed."""
         return Path(self.info.root)
 
-    def search(self, query: np.ndarray, k: int = 10, keep: Callable[[ImageRow], bool] | None = None) -> Hits:
-        """The k nearest images to one unit-length query vector, best first (only those `keep` accepts).
+    def search(
+        self, query: np.ndarray, k: int = 10, keep: Callable[[ImageRow], bool] | None = None, *, offset: int = 0,
+        where: Callable[[ImageRow], bool] | None = None,
+    ) -> Hits:
+        """The k nearest images to one unit-length query vector after the first `offset`, best first (only
+        those `where` and `keep` accept; `keep` refusing counts as missing, `where` does not).
 
-        Refused rows widen the search (at most to k + MAX_EXTRA), but only while most rows pass: where most
-        are refused, the files are not where they were, and a second round says so as well as eight would."""
+        Refused rows widen the search (at most to offset + k + MAX_EXTRA, or MAX_FILTERED_REACH with `where`),
+        but only while most rows pass `keep`: where most are refused, the files are not where they were, and
+        a second round says so as well as eight would."""
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         if query.shape[1] != self.info.dim:
             raise ValueError(f"query has dimension {query.shape[1]}, the index {self.info.dim}")
         if not np.isfinite(query).all():
             raise ValueError("the query vector is not finite (NaN or Inf)")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        reach = min(k, self.info.count)
+        if k < 1 or offset < 0:
+            raise ValueError(f"k must be at least 1 and offset at least 0, got k={k}, offset={offset}")
+        want = offset + k
+        cap = min(self.info.count, max(want, MAX_FILTERED_REACH) if where else want + MAX_EXTRA)
+        reach = min(want, self.info.count)
         while True:
             scores, ids = self.vectors.search(query, reach)
             found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
             rows = self.rows([i for i, _ in found])
-            hits = Hits()
+            hits, passed = Hits(), 0
             for i, s in found:
+                if where is not None and not where(rows[i]):
+                    continue
                 if keep is None or keep(rows[i]):
-                    hits.append(Hit(s, rows[i]))
-                    if len(hits) == k:
+                    passed += 1
+                    if passed > offset:
+                        hits.append(Hit(s, rows[i]))
+                    if passed == want:
                         break
                 else:
                     hits.missing += 1
-            if len(hits) >= k or reach >= min(self.info.count, k + MAX_EXTRA) or (reach > k and hits.mostly_missing):
+            if passed >= want or reach >= cap or (reach > want and 0 < hits.missing >= passed):
                 return hits
-            reach = min(2 * reach, self.info.count, k + MAX_EXTRA)
+            reach = min(2 * reach, cap)
+
+    def folder_of(self, row: ImageRow) -> str:
+        """The folder of an image relative to the index's root ("" for the root itself; a shard member's is its shard's)."""
+        return self._folder(row.path)
+
+    def _folder(self, path: PurePath) -> str:
+        try:
+            relative = path.parent.relative_to(self.root).as_posix()
+        except ValueError:  # indexed outside the root it records: named in full
+            return path.parent.as_posix()
+        return "" if relative == "." else relative
+
+    @cached_property
+    def folders(self) -> dict[str, int]:
+        """Images per folder, in folder order (read once: an index never changes under an open SearchIndex)."""
+        with self._db_lock:
+            paths = self._db.execute("SELECT path FROM images").fetchall()
+        counts = Counter(self._folder(PurePath(p)) for (p,) in paths)
+        return dict(sorted(counts.items()))
+
+    def sample_captions(self, n: int) -> list[str]:
+        """Up to n distinct first captions spread over the index (by id), for a page to suggest as queries."""
+        count = self.info.count
+        ids = sorted({round(i * (count - 1) / max(1, 4 * n - 1)) for i in range(min(count, 4 * n))})
+        seen: dict[str, None] = {}
+        rows = self.rows(ids)
+        for i in ids:
+            if rows[i].captions:
+                seen.setdefault(rows[i].captions[0], None)
+        return list(seen)[:n]
 
     def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        with self._db_lock:
-            result = self._db.execute(f"SELECT {COLUMNS} FROM images WHERE id IN ({marks})", list(ids)).fetchall()
-        return {row[0]: ImageRow.from_sql(row) for row in result}
+        found: dict[int, ImageRow] = {}
+        for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
+            part = list(ids[start : start + 500])
+            with self._db_lock:
+                result = self._db.execute(f"SELECT {COLUMNS} FROM images WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
+            found.update((row[0], ImageRow.from_sql(row)) for row in result)
+        return found
 
     def row(self, image_id: int) -> ImageRow | None:
         return self.rows([image_id]).get(image_id)

@@ -1,73 +1,20 @@
 "use strict";
-// The search page: talks to this server's JSON API only, builds every element with textContent.
+// Searching: text and image queries, the grid of results with "more results" paging, the viewer, the JSON download.
 
-const $ = (selector) => document.querySelector(selector);
-// Below this best score a text query matched nothing well: unrelated text-image pairs score
-// about 0.1-0.2 in OpenAI and LAION CLIPs. A hint, not a filter: the results are still shown.
-const WEAK_SCORE = 0.2;
 // "More like this" sends the result's image at this size: well above what CLIP looks at (224 px),
 // and within any upload limit however large the original file.
 const SIMILAR_SIZE = 1024;
+const MAX_OFFSET = 900; // the server pages through the best 1,000 (server.MAX_OFFSET + MAX_K)
 
 let latest = 0; // a response is shown only if no newer request was made meanwhile
-let shown = null; // {response, label}: what the grid holds, for the viewer and the download
-let viewing = -1; // the result open in the viewer
 let queryImageURL = null;
-let queryImageName = null; // the file (or result key) an image search was made with
-let marksOn = false; // whether the server keeps marks (`dbprompt serve --feedback`)
-let marked = new Map(); // image id -> true (relevant) / false (not), for the query shown
-
-function problem(body, response) {
-  const detail = body && body.detail;
-  if (Array.isArray(detail)) return detail.map((d) => d.msg).join("; ");
-  return detail || `${response.status} ${response.statusText}`;
-}
-
-async function getJSON(url, options) {
-  const response = await fetch(url, options);
-  const body = await response.json().catch(() => null);
-  if (!response.ok) throw new Error(problem(body, response));
-  return body;
-}
-
-function setStatus(text, isError = false) {
-  const status = $("#status");
-  status.textContent = text;
-  status.classList.toggle("error", isError);
-}
-
-function setHint(text) {
-  $("#hint").textContent = text || "";
-  $("#hint").hidden = !text;
-}
-
-function databaseURL() {
-  return `api/databases/${encodeURIComponent($("#database").value)}`;
-}
-
-function relative(url) {
-  return url.replace(/^\//, "");
-}
-
-async function loadDatabases() {
-  const select = $("#database");
-  databases = await getJSON("api/databases");
-  for (const db of databases) {
-    const option = document.createElement("option");
-    option.value = db.name;
-    option.textContent = `${db.name} (${db.count} images)`;
-    select.append(option);
-  }
-  const wanted = new URLSearchParams(location.search).get("db");
-  if (databases.some((db) => db.name === wanted)) select.value = wanted;
-  setStatus(databases.length ? "Type a description of an image." : "No databases are served.");
-}
+let queryImage = null; // {blob, name}: the file (or result) an image search was made with
 
 // The query image above the results: an uploaded file, or the result "more like this" started from.
 function showQueryImage(blob, name) {
   if (queryImageURL) URL.revokeObjectURL(queryImageURL);
   queryImageURL = blob ? URL.createObjectURL(blob) : null;
-  queryImageName = blob ? name : null;
+  queryImage = blob ? { blob, name } : null;
   $("#query-image").hidden = !blob;
   $("#query-image-img").src = queryImageURL || "";
   $("#query-image-label").textContent = blob ? `Searching by ${name}` : "";
@@ -77,7 +24,9 @@ function clearResults() {
   $("#results").replaceChildren();
   shown = null;
   $("#download").disabled = true;
+  $("#more").hidden = true;
   setHint("");
+  showWelcome(true);
   if ($("#viewer").open) $("#viewer").close();
 }
 
@@ -88,97 +37,32 @@ function showError(text) {
   setStatus(text, true);
 }
 
-function button(text, className, onClick) {
-  const b = Object.assign(document.createElement("button"), { type: "button", className, textContent: text });
-  b.addEventListener("click", (event) => { event.stopPropagation(); onClick(); });
-  return b;
-}
-
-// Marks: ✓ (what the query asked for) and ✗ (not) on each result of a text search; a second press withdraws.
-function feedbackURL() {
-  return `${databaseURL()}/feedback`;
-}
-
-let databases = [];
-function probeMarks() {
-  const db = databases.find((d) => d.name === $("#database").value);
-  marksOn = Boolean(db && db.feedback);
-}
-
-async function loadMarks(query) {
-  marked = new Map();
-  if (!marksOn || query === null) return;
-  const body = await getJSON(`${feedbackURL()}?${new URLSearchParams({ query })}`);
-  for (const m of body.marks) if (m.image_id !== null) marked.set(m.image_id, m.relevant);
-}
-
-function markButtons(hit) {
-  const box = Object.assign(document.createElement("span"), { className: "marks" });
-  for (const [relevant, sign, name] of [[true, "✓", "relevant"], [false, "✗", "not relevant"]]) {
-    const b = button(sign, `mark ${relevant ? "yes" : "no"}`, () => mark(hit, relevant));
-    b.title = `mark as ${name} to this query (${relevant ? "Y" : "N"} in the viewer); again to withdraw`;
-    b.setAttribute("aria-label", `${name}`);
-    box.append(b);
-  }
-  return box;
-}
-
-function showMarks() {
-  for (const box of document.querySelectorAll(".marks")) {
-    const state = marked.get(Number(box.dataset.id));
-    box.querySelector(".yes").setAttribute("aria-pressed", String(state === true));
-    box.querySelector(".no").setAttribute("aria-pressed", String(state === false));
-    box.closest(".result, dialog").classList.toggle("is-relevant", state === true);
-    box.closest(".result, dialog").classList.toggle("is-irrelevant", state === false);
-  }
-  const n = marked.size;
-  $("#marks-status").textContent = marksOn && shown && shown.response.query !== null
-    ? (n ? `${n} marked for this query. ` : "") + "Mark results ✓ or ✗ to teach the search (dbprompt train --feedback)."
-    : "";
-}
-
-async function mark(hit, relevant) {
-  const query = shown && shown.response.query;
-  if (query === null) return;
-  const withdraw = marked.get(hit.id) === relevant;
-  try {
-    if (withdraw) {
-      await getJSON(`${feedbackURL()}?${new URLSearchParams({ query, image_id: hit.id })}`, { method: "DELETE" });
-      marked.delete(hit.id);
-    } else {
-      await getJSON(feedbackURL(), {
-        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ query, image_id: hit.id, relevant }),
-      });
-      marked.set(hit.id, relevant);
-    }
-    showMarks();
-  } catch (error) {
-    setStatus(`Mark not kept: ${error.message}`, true);
-  }
-}
-
 function card(hit, index, database) {
-  const figure = document.createElement("figure");
-  figure.className = "result";
+  const figure = element("figure", "result");
   figure.dataset.database = database;
   figure.dataset.id = hit.id;
+  figure.dataset.key = hit.key;
   figure.tabIndex = 0;
-  const img = document.createElement("img");
+  const img = element("img");
   img.src = relative(hit.thumbnail_url);
   img.alt = hit.captions[0] || hit.key;
   img.loading = "lazy";
-  const caption = document.createElement("figcaption");
-  const score = Object.assign(document.createElement("span"), { className: "score", textContent: `score ${hit.score.toFixed(3)}` });
-  const text = Object.assign(document.createElement("span"), { className: "caption", textContent: hit.captions[0] || hit.key });
-  const actions = Object.assign(document.createElement("span"), { className: "actions" });
-  actions.append(button("More like this", "more-like", () => moreLike(hit)));
-  if (hit.captions.length) actions.append(button("Search this caption", "search-caption", () => searchFor(hit.captions[0])));
-  caption.append(score, text, actions);
-  if (marksOn && shown && shown.response.query !== null) {
-    const marks = markButtons(hit);
-    marks.dataset.id = hit.id;
-    caption.prepend(marks);
+  const caption = element("figcaption");
+  const text = element("span", "caption", hit.captions[0] || hit.key);
+  text.title = text.textContent;
+  const meta = element("span", "meta");
+  meta.append(element("span", "score", `score ${hit.score.toFixed(3)}`));
+  if (marking()) meta.append(markButtons(hit));
+  const actions = element("span", "actions");
+  const similar = button("Similar", "more-like", () => moreLike(hit));
+  similar.title = "search for images like this one";
+  actions.append(similar);
+  if (hit.captions.length) {
+    const again = button("Search caption", "search-caption", () => searchFor(hit.captions[0]));
+    again.title = "search for this image's caption";
+    actions.append(again);
   }
+  caption.append(text, meta, actions);
   figure.append(img, caption);
   figure.addEventListener("click", () => enlarge(index));
   figure.addEventListener("keydown", (event) => {
@@ -187,19 +71,34 @@ function card(hit, index, database) {
   return figure;
 }
 
-function render(response, label) {
+function weakHint(response, label) {
+  if (response.note) return response.note;
+  if (!response.weak) return "";
+  const db = databases.find((d) => d.name === response.database);
+  const best = response.results.length ? response.results[0].score.toFixed(3) : "none";
+  const line = response.weak_below.toFixed(3);
+  const measured = db && db.weak_calibrated
+    ? "the line measured for this database when it was indexed"
+    : "a line for OpenAI and LAION CLIPs: index the database again to measure its own";
+  return `Weak match: the best score is ${best}, under ${line} (${measured}), so these images may not show ${label}. Try other words, such as words the captions use.`;
+}
+
+function render(response, label, fetchPage, append = false) {
   const grid = $("#results");
-  shown = { response, image: response.query === null ? queryImageName : null };
-  grid.replaceChildren(...response.results.map((hit, i) => card(hit, i, response.database)));
+  const before = append ? shown.response.results : [];
+  const results = [...before, ...response.results];
+  if (!append) shown = { response, image: response.query === null && queryImage ? queryImage.name : null, label, fetchPage };
+  shown.response = { ...response, offset: 0, k: results.length, results };
+  const cards = response.results.map((hit, i) => card(hit, before.length + i, response.database));
+  if (append) grid.append(...cards); else grid.replaceChildren(...cards);
   grid.dataset.database = response.database;
-  $("#download").disabled = response.results.length === 0;
+  showWelcome(false);
+  $("#download").disabled = results.length === 0;
+  $("#more").hidden = response.results.length < response.k || results.length > MAX_OFFSET;
   const took = response.took_ms.toFixed(1);
-  setStatus(`${response.results.length} results for ${label} in ${response.database} (${took} ms)`);
-  const best = response.results.length ? response.results[0].score : null;
-  const weak = response.query !== null && (best === null || best < WEAK_SCORE);
-  setHint(response.note ? response.note : weak
-    ? `Weak match: the best score is ${best === null ? "none" : best.toFixed(3)} (below ${WEAK_SCORE}), so these images may not show ${label}. Try other words, such as words the captions use.`
-    : "");
+  const folder = response.folder === null ? "" : ` / ${response.folder || "(top folder)"}`;
+  setStatus(`${results.length} results for ${label} in ${response.database}${folder} (${took} ms)`);
+  if (!append) setHint(weakHint(response, label));
   showMarks();
 }
 
@@ -212,40 +111,63 @@ function enlarge(index) {
   $("#viewer-position").textContent = `${index + 1} / ${shown.response.results.length}`;
   $("#viewer-key").textContent = hit.key;
   $("#viewer-score").textContent = `score ${hit.score.toFixed(3)}`;
+  $("#viewer-open").href = relative(hit.image_url);
+  $("#viewer-download").href = `${relative(hit.image_url)}?download=1`;
   $("#viewer-captions").replaceChildren(...hit.captions.map((c) => {
-    const item = document.createElement("li");
+    const item = element("li");
     item.append(button(c, "search-caption", () => searchFor(c)));
     return item;
   }));
-  const marks = $("#viewer-marks");
-  marks.replaceChildren(...(marksOn && shown.response.query !== null ? [markButtons(hit)] : []));
-  if (marks.firstChild) marks.firstChild.dataset.id = hit.id;
+  $("#viewer-marks").replaceChildren(...(marking() ? [markButtons(hit)] : []));
   showMarks();
   $("#viewer-prev").disabled = index === 0;
   $("#viewer-next").disabled = index === shown.response.results.length - 1;
   if (!$("#viewer").open) $("#viewer").showModal();
 }
 
-async function run(request, label) {
+// fetchPage(offset) asks the server for one page; "More results" asks it again for the next one.
+async function run(fetchPage, label) {
   const ticket = ++latest;
   if ($("#viewer").open) $("#viewer").close();
   setStatus("Searching…");
   try {
-    const response = await request();
+    const response = await fetchPage(0);
     await loadMarks(response.query).catch(() => { marked = new Map(); });
-    if (ticket === latest) render(response, label);
+    if (ticket === latest) render(response, label, fetchPage);
   } catch (error) {
     if (ticket === latest) showError(error.message);
   }
+}
+
+async function more() {
+  if (!shown) return;
+  const ticket = latest;
+  $("#more").disabled = true;
+  try {
+    const response = await shown.fetchPage(shown.response.results.length);
+    if (ticket === latest) render(response, shown.label, shown.fetchPage, true);
+  } catch (error) {
+    if (ticket === latest) setStatus(`No more results: ${error.message}`, true);
+  } finally {
+    $("#more").disabled = false;
+  }
+}
+
+function pageParams(offset) {
+  const params = new URLSearchParams({ k: $("#k").value });
+  if (offset) params.set("offset", offset);
+  const folder = chosenFolder();
+  if (folder !== null) params.set("folder", folder);
+  return params;
 }
 
 function searchText() {
   const q = $("#query").value.trim();
   if (!q || !$("#database").value) return;
   showQueryImage(null);
-  const params = new URLSearchParams({ q, k: $("#k").value });
   history.replaceState(null, "", `?${new URLSearchParams({ db: $("#database").value, q })}`);
-  run(() => getJSON(`${databaseURL()}/search?${params}`), `“${q}”`);
+  const url = databaseURL();
+  run((offset) => getJSON(`${url}/search?${new URLSearchParams({ q, ...Object.fromEntries(pageParams(offset)) })}`), `“${q}”`);
 }
 
 function searchFor(caption) {
@@ -256,9 +178,18 @@ function searchFor(caption) {
 function searchImage(blob, name, label = name) {
   showQueryImage(blob, name);
   history.replaceState(null, "", `?${new URLSearchParams({ db: $("#database").value })}`);
-  const form = new FormData();
-  form.append("image", blob, blob.name || "image");
-  run(() => getJSON(`${databaseURL()}/search/image?k=${$("#k").value}`, { method: "POST", body: form }), label);
+  const url = databaseURL();
+  run((offset) => {
+    const form = new FormData();
+    form.append("image", blob, blob.name || "image");
+    return getJSON(`${url}/search/image?${pageParams(offset)}`, { method: "POST", body: form });
+  }, label);
+}
+
+// Whatever was searched last, again: another database, folder or page size.
+function searchAgain() {
+  if (queryImage) searchImage(queryImage.blob, queryImage.name);
+  else searchText();
 }
 
 async function moreLike(hit) {
@@ -278,7 +209,7 @@ function download() {
   const data = { ...response, query_image: image };
   const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 2)], { type: "application/json" }));
   const slug = (response.query || image || "image").replace(/[^\w.-]+/g, "-").slice(0, 60);
-  const link = Object.assign(document.createElement("a"), { href: url, download: `dbprompt-${response.database}-${slug}.json` });
+  const link = Object.assign(element("a"), { href: url, download: `dbprompt-${response.database}-${slug}.json` });
   document.body.append(link);
   link.click();
   link.remove();
@@ -290,26 +221,27 @@ function onViewerKey(event) {
   else if (event.key === "ArrowLeft") enlarge(viewing - 1);
   else if (event.key === "Home") enlarge(0);
   else if (event.key === "End" && shown) enlarge(shown.response.results.length - 1);
-  else if ((event.key === "y" || event.key === "n") && marksOn && shown && shown.response.query !== null) {
-    mark(shown.response.results[viewing], event.key === "y");
-  }
+  else if ((event.key === "y" || event.key === "n") && marking()) mark(shown.response.results[viewing], event.key === "y");
   else return;
   event.preventDefault();
 }
 
 let typing;
 function init() {
-  $("#search").addEventListener("submit", (event) => { event.preventDefault(); searchText(); });
+  // Enter searches now, and the search typing would start in a moment is dropped (it would close a viewer opened meanwhile).
+  $("#search").addEventListener("submit", (event) => { event.preventDefault(); clearTimeout(typing); searchText(); });
   $("#query").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(searchText, 300); });
-  $("#database").addEventListener("change", () => { probeMarks(); searchText(); });
-  $("#k").addEventListener("change", searchText);
+  $("#database").addEventListener("change", () => { probeMarks(); showDatabase(); searchAgain(); });
+  $("#folder").addEventListener("change", searchAgain);
+  $("#k").addEventListener("change", searchAgain);
   $("#image").addEventListener("change", (event) => {
     const file = event.target.files[0];
     if (file) { $("#query").value = ""; searchImage(file, file.name); }
     event.target.value = ""; // choosing the same file again searches again
   });
-  $("#query-image-clear").addEventListener("click", () => { showQueryImage(null); clearResults(); setStatus("Type a description of an image."); });
+  $("#query-image-clear").addEventListener("click", () => { showQueryImage(null); clearResults(); setStatus(""); });
   $("#download").addEventListener("click", download);
+  $("#more").addEventListener("click", more);
   $("#viewer").addEventListener("click", (event) => { if (event.target.id === "viewer") $("#viewer").close(); });
   document.addEventListener("keydown", (event) => { if ($("#viewer").open) onViewerKey(event); });
   $("#viewer").addEventListener("close", () => {
