@@ -125,8 +125,7 @@ def export_onnx(
     are from fp32's on the check batch. Raises OnnxExportError when a tower's features on the check batch
     (`check_batch` random images, `CHECK_CAPTIONS`) differ from PyTorch's by more than TOLERANCE.
     """
-    for package in ("onnxruntime", "onnx", "onnxscript"):
-        require(package)
+    _require_exporter()
     if check_batch == TRACE_BATCH or check_batch < 1:
         raise ValueError(f"check_batch must be >= 1 and not {TRACE_BATCH} (the traced batch), so the dynamic batch is checked")
     out = Path(directory)
@@ -181,9 +180,15 @@ def export_prompts(
     from ..backbones import load_named_backbone
     from ..model import PromptedCLIP
 
+    _require_exporter()  # before any weights are loaded
     named = load_named_backbone(model, pretrained) if model else None
     prompted = PromptedCLIP.from_prompt_file(prompts, named)
     return export_onnx(prompted, directory, prompt_sha256=file_sha256(prompts), int8=int8, log=log)
+
+
+def _require_exporter() -> None:
+    for package in ("onnxruntime", "onnx", "onnxscript"):
+        require(package)
 
 
 def _check_replaceable(out: Path) -> None:
