@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..onnx.export import export_prompts
+    from ..onnx.prompt_file import export_prompts
 
     manifest = export_prompts(args.prompts, args.onnx, model=args.model, pretrained=args.pretrained, int8=args.int8, log=message)
     check = manifest.check

@@ -10,7 +10,7 @@ __getattr__, __dir__ = lazy_exports(
     globals(),
     {
         "export_onnx": "dbprompt.onnx.export",
-        "export_prompts": "dbprompt.onnx.export",
+        "export_prompts": "dbprompt.onnx.prompt_file",
         "OnnxTowers": "dbprompt.onnx.towers",
         "OnnxRuntimeMissingError": "dbprompt.onnx.towers",
         "ExportManifest": "dbprompt.onnx.manifest",

@@ -20,7 +20,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,12 +28,8 @@ from torch import nn
 
 from .. import __version__
 from ..atomic import atomic_dir, atomic_write_text
-from ..compat import file_sha256
 from .manifest import IMAGE, IMAGE_INT8, MANIFEST, TEXT, TOKENIZER_DIR, ExportManifest, OnnxExportError, read_export_manifest
 from .towers import OnnxTowers, require
-
-if TYPE_CHECKING:
-    from ..model import PromptedCLIP
 
 OPSET = 18
 TOLERANCE = 1e-4  # max abs difference of unit-length fp32 features, ONNX Runtime vs PyTorch
@@ -49,7 +45,7 @@ CHECK_CAPTIONS = (
 
 
 class _ImageTower(nn.Module):
-    def __init__(self, model: "PromptedCLIP"):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
@@ -58,7 +54,7 @@ class _ImageTower(nn.Module):
 
 
 class _TextTower(nn.Module):
-    def __init__(self, model: "PromptedCLIP"):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
@@ -110,7 +106,7 @@ def _export(module: nn.Module, example: torch.Tensor, name: str, dims: dict[int,
 
 
 def export_onnx(
-    model: "PromptedCLIP",
+    model: nn.Module,
     directory: str | os.PathLike,
     *,
     prompt_sha256: str | None = None,
@@ -118,14 +114,15 @@ def export_onnx(
     check_batch: int = 3,
     log: Callable[[str], None] | None = None,
 ) -> ExportManifest:
-    """Write `model`'s image and text towers to `directory` (replaced whole, or left as it was on failure).
+    """Write the image and text towers of `model` (a PromptedCLIP: this module is below it, so named by its
+    role alone) to `directory`, replaced whole, or left as it was on failure.
 
     `prompt_sha256`: the prompt file's, recorded so the export is refused with any other file.
     `int8`: also an image tower with int8 weights (dynamic quantization), recording how far its features
     are from fp32's on the check batch. Raises OnnxExportError when a tower's features on the check batch
     (`check_batch` random images, `CHECK_CAPTIONS`) differ from PyTorch's by more than TOLERANCE.
     """
-    _require_exporter()
+    require_exporter()
     if check_batch == TRACE_BATCH or check_batch < 1:
         raise ValueError(f"check_batch must be >= 1 and not {TRACE_BATCH} (the traced batch), so the dynamic batch is checked")
     out = Path(directory)
@@ -166,27 +163,8 @@ def export_onnx(
     return read_export_manifest(out)
 
 
-def export_prompts(
-    prompts: str | os.PathLike,
-    directory: str | os.PathLike,
-    *,
-    model: str | None = None,
-    pretrained: str | None = None,
-    int8: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> ExportManifest:
-    """`dbprompt export PROMPTS --onnx DIR`: a prompt file's towers on its backbone (`model`/`pretrained`, else the
-    one the file records, from local weights only), checked, refused with any other file or backbone later."""
-    from ..backbones import load_named_backbone
-    from ..model import PromptedCLIP
-
-    _require_exporter()  # before any weights are loaded
-    named = load_named_backbone(model, pretrained) if model else None
-    prompted = PromptedCLIP.from_prompt_file(prompts, named)
-    return export_onnx(prompted, directory, prompt_sha256=file_sha256(prompts), int8=int8, log=log)
-
-
-def _require_exporter() -> None:
+def require_exporter() -> None:
+    """What exporting needs beyond dbprompt's own dependencies, or one line saying what to install."""
     for package in ("onnxruntime", "onnx", "onnxscript"):
         require(package)
 
@@ -203,7 +181,7 @@ def _check_replaceable(out: Path) -> None:
         raise OnnxExportError(f"{out}: exists and is not a dbprompt ONNX export; give a new or empty directory") from None
 
 
-def _check(model: "PromptedCLIP", manifest: ExportManifest, batch: int) -> dict[str, Any]:
+def _check(model: nn.Module, manifest: ExportManifest, batch: int) -> dict[str, Any]:
     """Both towers on ONNX Runtime, through OnnxTowers as they will be used, vs PyTorch; raises beyond TOLERANCE."""
     towers = OnnxTowers(manifest)
     backbone = model.backbone
