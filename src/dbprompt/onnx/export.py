@@ -210,14 +210,26 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _quantize(manifest: ExportManifest, pixels: np.ndarray) -> dict[str, Any]:
-    """image.int8.onnx: int8 weights, activations quantized per batch at run time (no calibration data needed)."""
+    """image.int8.onnx: int8 weights of the matrix products with weights, activations quantized per batch at run
+    time (no calibration data). ONNX Runtime's own fusions (layer norms with their residual, the attention's
+    scale) are applied first and kept in the file: once quantized, the graph no longer matches them at load
+    time, and on ViT-B-32 int8 ran 1.2-1.6x faster with them (under load). Weights per output channel: as fast, a
+    little closer. The patch embedding stays fp32 (int8 Conv was slower, and no closer)."""
+    ort = require("onnxruntime")
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
     folder = manifest.path
-    prepared = folder / f".{IMAGE}.prepared"
+    fused, prepared = folder / f".{IMAGE}.fused", folder / f".{IMAGE}.prepared"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # any CPU's, not this one's layouts
+    options.optimized_model_filepath = str(fused)
     with _quiet():
-        quant_pre_process(str(folder / IMAGE), str(prepared), skip_symbolic_shape=True)  # shapes inferred, graph simplified: ONNX Runtime's advice
-        quantize_dynamic(str(prepared), str(folder / IMAGE_INT8), weight_type=QuantType.QInt8)
+        ort.InferenceSession(str(folder / IMAGE), options, providers=["CPUExecutionProvider"])
+        quant_pre_process(str(fused), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+        quantize_dynamic(
+            str(prepared), str(folder / IMAGE_INT8), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True
+        )
+    fused.unlink()
     prepared.unlink()
     fp32 = OnnxTowers(manifest).encode_images(pixels)
     int8 = OnnxTowers(_replace(manifest, int8=True), int8=True).encode_images(pixels)
