@@ -4,8 +4,8 @@ Once trained, a prompt file changes nothing but a few constant tensors, so each 
 exports like the backbone's own: torch's dynamo exporter (`torch.onnx.export(dynamo=True)`, the
 one torch keeps) traces `PromptedCLIP.encode_image` / `encode_text` themselves, so the graphs
 compute exactly what PyTorch does (deep prompts, gates, word offsets, adapters), with a dynamic
-batch (and text length). Every export is run on ONNX Runtime before it is kept: features further
-than `TOLERANCE` from PyTorch's on a test batch and nothing is written.
+batch (and text length). Every export is run on ONNX Runtime before it is kept: one whose features
+on a test batch are further than `TOLERANCE` from PyTorch's leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def export_onnx(
     log: Callable[[str], None] | None = None,
 ) -> ExportManifest:
     """Write the image and text towers of `model` (a PromptedCLIP: this module is below it, so named by its
-    role alone) to `directory`, replaced whole, or left as it was on failure.
+    role alone; put in eval mode) to `directory`, replaced whole, or left as it was on failure.
 
     `prompt_sha256`: the prompt file's, recorded so the export is refused with any other file.
     `int8`: also an image tower with int8 weights (dynamic quantization), recording how far its features
@@ -134,7 +134,7 @@ def export_onnx(
     pixels = torch.randn(TRACE_BATCH, 3, *backbone.image_size, device=device)
     ids = model.tokenize(list(CHECK_CAPTIONS[:TRACE_BATCH])).to(device)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-    length = torch.export.Dim("length", min=2, max=max(model.text_context_length, 3))
+    length = torch.export.Dim("length", min=2, max=model.text_context_length)
     with atomic_dir(out) as tmp:
         tmp.chmod(0o755)  # a directory like any other, not mkdtemp's private one
         say(f"exporting the image tower of {backbone.name} to ONNX (opset {OPSET})")
