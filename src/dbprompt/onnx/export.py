@@ -28,7 +28,9 @@ from torch import nn
 
 from .. import __version__
 from ..atomic import atomic_dir, atomic_write_text
-from .manifest import IMAGE, IMAGE_INT8, MANIFEST, TEXT, TOKENIZER_DIR, ExportManifest, OnnxExportError, read_export_manifest
+from .manifest import (
+    IMAGE, IMAGE_INT8, MANIFEST, TEXT, TOKENIZER_DIR, ExportManifest, OnnxExportError, read_export_manifest,
+)
 from .towers import OnnxTowers, require
 
 OPSET = 18
@@ -66,7 +68,8 @@ class _TextTower(nn.Module):
 def _searchsorted(sorted_sequence: Any, values: Any, out_int32: bool = False, right: bool = False, side: Any = None, sorter: Any = None) -> Any:
     """aten.searchsorted (left side) in ONNX, which has no such operator: word offsets look their token ids up with
     it. Counts the sorted ids below each value (a [B, L, vocabulary] comparison: the vocabulary is small)."""
-    from onnxscript import INT64, opset18 as op
+    from onnxscript import INT64
+    from onnxscript import opset18 as op
 
     if right or side == "right" or sorter is not None or out_int32:
         raise NotImplementedError("only searchsorted(sorted, values) of int64, left side, is exported")
@@ -86,7 +89,7 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
