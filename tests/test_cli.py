@@ -17,7 +17,7 @@ from dbprompt.data.splits import assign_splits
 from dbprompt.prompts import PromptConfig
 from dbprompt.storage import read_prompt_file
 
-COMMANDS = ["train", "eval", "info", "index", "search", "serve"]
+COMMANDS = ["train", "eval", "info", "index", "search", "serve", "export"]
 
 
 def test_help_for_every_command(capsys):

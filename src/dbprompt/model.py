@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,9 @@ from .compat import BackboneId, check_backbone
 from .prompts.method import PromptMethod
 from .prompts.registry import method_of
 from .storage import PromptFileError, read_prompt_file, write_prompt_file
+
+if TYPE_CHECKING:
+    from .onnx.manifest import ExportManifest
 
 
 class PromptedCLIP(nn.Module):
@@ -79,6 +82,12 @@ class PromptedCLIP(nn.Module):
         """Only the prompts (and the vocabulary's token ids): what a prompt file holds."""
         return {k: v.detach() for k, v in self.prompts.state_dict().items()}
 
+    def export_onnx(self, directory: str | os.PathLike, **options: Any) -> "ExportManifest":
+        """The towers as ONNX graphs with these prompts baked in, checked against PyTorch (see `onnx.export.export_onnx`)."""
+        from .onnx.export import export_onnx
+
+        return export_onnx(self, directory, **options)
+
     def load_prompt_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         _check_state(state, self.prompts.state_dict())
         self.prompts.load_state_dict(state)
@@ -116,11 +125,15 @@ class PromptedCLIP(nn.Module):
         device = next(self.parameters()).device
         return self.encode_text(self.tokenize(texts).to(device), normalize=normalize)
 
-    def encode_text(self, ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """One pass of the text tower, the prompt method acting on its input and inside its blocks."""
+    def encode_text(self, ids: torch.Tensor, normalize: bool = True, *, trim: bool = True) -> torch.Tensor:
+        """One pass of the text tower, the prompt method acting on its input and inside its blocks.
+
+        `trim`: first drop padding columns that cannot change the result (off where the graph must not
+        depend on the ids' values: an ONNX export)."""
         if self.backbone.text_prompt_problem():  # it takes nothing (methods refuse prompts there): its own forward
             return _finish(self.backbone.encode_text(ids), normalize)
-        ids = self.backbone.trim_text_padding(ids)
+        if trim:
+            ids = self.backbone.trim_text_padding(ids)
         x, ids, hook = self.prompts.text_input(ids, self.backbone.text_token_embeddings(ids))
         return _finish(self.backbone.text_from_embeddings(x, ids, hook, self.prompts.in_blocks("text")), normalize)
 

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from .. import __version__
-from . import errors, evaluate, search, train
+from . import errors, evaluate, export, search, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     evaluate.register(sub)
     search.register(sub)
+    export.register(sub)
     return parser
 
 

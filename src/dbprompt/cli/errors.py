@@ -2,9 +2,9 @@
 
     0  success
     1  internal error: a bug in dbprompt (the traceback is printed for the bug report), or out of memory
-    2  usage: a bad option or combination of options (argparse's own code for the same), or an
-       output that exists (pass --force)
-    3  bad data: a database, image, prompt file or index that is missing, unreadable, malformed,
+    2  usage: a bad option or combination of options (argparse's own code for the same), an
+       output that exists (pass --force), or an optional package the command needs is not installed
+    3  bad data: a database, image, prompt file, index or ONNX export that is missing, unreadable, malformed,
        or does not belong with the rest (a DataError, PromptFileError, IndexFormatError, ...),
        including a backbone a file records that is not loaded from what the file says
     4  weights not available: a backbone's weights (or tokenizer) are neither on this machine nor to be
@@ -31,9 +31,10 @@ def _bad_data_types() -> tuple[type[BaseException], ...]:
     from ..compat import IncompatibleError
     from ..data.errors import DataError
     from ..index.manifest import IndexFormatError
+    from ..onnx.manifest import OnnxExportError
     from ..storage import PromptFileError
 
-    return DataError, PromptFileError, IndexFormatError, IncompatibleError, OSError
+    return DataError, PromptFileError, IndexFormatError, OnnxExportError, IncompatibleError, OSError
 
 
 def _raised_from(exc: BaseException, module: str, name: str) -> bool:
@@ -51,7 +52,7 @@ def exit_code(exc: BaseException) -> int:
         return INTERRUPTED
     if isinstance(exc, OutputBusyError):
         return BUSY
-    if isinstance(exc, OutputExistsError):
+    if isinstance(exc, OutputExistsError) or _raised_from(exc, "dbprompt.onnx.towers", "OnnxRuntimeMissingError"):
         return USAGE
     if _raised_from(exc, "dbprompt.backbones.loading", "WeightsUnavailableError"):
         return WEIGHTS_UNAVAILABLE
