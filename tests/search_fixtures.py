@@ -14,6 +14,7 @@ import uvicorn
 from PIL import Image
 from tinydata import write_database
 
+from dbprompt.atomic import atomic_write_text
 from dbprompt.backbones import BackboneAdapter
 from dbprompt.index import IndexInfo, build_index
 from dbprompt.model import PromptedCLIP
@@ -100,7 +101,8 @@ def foldered_world(
 
 def set_weak_line(index_dir: Path, line: float) -> None:
     """Rewrite an index's calibration so that its weak-match line is `line` (no captions measured): a test's
-    tiny random backbone scores nonsense and captions alike, so a test draws the line where it needs it."""
+    tiny random backbone scores nonsense and captions alike, so a test draws the line where it needs it. Written
+    atomically: a server reading it half-written would refuse that instant's requests (503) as a stale index."""
     manifest = json.loads((index_dir / "manifest.json").read_text())
     manifest["calibration"] = {"nonsense_best": {"q10": line, "q50": line, "q90": line}, "nonsense_queries": 50}
-    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    atomic_write_text(index_dir / "manifest.json", json.dumps(manifest))
