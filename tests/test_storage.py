@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
@@ -147,3 +148,16 @@ def test_file_and_header_sizes_are_bounded_before_reading(tmp_path, monkeypatch)
     monkeypatch.setattr(storage, "MAX_FILE_BYTES", 100)
     with pytest.raises(PromptFileError, match="1,048,585 bytes; prompt files are under 100"):
         read_prompt_file(path)
+
+
+def test_atomic_directories_get_the_usual_permissions(tmp_path):
+    """mkdtemp makes a private 0700 directory; an index or export replaced through it must not stay one."""
+    from dbprompt.atomic import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755

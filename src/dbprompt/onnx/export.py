@@ -139,7 +139,6 @@ def export_onnx(
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     length = torch.export.Dim("length", min=2, max=model.text_context_length)
     with atomic_dir(out) as tmp:
-        tmp.chmod(0o755)  # a directory like any other, not mkdtemp's private one
         say(f"exporting the image tower of {backbone.name} to ONNX (opset {OPSET})")
         _export(_ImageTower(model), pixels, "pixels", {0: batch}, tmp / IMAGE)
         say("exporting the text tower")
