@@ -16,11 +16,10 @@ from fastapi.testclient import TestClient
 from search_fixtures import make_prompt_file
 from tinydata import write_database
 
-import dbprompt.index.onnx_embed as onnx_embed
 from dbprompt.backbones import load_backbone
 from dbprompt.cli import main
 from dbprompt.compat import file_sha256
-from dbprompt.index import all_vectors, load_index
+from dbprompt.index import all_vectors, load_index, onnx_embed
 from dbprompt.index.manifest import read_info
 from dbprompt.onnx.manifest import IMAGE, MANIFEST
 from dbprompt.runtime import Runtime
@@ -69,7 +68,7 @@ def captions(db, n: int = 12) -> list[str]:
 
 
 def test_onnx_index_equals_the_torch_index_and_keeps_its_export(built):
-    db, prompts, root = built
+    _, prompts, root = built
     torch_vectors, onnx_vectors = vectors_by_key(root / "torch"), vectors_by_key(root / "onnx")
     assert torch_vectors.keys() == onnx_vectors.keys() and len(onnx_vectors) == 40
     assert max(np.abs(torch_vectors[k] - onnx_vectors[k]).max() for k in torch_vectors) <= TOLERANCE
@@ -98,13 +97,13 @@ def test_search_and_serve_on_onnx_give_torch_s_top_10(built):
 
 
 def test_an_update_reuses_the_export_and_a_new_prompt_file_exports_again(built, tmp_path, capsys):
-    db, prompts, root = built
+    db, prompts, _ = built
     out = tmp_path / "idx"
     capsys.readouterr()
     assert index(db, prompts, out, "--runtime", "onnx", "--precision", "fp32") == 0
     assert "exporting the towers" in capsys.readouterr().err
     inode = (out / "onnx" / IMAGE).stat().st_ino
-    first = sorted((db / "images").iterdir())[0]
+    first = min((db / "images").iterdir())
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # one image changed
     assert index(db, prompts, out, "--runtime", "onnx", "--precision", "fp32", "--json") == 0
     captured = capsys.readouterr()
