@@ -1,6 +1,6 @@
 """Screenshots of the search page at a desktop and a phone size: `python tests/screenshots.py [OUT_DIR]`.
 
-Serves a tiny index (tests/tinydata.py shapes in two folders, random prompts) and saves the empty page,
+Serves a tiny index (tests/tinydata.py shapes in two folders, tagged, random prompts) and saves the empty page,
 results, the viewer and a weak match as PNGs (default: shots/), for a person to look at. The tiny random
 backbone's scores mean nothing, so its weak-match line is drawn where each screenshot needs it.
 """
@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from search_fixtures import foldered_world, running_server, set_weak_line
+from search_fixtures import foldered_world, holiday_tags, running_server, set_weak_line
 from test_web_e2e import CHROMIUM, CHROMIUM_ARGS
 
 from dbprompt.backbones import load_backbone
@@ -27,7 +27,7 @@ def shoot(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     saved: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
-        foldered_world(Path(tmp), load_backbone("dbprompt-tiny"), n=160, seed=5, image_size=160)
+        foldered_world(Path(tmp), load_backbone("dbprompt-tiny"), n=160, seed=5, image_size=160, tags=holiday_tags)
         set_weak_line(Path(tmp) / "foldered", -1.0)
         app = create_app({"holiday-photos": Path(tmp) / "foldered"}, runtime=Runtime())
         with running_server(app) as base, sync_playwright() as p:

@@ -7,13 +7,14 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import uvicorn
 from PIL import Image
 from tinydata import write_database
 
+from dbprompt.atomic import atomic_write_text
 from dbprompt.backbones import BackboneAdapter
 from dbprompt.index import IndexInfo, build_index
 from dbprompt.model import PromptedCLIP
@@ -72,11 +73,18 @@ def running_server(app, timeout: float = 20.0) -> Iterator[str]:
         thread.join(timeout)
 
 
+def holiday_tags(i: int) -> list[str]:
+    """The tags of image i of a tagged world: beach or city (alternating), family on every 3rd, sunset on every 5th."""
+    return [("beach", "city")[i % 2]] + ["family"] * (i % 3 == 0) + ["sunset"] * (i % 5 == 0)
+
+
 def foldered_world(
-    root: Path, backbone: BackboneAdapter, *, n: int, seed: int, every: int = 4, image_size: int = 16
+    root: Path, backbone: BackboneAdapter, *, n: int, seed: int, every: int = 4, image_size: int = 16,
+    tags: Callable[[int], list[str]] | None = None,
 ) -> tuple[Path, IndexInfo]:
     """A tiny database (tests/tinydata.py) whose images lie in two folders, `a` (every `every`-th one) and `b`
-    (the rest), indexed as `root/foldered`: more than 100 images, to page past a page of 100."""
+    (the rest), indexed as `root/foldered`: more than 100 images, to page past a page of 100. With `tags`
+    (e.g. holiday_tags), image i's metadata has the tags `tags(i)`."""
     db = write_database(root / "foldered-db", n, seed=seed, image_size=image_size)
     rows = [json.loads(line) for line in (db / "metadata.jsonl").read_text().splitlines()]
     for i, row in enumerate(rows):
@@ -84,6 +92,8 @@ def foldered_world(
         folder.mkdir(exist_ok=True)
         (db / row["file_name"]).rename(folder / Path(row["file_name"]).name)
         row["file_name"] = f"{folder.name}/{Path(row['file_name']).name}"
+        if tags is not None:
+            row["tags"] = tags(i)
     (db / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     prompts = make_prompt_file(root / "foldered.safetensors", backbone, seed)
     return db, build_index(db, prompts, root / "foldered", backbone=backbone, progress=False)
@@ -91,7 +101,8 @@ def foldered_world(
 
 def set_weak_line(index_dir: Path, line: float) -> None:
     """Rewrite an index's calibration so that its weak-match line is `line` (no captions measured): a test's
-    tiny random backbone scores nonsense and captions alike, so a test draws the line where it needs it."""
+    tiny random backbone scores nonsense and captions alike, so a test draws the line where it needs it. Written
+    atomically: a server reading it half-written would refuse that instant's requests (503) as a stale index."""
     manifest = json.loads((index_dir / "manifest.json").read_text())
     manifest["calibration"] = {"nonsense_best": {"q10": line, "q50": line, "q90": line}, "nonsense_queries": 50}
-    (index_dir / "manifest.json").write_text(json.dumps(manifest))
+    atomic_write_text(index_dir / "manifest.json", json.dumps(manifest))

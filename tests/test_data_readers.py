@@ -461,6 +461,35 @@ def test_caption_template_fills_from_tags_then_file_names(tmp_path):
     assert "tags must be a list of strings" in str(db.report.items[0])
 
 
+def test_records_keep_their_tags_whether_or_not_they_made_the_captions(tmp_path):
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        make_image(tmp_path / name)
+    write_jsonl(tmp_path / "metadata.jsonl", [
+        {"file_name": "a.png", "text": "a dog", "tags": ["dog", " beach ", "dog", ""]},
+        {"file_name": "b.png", "text": "a cat", "tags": "cat, sofa"},
+        {"file_name": "c.png", "text": "a thing", "tags": [{"name": "x", "score": 0.9}]},  # some other tool's column
+        {"file_name": "d.png", "text": "nothing tagged"},
+        {"file_name": "a.png", "text": "a dog again", "tags": ["sea", "dog"]},  # lines of one image merge
+    ])
+    db = load_database(tmp_path)
+    assert {r.key: (r.captions, r.tags) for r in db.records} == {
+        "a.png": (("a dog", "a dog again"), ("dog", "beach", "sea")),
+        "b.png": (("a cat",), ("cat", "sofa")),
+        "c.png": (("a thing",), ()),
+        "d.png": (("nothing tagged",), ()),
+    }
+    assert not db.report.items
+    templated = load_database(tmp_path, caption_template="a photo of {}", caption_column="none", skip_bad=True)
+    assert "tags must be a list of strings" in str(templated.report.items[0])  # made captions: they must be tags
+    templated = by_key(templated.records)
+    assert templated["b.png"].captions == ("a photo of cat", "a photo of sofa", "a photo of cat, sofa")
+    assert templated["b.png"].tags == ("cat", "sofa")
+    (tmp_path / "db.csv").write_text('filepath,title,labels\na.png,a dog,"dog, beach"\nb.png,a cat,\n')
+    assert [r.tags for r in load_database(tmp_path / "db.csv", tags_column="labels").records] == [("dog", "beach"), ()]
+    marked = dataclasses.replace(db.records[0], captions=("new",))
+    assert marked.tags == ("dog", "beach", "sea")  # what copies a record (marks, splits) keeps its tags
+
+
 def test_caption_template_from_class_folders_of_a_folder_without_metadata(tmp_path):
     make_image(tmp_path / "train" / "golden_retriever" / "1.jpg", fmt="JPEG")
     make_image(tmp_path / "train" / "tabby-cat" / "2.png")

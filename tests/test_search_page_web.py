@@ -1,5 +1,5 @@
 """The search page as a product, in real headless Chromium: the header and example queries, "More results"
-past 100, the folder filter, paste and drop, the viewer's Open original and Download, the weak-match hint,
+past 100, the folder and tag filters, paste and drop, the viewer's Open original and Download, the weak-match hint,
 and a phone-sized page that fits its screen."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from search_fixtures import foldered_world, running_server, set_weak_line
+from search_fixtures import foldered_world, holiday_tags, running_server, set_weak_line
 from test_web_e2e import CHROMIUM, CHROMIUM_ARGS
 
 from dbprompt.runtime import Runtime
@@ -28,7 +28,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_backbone):
     root = tmp_path_factory.mktemp("page-web")
-    db, info = foldered_world(root, tiny_backbone, n=N, seed=6)
+    db, info = foldered_world(root, tiny_backbone, n=N, seed=6, tags=holiday_tags)
     with running_server(create_app({"photos": info.path}, runtime=Runtime())) as base:
         yield {"base": base, "db": db, "index": info.path, "api": f"{base}/api/databases/photos"}
 
@@ -114,6 +114,25 @@ def test_the_folder_filter_narrows_text_and_image_searches(page, site):
     _status(page, "images like a/")
     keys = page.eval_on_selector_all("#results .result", "cards => cards.map(c => c.dataset.key)")
     assert len(keys) == 20 and all(key.startswith("a/") for key in keys)
+
+
+def test_the_tag_filter_narrows_searches_and_goes_with_the_folder_s(page, site):
+    assert page.is_visible("#tag-pick")
+    options = page.eval_on_selector_all("#tag option", "os => os.map(o => o.textContent)")
+    assert options == ["All tags", f"beach · {N // 2}", f"city · {N // 2}", f"family · {N // 3}", f"sunset · {N // 5}"]
+    _search(page, QUERY)
+    page.select_option("#tag", "t:sunset")
+    _status(page, "in photos tagged sunset (")
+    expected = httpx.get(f"{site['api']}/search", params={"q": QUERY, "k": 20, "tag": "sunset"}).json()["results"]
+    assert _ids(page) == [r["id"] for r in expected] and all("sunset" in r["tags"] for r in expected)
+    page.select_option("#folder", "f:a")  # both filters: 12 images of folder a are tagged sunset
+    _status(page, "12 results for “a large red circle on the left” in photos / a tagged sunset (")
+    both = httpx.get(f"{site['api']}/search", params={"q": QUERY, "k": 20, "tag": "sunset", "folder": "a"}).json()["results"]
+    assert _ids(page) == [r["id"] for r in both] and len(both) == 12
+    page.click("#results .result >> nth=0 >> .more-like")  # an image search keeps them
+    _status(page, "images like a/")
+    keys = page.eval_on_selector_all("#results .result", "cards => cards.map(c => c.dataset.key)")
+    assert len(keys) == 12 and all(key.startswith("a/") and int(key[2:8]) % 5 == 0 for key in keys)
 
 
 def _png_file_js(site) -> str:

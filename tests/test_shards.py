@@ -122,6 +122,15 @@ def test_split_comes_from_the_json_or_column_else_from_the_key_s_hash(tmp_path):
     assert load_database(write_tar(tmp_path / "u" / "0.tar", sample("a"))).records[0].split is None
 
 
+def test_shards_keep_their_tags(tmp_path):
+    members = sample("a", tags=["red", "square"]) + sample("b", tags="blue, round") + sample("c")
+    records = load_database(write_tar(tmp_path / "t" / "0.tar", members)).records
+    assert [r.tags for r in records] == [("red", "square"), ("blue", "round"), ()]
+    table = pa.table({"jpg": [png()] * 2, "caption": ["x", "y"], "tags": [["red", " square "], []]})
+    pq.write_table(table, tmp_path / "s.parquet")
+    assert [r.tags for r in load_database(tmp_path / "s.parquet").records] == [("red", "square"), ()]
+
+
 def test_hugging_face_struct_images_and_path_tables(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.png").write_bytes(png("blue"))

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -25,7 +25,7 @@ from .backbones import BackboneAdapter
 from .backbones.recorded import load_recorded_backbone
 from .compat import check_backbone, check_prompt_file
 from .data import open_image
-from .index import Hits, IndexInfo, SearchIndex, load_index
+from .index import Hits, ImageRow, IndexInfo, SearchIndex, load_index
 from .index.files import present
 from .index.manifest import MANIFEST
 from .index.onnx_embed import index_towers
@@ -79,37 +79,51 @@ class Searcher:
                 return self._onnx.encode_images(pixels.numpy())[0]
             return embed_images(self.model, pixels, self.runtime)[0].numpy()
 
-    def search_text(self, text: str, k: int = 10, *, offset: int = 0, folder: str | None = None) -> Hits:
+    def search_text(self, text: str, k: int = 10, *, offset: int = 0, folder: str | None = None, tag: str | None = None) -> Hits:
         self._check_open()
         if not isinstance(text, str):
             raise TypeError(f"a text query is a str, got {type(text).__name__}")
-        return self._search(self.encode_text(text), k, offset, folder)
+        where = self._filter(folder, tag)  # a bad filter is refused before the query is encoded
+        return self.index.search(self.encode_text(text), k, keep=present, offset=offset, where=where)
 
-    def search_image(self, image: Image.Image, k: int = 10, *, offset: int = 0, folder: str | None = None) -> Hits:
+    def search_image(
+        self, image: Image.Image, k: int = 10, *, offset: int = 0, folder: str | None = None, tag: str | None = None
+    ) -> Hits:
         self._check_open()
         if not isinstance(image, Image.Image):
             raise TypeError(f"an image query is a PIL image, got {type(image).__name__}")
-        return self._search(self.encode_image(image), k, offset, folder)
+        where = self._filter(folder, tag)
+        return self.index.search(self.encode_image(image), k, keep=present, offset=offset, where=where)
 
-    def search(self, query: str | Image.Image | os.PathLike, k: int = 10, *, offset: int = 0, folder: str | None = None) -> Hits:
+    def search(
+        self, query: str | Image.Image | os.PathLike, k: int = 10, *, offset: int = 0, folder: str | None = None,
+        tag: str | None = None,
+    ) -> Hits:
         """Text (a str), an image, or the path of an image file; the k best images after the first `offset`,
-        best first, only from `folder` (relative to the index's root; "" the root itself) when given. Their
-        `missing`: better-ranked images whose files are gone; see `missing_note`."""
+        best first, only from `folder` (relative to the index's root; "" the root itself) and only those tagged
+        `tag` (one of `index.tags`), when given. Their `missing`: better-ranked images whose files are gone; see
+        `missing_note`."""
         if isinstance(query, str):
-            return self.search_text(query, k, offset=offset, folder=folder)
+            return self.search_text(query, k, offset=offset, folder=folder, tag=tag)
         if isinstance(query, Image.Image):
-            return self.search_image(query, k, offset=offset, folder=folder)
+            return self.search_image(query, k, offset=offset, folder=folder, tag=tag)
         if not isinstance(query, os.PathLike):
             raise TypeError(f"a query is text (str), a PIL image or an image file's path (os.PathLike), got {type(query).__name__}")
         self._check_open()
-        return self.search_image(open_image(query), k, offset=offset, folder=folder)
+        return self.search_image(open_image(query), k, offset=offset, folder=folder, tag=tag)
 
-    def _search(self, vector: np.ndarray, k: int, offset: int, folder: str | None) -> Hits:
-        if folder is None:
-            return self.index.search(vector, k, keep=present, offset=offset)
-        if folder not in self.index.folders:
+    def _filter(self, folder: str | None, tag: str | None) -> Callable[[ImageRow], bool] | None:
+        """Which images a search may return: those in `folder` and tagged `tag` (None: any). Neither is
+        repeated in an error, which a server sends back to whoever sent them."""
+        if folder is not None and folder not in self.index.folders:
             raise ValueError("the index has no images in the folder asked for (its folders: index.folders, or /api/databases)")
-        return self.index.search(vector, k, keep=present, offset=offset, where=lambda row: self.index.folder_of(row) == folder)
+        if tag is not None:
+            tag = tag.strip()  # as the database readers read tags
+            if tag not in self.index.tags:
+                raise ValueError("no image of the index has the tag asked for (its tags: index.tags, or /api/databases)")
+        if folder is None and tag is None:
+            return None
+        return lambda row: (folder is None or self.index.folder_of(row) == folder) and (tag is None or tag in row.tags)
 
     def missing_note(self, hits: Hits) -> str | None:
         """What to tell the user when most of a query's best images are gone from where they were indexed."""

@@ -46,7 +46,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_QUERY_CHARS = 500
 MAX_K = 100
 MAX_OFFSET = 900  # "more results" pages through the best MAX_OFFSET + MAX_K (each page searches all before it)
-MAX_FOLDER_CHARS = 1000
+MAX_FOLDER_CHARS = MAX_TAG_CHARS = 1000
 MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_UPLOAD_PIXELS = 40_000_000
 THUMBNAIL_CACHE = 2048
@@ -69,6 +69,7 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip:
 Folder = Annotated[
     str | None, Query(max_length=MAX_FOLDER_CHARS, description="only images in this folder (one of the database's `folders`)")
 ]
+Tag = Annotated[str | None, Query(max_length=MAX_TAG_CHARS, description="only images with this tag (one of the database's tags)")]
 UploadedImage = Annotated[UploadFile, File(description="an image file (PNG, JPEG, ...) within the server's size limit")]
 
 
@@ -101,6 +102,7 @@ class DatabaseInfo(BaseModel):
     val_r1: ValR1 | None = None
     examples: list[str] = []  # captions of the database, to try as queries
     folders: dict[str, int] = {}  # images per folder, where there is more than one: `folder=` narrows a search
+    tags: dict[str, int] = {}  # images per tag, the most frequent first (at most about.MAX_TAGS): `tag=` narrows a search
     weak_below: float = 0.2  # a text query whose best score is below this matched nothing well
     weak_calibrated: bool = False  # whether that line was measured on this index (else the legacy one)
 
@@ -110,6 +112,7 @@ class Result(BaseModel):
     key: str
     score: float
     captions: list[str]
+    tags: list[str] = []
     width: int
     height: int
     image_url: str
@@ -122,6 +125,7 @@ class SearchResponse(BaseModel):
     k: int
     offset: int = 0
     folder: str | None = None
+    tag: str | None = None
     took_ms: float
     results: list[Result]
     missing: int = 0  # better-ranked images left out because their files are gone
@@ -197,12 +201,13 @@ def create_app(
             raise HTTPException(404, f"image {image_id} of {name!r} cannot be sent: {exc}") from None
 
     def respond(
-        searcher: Searcher, name: str, query: str | None, k: int, offset: int, folder: str | None, hits: Hits, start: float
+        searcher: Searcher, name: str, query: str | None, k: int, offset: int, filters: dict[str, str | None], hits: Hits,
+        start: float,
     ) -> SearchResponse:
         base = f"/api/databases/{name}"
         results = [
             Result(
-                id=h.image.id, key=h.image.key, score=round(h.score, 6), captions=list(h.image.captions),
+                id=h.image.id, key=h.image.key, score=round(h.score, 6), captions=list(h.image.captions), tags=list(h.image.tags),
                 width=h.image.width, height=h.image.height,
                 image_url=f"{base}/images/{h.image.id}", thumbnail_url=f"{base}/thumbnails/{h.image.id}",
             )
@@ -213,7 +218,7 @@ def create_app(
         line = weak_below(searcher.index.info.calibration)[0] if query is not None else None
         weak = line is not None and offset == 0 and (not hits or hits[0].score < line)
         return SearchResponse(
-            database=name, query=query, k=k, offset=offset, folder=folder, took_ms=took, results=results, missing=hits.missing,
+            database=name, query=query, k=k, offset=offset, **filters, took_ms=took, results=results, missing=hits.missing,
             note=searcher.missing_note(hits), weak=weak, weak_below=line,
         )
 
@@ -248,13 +253,14 @@ def create_app(
         k: K = 10,
         offset: Offset = 0,
         folder: Folder = None,
+        tag: Tag = None,
     ) -> SearchResponse:
         start = time.perf_counter()
         searcher = searcher_for(name)
         if not q.strip():
             raise HTTPException(400, "the query is empty")
-        hits = searcher.search_text(q, k, offset=offset, folder=folder)
-        return respond(searcher, name, q, k, offset, folder, hits, start)
+        hits = searcher.search_text(q, k, offset=offset, folder=folder, tag=tag)
+        return respond(searcher, name, q, k, offset, {"folder": folder, "tag": tag}, hits, start)
 
     @app.post("/api/databases/{name}/search/image", response_model=SearchResponse, summary="Search by image")
     def search_image(
@@ -263,14 +269,15 @@ def create_app(
         k: K = 10,
         offset: Offset = 0,
         folder: Folder = None,
+        tag: Tag = None,
     ) -> SearchResponse:
         start = time.perf_counter()
         searcher = searcher_for(name)
         data = image.file.read(max_upload_bytes + 1)
         if len(data) > max_upload_bytes:
             raise HTTPException(413, f"image over {max_upload_bytes} bytes")
-        hits = searcher.search_image(_decode_upload(data), k, offset=offset, folder=folder)
-        return respond(searcher, name, None, k, offset, folder, hits, start)
+        hits = searcher.search_image(_decode_upload(data), k, offset=offset, folder=folder, tag=tag)
+        return respond(searcher, name, None, k, offset, {"folder": folder, "tag": tag}, hits, start)
 
     @app.get("/api/databases/{name}/images/{image_id}", summary="The indexed image file")
     def get_image(

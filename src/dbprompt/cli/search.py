@@ -66,6 +66,8 @@ def _register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("query", metavar="QUERY", nargs="?", help="text to search for")
     p.add_argument("--image", metavar="PATH", help="search with this image instead of text")
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("--folder", metavar="FOLDER", help="only images in FOLDER (relative to the indexed folder; '' its top)")
+    p.add_argument("--tag", metavar="TAG", help="only images with TAG (from the database's tags column)")
     p.add_argument("--prompts", metavar="FILE", help="refuse to search unless the index was built with FILE")
     add_model_args(p, required=False, recorded=True)
     add_runtime_args(p, batch_size=False, engine=True)
@@ -130,13 +132,13 @@ def run_search(args: argparse.Namespace) -> int:
     runtime = runtime_of(args)
     backbone = named_backbone(args, runtime)
     with open_index(args.index_dir, prompt_file=args.prompts, runtime=runtime, backbone=backbone) as searcher:
-        hits = searcher.search(Path(args.image) if args.image is not None else args.query, args.k)
+        hits = searcher.search(Path(args.image) if args.image is not None else args.query, args.k, folder=args.folder, tag=args.tag)
         note = searcher.missing_note(hits)
     if note:
         message(f"note: {note}")
     rows = [
         {"rank": i, "score": round(h.score, 6), "id": h.image.id, "key": h.image.key, "path": str(h.image.path),
-         "captions": list(h.image.captions)}
+         "captions": list(h.image.captions), "tags": list(h.image.tags)}
         for i, h in enumerate(hits, 1)
     ]
     emit(args, {"index": args.index_dir, "query": args.query, "image": args.image, "results": rows, "missing": hits.missing}, _table(rows))

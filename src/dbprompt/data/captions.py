@@ -51,6 +51,15 @@ class CaptionRule:
         # One caption a tag, so the image is found (and trained) under each; with several, their joint one too.
         return [self.fill(t) for t in tags] + ([self.fill(", ".join(tags))] if len(tags) > 1 else [])
 
+    def row_tags(self, row: dict) -> tuple[str, ...]:
+        """The row's tags, which an index keeps to filter searches by. Where its captions come from the caption
+        column, a tags value of another shape (not a list of strings nor a string) is some other tool's and gives
+        none: the row reads as it did before tags were kept. Where they make its captions, row_captions refused it."""
+        try:
+            return tuple(tag_list(row.get(self.tags)))
+        except ItemError:
+            return ()
+
     def fill(self, label: str) -> str:
         """The template with `label` in its slot (replaced literally: no format fields to abuse)."""
         if not label:

@@ -186,7 +186,7 @@ def _row_item(f: _File, row: int, values: dict[str, Any], seen: dict[str, int], 
     if f.image.paths:
         key, path = _locate(_value(values, f.image.column), f.base, f.root, f.limits)
         kept = f.captions.row_captions(values, path, where, reporter)
-        return _Item(where, key, path, kept, split) if kept else None
+        return _Item(where, key, path, kept, split, tags=f.captions.row_tags(values)) if kept else None
     status = values.get(STATUS_COLUMN, SUCCESS)
     if status not in (SUCCESS, None):
         return None  # img2dataset's record of a failed download: no image, and not one of the database's
@@ -195,7 +195,8 @@ def _row_item(f: _File, row: int, values: dict[str, Any], seen: dict[str, int], 
         raise ItemError(DUPLICATE_KEY, f"row {seen[name]} has the key {name!r} too")
     seen[name] = row
     kept = f.captions.row_captions(values, Path(name), where, reporter)
-    return _Item(where, f"{f.key}/{name}", f.path, kept, split, ParquetCell(f.image.column, row)) if kept else None
+    tags = f.captions.row_tags(values)
+    return _Item(where, f"{f.key}/{name}", f.path, kept, split, ParquetCell(f.image.column, row), tags) if kept else None
 
 
 def _open(file: Path, folder: Path, options: dict[str, Any], limits: ImageLimits, reporter: Reporter) -> _File | None:

@@ -47,6 +47,7 @@ class _Item:
     captions: list[str]
     split: str | None
     member: Member | None = None
+    tags: tuple[str, ...] = ()
 
 
 def _abspath(path: str | os.PathLike) -> Path:
@@ -107,7 +108,8 @@ def _assemble(items: list[_Item], reporter: Reporter, limits: ImageLimits) -> li
             reporter.bad_at(item.where, CONFLICTING_SPLIT, detail)
             continue
         first.captions.extend(item.captions)
-    return [Record(i.key, i.path, tuple(i.captions), i.split, i.where, limits, i.member) for i in merged.values()]
+        first.tags = tuple(dict.fromkeys(first.tags + item.tags))
+    return [Record(i.key, i.path, tuple(i.captions), i.split, i.where, limits, i.member, i.tags) for i in merged.values()]
 
 
 # ---- row-based metadata: imagefolder (jsonl/csv) and open_clip CSV/TSV -----------------------
@@ -195,7 +197,7 @@ def _row_items(
             reporter.bad_at(where, e.problem, e.detail)
             continue
         if kept:
-            yield _Item(where, key, path, kept, split or folder_split)
+            yield _Item(where, key, path, kept, split or folder_split, tags=captions.row_tags(row))
 
 
 def imagefolder_metadata(root: Path) -> list[tuple[Path, str | None]]:

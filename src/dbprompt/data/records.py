@@ -31,7 +31,8 @@ class Record:
     `origin` is where the metadata names the image (`file:line`), so a problem found when the
     image is first decoded can point the user at the line to fix. `limits` (the database's root
     and pixel limit) are applied again at that decode; None: the defaults, anywhere. `member`:
-    the image is not the file `path` but a member of it (a webdataset tar or parquet shard).
+    the image is not the file `path` but a member of it (a webdataset tar or parquet shard). `tags`: those
+    of its metadata's tags column, whether or not they made its captions: an index keeps them to filter by.
     """
 
     key: str
@@ -41,6 +42,7 @@ class Record:
     origin: Location | None = field(default=None, compare=False)
     limits: ImageLimits | None = field(default=None, compare=False, repr=False)
     member: Member | None = None
+    tags: tuple[str, ...] = ()
 
     @property
     def source(self) -> str:

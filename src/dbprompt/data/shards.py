@@ -276,7 +276,7 @@ def _item(
     if not kept:
         return None
     member = TarMember(image.name, image.offset_data, image.size)
-    return _Item(where, f"{shard_key}/{sample.key}", shard, kept, _split_name(row.get("split")), member)
+    return _Item(where, f"{shard_key}/{sample.key}", shard, kept, _split_name(row.get("split")), member, captions.row_tags(row))
 
 
 def read_webdataset(

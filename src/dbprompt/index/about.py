@@ -16,19 +16,24 @@ from .search import SearchIndex
 
 EXAMPLES = 6
 MAX_FOLDERS = 500  # a filter of more folders than this is no use as a list
+# The most frequent tags listed, each with its count: a vocabulary of thousands would bloat every listing and
+# is no use as a list; a rarer tag still filters (`tag=`), it is only not offered.
+MAX_TAGS = 200
 
 
 def describe(index: SearchIndex) -> dict[str, Any]:
-    """The header, example queries, folder filter and weak-match line of `index`'s search page."""
+    """The header, example queries, folder and tag filters and weak-match line of `index`'s search page."""
     info = index.info
     line, calibrated = weak_below(info.calibration)
-    folders = index.folders
+    folders, tags = index.folders, index.tags
     return {
         "prompt_file": _text(info.prompt_source.get("name")),
         "prompt_modified": _text(info.prompt_source.get("modified")),
         **_training(index),
         "examples": index.sample_captions(EXAMPLES),
         "folders": dict(list(folders.items())[:MAX_FOLDERS]) if len(folders) > 1 else {},
+        # A tag narrows a search unless it is the only one and every image has it.
+        "tags": dict(list(tags.items())[:MAX_TAGS]) if len(tags) > 1 or sum(tags.values()) < info.count else {},
         "weak_below": line,
         "weak_calibrated": calibrated,
     }

@@ -371,7 +371,7 @@ def build_index(
         if not kept:
             raise DataError(str(database.source), "no usable images", "; ".join(map(str, database.report.items[:3])))
         rows = [
-            ImageRow(i, r.key, r.path, r.captions, *stamps[r.key], *known[r.key].size, known[r.key].sha256)
+            ImageRow(i, r.key, r.path, r.captions, *stamps[r.key], *known[r.key].size, known[r.key].sha256, r.tags)
             for i, r in enumerate(kept)
         ]
         resolved = resolve_kind(kind, len(rows))

@@ -6,7 +6,7 @@
     prompts.safetensors  a copy of the prompt file (searches use it; `serve` needs only the directory)
     vectors.faiss        L2-normalised image vectors; row i is image id i (ivfpq: their IVF-PQ codes)
     vectors.f16.npy      ivfpq only: the full vectors, float16, row i = image id i, searched from disk
-    metadata.sqlite      one row per image: key, path, captions, file size, mtime, width, height, sha256
+    metadata.sqlite      one row per image: key, path, captions, file size, mtime, width, height, sha256, tags
     onnx/                built with --runtime onnx: the towers it was embedded with (onnx/manifest.py)
 
 A manifest may come from anyone: it is read bounded in size and nesting, field by field.

@@ -1,12 +1,13 @@
 """An opened index: vector search plus the metadata of the images it returns.
 
 The vectors and metadata need no database; `keep` lets a caller drop hits whose file is gone
-(the Searcher does), `where` narrows the search to some images (a folder), and `offset` pages
+(the Searcher does), `where` narrows the search to some images (a folder, a tag), and `offset` pages
 past the first hits: the search reaches further so that k hits remain where it can.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -21,13 +22,13 @@ import numpy as np
 
 from ..compat import file_sha256
 from .manifest import METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_info
-from .metadata import COLUMNS, ImageRow, connect_read_only
+from .metadata import UNTAGGED_COLUMNS, ImageRow, columns_of, connect_read_only
 from .ondisk import FULL_VECTORS, RerankedIndex, map_full_vectors
 from .vectors import set_search_params
 
 # How far past k a search may reach to replace hits `keep` drops (deleted images).
 MAX_EXTRA = 1024
-# How far a filtered search may reach for k images that pass its filter: a folder rarer than that
+# How far a filtered search may reach for k images that pass its filter: a folder or tag rarer than that
 # among the best this many gets fewer than k (each round reads its rows' metadata).
 MAX_FILTERED_REACH = 200_000
 
@@ -57,6 +58,7 @@ class SearchIndex:
         self.vectors = vectors
         self._db = metadata
         self._db_lock = threading.Lock()
+        self._columns = columns_of(metadata)  # an index made before tags were kept has none
 
     @property
     def name(self) -> str:
@@ -130,6 +132,16 @@ class SearchIndex:
         counts = Counter(self._folder(PurePath(p)) for (p,) in paths)
         return dict(sorted(counts.items()))
 
+    @cached_property
+    def tags(self) -> dict[str, int]:
+        """Images per tag, most frequent first, then by name ({} for an index made before tags were kept)."""
+        if self._columns == UNTAGGED_COLUMNS:
+            return {}
+        with self._db_lock:
+            lists = self._db.execute("SELECT tags FROM images WHERE tags != '[]'").fetchall()
+        counts = Counter(tag for (tags,) in lists for tag in json.loads(tags))
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
     def sample_captions(self, n: int) -> list[str]:
         """Up to n distinct first captions spread over the index (by id), for a page to suggest as queries."""
         count = self.info.count
@@ -146,7 +158,7 @@ class SearchIndex:
         for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
             part = list(ids[start : start + 500])
             with self._db_lock:
-                result = self._db.execute(f"SELECT {COLUMNS} FROM images WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
+                result = self._db.execute(f"SELECT {self._columns} FROM images WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
             found.update((row[0], ImageRow.from_sql(row)) for row in result)
         return found
 
@@ -165,7 +177,7 @@ class SearchIndex:
 
     def all_rows(self) -> list[ImageRow]:
         with self._db_lock:
-            result = self._db.execute(f"SELECT {COLUMNS} FROM images ORDER BY id").fetchall()
+            result = self._db.execute(f"SELECT {self._columns} FROM images ORDER BY id").fetchall()
         return [ImageRow.from_sql(row) for row in result]
 
     def close(self) -> None:

@@ -1,5 +1,5 @@
 "use strict";
-// What the chosen database is (the header line), what to try first (the empty page) and its folder filter.
+// What the chosen database is (the header line), what to try first (the empty page) and its folder and tag filters.
 
 async function loadDatabases() {
   const select = $("#database");
@@ -52,6 +52,7 @@ function showDatabase() {
   const examples = db.examples.map((text) => button(text, "example", () => searchFor(text)));
   $("#examples").replaceChildren(...(examples.length ? [element("span", "try", "Try"), ...examples] : []));
   showFolders(db);
+  showTags(db);
 }
 
 // Folder values are prefixed: the top folder is "" to the API, as is "every folder" to the select.
@@ -68,6 +69,21 @@ function showFolders(db) {
 function chosenFolder() {
   const value = $("#folder").value;
   return value.startsWith("f:") ? value.slice(2) : null;
+}
+
+// The database's most frequent tags, most frequent first; "" is every image, tagged or not.
+function showTags(db) {
+  const tags = Object.entries(db.tags || {});
+  const all = Object.assign(element("option", "", "All tags"), { value: "" });
+  $("#tag").replaceChildren(all, ...tags.map(([tag, count]) => Object.assign(
+    element("option", "", `${tag} · ${count.toLocaleString("en")}`), { value: `t:${tag}` },
+  )));
+  $("#tag-pick").hidden = tags.length === 0;
+}
+
+function chosenTag() {
+  const value = $("#tag").value;
+  return value.startsWith("t:") ? value.slice(2) : null;
 }
 
 function showWelcome(on) {

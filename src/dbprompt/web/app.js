@@ -97,7 +97,8 @@ function render(response, label, fetchPage, append = false) {
   $("#more").hidden = response.results.length < response.k || results.length > MAX_OFFSET;
   const took = response.took_ms.toFixed(1);
   const folder = response.folder === null ? "" : ` / ${response.folder || "(top folder)"}`;
-  setStatus(`${results.length} results for ${label} in ${response.database}${folder} (${took} ms)`);
+  const tag = response.tag === null ? "" : ` tagged ${response.tag}`;
+  setStatus(`${results.length} results for ${label} in ${response.database}${folder}${tag} (${took} ms)`);
   if (!append) setHint(weakHint(response, label));
   showMarks();
 }
@@ -158,6 +159,8 @@ function pageParams(offset) {
   if (offset) params.set("offset", offset);
   const folder = chosenFolder();
   if (folder !== null) params.set("folder", folder);
+  const tag = chosenTag();
+  if (tag !== null) params.set("tag", tag);
   return params;
 }
 
@@ -186,7 +189,7 @@ function searchImage(blob, name, label = name) {
   }, label);
 }
 
-// Whatever was searched last, again: another database, folder or page size.
+// Whatever was searched last, again: another database, folder, tag or page size.
 function searchAgain() {
   if (queryImage) searchImage(queryImage.blob, queryImage.name);
   else searchText();
@@ -233,6 +236,7 @@ function init() {
   $("#query").addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(searchText, 300); });
   $("#database").addEventListener("change", () => { probeMarks(); showDatabase(); searchAgain(); });
   $("#folder").addEventListener("change", searchAgain);
+  $("#tag").addEventListener("change", searchAgain);
   $("#k").addEventListener("change", searchAgain);
   $("#image").addEventListener("change", (event) => {
     const file = event.target.files[0];
