@@ -97,7 +97,7 @@ def test_search_and_serve_on_onnx_give_torch_s_top_10(built):
 
 
 def test_an_update_reuses_the_export_and_a_new_prompt_file_exports_again(built, tmp_path, capsys):
-    db, prompts, _ = built
+    db, prompts, root = built
     out = tmp_path / "idx"
     capsys.readouterr()
     assert index(db, prompts, out, "--runtime", "onnx", "--precision", "fp32") == 0
@@ -110,6 +110,10 @@ def test_an_update_reuses_the_export_and_a_new_prompt_file_exports_again(built, 
     assert "export" not in captured.err.lower()
     assert json.loads(captured.out)["last_build"]["embedded"] == 1
     assert (out / "onnx" / IMAGE).stat().st_ino == inode  # the same file, linked into the new index
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+    assert index(db, prompts, out) == 0  # an update on PyTorch keeps the export
+    assert (out / "onnx" / IMAGE).stat().st_ino == inode and read_info(out).onnx["precision"] == "fp32"
+    assert top10(out, ONNX, captions(db, 3)) == top10(root / "torch", Runtime(), captions(db, 3))
     other = make_prompt_file(tmp_path / "q.safetensors", load_backbone("dbprompt-tiny"), seed=2)
     assert index(db, other, out, "--runtime", "onnx", "--precision", "fp32", "--force") == 0
     assert "exporting the towers" in capsys.readouterr().err
@@ -168,12 +172,13 @@ def test_agreement_counts_shared_top_10_members():
 
 
 def test_missing_onnxruntime_is_one_line_and_ray_is_refused(built, tmp_path, monkeypatch, capsys):
-    db, prompts, _ = built
+    db, prompts, root = built
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     capsys.readouterr()
     assert index(db, prompts, tmp_path / "idx", "--runtime", "onnx") == 2
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and "pip install 'dbprompt[onnx]'" in err[0], err
+    assert index(db, prompts, root / "onnx") == 0  # an update on PyTorch needs no onnxruntime to keep the export
     monkeypatch.undo()
     assert index(db, prompts, tmp_path / "idx", "--runtime", "onnx", "--ray") == 2
     assert "--ray" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from ..untrusted import loads
 from .calibration import caption_queries, measure
 from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, check_replaceable
 from .metadata import ImageRow, write_metadata
-from .onnx_embed import OnnxImages, onnx_images
+from .onnx_embed import OnnxImages, kept_export, onnx_images
 from .search import load_index
 from .ondisk import CHUNK_ROWS, FULL_VECTORS, read_chunks
 from .vectors import (
@@ -358,13 +358,13 @@ def build_index(
         old_info, old_rows, known = _previous(out, vectors_of)
         known.update(work.load())
         todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
-        onnx = None if runtime.engine != "onnx" else onnx_images(
+        onnx = kept_export(model, prompt_file, out, old_info) if runtime.engine != "onnx" else onnx_images(
             model, prompt_file, out, work.path, runtime, onnx_precision, records, old_info, identity["database"],
             batch_size=batch_size, log=log,
         )
         fresh = _embed(
             model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
-            checkpoint_every=checkpoint_every, progress=progress, ray=ray, onnx=onnx,
+            checkpoint_every=checkpoint_every, progress=progress, ray=ray, onnx=onnx if runtime.engine == "onnx" else None,
         )
         known.update(fresh)
         kept = [r for r in records if r.key in known and known[r.key].stamp == stamps[r.key]]

@@ -1,8 +1,8 @@
 """`dbprompt index/search/serve --runtime onnx`: the prompt file's towers on ONNX Runtime instead of PyTorch.
 
 The export lives in the index directory (`onnx/`): made on first use (in the build's work directory, so an
-interrupted build keeps it), carried into each new index by hard links, and reused by updates, searches and
-servers. An export made with another prompt file or backbone, or broken, is never used: a build exports
+interrupted build keeps it), carried into each new index by hard links (an update on PyTorch keeps it too),
+and reused by updates, searches and servers. An export made with another prompt file or backbone, or broken, is never used: a build exports
 again and says why in one line; a search or server refuses it, naming the command that makes it again.
 
 Precision "auto" takes the int8 image tower only where it keeps this database's results: on up to
@@ -42,9 +42,11 @@ TOP = 10
 
 @dataclass
 class OnnxImages:
-    """The image tower an index build embeds with, and what the index's manifest records of it."""
+    """The export an index build keeps, the image tower it embeds with (None: carried, not used), and what the
+    index's manifest records of them."""
 
-    towers: OnnxTowers
+    export: ExportManifest
+    towers: OnnxTowers | None
     record: dict[str, object]
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
@@ -52,11 +54,11 @@ class OnnxImages:
 
     def kept_by(self, info: IndexInfo) -> bool:
         """Whether the index `info` holds this very export, recorded as it is (so it need not be written again)."""
-        return info.onnx == self.record and self.towers.manifest.path == info.path / EXPORT
+        return info.onnx == self.record and self.export.path == info.path / EXPORT
 
     def place(self, index_dir: Path) -> dict[str, object]:
         """The export into the index directory being written (hard links: its files are never written in place)."""
-        shutil.copytree(self.towers.manifest.path, index_dir / EXPORT, copy_function=_link)
+        shutil.copytree(self.export.path, index_dir / EXPORT, copy_function=_link)
         return self.record
 
 
@@ -101,7 +103,20 @@ def onnx_images(
     else:
         record = {"requested": precision, "precision": precision}
     towers = int8_tower if record["precision"] == "int8" else fp32
-    return OnnxImages(towers, {"export": EXPORT, **record})
+    return OnnxImages(manifest, towers, {"export": EXPORT, **record})
+
+
+def kept_export(model: PromptedCLIP, prompt_file: Path, out: Path, old: IndexInfo | None) -> OnnxImages | None:
+    """The export of the index in `out`, carried into the index PyTorch rebuilds there (its vectors equal fp32's
+    within 1e-4), so that `search --runtime onnx` goes on working; None where there is none, or it is stale."""
+    if old is None or not old.onnx:
+        return None
+    try:
+        manifest = read_export_manifest(out / EXPORT)
+        manifest.check_made_with(fingerprint=model.backbone.fingerprint(), prompt_sha256=file_sha256(prompt_file))
+    except (OnnxExportError, StaleExportError):
+        return None  # a PyTorch build does not need it: it is left behind
+    return OnnxImages(manifest, None, dict(old.onnx))
 
 
 def _reusable(folder: Path, made_by: dict[str, str], int8: bool, log: Callable[[str], None]) -> ExportManifest | None:
