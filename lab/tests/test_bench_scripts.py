@@ -1,4 +1,4 @@
-"""The index benchmarks (bench_bigindex, bench_ray) run end to end at a tiny size against today's dbprompt.
+"""The index benchmarks (bench_bigindex, bench_ray, bench_onnx_index) run end to end at a tiny size against today's dbprompt.
 
 They lived in the product's index tests until the lab moved out: the scripts are lab code, what
 they measure (the ivfpq index, `dbprompt index --ray`) is tested in the product's own tests.
@@ -16,7 +16,7 @@ import torch
 from dbprompt.backbones import BackboneAdapter
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
-from dbprompt_lab.benchmarks import bench_bigindex, bench_ray
+from dbprompt_lab.benchmarks import bench_bigindex, bench_onnx_index, bench_ray
 
 
 @pytest.fixture
@@ -47,3 +47,14 @@ def test_bench_ray_runs_at_a_small_size(monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] + line.split()[1] for line in lines[2:5]] == ["oneprocess", "ray1", "ray2"]
     assert all("img/s" in line for line in lines[2:5]) and lines[5].startswith("ray 2 / ray 1")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="ONNX is an optional extra: pip install 'dbprompt[onnx]'")
+def test_bench_onnx_index_runs_at_a_tiny_size(monkeypatch, capsys):
+    argv = ["bench_onnx_index", "--model", "dbprompt-tiny", "--images", "24", "--queries", "4", "--threads", "1", "--workers", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_onnx_index.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[1:5]] == [["torch", "fp32"], ["onnx", "fp32"], ["onnx", "int8"], ["onnx", "auto"]]
+    assert lines[1].split()[6] == lines[2].split()[6] == "1.000"  # onnx fp32 finds torch's top-10
+    assert any(line.startswith("log: ONNX precision") for line in lines)

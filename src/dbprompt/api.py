@@ -356,6 +356,7 @@ def build_index(
     force: bool = False,
     ray: str | bool | None = None,
     ray_workers: int | None = None,
+    onnx_precision: str = "auto",
     **options: Any,
 ) -> IndexInfo:
     """Embed every image of `db` through the prompt file into the index directory `out` (created or updated).
@@ -366,7 +367,8 @@ def build_index(
     an untrained prompt file that the index keeps, so a collection is searchable before any training.
     An index of another database, prompt file or backbone is replaced only with `force`. `ray`:
     embed on Ray actors (`ray_workers` of them, default one per GPU, else per CPU) of a local
-    instance (True or "local") or of the cluster at an address ("auto", "HOST:PORT").
+    instance (True or "local") or of the cluster at an address ("auto", "HOST:PORT"). A `runtime` whose engine is
+    "onnx" embeds with the towers exported into the index (`onnx_precision`: auto, fp32 or int8; index/onnx_embed.py).
     """
     (read_kw,) = split_kwargs(options, ReadOptions)
     on_ray = RayOptions.of(ray, ray_workers)
@@ -383,4 +385,5 @@ def build_index(
         return build_index_from(
             _read(db, read), prompts, out, kind=kind, batch_size=batch_size, runtime=runtime,
             skip_bad=read.skip_bad, backbone=backbone, progress=_bars(progress), force=force, ray=on_ray,
+            onnx_precision=onnx_precision, log=log,
         )

@@ -38,6 +38,10 @@ def default_workers() -> int:
     return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
+# What runs the towers: PyTorch, or the prompt file's towers exported to ONNX Runtime (index, search, serve).
+ENGINES = ("torch", "onnx")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """A resolved device, precision and decoding parallelism, passed down instead of (device, bf16) pairs."""
@@ -49,6 +53,8 @@ class Runtime:
     # This process's place in a torchrun training run (see training/distributed.py).
     rank: int = 0
     world: int = 1
+    # "onnx": `dbprompt index/search/serve --runtime onnx` (index/onnx_embed.py, searcher.py); else PyTorch.
+    engine: str = "torch"
 
     @property
     def main(self) -> bool:
@@ -56,13 +62,16 @@ class Runtime:
         return self.rank == 0
 
     @classmethod
-    def resolve(cls, device: str = "auto", bf16: bool | None = None, workers: int | None = None) -> "Runtime":
+    def resolve(cls, device: str = "auto", bf16: bool | None = None, workers: int | None = None, engine: str = "torch") -> "Runtime":
         """`auto` picks CUDA when present; bf16 None means on where the hardware pays off."""
+        if engine not in ENGINES:
+            raise ValueError(f"--runtime must be one of {ENGINES}, got {engine!r}")
         device = pick_device(device)
         return cls(
             device=device,
             bf16=bf16_supported(device) if bf16 is None else bf16,
             workers=default_workers() if workers is None else workers,
+            engine=engine,
         )
 
     def replace(self, **changes) -> "Runtime":
@@ -84,7 +93,8 @@ class Runtime:
 
     def describe(self) -> str:
         ranks = f", {self.world} processes" if self.world > 1 else ""
-        return f"device {self.device}, bf16 {'on' if self.bf16 else 'off'}{ranks}"
+        engine = ", ONNX Runtime" if self.engine == "onnx" else ""
+        return f"device {self.device}, bf16 {'on' if self.bf16 else 'off'}{ranks}{engine}"
 
 
 CPU = Runtime()

@@ -28,6 +28,7 @@ from .data import open_image
 from .index import Hits, ImageRow, IndexInfo, SearchIndex, load_index
 from .index.files import present
 from .index.manifest import MANIFEST
+from .index.onnx_embed import index_towers
 from .model import PromptedCLIP
 from .pipeline import embed_images, encode_texts
 from .runtime import Runtime
@@ -52,6 +53,7 @@ class Searcher:
         self.runtime = runtime
         self._lock = lock or threading.Lock()  # shared by every searcher on the same backbone: the cores are too
         self._transform = model.backbone.image_transform()
+        self._onnx = index_towers(index.info, model, runtime) if runtime.engine == "onnx" else None
         self.encode_text = lru_cache(maxsize=TEXT_CACHE_SIZE)(self._encode_text)
         self._closed = False
 
@@ -63,13 +65,18 @@ class Searcher:
         if not text.strip():
             raise ValueError("the query is empty")
         with self._lock:
-            vector = encode_texts(self.model, [text], self.runtime)[0].numpy()
+            if self._onnx is not None:
+                vector = self._onnx.encode_texts(self.model.tokenize([text]).numpy())[0]
+            else:
+                vector = encode_texts(self.model, [text], self.runtime)[0].numpy()
         vector.flags.writeable = False  # shared through the cache
         return vector
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
         pixels = self._transform(image.convert("RGB")).unsqueeze(0)
         with self._lock:
+            if self._onnx is not None:
+                return self._onnx.encode_images(pixels.numpy())[0]
             return embed_images(self.model, pixels, self.runtime)[0].numpy()
 
     def search_text(self, text: str, k: int = 10, *, offset: int = 0, folder: str | None = None, tag: str | None = None) -> Hits:

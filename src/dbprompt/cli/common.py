@@ -51,12 +51,19 @@ def add_model_args(parser: argparse.ArgumentParser, *, required: bool, recorded:
     g.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. laion2b_s34b_b79k), a local checkpoint file, or 'random'; not needed for models shipped with weights, nor for hf:, hf-hub: or local-dir: models, whose weights come with them ('random' still gives random weights; for hf:org/repo a revision)")
 
 
-def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
-    """Device, precision and decoding workers; the batch size where there are batches (not for single queries)."""
+def add_runtime_args(parser: argparse.ArgumentParser, *, batch_size: bool = True, engine: bool = False) -> None:
+    """Device, precision and decoding workers; the batch size where there are batches (not for single queries);
+    with `engine`, --runtime (index, search, serve)."""
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: on where the hardware pays off)")
     g.add_argument("--workers", type=int, default=None, help="image-decoding worker processes (default: one per core but one, at most 4)")
+    if engine:
+        g.add_argument(
+            "--runtime", dest="engine", choices=("torch", "onnx"), default="torch",
+            help="torch, or onnx: the prompt file's towers exported to ONNX Runtime (pip install 'dbprompt[onnx]'), "
+            "kept in the index directory (default: torch)",
+        )
     if batch_size:
         g.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
 
@@ -90,7 +97,7 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 def runtime_of(args: argparse.Namespace):
     from ..runtime import Runtime
 
-    return Runtime.resolve(args.device, args.bf16, args.workers)
+    return Runtime.resolve(args.device, args.bf16, args.workers, getattr(args, "engine", "torch"))
 
 
 def options_of(args: argparse.Namespace, *classes: type, skip_none: bool = False) -> dict[str, Any]:

@@ -29,15 +29,15 @@ from ..compat import file_sha256
 from ..data import Database, DataError, Record, load_database
 from ..data.images import real_path
 from ..locking import exclusive
-from ..locking import OutputExistsError
 from ..model import PromptedCLIP
 from ..pipeline import decode_batches, embed_images
 from ..runtime import Runtime
 from ..storage import read_prompt_file
 from ..untrusted import loads
 from .calibration import caption_queries, measure
-from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, read_manifest
+from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, check_replaceable
 from .metadata import ImageRow, write_metadata
+from .onnx_embed import OnnxImages, kept_export, onnx_images
 from .search import load_index
 from .ondisk import CHUNK_ROWS, FULL_VECTORS, read_chunks
 from .vectors import (
@@ -160,15 +160,17 @@ def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, li
 def _batches(
     model: PromptedCLIP, records: Sequence[Record], runtime: Runtime, *, batch_size: int, skip_bad: bool, report,
     progress: str | None = None,
+    onnx: OnnxImages | None = None,
 ) -> Iterator[tuple[list[int], list[tuple[int, int]], list[str], np.ndarray]]:
     """(positions in `records`, sizes, sha256s, vectors) of each batch that kept an image, embedded in this
-    process (a Ray actor runs it on its part)."""
+    process (a Ray actor runs it on its part), by PyTorch or by `onnx`."""
     transform = model.backbone.image_transform()
     for batch in decode_batches(
         records, transform, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report, progress=progress
     ):
         if batch.indices:
-            yield batch.indices, batch.sizes, batch.digests, embed_images(model, batch.images, runtime).numpy()
+            vectors = onnx(batch.images) if onnx is not None else embed_images(model, batch.images, runtime).numpy()
+            yield batch.indices, batch.sizes, batch.digests, vectors
 
 
 def _embed(
@@ -184,13 +186,14 @@ def _embed(
     checkpoint_every: int,
     progress: bool,
     ray: RayOptions | None = None,
+    onnx: OnnxImages | None = None,
 ) -> dict[str, _Embedded]:
     """Embed `todo` in this process or on Ray, checkpointing every `checkpoint_every` images (each Ray
     part as it arrives), and on the way out of an error."""
     if ray is None:
         embedded = _batches(
             model, todo, runtime, batch_size=batch_size, skip_bad=skip_bad, report=report,
-            progress="embedding" if progress and todo else None,
+            progress="embedding" if progress and todo else None, onnx=onnx,
         )
     else:
         from .distributed import embed_on_ray
@@ -232,28 +235,6 @@ def _iso(timestamp: float | None) -> str:
     return when.isoformat(timespec="seconds")
 
 
-def _check_replaceable(out: Path, identity: dict[str, str], force: bool) -> None:
-    """An index directory is replaced as a whole: never anything but an index, and an index made from
-    another database, prompt file or backbone only when `force` says so."""
-    if not out.exists():
-        return
-    if not (out / MANIFEST).is_file():
-        if not out.is_dir() or any(out.iterdir()):
-            raise OutputExistsError(f"{out}: exists and is not a dbprompt index; refusing to replace it")
-        return
-    if force:
-        return
-    old = read_manifest(out)
-    names = {"database": "database", "prompt_sha256": "prompt file", "fingerprint": "backbone"}
-    other = [name for key, name in names.items() if old.get(key) != identity[key]]
-    if other:
-        raise OutputExistsError(
-            f"{out}: is the index of another {' and '.join(other)} (database {old.get('database')!r}, prompt file "
-            f"sha256 {str(old.get('prompt_sha256'))[:16]}..., backbone fingerprint {old.get('fingerprint')}); "
-            "pass --force (force=True) to replace it"
-        )
-
-
 def write_index(
     out_dir: str | os.PathLike,
     prompt_file: str | os.PathLike,
@@ -267,6 +248,7 @@ def write_index(
     last_build: dict[str, object] | None = None,
     calibration: dict[str, object] | None = None,
     force: bool = False,
+    onnx: OnnxImages | None = None,
 ) -> IndexInfo:
     """Write an index directory from unit vectors (row i of `vectors` is image `rows[i]`), atomically.
 
@@ -275,12 +257,13 @@ def write_index(
     An approximate index is tuned on `tune_queries` (default: a sample of the vectors themselves).
     `root`: the folder the server may send images from (default: the deepest one holding them all).
     `calibration`: the score statistics of the weak-match hint (calibration.measure; default: none, the legacy line).
+    `onnx`: the export the vectors were embedded with, kept in the index.
     """
     if not rows or any(row.id != i for i, row in enumerate(rows)):
         raise ValueError("rows must be numbered 0..n-1, one per vector, at least one")
     out, pf = Path(out_dir), read_prompt_file(prompt_file)
     sha = file_sha256(prompt_file)
-    _check_replaceable(out, {"database": database, "prompt_sha256": sha, "fingerprint": pf.fingerprint}, force)
+    check_replaceable(out, {"database": database, "prompt_sha256": sha, "fingerprint": pf.fingerprint}, force)
     resolved = resolve_kind(kind, len(rows))
     with atomic_dir(out) as tmp:
         if resolved == "ivfpq":
@@ -310,7 +293,7 @@ def write_index(
             created=_iso(None),
             last_build=last_build or {},
             prompt_source={"name": Path(prompt_file).name, "modified": _iso(Path(prompt_file).stat().st_mtime)},
-            calibration=calibration or {},
+            calibration=calibration or {}, onnx=onnx.place(tmp) if onnx is not None else {},
         )
         shutil.copyfile(prompt_file, tmp / PROMPTS)
         faiss.write_index(index.base if resolved == "ivfpq" else index, str(tmp / VECTORS))
@@ -334,6 +317,8 @@ def build_index(
     force: bool = False,
     ray: RayOptions | None = None,
     on_checkpoint: Callable[[int], None] = lambda images: None,
+    onnx_precision: str = "auto",
+    log: Callable[[str], None] = lambda line: None,
 ) -> IndexInfo:
     """Create or update the index of `db` (a path or a loaded Database) searched through `prompt_file`.
 
@@ -342,6 +327,7 @@ def build_index(
     An index of another database, prompt file or backbone in `out_dir` is replaced only with `force`.
     Without `backbone`, the one the prompt file records is loaded from local weights only. With `ray`, the
     images are embedded on Ray actors, `checkpoint_every` at a time; `on_checkpoint(images)` follows each save.
+    With `runtime.engine` "onnx", by the prompt file's towers on ONNX Runtime (`onnx_precision`: onnx_embed.py).
     """
     if batch_size < 1 or checkpoint_every < 1:
         raise ValueError("batch_size and checkpoint_every must be at least 1")
@@ -355,8 +341,10 @@ def build_index(
     pf = read_prompt_file(prompt_file)
     database = db if isinstance(db, Database) else load_database(db, skip_bad=skip_bad)
     identity = {"database": str(database.source), "prompt_sha256": file_sha256(prompt_file), "fingerprint": pf.fingerprint}
-    _check_replaceable(out, identity, force)  # before hours of embedding, not after
+    check_replaceable(out, identity, force)  # before hours of embedding, not after
     runtime = runtime or Runtime.resolve()
+    if ray is not None and runtime.engine == "onnx":
+        raise ValueError("--ray embeds with PyTorch on Ray actors, --runtime onnx in this process: give one of them")
     if backbone is None:
         backbone = load_recorded_backbone(pf.backbone_id, device=runtime.device, source=str(prompt_file))
     model = PromptedCLIP.from_prompt_file(prompt_file, backbone, device=runtime.device)
@@ -370,9 +358,13 @@ def build_index(
         old_info, old_rows, known = _previous(out, vectors_of)
         known.update(work.load())
         todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
+        onnx = kept_export(model, prompt_file, out, old_info) if runtime.engine != "onnx" else onnx_images(
+            model, prompt_file, out, work.path, runtime, onnx_precision, records, old_info, identity["database"],
+            batch_size=batch_size, log=log,
+        )
         fresh = _embed(
             model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
-            checkpoint_every=checkpoint_every, progress=progress, ray=ray,
+            checkpoint_every=checkpoint_every, progress=progress, ray=ray, onnx=onnx if runtime.engine == "onnx" else None,
         )
         known.update(fresh)
         kept = [r for r in records if r.key in known and known[r.key].stamp == stamps[r.key]]
@@ -383,7 +375,8 @@ def build_index(
             for i, r in enumerate(kept)
         ]
         resolved = resolve_kind(kind, len(rows))
-        if old_info is not None and not todo and rows == old_rows and old_info.kind == resolved and old_info.calibration:
+        same_onnx = old_info is not None and (onnx is None or onnx.kept_by(old_info))
+        if same_onnx and not todo and rows == old_rows and old_info.kind == resolved and old_info.calibration:
             work.remove()
             return old_info  # nothing changed (an index built without the weak-match statistics is written again)
         captions = caption_queries(model, kept, runtime)
@@ -391,7 +384,7 @@ def build_index(
         info = write_index(
             out, prompt_file, _in_chunks(known, kept), rows, kind=resolved, tune_queries=captions if resolved != "exact" else None,
             database=identity["database"], root=database.root, calibration=measure(model, runtime, _in_chunks(known, kept), captions),
-            force=force, last_build={
+            force=force, onnx=onnx, last_build={
                 "embedded": len(fresh), "reused": len(rows) - len(fresh), "removed": len(gone),
                 "skipped": [str(item) for item in database.report.items],
             },

@@ -7,6 +7,7 @@
     vectors.faiss        L2-normalised image vectors; row i is image id i (ivfpq: their IVF-PQ codes)
     vectors.f16.npy      ivfpq only: the full vectors, float16, row i = image id i, searched from disk
     metadata.sqlite      one row per image: key, path, captions, file size, mtime, width, height, sha256, tags
+    onnx/                built with --runtime onnx: the towers it was embedded with (onnx/manifest.py)
 
 A manifest may come from anyone: it is read bounded in size and nesting, field by field.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from .. import __version__
 from ..compat import BackboneId
+from ..locking import OutputExistsError
 from ..untrusted import loads
 
 FORMAT = "dbprompt-index/2"
@@ -68,6 +70,7 @@ class IndexInfo:
     # Absent from indexes built before they were kept:
     prompt_source: dict[str, object] = field(default_factory=dict)  # the prompt file's name and modification time
     calibration: dict[str, object] = field(default_factory=dict)  # score statistics (calibration.measure)
+    onnx: dict[str, object] = field(default_factory=dict)  # built with --runtime onnx: its precision (onnx_embed.py)
 
     @property
     def name(self) -> str:
@@ -87,8 +90,9 @@ _TYPES: dict[str, Any] = {
     "backbone": str, "pretrained": (str, type(None)), "fingerprint": str, "prompt_sha256": str, "kind": str,
     "factory": str, "count": int, "dim": int, "search_params": dict, "recall_at_10": (int, float),
     "database": str, "root": str, "created": str, "last_build": dict, "prompt_source": dict, "calibration": dict,
+    "onnx": dict,
 }
-_OPTIONAL = {"last_build", "prompt_source", "calibration"}
+_OPTIONAL = {"last_build", "prompt_source", "calibration", "onnx"}
 
 
 def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:
@@ -128,3 +132,25 @@ def read_info(index_dir: str | os.PathLike) -> IndexInfo:
     if not all(isinstance(k, str) and type(v) is int for k, v in data["search_params"].items()):
         raise IndexFormatError(f"{manifest}: bad manifest: search_params must map names to integers")
     return IndexInfo(path=path, **data)
+
+
+def check_replaceable(out: Path, identity: dict[str, str], force: bool) -> None:
+    """An index directory is replaced as a whole: never anything but an index, and an index made from
+    another database, prompt file or backbone only when `force` says so."""
+    if not out.exists():
+        return
+    if not (out / MANIFEST).is_file():
+        if not out.is_dir() or any(out.iterdir()):
+            raise OutputExistsError(f"{out}: exists and is not a dbprompt index; refusing to replace it")
+        return
+    if force:
+        return
+    old = read_manifest(out)
+    names = {"database": "database", "prompt_sha256": "prompt file", "fingerprint": "backbone"}
+    other = [name for key, name in names.items() if old.get(key) != identity[key]]
+    if other:
+        raise OutputExistsError(
+            f"{out}: is the index of another {' and '.join(other)} (database {old.get('database')!r}, prompt file "
+            f"sha256 {str(old.get('prompt_sha256'))[:16]}..., backbone fingerprint {old.get('fingerprint')}); "
+            "pass --force (force=True) to replace it"
+        )

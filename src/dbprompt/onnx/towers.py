@@ -37,12 +37,13 @@ def require(package: str) -> Any:
 class OnnxTowers:
     """The image and text towers of one export (see `manifest` for their inputs)."""
 
-    def __init__(self, manifest: ExportManifest, *, int8: bool = False, threads: int | None = None):
+    def __init__(self, manifest: ExportManifest, *, int8: bool = False, threads: int | None = None, cuda: bool = False):
         if int8 and not manifest.int8:
             raise ValueError(f"ONNX export {manifest.path}: has no int8 image tower; export it with --int8")
         self.manifest = manifest
         self.int8 = int8
         self.threads = threads
+        self.cuda = cuda  # ONNX Runtime's CUDA provider where it has one, else (and for what it lacks) the CPU's
         self._sessions: dict[str, Any] = {}
         self._ort = require("onnxruntime")
 
@@ -55,13 +56,14 @@ class OnnxTowers:
         expect_sha256: str | None = None,
         int8: bool = False,
         threads: int | None = None,
+        cuda: bool = False,
     ) -> "OnnxTowers":
         """The export in `directory`, refused (StaleExportError) when made with another backbone fingerprint or
         prompt file sha256 than those expected. `int8`: the int8 image tower; `threads`: intra-op threads
-        (None: ONNX Runtime's default, one per physical core)."""
+        (None: ONNX Runtime's default, one per physical core); `cuda`: on the GPU where ONNX Runtime can."""
         manifest = read_export_manifest(directory)
         manifest.check_made_with(fingerprint=expect_fingerprint, prompt_sha256=expect_sha256)
-        return cls(manifest, int8=int8, threads=threads)
+        return cls(manifest, int8=int8, threads=threads, cuda=cuda)
 
     def _session(self, name: str) -> Any:
         if name not in self._sessions:
@@ -70,7 +72,8 @@ class OnnxTowers:
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1
             path = Path(self.manifest.path) / name
-            self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            cuda = ["CUDAExecutionProvider"] if self.cuda and "CUDAExecutionProvider" in self._ort.get_available_providers() else []
+            self._sessions[name] = self._ort.InferenceSession(str(path), options, providers=[*cuda, "CPUExecutionProvider"])
         return self._sessions[name]
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
