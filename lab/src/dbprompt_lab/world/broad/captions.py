@@ -76,7 +76,7 @@ SOURCE = Language(
         "{objects}, {bg} background",
     ),
     relation_templates=("{related}, on {a} {bg} background", "a photo of {related}; the background is {bg}"),
-    joins=(proxy.SOURCE_JOIN, ", ", " plus ", "; "),
+    joins=(proxy.SOURCE_JOIN, ", ", " with ", "; "),  # never " plus ": the proxy world's textual word for a cross
     objects=("{size} {style} {colour} {kind}", "{colour} {size} {style} {kind}", "{size} {style} {kind} in {colour}"),
 )
 TEXTUAL = Language(
