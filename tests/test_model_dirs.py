@@ -10,8 +10,7 @@ import open_clip
 import open_clip.factory
 import pytest
 
-from dbprompt.backbones import load_backbone, shipped_weights
-from dbprompt.backbones import model_dirs
+from dbprompt.backbones import load_backbone, model_dirs, shipped_weights
 from dbprompt.backbones.recorded import check_recorded_backbone
 from dbprompt.compat import BackboneId
 

@@ -39,7 +39,7 @@ def model_dirs() -> tuple[Path, ...]:
         for entry in importlib.metadata.entry_points(group=GROUP):
             try:
                 folder = Path(entry.load().__file__).resolve().parent
-            except Exception as exc:  # a broken plugin must not stop dbprompt: its models are just not there
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop dbprompt: its models are just not there
                 log.warning("the %s entry point %r could not be loaded (%s); its models are not available", GROUP, entry.value, exc)
                 continue
             _add(folder, f"the {GROUP} entry point {entry.value!r}")
