@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import re
+import shlex
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -130,3 +132,11 @@ def test_check_says_when_proxy_b_has_no_weights_yet(tmp_path, capsys):
         pytest.skip("proxy-b's weights ship now")
     assert cli.main(["proxy", "check", "--model", B, "--work-dir", str(tmp_path)]) == 2
     assert "has no shipped weights yet" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_the_gpu_script_s_command_is_one_the_cli_takes():
+    script = (LAB / "scripts" / "pretrain_proxy_b_gpu.sh").read_text()
+    command = script[script.index("python3 -m dbprompt_lab proxy pretrain") : script.index("2>&1 | tee")]
+    command = re.sub(r'"\$\(\(.*?\)\)"', "12", command.replace("\\\n", " ")).replace('"$WORK"', "runs/proxy-b")
+    args = cli.build_parser().parse_args(shlex.split(command)[3:])
+    assert (args.model, args.world, args.device, args.bf16, args.resume, args.progress) == (B, "broad", "cuda", True, True, False)

@@ -80,6 +80,7 @@ def register_proxy(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     pre.add_argument("--workers", type=int, default=None, help="image-decoding worker processes")
     pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar (--no-progress: epoch lines only, for logs)")
     pre.add_argument("--out", default=None, help="weights file (default: WORK_DIR/MODEL.safetensors; to ship them, copy it and its .record.json where the model's config is: src/dbprompt/assets/models/ for dbprompt-proxy, lab/src/dbprompt_lab/models/ for dbprompt-proxy-b)")
     pre.set_defaults(func=cmd_pretrain)
     chk = proxy_sub.add_parser("check", help="re-measure a shipped proxy's source R@1", description="Regenerate the held-out source test set and compare T2I R@1 with the recorded value.")
@@ -109,6 +110,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         runtime=Runtime.resolve(args.device, args.bf16, args.workers),
         resume=args.resume,
         out=Path(args.out) if args.out else None,
+        progress=args.progress,
     )
     m = record["source_test_metrics"]
     print(f"source test T2I R@1 {m['clip_benchmark/t2i_R@1']:.1f}, I2T R@1 {m['clip_benchmark/i2t_R@1']:.1f}")

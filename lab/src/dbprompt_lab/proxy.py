@@ -81,11 +81,11 @@ PROXIES: dict[str, Proxy] = {
     p.name: p
     for p in (
         Proxy(NAME, "proxy", 64, IMAGES, RECIPE, False, MODEL_CONFIG_DIR),
-        # Sized for about 10 minutes of one H100 (lab/README.md, "The second proxy"): 1.5 M pairs, 3 times
-        # the first proxy's, every image's features through the tower at every step (from scratch).
+        # Sized for one H100 within a 10-minute command (lab/README.md, "The second proxy"): 1.24 M pairs, 2.9
+        # times the first proxy's, every image's features backpropagated (it learns from scratch).
         Proxy(
             "dbprompt-proxy-b", "broad", 96, 64000,
-            replace(RECIPE, epochs=24, batch_size=512, image_backward=1.0, checkpoint_every=100), True, models.DIR,
+            replace(RECIPE, epochs=20, batch_size=512, image_backward=1.0, checkpoint_every=100), True, models.DIR,
         ),
     )
 }
