@@ -93,15 +93,15 @@ GRAMMAR = Language(
     templates=("on {a} {bg} background sit {objects}", "{bg} background, featuring {objects}", "what is shown: {objects} -- {bg} behind"),
     relation_templates=("{related} -- all on {bg}",),
     joins=(" as well as ", " together with "),
-    objects=("{kind} ({size} {style} {colour})", "{kind} coloured {colour}, {size} and {style},"),
+    objects=("{kind} ({size} {style} {colour})", "{kind} coloured {colour}, {size} and {style}"),
 )
 LANGUAGES = {"source": SOURCE, "textual": TEXTUAL, "grammar": GRAMMAR}
 
 
 def _tidy(text: str) -> str:
-    """Spaces collapsed and none before punctuation (an empty word leaves a double space)."""
-    text = re.sub(r"\s+", " ", text).strip()
-    return re.sub(r"\s+([,.;:)])", r"\1", re.sub(r"\(\s+", "(", re.sub(r",,", ",", text)))
+    """Spaces collapsed, and none after "(" or before punctuation (an empty word, e.g. a plain pattern, leaves them)."""
+    text = re.sub(r"\(\s+", "(", re.sub(r"\s+", " ", text).strip())
+    return re.sub(r"\s+([,.;:)])", r"\1", text)
 
 
 class _Writer:
@@ -117,7 +117,7 @@ class _Writer:
     def thing(self, shape: Shape, order: str) -> str:
         words = order.format(size=self.name(shape.size), style=self.name(shape.style), colour=self.name(shape.colour), kind=self.name(shape.kind))
         words = _tidy(words)
-        return f"{proxy._article(words)} {words}"
+        return f"{proxy.article(words)} {words}"
 
     def placed(self, shape: Shape, order: str) -> str:
         return f"{self.thing(shape, order)} {pick(self.rng, self.language.positions[shape.position])}"
@@ -137,9 +137,9 @@ def caption(scene: Scene, rng: np.random.Generator, language: Language, *, sourc
         rest = [s for s in shapes if s is not a and s is not b]
         related += "".join(pick(rng, language.joins) + w.placed(s, order) for s in rest)
         template = pick(rng, language.relation_templates)
-        return _tidy(template.format(related=related, bg=bg, a=proxy._article(bg)))
+        return _tidy(template.format(related=related, bg=bg, a=proxy.article(bg)))
     objects = pick(rng, language.joins).join(w.placed(s, order) for s in shapes)
-    return _tidy(pick(rng, language.templates).format(objects=objects, bg=bg, background=bg, a=proxy._article(bg)))
+    return _tidy(pick(rng, language.templates).format(objects=objects, bg=bg, background=bg, a=proxy.article(bg)))
 
 
 def captions(scene: Scene, rng: np.random.Generator, language: str, n: int) -> list[str]:
