@@ -14,6 +14,7 @@ from dbprompt.runtime import Runtime
 
 from . import proxy
 from .methods import COMPARED, METHODS, RETIRED
+from .world.samples import WORLDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,53 +60,68 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register_proxy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("proxy", help="pre-train or check the shipped proxy backbone", description="The proxy backbone: a small open_clip CLIP pre-trained on the synthetic source domain.")
+    p = sub.add_parser("proxy", help="pre-train or check a proxy backbone", description="The proxy backbones: small open_clip CLIPs pre-trained on the synthetic world (dbprompt-proxy, shipped with dbprompt; dbprompt-proxy-b, shipped with the lab).")
     proxy_sub = p.add_subparsers(dest="proxy_command", required=True, metavar="ACTION")
-    pre = proxy_sub.add_parser("pretrain", help="pre-train from random weights (resumable)", description="Pre-train dbprompt-proxy on the source domain and write its fp16 weights and record into the package.")
+    first = proxy.PROXIES[proxy.NAME]
+    models = ", ".join(f"{m.name}: {m.images}" for m in proxy.PROXIES.values())
+    pre = proxy_sub.add_parser("pretrain", help="pre-train from random weights (resumable)", description="Pre-train a proxy on a world's source domain and write its fp16 weights and record into the work directory.")
+    pre.add_argument("--model", default=proxy.NAME, choices=list(proxy.PROXIES), help="(default: %(default)s)")
+    pre.add_argument("--world", default=None, choices=list(WORLDS), help="the world whose source domain it learns (default: the model's: proxy for dbprompt-proxy, broad for dbprompt-proxy-b)")
     pre.add_argument("--work-dir", default="runs/proxy", help="data and checkpoints (default: %(default)s)")
-    pre.add_argument("--images", type=int, default=proxy.IMAGES, help="source images to write (default: %(default)s)")
-    pre.add_argument("--epochs", type=int, default=proxy.RECIPE.epochs, help="(default: %(default)s)")
-    pre.add_argument("--batch-size", type=int, default=proxy.RECIPE.batch_size, help="(default: %(default)s)")
-    pre.add_argument("--lr", type=float, default=proxy.RECIPE.lr, help="(default: %(default)s)")
+    pre.add_argument("--images", type=int, default=None, help=f"source images to write (default: the model's recipe, {models})")
+    pre.add_argument("--epochs", type=int, default=None, help=f"(default: the model's recipe, {first.recipe.epochs} for {first.name})")
+    pre.add_argument("--batch-size", type=int, default=None, help=f"(default: the model's recipe, {first.recipe.batch_size} for {first.name})")
+    pre.add_argument("--lr", type=float, default=None, help=f"(default: the model's recipe, {first.recipe.lr} for {first.name})")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--hard-negatives", type=int, default=0, metavar="K", help="batches made of runs of K look-alike images (captions sharing most words); 0: random batches (default: %(default)s)")
+    pre.add_argument("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints (default: the model's recipe)")
+    pre.add_argument("--image-cache-mb", type=int, default=None, help="memory for decoded training images (default: the model's recipe)")
     pre.add_argument("--device", default="auto")
     pre.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     pre.add_argument("--workers", type=int, default=None, help="image-decoding worker processes")
     pre.add_argument("--resume", action="store_true")
-    pre.add_argument("--out", default=None, help="weights file (default: WORK_DIR/dbprompt-proxy.safetensors; to ship them, copy it and its .record.json into src/dbprompt/assets/models/)")
+    pre.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar (--no-progress: epoch lines only, for logs)")
+    pre.add_argument("--out", default=None, help="weights file (default: WORK_DIR/MODEL.safetensors; to ship them, copy it and its .record.json where the model's config is: src/dbprompt/assets/models/ for dbprompt-proxy, lab/src/dbprompt_lab/models/ for dbprompt-proxy-b)")
     pre.set_defaults(func=cmd_pretrain)
-    chk = proxy_sub.add_parser("check", help="re-measure the shipped proxy's source R@1", description="Regenerate the held-out source test set and compare T2I R@1 with the recorded value.")
+    chk = proxy_sub.add_parser("check", help="re-measure a shipped proxy's source R@1", description="Regenerate the held-out source test set and compare T2I R@1 with the recorded value.")
+    chk.add_argument("--model", default=proxy.NAME, choices=list(proxy.PROXIES), help="(default: %(default)s)")
     chk.add_argument("--work-dir", default="runs/proxy")
     chk.add_argument("--device", default="auto")
     chk.set_defaults(func=cmd_check)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    cfg = replace(
-        proxy.RECIPE,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        seed=args.seed,
-    )
+    recipe = proxy.get_proxy(args.model).recipe
+    given = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "checkpoint_every": args.checkpoint_every,
+        "image_cache_mb": args.image_cache_mb,
+    }
+    cfg = replace(recipe, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     record = proxy.pretrain(
         args.work_dir,
+        model=args.model,
+        world=args.world,
         images=args.images,
         cfg=cfg,
         hard_negatives=args.hard_negatives,
         runtime=Runtime.resolve(args.device, args.bf16, args.workers),
         resume=args.resume,
         out=Path(args.out) if args.out else None,
+        progress=args.progress,
     )
     m = record["source_test_metrics"]
     print(f"source test T2I R@1 {m['clip_benchmark/t2i_R@1']:.1f}, I2T R@1 {m['clip_benchmark/i2t_R@1']:.1f}")
+    if "proxy_world_test_metrics" in record:
+        print(f"zero-shot on the proxy world's source test: T2I R@1 {record['proxy_world_test_metrics']['clip_benchmark/t2i_R@1']:.1f}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    recorded, now = proxy.check(args.work_dir, runtime=Runtime.resolve(args.device))
-    print(f"source test T2I R@1: recorded {recorded:.1f}, now {now:.1f}")
+    recorded, now = proxy.check(args.work_dir, model=args.model, runtime=Runtime.resolve(args.device))
+    print(f"{args.model} source test T2I R@1: recorded {recorded:.1f}, now {now:.1f}")
     return 0 if abs(recorded - now) <= 1.0 else 1
 
 

@@ -1,21 +1,25 @@
-"""The proxy backbone: a small open_clip CLIP pre-trained on the synthetic world's source domain.
+"""The proxy backbones: small open_clip CLIPs pre-trained on the synthetic world, shipped and loaded by name.
 
-No pre-trained CLIP can be downloaded here, so dbprompt ships its own: the same open_clip
-code path as any real model (config in assets/models/dbprompt-proxy.json, weights as fp16
-safetensors beside it), pre-trained by `dbprompt proxy pretrain`, loaded by name.
+No pre-trained CLIP can be downloaded here, so dbprompt and the lab ship their own, through the same
+open_clip code path as any real model (a config `NAME.json`, weights as fp16 safetensors beside it),
+pre-trained by `dbprompt-lab proxy pretrain --model NAME`:
+- `dbprompt-proxy` (dbprompt's assets/models): 13.2 M parameters, 64 px, 4 + 4 layers, the contrastive
+  loss, on the proxy world's source domain;
+- `dbprompt-proxy-b` (the lab's models/, issue 28): 28.5 M parameters, 96 px, patch 16, 6 + 6 layers
+  (vision width 384, text width 256), SigLIP's sigmoid loss, on the broad world's source domain.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save as st_save
 
 from dbprompt.atomic import atomic_write_bytes, atomic_write_text
-from dbprompt.backbones import RANDOM, load_backbone
+from dbprompt.backbones import RANDOM, add_model_dir, load_backbone
 from dbprompt.backbones.factory import MODEL_CONFIG_DIR
 from dbprompt.data import assign_splits, load_database, records_for
 from dbprompt.evaluation import evaluate_models
@@ -25,8 +29,13 @@ from dbprompt.runtime import Runtime
 from dbprompt.training.config import TrainConfig
 from dbprompt.training.trainer import Trainer, random_order
 
+from . import models
 from .batches import find_look_alikes, grouped_order
+from .sigmoid_loss import SigmoidLoss
 from .world import write_database
+
+# The lab's models load by name from a source checkout too, where no entry point is installed.
+add_model_dir(models.DIR)
 
 NAME = "dbprompt-proxy"
 # What dbprompt ships (read only: `pretrain` writes into its work directory; shipping new weights is
@@ -47,44 +56,97 @@ RECIPE = TrainConfig(
 )
 
 
-def source_test_records(work_dir: Path) -> list:
-    db = work_dir / "source-test"
+@dataclass(frozen=True)
+class Proxy:
+    """One proxy backbone: what it is pre-trained on, how, and where its shipped files live."""
+
+    name: str
+    world: str
+    image_size: int
+    images: int
+    recipe: TrainConfig
+    sigmoid: bool  # SigLIP's loss; else the contrastive loss dbprompt trains with
+    home: Path
+
+    @property
+    def weights(self) -> Path:
+        return self.home / f"{self.name}.safetensors"
+
+    @property
+    def record(self) -> Path:
+        return self.home / f"{self.name}.record.json"
+
+
+PROXIES: dict[str, Proxy] = {
+    p.name: p
+    for p in (
+        Proxy(NAME, "proxy", 64, IMAGES, RECIPE, False, MODEL_CONFIG_DIR),
+        # Sized for one H100 within a 10-minute command (lab/README.md, "The second proxy"): 1.24 M pairs, 2.9
+        # times the first proxy's, every image's features backpropagated (it learns from scratch).
+        Proxy(
+            "dbprompt-proxy-b", "broad", 96, 64000,
+            replace(RECIPE, epochs=20, batch_size=512, image_backward=1.0, checkpoint_every=100), True, models.DIR,
+        ),
+    )
+}
+
+
+def get_proxy(name: str) -> Proxy:
+    try:
+        return PROXIES[name]
+    except KeyError:
+        raise ValueError(f"unknown proxy {name!r}; choose one of {', '.join(PROXIES)}") from None
+
+
+def _database(work: Path, kind: str, world: str) -> Path:
+    """The folder of the source or source-test database of `world` (the proxy world's keep their first names)."""
+    return work / (kind if world == "proxy" else f"{world}-{kind}")
+
+
+def source_test_records(work_dir: Path, proxy: Proxy = PROXIES[NAME], world: str | None = None) -> list:
+    world = world or proxy.world
+    db = _database(Path(work_dir), "source-test", world)
     if not (db / "metadata.jsonl").exists():
-        write_database(db, TEST_IMAGES, domain="source", seed=TEST_SEED, image_size=64)
+        write_database(db, TEST_IMAGES, domain="source", seed=TEST_SEED, image_size=proxy.image_size, world=world)
     return load_database(db).records
 
 
 def pretrain(
     work_dir: str | Path,
     *,
-    images: int = IMAGES,
-    cfg: TrainConfig = RECIPE,
+    model: str = NAME,
+    world: str | None = None,
+    images: int | None = None,
+    cfg: TrainConfig | None = None,
     hard_negatives: int = 0,
     runtime: Runtime | None = None,
     resume: bool = False,
     out: Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Pre-train the proxy from random weights on the source domain; write fp16 weights + a record
-    (to `out`, default WORK_DIR/dbprompt-proxy.safetensors, and the record beside it).
+    """Pre-train a proxy from random weights on a world's source domain (its own by default); write fp16
+    weights + a record (to `out`, default WORK_DIR/NAME.safetensors, and the record beside it).
 
-    `hard_negatives` K > 1 makes batches of runs of K look-alike images (batches.py).
+    `images`, `cfg`: the proxy's recipe unless given. `hard_negatives` K > 1 makes batches of runs of K
+    look-alike images (batches.py).
     """
+    proxy = get_proxy(model)
+    world, images, cfg = world or proxy.world, images or proxy.images, cfg or proxy.recipe
     work = Path(work_dir)
-    out = out or work / f"{NAME}.safetensors"
-    db = work / "source"
+    out = out or work / f"{proxy.name}.safetensors"
+    db = _database(work, "source", world)
     if not (db / "metadata.jsonl").exists():
-        print(f"writing {images} source-domain images to {db}")
-        write_database(db, images, domain="source", seed=SOURCE_SEED, image_size=64)
+        print(f"writing {images} {world}-world source images to {db}")
+        write_database(db, images, domain="source", seed=SOURCE_SEED, image_size=proxy.image_size, world=world)
     records = assign_splits(load_database(db).records, val_fraction=VAL_FRACTION, test_fraction=0.0, seed=SOURCE_SEED)
-    splits = {s: records_for(records, s) for s in ("train", "val")} | {"test": source_test_records(work)}
+    splits = {s: records_for(records, s) for s in ("train", "val")} | {"test": source_test_records(work, proxy, world)}
     runtime = runtime or Runtime.resolve()
-    backbone = load_backbone(NAME, RANDOM, device=runtime.device, seed=cfg.seed)
+    backbone = load_backbone(proxy.name, RANDOM, device=runtime.device, seed=cfg.seed)
     backbone.requires_grad_(True)
-    model = PromptedCLIP(backbone, PromptConfig.none())
+    net = PromptedCLIP(backbone, PromptConfig.none())
     print(
-        f"pre-training {NAME} ({sum(p.numel() for p in backbone.parameters()):,} parameters) on "
-        f"{len(splits['train'])} source images, {runtime.describe()}"
+        f"pre-training {proxy.name} ({sum(p.numel() for p in backbone.parameters()):,} parameters) on "
+        f"{len(splits['train'])} {world}-world source images, {runtime.describe()}"
     )
     order = random_order
     if hard_negatives > 1:
@@ -94,28 +156,42 @@ def pretrain(
         def order(rng, n):
             return grouped_order(look_alikes, hard_negatives, rng)
 
-    trainer = Trainer(model, splits["train"], splits["val"], cfg, runtime, work_dir=work, progress=progress, order=order)
+    trainer = Trainer(net, splits["train"], splits["val"], cfg, runtime, work_dir=work, progress=progress, order=order)
+    if proxy.sigmoid:
+        if runtime.world > 1:
+            raise ValueError(f"{proxy.name} pre-trains on one process (its sigmoid loss gathers nothing across ranks)")
+        # The Trainer's loss holds no parameter here (the temperature is the backbone's), so swapping it
+        # leaves the optimizer as built; the bias it adds is the backbone's too.
+        trainer.loss = SigmoidLoss(backbone.model)
     result = trainer.run(resume=resume)
     trainer.restore_best()
     state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in backbone.model.state_dict().items()}
-    atomic_write_bytes(out, st_save(state, metadata={"format": "open_clip", "model": NAME}))
+    atomic_write_bytes(out, st_save(state, metadata={"format": "open_clip", "model": proxy.name}))
     # Record the quality of what ships (fp16-rounded), not of the fp32 weights in memory.
-    metrics = _source_metrics(load_backbone(NAME, str(out), device=runtime.device), splits["test"], runtime)
+    shipped = load_backbone(proxy.name, str(out), device=runtime.device)
     record = {
-        "model": NAME,
+        "model": proxy.name,
+        "world": world,
+        "loss": "sigmoid" if proxy.sigmoid else "contrastive",
         "source_test_images": len(splits["test"]),
         "source_test_seed": TEST_SEED,
-        "source_test_metrics": metrics,
+        "source_test_metrics": _source_metrics(shipped, splits["test"], runtime),
+    }
+    if world != "proxy":
+        # How much of the first proxy's world it knows without seeing it: the proxy world's source test.
+        record["proxy_world_test_metrics"] = _source_metrics(shipped, source_test_records(work, proxy, "proxy"), runtime)
+    record |= {
         "best_epoch": result.best_epoch,
         "train_images": len(splits["train"]),
         "train_config": asdict(cfg),
         "train_seconds": result.seconds,
         "pairs_per_second": result.pairs_per_second,
+        "device": runtime.describe(),
         "history": result.history,
-        "command": f"dbprompt-lab proxy pretrain --images {images} --epochs {cfg.epochs} --batch-size {cfg.batch_size} --lr {cfg.lr}"
-        + (f" --hard-negatives {hard_negatives}" if hard_negatives > 1 else ""),
+        "command": f"dbprompt-lab proxy pretrain --model {proxy.name} --world {world} --images {images} --epochs {cfg.epochs} "
+        f"--batch-size {cfg.batch_size} --lr {cfg.lr}" + (f" --hard-negatives {hard_negatives}" if hard_negatives > 1 else ""),
     }
-    atomic_write_text(out.with_name(f"{NAME}.record.json"), json.dumps(record, indent=2))
+    atomic_write_text(out.with_name(f"{proxy.name}.record.json"), json.dumps(record, indent=2))
     return record
 
 
@@ -123,9 +199,16 @@ def _source_metrics(backbone, test: list, runtime: Runtime) -> dict[str, float]:
     return evaluate_models({"zero-shot": PromptedCLIP(backbone, PromptConfig.none())}, test, runtime)["zero-shot"]
 
 
-def check(work_dir: str | Path, *, runtime: Runtime | None = None) -> tuple[float, float]:
-    """Re-measure the shipped proxy's source test T2I R@1: (recorded, now)."""
-    record = json.loads(RECORD.read_text())
+def check(work_dir: str | Path, *, model: str = NAME, runtime: Runtime | None = None) -> tuple[float, float]:
+    """Re-measure a shipped proxy's source test T2I R@1: (recorded, now)."""
+    proxy = get_proxy(model)
+    if not (proxy.weights.exists() and proxy.record.exists()):
+        raise FileNotFoundError(
+            f"{proxy.name} has no shipped weights yet ({proxy.weights} and its .record.json): pre-train them with "
+            f"`dbprompt-lab proxy pretrain --model {proxy.name}` and copy both files there"
+        )
+    record = json.loads(proxy.record.read_text())
     runtime = runtime or Runtime.resolve()
-    now = _source_metrics(load_backbone(NAME, device=runtime.device), source_test_records(Path(work_dir)), runtime)
+    test = source_test_records(Path(work_dir), proxy, record.get("world", proxy.world))
+    now = _source_metrics(load_backbone(proxy.name, device=runtime.device), test, runtime)
     return record["source_test_metrics"]["clip_benchmark/t2i_R@1"], now["clip_benchmark/t2i_R@1"]

@@ -17,19 +17,15 @@ from . import registry
 from .base import BackboneAdapter
 from .hf_loading import PREFIX as HF_PREFIX, RANDOM, check_own_weights, load_hf
 from .loading import fetch
+from .model_dirs import OWN, known_model, shipped_weights
 from .openclip import OpenClipAdapter
 
 HF_HUB, LOCAL_DIR = "hf-hub:", "local-dir:"
 
-# Models shipped with dbprompt: an open_clip config `NAME.json` (found by name like open_clip's
-# own) and, when pre-trained weights ship too, `NAME.safetensors` beside it.
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "assets" / "models"
-open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-def shipped_weights(model: str) -> Path | None:
-    path = MODEL_CONFIG_DIR / f"{model}.safetensors"
-    return path if path.exists() else None
+# Models shipped with dbprompt (MODEL_CONFIG_DIR) or an installed distribution (model_dirs): an open_clip
+# config `NAME.json` (found by name like open_clip's own) and, when pre-trained weights ship too,
+# `NAME.safetensors` beside it.
+MODEL_CONFIG_DIR = OWN
 
 
 def load_backbone(
@@ -48,13 +44,13 @@ def load_backbone(
         return load_hf(model[len(HF_PREFIX) :], pretrained, device=device, seed=seed, local_only=local_only)
     if model.startswith((HF_HUB, LOCAL_DIR)):
         (model, label), tag = _schema_source(model, pretrained), None
-    elif model in open_clip.list_models():
+    elif known_model(model):
         tag, label = _named_source(model, pretrained)
     else:
         raise ValueError(
             f"unknown model {model!r}: use an open_clip name (see `open_clip.list_models()`), 'hf-hub:org/repo' or "
             "'local-dir:DIR' (open_clip layout), 'hf:org/repo' or 'hf:DIR' (a transformers CLIPModel or SiglipModel), "
-            "or a model shipped with dbprompt"
+            "or a model shipped with dbprompt or an installed distribution (the dbprompt.models entry points)"
         )
     weights = label != RANDOM
 
@@ -129,7 +125,7 @@ def load_named_backbone(model: str, pretrained: str | None, *, device: str = "cp
     """
     own_weights = model.startswith((HF_PREFIX, HF_HUB, LOCAL_DIR)) or shipped_weights(model) is not None
     if pretrained is None and not own_weights:
-        tags = open_clip.list_pretrained_tags_by_model(model) if model in open_clip.list_models() else []
+        tags = open_clip.list_pretrained_tags_by_model(model) if known_model(model) else []
         hint = f" (open_clip has: {', '.join(tags[:4])})" if tags else ""
         raise ValueError(f"--model {model}: say which weights with --pretrained TAG{hint}, a checkpoint file, or 'random'")
     backbone = load_backbone(model, pretrained, device=device)

@@ -2,8 +2,9 @@
 
 Prompt files and index manifests come from anyone. What they record about their backbone must
 never make dbprompt open a local path or contact a host the user did not name, so a recorded
-backbone is loaded only as: weights shipped with dbprompt, random weights of dbprompt's own small
-test architectures, or an open_clip tag / Hugging Face hub id whose files are already in the local
+backbone is loaded only as: weights shipped with dbprompt (or with an installed distribution, through
+the `dbprompt.models` entry points: `model_dirs`), random weights of the small architectures shipped
+so, or an open_clip tag / Hugging Face hub id whose files are already in the local
 cache (the hub switched offline while loading). One more route is this machine's own: a backbone
 the user named here before with `--model` (a directory, a checkpoint file) is remembered by its
 fingerprint (`registry`), and a file recording that fingerprint loads through the route the user
@@ -20,7 +21,8 @@ import open_clip
 from ..compat import BackboneId
 from . import registry
 from .base import BackboneAdapter
-from .factory import LOCAL_DIR, MODEL_CONFIG_DIR, RANDOM, load_backbone, shipped_weights
+from .factory import LOCAL_DIR, RANDOM, load_backbone
+from .model_dirs import known_model, shipped_config, shipped_weights
 from .shim import hub_offline
 
 # A hub repository id (org/name), the only form a recorded `hf-hub:`/`hf:` model may take.
@@ -78,11 +80,12 @@ def _refusal(name: str, pretrained: str | None) -> str | None:
     if hub is not None:
         if not _HUB_ID.fullmatch(hub):
             return "the hub model is not an org/name id"
-    elif name not in open_clip.list_models():
-        return "no open_clip model and no model shipped with dbprompt has that name"
+    elif not known_model(name):
+        return "no open_clip model and no model shipped with dbprompt (or an installed distribution) has that name"
     random = pretrained == RANDOM or (pretrained is None and hub is None and shipped_weights(name) is None)
-    if random and (hub is not None or not (MODEL_CONFIG_DIR / f"{name}.json").is_file()):
-        # Only dbprompt's own small test architectures; any other from a file is a way to exhaust memory.
+    if random and (hub is not None or shipped_config(name) is None):
+        # Only the small architectures dbprompt or an installed distribution ships; any other from a file is a
+        # way to exhaust memory.
         return "random weights are built only when you ask for them (--pretrained random), never because a file says so"
     if pretrained in (None, RANDOM, name):
         return None

@@ -102,7 +102,8 @@ TEXTUAL_WORDS = _vocabulary(
 TEXTUAL_ONLY_WORDS = TEXTUAL_WORDS - SOURCE_WORDS
 
 
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The indefinite article before `word`, by its first letter (enough for the worlds' words)."""
     return "an" if word[0] in "aeiou" else "a"
 
 
@@ -140,5 +141,5 @@ def captions(scene: Scene, rng: np.random.Generator, *, textual: bool, n: int) -
         wording = _Wording(scene, rng, textual)
         background = wording.name(scene.background)
         objects = join.join(wording.shape(s) for s in shapes)
-        texts.append(template.format(objects=objects, background=background, a=_article(background)))
+        texts.append(template.format(objects=objects, background=background, a=article(background)))
     return texts

@@ -22,19 +22,24 @@ def cell_centre(position: str) -> tuple[float, float]:
     return (column + 0.5) / 3, (row + 0.5) / 3
 
 
-def _polygon(shape: Shape, rng: np.random.Generator, size: int, rotate: bool) -> list[float]:
-    outline = OUTLINES[shape.kind]
+def polygon(
+    shape: Shape, rng: np.random.Generator, size: int, rotate: bool, *, outlines=OUTLINES, radii=_RADIUS
+) -> list[float]:
+    """The shape's outline in pixels, flattened (x0, y0, x1, ...); `outlines` and `radii` by kind and size
+    name (the broad world has more of both)."""
+    outline = outlines[shape.kind]
     if rotate:
         angle = rng.uniform(0, 2 * np.pi)
         c, s = np.cos(angle), np.sin(angle)
         outline = outline @ np.array([[c, s], [-s, c]])
-    radius = _RADIUS[shape.size] * rng.uniform(1 - _SCALE_JITTER, 1 + _SCALE_JITTER)
+    radius = radii[shape.size] * rng.uniform(1 - _SCALE_JITTER, 1 + _SCALE_JITTER)
     centre = np.asarray(cell_centre(shape.position)) + rng.uniform(-_CENTRE_JITTER, _CENTRE_JITTER, 2)
     return ((outline * radius + centre) * size).ravel().tolist()
 
 
-def _fill(shape: Shape, rng: np.random.Generator, jitter: bool) -> tuple[int, ...]:
-    rgb = np.asarray(COLOURS[shape.colour])
+def fill_colour(rgb: tuple[int, int, int], rng: np.random.Generator, jitter: bool) -> tuple[int, ...]:
+    """`rgb`, with the visual shift's colour jitter when `jitter`."""
+    rgb = np.asarray(rgb)
     if jitter:
         rgb = np.clip(rgb + rng.integers(-_COLOUR_JITTER, _COLOUR_JITTER + 1, 3), 0, 255)
     return tuple(int(v) for v in rgb)
@@ -53,7 +58,7 @@ def render(scene: Scene, rng: np.random.Generator, *, size: int, shifted: bool) 
         canvas = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(canvas)
     for shape in scene.shapes:
-        draw.polygon(_polygon(shape, rng, size, rotate=shifted), fill=_fill(shape, rng, jitter=shifted))
+        draw.polygon(polygon(shape, rng, size, rotate=shifted), fill=fill_colour(COLOURS[shape.colour], rng, jitter=shifted))
     if shifted:
         # A box blur looks the same at this radius and costs a third of a Gaussian one.
         canvas = canvas.filter(ImageFilter.BoxBlur(rng.uniform(0.3, 0.9) * size / 64))

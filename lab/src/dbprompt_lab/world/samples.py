@@ -1,4 +1,8 @@
-"""Random access to the synthetic database: sample `index` of (domain, seed) is always the same."""
+"""Random access to the synthetic database: sample `index` of (world, domain, seed) is always the same.
+
+Two worlds: `proxy` (the one the first proxy backbone and BENCHMARKS.md's tables were made from; frozen)
+and `broad` (world/broad: more of everything, and captions in several grammars).
+"""
 
 from __future__ import annotations
 
@@ -7,30 +11,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dbprompt_lab.world import broad
 from dbprompt_lab.world.captions import captions
 from dbprompt_lab.world.domains import Domain, get_domain
 from dbprompt_lab.world.render import render
 from dbprompt_lab.world.scene import Scene, sample_scene
 
 
+WORLDS = ("proxy", "broad")
+
+
 @dataclass(frozen=True)
 class Sample:
-    scene: Scene
+    scene: Scene | broad.Scene
     image: np.ndarray  # uint8 (size, size, 3)
     captions: list[str]
 
 
-def check_arguments(domain: str, image_size: int, captions_per_image: int) -> Domain:
+def check_arguments(domain: str, image_size: int, captions_per_image: int, world: str = "proxy") -> Domain | broad.BroadDomain:
     """The named domain, once the arguments are known to make valid samples; lets callers fail before writing."""
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16, got {image_size}")
     if captions_per_image < 1:
         raise ValueError(f"captions_per_image must be at least 1, got {captions_per_image}")
-    return get_domain(domain)
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; choose one of {', '.join(WORLDS)}")
+    return broad.get_domain(domain) if world == "broad" else get_domain(domain)
 
 
 def sample(
-    index: int, *, domain: str = "source", seed: int = 0, image_size: int = 64, captions_per_image: int = 3
+    index: int, *, domain: str = "source", seed: int = 0, image_size: int = 64, captions_per_image: int = 3, world: str = "proxy"
 ) -> Sample:
     """One image with its captions.
 
@@ -38,7 +48,9 @@ def sample(
     can be made in any order or in parallel, and two domains with the same seed
     never share images (no accidental train/test overlap across domains).
     """
-    d = check_arguments(domain, image_size, captions_per_image)
+    d = check_arguments(domain, image_size, captions_per_image, world)
+    if isinstance(d, broad.BroadDomain):
+        return Sample(*broad.draw(index, d, seed, image_size, captions_per_image))
     rng = np.random.default_rng([seed, zlib.crc32(d.name.encode()), index])
     drawn = sample_scene(rng)
     image = render(drawn, rng, size=image_size, shifted=d.visual_shift)
@@ -46,13 +58,13 @@ def sample(
 
 
 def generate(
-    n: int, *, domain: str = "source", seed: int = 0, image_size: int = 64, captions_per_image: int = 3
+    n: int, *, domain: str = "source", seed: int = 0, image_size: int = 64, captions_per_image: int = 3, world: str = "proxy"
 ) -> list[tuple[np.ndarray, list[str]]]:
     """The first `n` samples as (image, captions) pairs, for code that does not want files."""
     return [
         (s.image, s.captions)
         for s in (
-            sample(i, domain=domain, seed=seed, image_size=image_size, captions_per_image=captions_per_image)
+            sample(i, domain=domain, seed=seed, image_size=image_size, captions_per_image=captions_per_image, world=world)
             for i in range(n)
         )
     ]

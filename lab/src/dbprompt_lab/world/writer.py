@@ -29,6 +29,7 @@ def write_database(
     image_size: int = 64,
     captions_per_image: int = 3,
     workers: int | None = None,
+    world: str = "proxy",
 ) -> Path:
     """Write `images/NNNNNN.png` and `metadata.jsonl`; return `out_dir`.
 
@@ -39,7 +40,7 @@ def write_database(
     """
     if n_images < 0:
         raise ValueError(f"n_images must be non-negative, got {n_images}")
-    check_arguments(domain, image_size, captions_per_image)
+    check_arguments(domain, image_size, captions_per_image, world)
     out = Path(out_dir)
     images = out / IMAGES
     images.mkdir(parents=True, exist_ok=True)
@@ -47,7 +48,7 @@ def write_database(
     width = max(6, len(str(n_images - 1)))
     workers = max(1, min(workers or (os.cpu_count() or 1), n_images // _MIN_CHUNK))
     bounds = [n_images * w // workers for w in range(workers + 1)]
-    jobs = [(images, range(a, b), domain, seed, image_size, captions_per_image, width) for a, b in zip(bounds, bounds[1:])]
+    jobs = [(images, range(a, b), domain, seed, image_size, captions_per_image, width, world) for a, b in zip(bounds, bounds[1:])]
     if workers == 1:
         chunks = [_write_images(*jobs[0])]
     else:
@@ -64,12 +65,12 @@ def write_database(
 
 
 def _write_images(
-    images: Path, indices: range, domain: str, seed: int, image_size: int, captions_per_image: int, width: int
+    images: Path, indices: range, domain: str, seed: int, image_size: int, captions_per_image: int, width: int, world: str
 ) -> list[tuple[str, str]]:
     """(file name, metadata line) of each image written."""
     written = []
     for index in indices:
-        s = sample(index, domain=domain, seed=seed, image_size=image_size, captions_per_image=captions_per_image)
+        s = sample(index, domain=domain, seed=seed, image_size=image_size, captions_per_image=captions_per_image, world=world)
         name = f"{index:0{width}d}.png"
         (images / name).write_bytes(encode_png(s.image))
         written.append((name, json.dumps({"file_name": f"{IMAGES}/{name}", "text": s.captions}) + "\n"))

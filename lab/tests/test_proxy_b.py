@@ -1,0 +1,142 @@
+"""The second proxy: its config builds within the size limit, loads by name through the lab's entry point, and
+pre-trains with the sigmoid loss, resumably (on a tiny stand-in architecture, for speed)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import re
+import shlex
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+import open_clip
+import open_clip.factory
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dbprompt.backbones import load_backbone, model_dirs
+from dbprompt.training.trainer import Trainer
+from dbprompt_lab import cli, models, proxy
+from dbprompt_lab.sigmoid_loss import SigmoidLoss
+
+B = "dbprompt-proxy-b"
+LAB = Path(__file__).resolve().parents[1]
+
+
+def test_proxy_b_builds_within_its_size_and_encodes(one_thread):
+    backbone = load_backbone(B, "random")
+    params = sum(p.numel() for p in backbone.model.parameters())
+    assert params == 28_525_570 and params * 2 <= 60e6  # fp16 weights under 60 MB
+    assert backbone.image_size == (96, 96) and backbone.context_length == 64
+    assert float(backbone.model.logit_bias) == -10 and float(backbone.model.logit_scale.exp()) == pytest.approx(10)
+    with torch.no_grad():
+        images = backbone.encode_image(torch.randn(2, 3, 96, 96))
+        texts = backbone.encode_text(backbone.tokenize(["a red star on the left", "a blue circle"], 64))
+    assert images.shape == texts.shape == (2, 256)
+
+
+@pytest.fixture
+def entry_points_only(monkeypatch):
+    """dbprompt's model directories as a fresh process would read them, from these entry points alone."""
+    monkeypatch.setattr(model_dirs, "_read", False)
+    monkeypatch.setattr(model_dirs, "_dirs", [])
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIG_PATHS", [model_dirs.OWN])
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIGS", {})
+    open_clip.factory._rescan_model_configs()
+
+    def use(*entries):
+        monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [e for e in entries if e.group == group])
+
+    return use
+
+
+def test_the_lab_s_entry_point_makes_proxy_b_loadable_by_name(entry_points_only):
+    declared = tomllib.loads((LAB / "pyproject.toml").read_text())["project"]["entry-points"][model_dirs.GROUP]
+    entry_points_only(*(importlib.metadata.EntryPoint(k, v, model_dirs.GROUP) for k, v in declared.items()))
+    assert B not in open_clip.list_models()
+    assert load_backbone(B, "random").image_size == (96, 96)
+    assert model_dirs.model_dirs() == (model_dirs.OWN, models.DIR)
+
+
+def test_without_the_entry_point_proxy_b_is_unknown(entry_points_only):
+    entry_points_only()
+    with pytest.raises(ValueError, match="unknown model"):
+        load_backbone(B, "random")
+
+
+def test_the_sigmoid_loss_prefers_matching_pairs_and_counts_repeated_captions_as_positives():
+    clip = load_backbone("dbprompt-tiny", "random").model
+    clip.logit_bias = torch.nn.Parameter(torch.tensor(-2.0))
+    loss = SigmoidLoss(clip)
+    features = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    assert loss(features, features) < loss(features, features.roll(1, 0))
+    keys = (torch.tensor([[0], [0], [1], [2]]), torch.tensor([0, 0, 1, 2]))  # images 0 and 1 share a caption
+    assert loss(features, features[[0, 0, 2, 3]], keys) < loss(features, features[[0, 0, 2, 3]])
+    with pytest.raises(ValueError, match="logit_bias"):
+        SigmoidLoss(load_backbone("dbprompt-tiny", "random").model)
+
+
+@pytest.fixture
+def tiny_b(tmp_path, monkeypatch):
+    """A stand-in for proxy-b: its world, loss and recipe's shape on the tiny architecture, 1 epoch of 30 images."""
+    home = tmp_path / "models"
+    home.mkdir()
+    tiny = json.loads((model_dirs.OWN / "dbprompt-tiny.json").read_text())
+    (home / "tiny-b.json").write_text(json.dumps(tiny | {"init_logit_scale": 2.3, "init_logit_bias": -10}))
+    monkeypatch.setattr(model_dirs, "_dirs", list(model_dirs.model_dirs()[1:]))
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIG_PATHS", list(open_clip.factory._MODEL_CONFIG_PATHS))
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIGS", dict(open_clip.factory._MODEL_CONFIGS))
+    model_dirs.add_model_dir(home)
+    spec = replace(proxy.PROXIES[B], name="tiny-b", image_size=32, images=30, home=home,
+                   recipe=replace(proxy.PROXIES[B].recipe, epochs=2, batch_size=8, checkpoint_every=1))
+    monkeypatch.setitem(proxy.PROXIES, "tiny-b", spec)
+    monkeypatch.setattr(proxy, "TEST_IMAGES", 12)
+    return spec
+
+
+def _pretrain(work: Path, *extra: str) -> int:
+    return cli.main(["proxy", "pretrain", "--model", "tiny-b", "--work-dir", str(work), "--device", "cpu", *extra])
+
+
+def test_proxy_b_pretrains_on_the_broad_world_with_the_sigmoid_loss_and_resumes(tiny_b, tmp_path, monkeypatch, capsys, one_thread):
+    losses = []
+    run = Trainer.run
+
+    def watched(self, **kwargs):
+        losses.append(type(self.loss))
+        return run(self, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run", watched)
+    assert _pretrain(tmp_path / "whole") == 0
+    whole = json.loads((tmp_path / "whole" / "tiny-b.record.json").read_text())
+    assert losses == [SigmoidLoss] and whole["world"] == "broad" and whole["loss"] == "sigmoid"
+    assert "proxy_world_test_metrics" in whole and len(whole["history"]) == 3
+    assert (tmp_path / "whole" / "broad-source" / "metadata.jsonl").exists()
+    # Cut off after one step, then resumed: the same weights as the run that was never interrupted.
+    monkeypatch.setattr(Trainer, "run", functools.partialmethod(watched, stop_after_steps=1))
+    assert _pretrain(tmp_path / "cut") == 0
+    monkeypatch.setattr(Trainer, "run", watched)
+    capsys.readouterr()
+    assert _pretrain(tmp_path / "cut", "--resume") == 0
+    assert "resumed at epoch 1, step 1" in capsys.readouterr().out
+    a, b = load_file(tmp_path / "whole" / "tiny-b.safetensors"), load_file(tmp_path / "cut" / "tiny-b.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_check_says_when_proxy_b_has_no_weights_yet(tmp_path, capsys):
+    if proxy.PROXIES[B].weights.exists():
+        pytest.skip("proxy-b's weights ship now")
+    assert cli.main(["proxy", "check", "--model", B, "--work-dir", str(tmp_path)]) == 2
+    assert "has no shipped weights yet" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_the_gpu_script_s_command_is_one_the_cli_takes():
+    script = (LAB / "scripts" / "pretrain_proxy_b_gpu.sh").read_text()
+    command = script[script.index("python3 -m dbprompt_lab proxy pretrain") : script.index("2>&1 | tee")]
+    command = re.sub(r'"\$\(\(.*?\)\)"', "12", command.replace("\\\n", " ")).replace('"$WORK"', "runs/proxy-b")
+    args = cli.build_parser().parse_args(shlex.split(command)[3:])
+    assert (args.model, args.world, args.device, args.bf16, args.resume, args.progress) == (B, "broad", "cuda", True, True, False)
