@@ -16,7 +16,8 @@ import torch
 from dbprompt.backbones import BackboneAdapter
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
-from dbprompt_lab.benchmarks import bench_bigindex, bench_onnx_index, bench_ray
+from dbprompt.runtime import Runtime
+from dbprompt_lab.benchmarks import bench_bigindex, bench_onnx_index, bench_ray, bench_search
 
 
 @pytest.fixture
@@ -36,6 +37,15 @@ def test_bench_bigindex_runs_at_a_tiny_size(tmp_path, prompts, monkeypatch, caps
     assert "3,000 vectors: ivfpq (IVF" in out and "| 3,000 | IVF" in out
     recall = float(out.split("| 3,000 | ")[1].split(" | ")[2])
     assert recall >= 0.9
+
+
+def test_bench_search_end_to_end_searches_an_index_whose_files_exist(tmp_path, prompts, tiny_backbone):
+    """Its rows name real files (else every query measures a collection moved away), and it searches with
+    the backbone it holds (an index recording random weights is not loaded from the record)."""
+    dim = PromptedCLIP(tiny_backbone, PromptConfig.none()).encode_texts(["x"]).shape[1]
+    lines = bench_search.bench_end_to_end(tmp_path, prompts, ["a red circle", "a blue square"], 300, dim, Runtime(), tiny_backbone)
+    assert len(lines) == 5 and all(p.is_file() for p in (tmp_path / "e2e-images").iterdir())
+    assert sum(1 for _ in (tmp_path / "e2e-images").iterdir()) == 300
 
 
 @pytest.mark.slow  # starts a local Ray instance, three times

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dbprompt.backbones import load_backbone
+from dbprompt.backbones import BackboneAdapter, load_backbone
 from dbprompt.data import load_database, open_image
 from dbprompt.index import ImageRow, build_index, write_index
 from dbprompt.index.vectors import make_vector_index, recall_at_k, tune_search
@@ -178,7 +178,9 @@ def linked_files(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int, dim: int, runtime: Runtime) -> list[str]:
+def bench_end_to_end(
+    root: Path, prompts: Path, queries: list[str], n: int, dim: int, runtime: Runtime, backbone: BackboneAdapter
+) -> list[str]:
     rng = np.random.default_rng(1)
     centres = unit(rng.standard_normal((n // 100, dim), dtype=np.float32))
     vectors = clustered(rng, n, centres)
@@ -189,7 +191,7 @@ def bench_end_to_end(root: Path, prompts: Path, queries: list[str], n: int, dim:
     lines = ["| index | search params | recall@10 (tuning) | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
     for kind in ("exact", "ivf", "hnsw"):
         info = write_index(root / f"e2e-{kind}", prompts, vectors, rows, kind=kind)
-        searcher = open_index(info.path, runtime=runtime)
+        searcher = open_index(info.path, runtime=runtime, backbone=backbone)  # random weights: named, not recorded
         searcher.search_text("warm-up query", K)
         seconds = timed(lambda q: searcher.search_text(q, K), queries)
         cells = [info.factory, str(info.search_params or "-"), f"{info.recall_at_10:.3f}", percentiles(seconds)]
@@ -215,7 +217,7 @@ def bench_backbone(name: str, root: Path, args: argparse.Namespace, queries: lis
     lines, text_p50 = bench_text(encoders, queries, runtime)
     report(f"{name}: query text encoding, one query", lines)
     dim = model.encode_texts(["x"]).shape[1]
-    e2e = bench_end_to_end(root / name, prompts, queries, END_TO_END, dim, runtime)
+    e2e = bench_end_to_end(root / name, prompts, queries, END_TO_END, dim, runtime, backbone)
     report(f"{name}: end to end at {END_TO_END // 1000}k, `Searcher.search_text`, k=10", e2e)
     return text_p50
 
