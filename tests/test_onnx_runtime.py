@@ -21,6 +21,7 @@ from dbprompt.cli import main
 from dbprompt.compat import file_sha256
 from dbprompt.index import all_vectors, load_index, onnx_embed
 from dbprompt.index.manifest import read_info
+from dbprompt.index.onnx_queries import OnnxQueries
 from dbprompt.onnx.manifest import IMAGE, MANIFEST
 from dbprompt.runtime import Runtime
 from dbprompt.searcher import open_index
@@ -88,7 +89,7 @@ def test_search_and_serve_on_onnx_give_torch_s_top_10(built):
     assert top10(root / "onnx", Runtime(), queries) == want  # the torch engine searches an onnx-built index too
     image = db / "images" / sorted(os.listdir(db / "images"))[5]
     with open_index(root / "onnx", runtime=ONNX) as searcher:
-        assert searcher._onnx is not None
+        assert isinstance(searcher._queries, OnnxQueries)  # the export alone: no backbone, no torch
         assert searcher.search(image, 1)[0].image.path.name == image.name
     with TestClient(create_app([root / "onnx"], runtime=ONNX)) as client:
         for query, keys in zip(queries[:4], want):
@@ -158,7 +159,7 @@ def test_auto_precision_takes_int8_only_where_it_keeps_the_top_10(built, tmp_pat
     assert 0.9 < min(float(int8[k] @ fp32[k]) for k in fp32) and max(np.abs(int8[k] - fp32[k]).max() for k in fp32) > TOLERANCE
     image = db / "images" / sorted(os.listdir(db / "images"))[7]
     with open_index(tmp_path / "int8", runtime=ONNX) as searcher:
-        assert searcher._onnx.int8  # image queries through the tower the vectors came from
+        assert searcher._queries.towers.int8  # image queries through the tower the vectors came from
         assert searcher.search(image, 1)[0].image.path.name == image.name
 
 

@@ -83,12 +83,12 @@ def test_foreign_safetensors_is_refused(tmp_path):
 def test_write_is_atomic(prompt_file, monkeypatch):
     model, path = prompt_file
     before = path.read_bytes()
-    import dbprompt.storage as storage
+    import safetensors.torch
 
     def failing_save(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(storage, "st_save", failing_save)
+    monkeypatch.setattr(safetensors.torch, "save", failing_save)  # storage imports it where it writes
     with pytest.raises(RuntimeError):
         model.save_prompt_file(path)
     assert path.read_bytes() == before

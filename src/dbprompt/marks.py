@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .data.database import Database, require_captions
-from .data.records import Record
-from .metrics import text_key
+from .data.records import Record, text_key
 
 SUFFIX = ".marks.sqlite"
 MAX_MARKS = 100_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS marks (
-    query_key TEXT NOT NULL,      -- the query, case and spacing ignored (metrics.text_key)
+    query_key TEXT NOT NULL,      -- the query, case and spacing ignored (data.records.text_key)
     image_key TEXT NOT NULL,      -- the database's name for the image
     query TEXT NOT NULL,          -- as the user typed it (the last time)
     image_sha256 TEXT NOT NULL,   -- of the image's bytes when it was marked

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .data.records import text_key
+
 # The K of the tables; a report's recall@K curves have every K up to 100 (each stops at its gallery's size).
 TABLE_KS = (1, 5, 10)
 CURVE_KS = tuple(range(1, 101))
@@ -151,11 +153,6 @@ def label_metrics(
 def shares_texts(texts: Sequence[str]) -> bool:
     """Whether any two of `texts` are the same text (after case and whitespace normalisation)."""
     return len({text_key(t) for t in texts}) < len(texts)
-
-
-def text_key(text: str) -> str:
-    """What makes two texts one query, and their images positives for each other: case and spacing ignored."""
-    return " ".join(text.lower().split())
 
 
 def saturated_keys(metrics: Sequence[str], captions_per_image: Sequence[int]) -> list[str]:

@@ -1,4 +1,7 @@
-"""Where and in what precision to run: detected from the hardware once per command, never assumed."""
+"""Where and in what precision to run: detected from the hardware once per command, never assumed.
+
+torch is imported where it is asked about, not here: a server running ONNX towers never imports it.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +11,11 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
 
 def pick_device(requested: str = "auto") -> str:
     """`auto`: CUDA when present, else the CPU; an explicit CUDA device must exist."""
+    import torch
+
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
@@ -27,6 +29,8 @@ def bf16_supported(device: str) -> bool:
     Measured on a 2-core AVX512-BF16 CPU without AMX: bf16 training ran 1.3-2x slower
     than fp32 (BENCHMARKS.md, Precision), so AVX512-BF16 alone does not count.
     """
+    import torch
+
     if device.startswith("cuda"):
         return torch.cuda.is_bf16_supported()
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
@@ -74,6 +78,16 @@ class Runtime:
             engine=engine,
         )
 
+    @classmethod
+    def for_onnx_serving(cls, device: str = "auto", workers: int | None = None) -> Runtime:
+        """For a server of indexes built with `--runtime onnx`, which may need no torch at all: `auto` is CUDA
+        where ONNX Runtime has its CUDA provider, and bf16 is off (the towers are fp32 or int8)."""
+        if device == "auto":
+            from .onnx.towers import require
+
+            device = "cuda" if "CUDAExecutionProvider" in require("onnxruntime").get_available_providers() else "cpu"
+        return cls(device=device, workers=default_workers() if workers is None else workers, engine="onnx")
+
     def replace(self, **changes) -> "Runtime":
         return dataclasses.replace(self, **changes)
 
@@ -86,6 +100,9 @@ class Runtime:
         """bf16 autocast when on; on CPU also the math attention kernel, which trains faster there under bf16."""
         with contextlib.ExitStack() as stack:
             if self.bf16:
+                import torch
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
                 stack.enter_context(torch.autocast(self.device_type, dtype=torch.bfloat16))
                 if self.device_type == "cpu":
                     stack.enter_context(sdpa_kernel([SDPBackend.MATH]))

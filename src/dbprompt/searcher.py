@@ -3,7 +3,9 @@
 Many indexes can be searched in one process: each distinct backbone is loaded once and
 every index attaches its own (small) prompts to it. The backbone an index records is loaded
 from local weights only (`backbones.recorded`); `backbone=` names one instead (its fingerprint
-is checked all the same). Results leave out images whose file is gone, and `IndexSet`, what
+is checked all the same). With `--runtime onnx` and no backbone named, an index whose ONNX export
+has what queries need is searched through the export alone (index/onnx_queries.py): no backbone
+is loaded and torch is never imported. Results leave out images whose file is gone, and `IndexSet`, what
 the server serves, reopens an index whose directory `dbprompt index` replaced, without a restart.
 """
 
@@ -15,27 +17,28 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import faiss
 import numpy as np
 from PIL import Image
 
-from .backbones import BackboneAdapter
-from .backbones.recorded import load_recorded_backbone
 from .compat import check_backbone, check_prompt_file
-from .data import open_image
-from .index import Hits, ImageRow, IndexInfo, SearchIndex, load_index
+from .data.images import open_image
 from .index.files import present
-from .index.manifest import MANIFEST
-from .index.onnx_embed import index_towers
-from .model import PromptedCLIP
-from .pipeline import embed_images, encode_texts
+from .index.manifest import MANIFEST, IndexInfo
+from .index.metadata import ImageRow
+from .index.onnx_queries import OnnxQueries, index_towers
+from .index.search import Hits, SearchIndex, load_index
 from .runtime import Runtime
+
+if TYPE_CHECKING:  # torch: imported where a backbone is loaded, never by a server running ONNX towers alone
+    from .backbones import BackboneAdapter
+    from .model import PromptedCLIP
 
 TEXT_CACHE_SIZE = 4096
 # (model name, pretrained tag), or EXPLICIT -> the loaded backbone and the lock its searchers share.
-_Backbones = dict[tuple[str, str | None], tuple[BackboneAdapter, threading.Lock]]
+_Backbones = dict[tuple[str, str | None], tuple["BackboneAdapter", threading.Lock]]
 EXPLICIT = ("", None)
 # A database name someone chose (`serve NAME=DIR`): it goes into URLs, so it stays plain.
 DATABASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -44,16 +47,19 @@ IndexDirs = Sequence[str | os.PathLike | tuple[str, str | os.PathLike]] | Mappin
 
 
 class Searcher:
-    """One index with its prompted model. Thread-safe: encodes one query at a time per backbone."""
+    """One index with what encodes its queries. Thread-safe: encodes one query at a time per backbone."""
 
-    def __init__(self, index: SearchIndex, model: PromptedCLIP, runtime: Runtime, lock: threading.Lock | None = None):
-        check_backbone(str(index.info.path), index.info.backbone_id, model.backbone)
+    def __init__(
+        self, index: SearchIndex, model: PromptedCLIP | None, runtime: Runtime, lock: threading.Lock | None = None,
+        *, queries: OnnxQueries | None = None,
+    ):
+        """`model` encodes the queries (through its towers' ONNX export where runtime.engine is "onnx"); None:
+        `queries` does, the export alone (no backbone, no torch)."""
         self.index = index
         self.model = model
         self.runtime = runtime
         self._lock = lock or threading.Lock()  # shared by every searcher on the same backbone: the cores are too
-        self._transform = model.backbone.image_transform()
-        self._onnx = index_towers(index.info, model, runtime) if runtime.engine == "onnx" else None
+        self._queries = queries if model is None else _ModelQueries(index.info, model, runtime)
         self.encode_text = lru_cache(maxsize=TEXT_CACHE_SIZE)(self._encode_text)
         self._closed = False
 
@@ -65,19 +71,14 @@ class Searcher:
         if not text.strip():
             raise ValueError("the query is empty")
         with self._lock:
-            if self._onnx is not None:
-                vector = self._onnx.encode_texts(self.model.tokenize([text]).numpy())[0]
-            else:
-                vector = encode_texts(self.model, [text], self.runtime)[0].numpy()
+            vector = self._queries.encode_text(text)
         vector.flags.writeable = False  # shared through the cache
         return vector
 
     def encode_image(self, image: Image.Image) -> np.ndarray:
-        pixels = self._transform(image.convert("RGB")).unsqueeze(0)
+        pixels = self._queries.prepare_image(image.convert("RGB"))
         with self._lock:
-            if self._onnx is not None:
-                return self._onnx.encode_images(pixels.numpy())[0]
-            return embed_images(self.model, pixels, self.runtime)[0].numpy()
+            return self._queries.encode_image(pixels)
 
     def search_text(self, text: str, k: int = 10, *, offset: int = 0, folder: str | None = None, tag: str | None = None) -> Hits:
         self._check_open()
@@ -150,6 +151,37 @@ class Searcher:
         self.close()
 
 
+class _ModelQueries:
+    """Queries through a prompted model: tokenized and preprocessed by its backbone, encoded by its towers on
+    PyTorch or, where runtime.engine is "onnx", by their export in the index."""
+
+    def __init__(self, info: IndexInfo, model: PromptedCLIP, runtime: Runtime):
+        import torch
+
+        check_backbone(str(info.path), info.backbone_id, model.backbone)
+        self.model = model
+        self.runtime = runtime
+        self._transform = model.backbone.image_transform()
+        self._onnx = index_towers(info, runtime, threads=torch.get_num_threads()) if runtime.engine == "onnx" else None
+
+    def encode_text(self, text: str) -> np.ndarray:
+        from .pipeline import encode_texts
+
+        if self._onnx is not None:
+            return self._onnx.encode_texts(self.model.tokenize([text]).numpy())[0]
+        return encode_texts(self.model, [text], self.runtime)[0].numpy()
+
+    def prepare_image(self, image: Image.Image) -> Any:
+        return self._transform(image).unsqueeze(0)
+
+    def encode_image(self, pixels: Any) -> np.ndarray:
+        from .pipeline import embed_images
+
+        if self._onnx is not None:
+            return self._onnx.encode_images(pixels.numpy())[0]
+        return embed_images(self.model, pixels, self.runtime)[0].numpy()
+
+
 def open_searchers(
     index_dirs: Sequence[str | os.PathLike],
     runtime: Runtime | None = None,
@@ -218,6 +250,12 @@ def _attach(index: SearchIndex, prompt_file: str | os.PathLike | None, backbones
         if prompt_file is not None:
             check_prompt_file(str(index.info.path), index.info.prompt_sha256, prompt_file)
         info = index.info
+        queries = OnnxQueries.of(info, runtime) if runtime.engine == "onnx" and EXPLICIT not in backbones else None
+        if queries is not None:
+            return Searcher(index, None, runtime, queries=queries)
+        from .backbones.recorded import load_recorded_backbone
+        from .model import PromptedCLIP
+
         key = EXPLICIT if EXPLICIT in backbones else (info.backbone, info.pretrained)
         if key not in backbones:
             loaded = load_recorded_backbone(info.backbone_id, device=runtime.device, source=str(info.path))

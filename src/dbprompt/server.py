@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -30,7 +30,6 @@ from PIL import Image
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .backbones import BackboneAdapter
 from .data.errors import IMAGE_TOO_LARGE, DataError
 from .data.images import decode_image, plain
 from .data.shards import is_shard
@@ -41,6 +40,9 @@ from .index.files import ImageUnavailable, indexed_bytes
 from .runtime import Runtime
 from .searcher import IndexDirs, IndexSet, Searcher, StaleIndexError
 from .server_marks import add_mark_routes
+
+if TYPE_CHECKING:  # torch: a server running ONNX towers alone never imports it
+    from .backbones import BackboneAdapter
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 MAX_QUERY_CHARS = 500

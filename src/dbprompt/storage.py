@@ -13,19 +13,17 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from . import __version__
 from .atomic import atomic_write_bytes
 from .compat import BackboneId
-from .prompts.method import config_from_json, config_to_json
-from .prompts.registry import method_named
 from .untrusted import loads
+
+if TYPE_CHECKING:  # torch is imported where tensors are: `read_prompt_header` (a search page's) needs none
+    import torch
 
 FORMAT = "dbprompt-prompts/3"
 FORMAT_2 = "dbprompt-prompts/2"
@@ -90,6 +88,10 @@ def write_prompt_file(
     Floating tensors are stored as float16 (half the bytes; in the method comparison the rounding moved
     no test R@1 by more than 0.1 point, BENCHMARKS.md), or as float32 where a value is beyond float16.
     """
+    from safetensors.torch import save as st_save
+
+    from .prompts.method import config_to_json
+
     path = Path(path)
     tensors = {k: _stored(v.detach().cpu()).contiguous() for k, v in tensors.items()}
     metadata = {
@@ -107,6 +109,8 @@ def write_prompt_file(
 
 
 def _stored(tensor: torch.Tensor) -> torch.Tensor:
+    import torch
+
     if not tensor.is_floating_point():
         return tensor
     fits = bool((tensor.float().abs() <= torch.finfo(torch.float16).max).all())
@@ -115,14 +119,49 @@ def _stored(tensor: torch.Tensor) -> torch.Tensor:
 
 def read_prompt_file(path: str | Path) -> PromptFile:
     """Read and check a prompt file; anything wrong with it is one PromptFileError naming the file."""
+    import torch
+    from safetensors.torch import load as st_load
+
+    from .prompts.method import config_from_json
+    from .prompts.registry import method_named
+
     path = Path(path)
-    if not path.is_file():
-        raise PromptFileError(f"{path}: no such prompt file")
-    data = _bounded_bytes(path)
+    data = _file_bytes(path)
     try:
         tensors = st_load(data)
-        metadata = _read_metadata(data)
     except (SafetensorError, ValueError) as exc:
+        raise PromptFileError(f"{path}: not a dbprompt prompt file (not valid safetensors: {exc})") from None
+    metadata, method, options, extra = _header(path, data)
+    try:
+        config = config_from_json(method_named(method).config_class, options)
+    except PromptFileError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise PromptFileError(f"{path}: bad metadata: {exc}") from None
+    problem = tensor_problem(tensors)
+    if problem:
+        raise PromptFileError(f"{path}: {problem}")
+    tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}  # computed in float32
+    return PromptFile(path, tensors, metadata, method, config, extra)
+
+
+def read_prompt_header(path: str | Path) -> tuple[dict[str, str], str, dict[str, Any], dict]:
+    """A prompt file's metadata, prompt method, its options and `extra`, checked as `read_prompt_file` checks
+    them but without reading its tensors (nor importing torch: a search page describes an index with them)."""
+    path = Path(path)
+    return _header(path, _file_bytes(path))
+
+
+def _file_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise PromptFileError(f"{path}: no such prompt file")
+    return _bounded_bytes(path)
+
+
+def _header(path: Path, data: bytes) -> tuple[dict[str, str], str, dict[str, Any], dict]:
+    try:
+        metadata = _read_metadata(data)
+    except (ValueError, AttributeError, TypeError) as exc:
         raise PromptFileError(f"{path}: not a dbprompt prompt file (not valid safetensors: {exc})") from None
     if metadata.get("format") not in (FORMAT, FORMAT_2):
         raise PromptFileError(f"{path}: not a {FORMAT} prompt file (format {metadata.get('format')!r})")
@@ -134,18 +173,13 @@ def read_prompt_file(path: str | Path) -> PromptFile:
     try:
         extra = loads(metadata.get("extra", "{}"))
         method, options = _method_options(metadata, path)
-        config = config_from_json(method_named(method).config_class, options)
     except PromptFileError:
         raise
     except (ValueError, TypeError) as exc:
         raise PromptFileError(f"{path}: bad metadata: {exc}") from None
     if not isinstance(extra, dict):
         raise PromptFileError(f"{path}: bad metadata: extra is not a JSON object")
-    problem = tensor_problem(tensors)
-    if problem:
-        raise PromptFileError(f"{path}: {problem}")
-    tensors = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}  # computed in float32
-    return PromptFile(path, tensors, metadata, method, config, extra)
+    return metadata, method, options, extra
 
 
 class RemovedOptionError(PromptFileError):
@@ -202,6 +236,8 @@ def tensor_problem(tensors: dict[str, torch.Tensor]) -> str | None:
     Names and shapes are the prompt module's to check, against the backbone it is loaded on
     (`PromptedCLIP.from_state`), before anything of the file's size is allocated.
     """
+    import torch
+
     for name, tensor in sorted(tensors.items()):
         if tensor.dtype not in (torch.float16, torch.float32, torch.int64):
             return f"tensor {name} is {tensor.dtype}, not {torch.float16}, {torch.float32} or {torch.int64}"

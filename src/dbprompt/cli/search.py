@@ -178,7 +178,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
-    runtime = runtime_of(args)
+    if args.engine == "onnx" and args.model is None and not args.bf16:  # ONNX towers alone: torch is never imported
+        from ..runtime import Runtime
+
+        runtime = Runtime.for_onnx_serving(args.device, args.workers)
+    else:
+        runtime = runtime_of(args)
     serve(
         [_named(spec) for spec in args.index_dirs], host=args.host, port=args.port, runtime=runtime, backbone=named_backbone(args, runtime),
         max_upload_bytes=int(args.max_upload_mb * 2**20), feedback=args.feedback,

@@ -48,3 +48,8 @@ class Record:
     def source(self) -> str:
         """The file its bytes come from, and the member of it where it is one."""
         return f"{self.path}: {self.member.name}" if self.member is not None else str(self.path)
+
+
+def text_key(text: str) -> str:
+    """What makes two texts one query, and their images positives for each other: case and spacing ignored."""
+    return " ".join(text.lower().split())

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..storage import PromptFileError, read_prompt_file
-from ..training.trainer import HEADLINE  # what training selects its epoch on, and logs
+from ..prompts.config import PromptConfig
+from ..storage import PromptFileError, read_prompt_file, read_prompt_header
+from ..training.config import HEADLINE  # what training selects its epoch on, and logs
 from .calibration import weak_below
 from .search import SearchIndex
 
@@ -42,14 +43,14 @@ def describe(index: SearchIndex) -> dict[str, Any]:
 def _training(index: SearchIndex) -> dict[str, Any]:
     """How the prompts were made: zero-shot, or trained on which database, with the validation R@1 of
     text-to-image search before training (epoch 0) and at the epoch kept, where the file records them."""
-    try:
-        pf = read_prompt_file(index.prompt_file)
-    except (PromptFileError, OSError):  # the index was checked when opened: this is a file changed since
+    try:  # dbprompt's own method from the file's header alone: a server on ONNX towers imports no torch
+        _, method, options, extra = read_prompt_header(index.prompt_file)
+        config = PromptConfig(**options) if method == "dbprompt" else read_prompt_file(index.prompt_file).config
+    except (PromptFileError, OSError, TypeError):  # the index was checked when opened: this is a file changed since
         return {"prompts": None}
-    kinds = getattr(pf.config, "kinds", [])
+    kinds = getattr(config, "kinds", [])
     if not kinds:
         return {"prompts": "zero-shot"}
-    extra = pf.extra
     found: dict[str, Any] = {"prompts": "+".join(kinds), "trained_on": _text(extra.get("database"))}
     if isinstance(extra.get("train_images"), int):
         found["train_images"] = extra["train_images"]

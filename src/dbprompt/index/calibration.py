@@ -11,14 +11,15 @@ query whose best score is under the line between the two gets a hint that it mat
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from ..data import Record
-from ..model import PromptedCLIP
-from ..pipeline import encode_texts
-from ..runtime import Runtime
+
+if TYPE_CHECKING:  # torch: measured by a build; a server reads the line (`weak_below`) without it
+    from ..model import PromptedCLIP
+    from ..runtime import Runtime
 
 # Texts no photo collection should answer well: gibberish, abstractions, paperwork and code.
 NONSENSE = (
@@ -52,11 +53,15 @@ def caption_queries(model: PromptedCLIP, records: Sequence[Record], runtime: Run
     captions = [records[i].captions[rng.integers(len(records[i].captions))] for i in picks if records[i].captions]
     if not captions:
         return None
+    from ..pipeline import encode_texts
+
     return encode_texts(model, captions, runtime, batch_size=64).numpy()
 
 
 def measure(model: PromptedCLIP, runtime: Runtime, chunks: Iterable[np.ndarray], captions: np.ndarray | None) -> dict[str, object]:
     """Quantiles of the best score over all vectors (`chunks`, in any order) of the NONSENSE texts and of `captions`."""
+    from ..pipeline import encode_texts
+
     queries = [encode_texts(model, list(NONSENSE), runtime).numpy()]
     if captions is not None:
         queries.append(captions)

@@ -32,8 +32,8 @@ from ..pipeline import decode_batches
 from ..runtime import Runtime
 from .calibration import caption_queries
 from .manifest import IndexInfo
+from .onnx_queries import EXPORT
 
-EXPORT = "onnx"
 PRECISIONS = ("auto", "fp32", "int8")
 AGREEMENT = 0.95  # of int8's top-10 that fp32's has too, for "auto" to take int8
 MEASURE_IMAGES = 256
@@ -182,17 +182,3 @@ def top_agreement(
             np.fill_diagonal(s, -np.inf)
     top_a, top_b = (np.argpartition(-s, k - 1, axis=1)[:, :k] for s in scores)
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top_a, top_b, strict=True)]))
-
-
-def index_towers(info: IndexInfo, model: PromptedCLIP, runtime: Runtime) -> OnnxTowers:
-    """The towers a search of an index built with `--runtime onnx` encodes its queries with (image queries
-    through the image tower its vectors came from); refused, naming the command, when missing or stale."""
-    again = f"build it with `dbprompt index DB --out {info.path} --runtime onnx`"
-    if not info.onnx:
-        raise OnnxExportError(f"{info.path}: holds no ONNX export (it was built with --runtime torch); {again}")
-    try:
-        manifest = read_export_manifest(info.path / EXPORT)
-        manifest.check_made_with(fingerprint=model.backbone.fingerprint(), prompt_sha256=info.prompt_sha256)
-        return _towers(manifest, runtime, int8=info.onnx.get("precision") == "int8")
-    except (OnnxExportError, StaleExportError, ValueError) as exc:  # ValueError: an int8 tower it lacks
-        raise OnnxExportError(f"{info.path}: its ONNX export cannot be used: {str(exc).split('; ')[0]}; {again}") from None

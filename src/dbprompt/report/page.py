@@ -19,8 +19,8 @@ from PIL import Image
 
 from .. import __version__
 from ..atomic import atomic_write_bytes, atomic_write_text
-from ..data.records import Record
-from ..metrics import CURVE_KS, LABEL_K, LABEL_KEYS, LABELS_SHARE, TABLE_KS, text_key
+from ..data.records import Record, text_key
+from ..metrics import CURVE_KS, LABEL_K, LABEL_KEYS, LABELS_SHARE, TABLE_KS
 from ..pipeline import encode_texts
 from ..runtime import Runtime
 from . import plots

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from ..options import option
 
+HEADLINE = "clip_benchmark/t2i_R@1"  # what training selects its epoch on (validation), and logs
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -8,8 +8,8 @@ from typing import Sequence
 
 import torch
 
-from ..data.records import Record
-from ..metrics import LABELS_SHARE, text_key
+from ..data.records import Record, text_key
+from ..metrics import LABELS_SHARE
 from .loss import Keys
 
 

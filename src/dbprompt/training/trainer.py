@@ -19,20 +19,19 @@ import torch
 from tqdm import tqdm
 
 from ..data.errors import BadInputReport
-from ..data.records import Record
+from ..data.records import Record, text_key
 from ..evaluation import selection_key, selection_score
-from ..metrics import LABEL_K, LABEL_KEYS, text_key
+from ..metrics import LABEL_K, LABEL_KEYS
 from ..model import PromptedCLIP
 from ..runtime import CPU, Runtime
 from .checkpoint import Checkpointer, TrainState
-from .config import TrainConfig
+from .config import HEADLINE, TrainConfig
 from .distributed import average_gradients, from_main, share, usable
 from .images import ImageBank, backward_mask
 from .keys import CaptionKeys
 from .loss import ContrastiveLoss, Keys
 from .validation import Validator
 
-HEADLINE = "clip_benchmark/t2i_R@1"
 # Training pairs the temperature is calibrated on (TrainConfig.calibrate_temperature).
 CALIBRATION_PAIRS = 512
 # How an epoch orders its images, from the epoch's random generator (the lab groups look-alikes).
