@@ -106,3 +106,15 @@ def set_weak_line(index_dir: Path, line: float) -> None:
     manifest = json.loads((index_dir / "manifest.json").read_text())
     manifest["calibration"] = {"nonsense_best": {"q10": line, "q50": line, "q90": line}, "nonsense_queries": 50}
     atomic_write_text(index_dir / "manifest.json", json.dumps(manifest))
+
+
+def vectors_by_key(index_dir) -> dict:
+    """{image key: its vector} of an index directory, for comparing two builds."""
+    from dbprompt.index import all_vectors, load_index
+
+    index = load_index(index_dir)
+    try:
+        vectors = all_vectors(index.vectors)
+        return {row.key: vectors[row.id] for row in index.all_rows()}
+    finally:
+        index.close()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from search_fixtures import make_prompt_file, write_folder
+from search_fixtures import make_prompt_file, vectors_by_key, write_folder
 
 import dbprompt.index.build as index_module
 from dbprompt.backbones import load_backbone
@@ -20,7 +20,6 @@ from dbprompt.data import DataError, load_database
 from dbprompt.index import (
     APPROX_THRESHOLD,
     IndexFormatError,
-    all_vectors,
     build_index,
     load_index,
     resolve_kind,
@@ -43,15 +42,6 @@ def folder(root, n=12, offset=0):
 @pytest.fixture
 def prompts(tmp_path, tiny_backbone):
     return make_prompt_file(tmp_path / "a.safetensors", tiny_backbone, seed=1)
-
-
-def vectors_by_key(index_dir):
-    index = load_index(index_dir)
-    try:
-        vectors = all_vectors(index.vectors)
-        return {row.key: vectors[row.id] for row in index.all_rows()}
-    finally:
-        index.close()
 
 
 def test_build_writes_a_self_describing_index(tmp_path, tiny_backbone, prompts):

@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from search_fixtures import make_prompt_file
+from search_fixtures import make_prompt_file, vectors_by_key
 from tinydata import write_database
 
 from dbprompt.backbones import load_backbone
 from dbprompt.cli import main
 from dbprompt.compat import file_sha256
-from dbprompt.index import all_vectors, load_index, onnx_embed
+from dbprompt.index import onnx_embed
 from dbprompt.index.manifest import read_info
 from dbprompt.index.onnx_queries import OnnxQueries
 from dbprompt.onnx.manifest import IMAGE, MANIFEST
@@ -32,15 +32,6 @@ pytest.importorskip("onnxscript")
 
 TOLERANCE = 1e-4
 ONNX = Runtime(engine="onnx")
-
-
-def vectors_by_key(index_dir) -> dict[str, np.ndarray]:
-    index = load_index(index_dir)
-    try:
-        vectors = all_vectors(index.vectors)
-        return {row.key: vectors[row.id] for row in index.all_rows()}
-    finally:
-        index.close()
 
 
 def index(db, prompts, out, *extra: str) -> int:

@@ -154,25 +154,22 @@ class SearchIndex:
         return list(seen)[:n]
 
     def rows(self, ids: Sequence[int]) -> dict[int, ImageRow]:
-        found: dict[int, ImageRow] = {}
-        for start in range(0, len(ids), 500):  # under SQLite's limit on bound parameters
-            part = list(ids[start : start + 500])
-            with self._db_lock:
-                result = self._db.execute(f"SELECT {self._columns} FROM images WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
-            found.update((row[0], ImageRow.from_sql(row)) for row in result)
-        return found
+        return {row[0]: ImageRow.from_sql(row) for row in self._select_in(self._columns, "id", ids)}
 
     def row(self, image_id: int) -> ImageRow | None:
         return self.rows([image_id]).get(image_id)
 
     def ids_of(self, keys: Sequence[str]) -> dict[str, int]:
         """The ids of those of `keys` this index holds (a rebuild may give an image another id)."""
-        found: dict[str, int] = {}
-        for start in range(0, len(keys), 500):  # under SQLite's limit on bound parameters
-            part = list(keys[start : start + 500])
+        return dict(self._select_in("key, id", "key", keys))
+
+    def _select_in(self, columns: str, column: str, values: Sequence[object]) -> list[tuple]:
+        """`columns` of the images whose `column` is one of `values`, asked in parts under SQLite's limit on bound parameters."""
+        found: list[tuple] = []
+        for start in range(0, len(values), 500):
+            part = list(values[start : start + 500])
             with self._db_lock:
-                rows = self._db.execute(f"SELECT key, id FROM images WHERE key IN ({','.join('?' * len(part))})", part).fetchall()
-            found.update(dict(rows))
+                found += self._db.execute(f"SELECT {columns} FROM images WHERE {column} IN ({','.join('?' * len(part))})", part).fetchall()
         return found
 
     def all_rows(self) -> list[ImageRow]:
