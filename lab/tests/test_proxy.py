@@ -47,3 +47,9 @@ def test_pretraining_learns_the_backbone_s_own_temperature(tiny_records):
     assert trainer.loss.scale is backbone.logit_scale and "loss.logit_scale" not in trainer.named
     before = float(backbone.logit_scale.detach())
     assert trainer.run().finished and float(backbone.logit_scale.detach()) != before
+
+
+def test_every_proxy_recipe_backpropagates_every_image():
+    # Both proxies learn from scratch; prompt training's --image-backward default (a share of a step's
+    # images) must not leak into their recipes (the shipped weights were made with every image).
+    assert [p.recipe.image_backward for p in proxy.PROXIES.values()] == [1.0] * len(proxy.PROXIES)

@@ -51,8 +51,10 @@ VAL_FRACTION = 0.03
 IMAGES = 28000
 # Pre-training learns the backbone's own temperature with its weights, as CLIP does (the
 # shipped weights were made so); the calibrated one is for adapting an already trained model.
+# Every image backpropagates: the shipped weights predate prompt training's --image-backward.
 RECIPE = TrainConfig(
-    epochs=16, batch_size=64, lr=1e-3, weight_decay=0.1, warmup_fraction=0.05, calibrate_temperature=False
+    epochs=16, batch_size=64, lr=1e-3, weight_decay=0.1, warmup_fraction=0.05, calibrate_temperature=False,
+    image_backward=1.0,
 )
 
 
@@ -85,7 +87,7 @@ PROXIES: dict[str, Proxy] = {
         # times the first proxy's, every image's features backpropagated (it learns from scratch).
         Proxy(
             "dbprompt-proxy-b", "broad", 96, 64000,
-            replace(RECIPE, epochs=20, batch_size=512, image_backward=1.0, checkpoint_every=100), True, models.DIR,
+            replace(RECIPE, epochs=20, batch_size=512, checkpoint_every=100), True, models.DIR,
         ),
     )
 }
