@@ -267,3 +267,11 @@ def test_the_day_through_hf_dir(family, tiny_db, tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", str(index), "a small red star", "-k", "3", *model, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 3
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_the_padding_id_is_what_the_tokenizer_writes(family, tiny_db, tmp_path):
+    # CLIP's config says pad_token_id 1 while its captions are padded with 0 (what trimming and the ONNX export use).
+    folder = save_clip(tmp_path / "m") if family == "clip" else save_siglip(tmp_path / "m", caption_words(tiny_db))
+    backbone = load_backbone(f"hf:{folder}")
+    assert int(backbone.tokenize(["a red star"], backbone.context_length)[0, -1]) == backbone.text_pad_id

@@ -87,7 +87,8 @@ class HFAdapter(BackboneAdapter):
         text, vision = model.text_model, model.vision_model
         self.context_length = text.config.max_position_embeddings
         self.vocab_size = text.embeddings.token_embedding.num_embeddings
-        pad = getattr(text.config, "pad_token_id", None)
+        # What tokenize writes after a caption's end: 0 for CLIP whatever its config says (see tokenize).
+        pad = getattr(text.config, "pad_token_id", None) if self.family == "siglip" else 0
         self.text_pad_id = int(pad if pad is not None else 0)
         self.text_width = text.config.hidden_size
         self.text_num_layers = len(text.encoder.layers)
