@@ -62,3 +62,12 @@ def as_stored(model) -> None:
     with torch.no_grad():
         for p in model.prompts.parameters():
             p.copy_(p.half().float())
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium for the browser tests (tests/chromium.py), one per test module."""
+    from chromium import launched
+
+    with launched() as browser:
+        yield browser

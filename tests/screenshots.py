@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from chromium import CHROMIUM, launched
 from search_fixtures import foldered_world, holiday_tags, running_server, set_weak_line
-from test_web_e2e import CHROMIUM, CHROMIUM_ARGS
 
 from dbprompt.backbones import load_backbone
 from dbprompt.runtime import Runtime
@@ -22,16 +22,13 @@ SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
 
 
 def shoot(out: Path) -> list[Path]:
-    from playwright.sync_api import sync_playwright
-
     out.mkdir(parents=True, exist_ok=True)
     saved: list[Path] = []
     with tempfile.TemporaryDirectory() as tmp:
         foldered_world(Path(tmp), load_backbone("dbprompt-tiny"), n=160, seed=5, image_size=160, tags=holiday_tags)
         set_weak_line(Path(tmp) / "foldered", -1.0)
         app = create_app({"holiday-photos": Path(tmp) / "foldered"}, runtime=Runtime())
-        with running_server(app) as base, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        with running_server(app) as base, launched() as browser:
             for size, (width, height) in SIZES.items():
                 page = browser.new_page(viewport={"width": width, "height": height})
                 page.goto(base + "/")
@@ -53,7 +50,6 @@ def shoot(out: Path) -> list[Path]:
                 saved.append(_save(page, out / f"{size}-weak.png"))
                 set_weak_line(Path(tmp) / "foldered", -1.0)
                 page.close()
-            browser.close()
     return saved
 
 

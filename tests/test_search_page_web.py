@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from chromium import CHROMIUM
 from search_fixtures import foldered_world, holiday_tags, running_server, set_weak_line
-from test_web_e2e import CHROMIUM, CHROMIUM_ARGS
 
 from dbprompt.runtime import Runtime
 from dbprompt.server import create_app
@@ -31,16 +31,6 @@ def site(tmp_path_factory, tiny_backbone):
     db, info = foldered_world(root, tiny_backbone, n=N, seed=6, tags=holiday_tags)
     with running_server(create_app({"photos": info.path}, runtime=Runtime())) as base:
         yield {"base": base, "db": db, "index": info.path, "api": f"{base}/api/databases/photos"}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -7,21 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from chromium import CHROMIUM
 from search_fixtures import indexed_world, running_server
 
 from dbprompt.data import load_database
 from dbprompt.runtime import Runtime
 from dbprompt.server import create_app
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 pytestmark = [
     pytest.mark.skipif(
@@ -43,16 +34,6 @@ def site(tmp_path_factory, tiny_backbone):
     assert not captions["shapes"] & captions["textual"]  # so a caption tells the database apart
     with running_server(create_app([root / "shapes", root / "textual"], runtime=Runtime())) as base:
         yield base, captions
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def shown(page) -> list[dict]:
