@@ -104,12 +104,17 @@ def test_broad_class_folders_are_drawn_in_its_look_deterministically(tmp_path):
     assert once.name == "broad-96px-shifted-1-seed0" and class_folders_once(tmp_path / "data", 1, seed=0, shifted=True).name == "shifted-1-seed0"
 
 
-def test_bench_labels_and_marks_draw_the_second_proxy_s_folders_apart(tmp_path, monkeypatch, one_thread):
-    cfg = for_model(B, pretrained=RANDOM)
-    monkeypatch.setattr(bench_labels, "SPLITS", {"train": (0, 1), "val": (1, 1), "test": (2, 1)})
-    data = bench_labels.folders(home(tmp_path / "labels", cfg.world), "source", 1, cfg)
-    assert {r.path.parent.parent.name for rs in data.values() for r in rs} == {f"broad-96px-source-1-seed{s}" for s in (0, 1, 2)}
-    assert str(tmp_path / "labels" / "broad" / "data") in str(data["test"][0].path)
+def test_bench_labels_and_marks_draw_the_second_proxy_s_folders_apart(tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setattr(bench_labels, "SPLITS", {"train": (0, None), "val": (1, 2), "test": (2, 2)})
+    argv = ["bench_labels", "--worlds", "source", "--methods", "zero-shot", "--per-class", "2", "--epochs", "1",
+            "--model", B, "--pretrained", RANDOM, "--out", str(tmp_path / "labels")]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_labels.main()
+    assert "| source | zero-shot |" in capsys.readouterr().out
+    labels = tmp_path / "labels" / "broad"
+    assert sorted(p.name for p in (labels / "data").iterdir()) == [f"broad-96px-source-2-seed{s}" for s in (0, 1, 2)]
+    assert [p.name for p in (labels / "runs").iterdir()] == ["source-2-1-0-zero-shot.json"]
+    assert Image.open(labels / "data" / "broad-96px-source-2-seed2" / "star" / "0001.png").size == (96, 96)
     argv = ["bench_marks", "--rounds", "1", "--per-class", "2", "--held-per-class", "2", "--epochs", "1", "--top", "3",
             "--modes", "marks", "--model", B, "--pretrained", RANDOM, "--out", str(tmp_path / "marks")]
     monkeypatch.setattr(sys, "argv", argv)
