@@ -30,8 +30,10 @@ from dbprompt.training.config import TrainConfig
 from dbprompt.training.trainer import Phase, Trainer, TrainResult
 from dbprompt.training.validation import VALIDATION_GALLERY
 
+from . import proxy
 from .methods import COMPARED, METHODS, Method, artifact_bytes, build
 from .world import write_database
+from .world.samples import shifts as world_shifts
 
 # Target databases are drawn with seeds the proxy's source data never used.
 DATA_SEED = 500
@@ -59,6 +61,22 @@ class BenchConfig:
     image_size: int = 64
     device: str = "auto"
     bf16: bool | None = None
+    # The synthetic world the targets are drawn from (world/samples.WORLDS); `for_model` picks the model's own.
+    world: str = "proxy"
+
+
+def for_model(model: str, **given) -> BenchConfig:
+    """The comparison on a model's own world: a proxy's world, image size and shifted domains (the second
+    proxy: the broad world at 96 px, its five shifts); any other model the proxy world's, as always.
+    `given` overrides any field."""
+    world, image_size = proxy.measured_on(model)
+    return BenchConfig(**{"model": model, "world": world, "image_size": image_size, "shifts": world_shifts(world)} | given)
+
+
+def home(out: str | Path, world: str) -> Path:
+    """Where a world's data and runs live under `out`: the proxy world's where they always were (so its runs
+    resume unchanged), any other world's in a folder of its own (`out/broad`)."""
+    return Path(out) if world == "proxy" else Path(out) / world
 
 
 def target_splits(root: Path, shift: str, cfg: BenchConfig) -> dict[str, list[Record]]:
@@ -68,7 +86,7 @@ def target_splits(root: Path, shift: str, cfg: BenchConfig) -> dict[str, list[Re
     for offset, (split, n) in enumerate(sizes.items()):
         db = root / "data" / f"{shift}-{split}"
         if not (db / "metadata.jsonl").exists():
-            write_database(db, n, domain=shift, seed=DATA_SEED + offset, image_size=cfg.image_size)
+            write_database(db, n, domain=shift, seed=DATA_SEED + offset, image_size=cfg.image_size, world=cfg.world)
         out[split] = load_database(db).records
     return out
 
@@ -160,14 +178,14 @@ def default_jobs(device: str) -> int:
 def run(
     cfg: BenchConfig, out_dir: str | Path, log: Callable[[str], None] = print, jobs: int = 1, train: bool = True
 ) -> list[dict]:
-    """Every (shift, N, seed, method); runs already saved under out_dir are read, not redone.
+    """Every (shift, N, seed, method); runs already saved under out_dir (`home`: the world's folder) are read, not redone.
 
     With train=False nothing is trained: the saved runs alone are summarised.
 
     With jobs > 1, runs go to that many single-threaded processes: on a small CPU, two
     one-thread trainings get more done than one two-thread training.
     """
-    out = Path(out_dir)
+    out = home(out_dir, cfg.world)
     data = {shift: target_splits(out, shift, cfg) for shift in cfg.shifts}
     # Seeds outermost: an interrupted comparison still covers every shift and size once.
     tasks = [
@@ -263,22 +281,23 @@ def markdown(summary: list[dict], cfg: BenchConfig) -> str:
     return "\n".join(lines)
 
 
-def _needed_gain(shift: str, n: int) -> float:
+def _needed_gain(shift: str, n: int, world: str = "proxy") -> float:
     """The share of full fine-tuning's gain the issues ask for: less where only the images
-    changed (the "one pass" issue), where prompts were seen to gain nothing at all before."""
-    if shift == "visual":
+    changed (the "one pass" issue), where prompts were seen to gain nothing at all before; on the
+    broad world (the second proxy, issue 28) the same lower bar on every shift."""
+    if shift == "visual" or world != "proxy":
         return 0.6 if n >= 2000 else 0.4
     return 0.8 if n >= 2000 else 0.6
 
 
-def targets(summary: list[dict], method: str = "textual+visual") -> list[str]:
+def targets(summary: list[dict], method: str = "textual+visual", world: str = "proxy") -> list[str]:
     """The issue's targets, each stated as met or missed."""
     index = {(e["shift"], e["n"], e["method"]): e for e in summary}
     out = []
     for e in summary:
         if e["method"] != method or (e["shift"], e["n"], "zero-shot") not in index:
             continue
-        need = _needed_gain(e["shift"], e["n"])
+        need = _needed_gain(e["shift"], e["n"], world)
         zs = index[(e["shift"], e["n"], "zero-shot")][HEADLINE]
         gains = []
         for reference, key in FULL_REFERENCES.items():

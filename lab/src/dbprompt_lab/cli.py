@@ -126,6 +126,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
+
+
+def markers(model: str) -> tuple[str, str]:
+    """The start and end markers of a model's table: the first proxy's as they always were, any other's named by it."""
+    return (START, END) if model == proxy.NAME else (f"<!-- methods:{model}:start -->", f"<!-- methods:{model}:end -->")
+
+
 # Rows the targets are checked for: the paper's method and dbprompt train's defaults.
 TARGET_METHODS = ("textual+visual", "dbprompt")
 
@@ -134,13 +141,13 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     from .bench import BenchConfig
 
     d = BenchConfig()
-    p = sub.add_parser("bench", help="method comparison on the proxy world", description="Benchmarks that compare tuning methods like for like.")
+    p = sub.add_parser("bench", help="method comparison on a proxy's world", description="Benchmarks that compare tuning methods like for like.")
     bench_sub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     m = bench_sub.add_parser("methods", help="zero-shot, prompts, full FT, LoRA, projection-only on shifted targets", description="Train and test every method on each shifted target database, N training pairs, several seeds; resumable.")
-    m.add_argument("--out", default="runs/methods", help="data, per-run results and results.json (default: %(default)s)")
-    m.add_argument("--model", default=d.model)
-    m.add_argument("--pretrained", default=None, help="the model's weights: an open_clip tag or a checkpoint file (default: those dbprompt ships)")
-    m.add_argument("--shifts", nargs="+", default=list(d.shifts))
+    m.add_argument("--out", default="runs/methods", help="data, per-run results and results.json; another world's in OUT/WORLD (default: %(default)s)")
+    m.add_argument("--model", default=d.model, help="(default: %(default)s; dbprompt-proxy-b is measured on the broad world at 96 px)")
+    m.add_argument("--pretrained", default=None, help="the model's weights: an open_clip tag, a checkpoint file or 'random' (default: those shipped for it)")
+    m.add_argument("--shifts", nargs="+", default=None, help=f"(default: the model's world's shifted domains: {' '.join(d.shifts)} on the proxy world's)")
     m.add_argument("--sizes", nargs="+", type=int, default=list(d.sizes))
     m.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
     m.add_argument("--methods", nargs="+", default=list(COMPARED), choices=list(METHODS) + list(RETIRED), metavar="METHOD", help="of the comparison or a sweep in experiments/ (default: %(default)s)")
@@ -155,7 +162,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from .bench import BenchConfig, default_jobs, markdown, run, stored_prompts, summarize, targets
+    from .bench import default_jobs, for_model, markdown, run, stored_prompts, summarize, targets
 
     retired = [RETIRED[m] for m in args.methods if m in RETIRED]
     if retired:
@@ -164,10 +171,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
     missing = [n for n in args.sizes if n not in epochs]
     if missing:
         raise ValueError(f"no epoch budget for sizes {missing}: add --epochs SIZE:EPOCHS")
-    cfg = BenchConfig(
-        model=args.model,
+    if not args.report_only:
+        proxy.needs_weights(args.model, args.pretrained)
+    cfg = for_model(
+        args.model,
         pretrained=args.pretrained,
-        shifts=tuple(args.shifts),
+        **({"shifts": tuple(args.shifts)} if args.shifts else {}),
         sizes=tuple(args.sizes),
         seeds=tuple(args.seeds),
         methods=tuple(args.methods),
@@ -182,21 +191,21 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rows = run(cfg, args.out, jobs=jobs, train=not args.report_only)
     summary = summarize(rows, cfg)
     table = markdown(summary, cfg)
-    lines = [line for method in TARGET_METHODS if method in cfg.methods for line in targets(summary, method)]
+    lines = [line for method in TARGET_METHODS if method in cfg.methods for line in targets(summary, method, cfg.world)]
     lines += [line for line in (stored_prompts(rows),) if line]
     print(table)
     print("\n".join(lines))
     if args.benchmarks_md:
-        write_section(Path(args.benchmarks_md), table + "\n\n" + "\n".join(f"- {line}" for line in lines))
+        write_section(Path(args.benchmarks_md), table + "\n\n" + "\n".join(f"- {line}" for line in lines), *markers(cfg.model))
     return 0
 
 
-def write_section(path: Path, body: str) -> None:
+def write_section(path: Path, body: str, start: str = START, end: str = END) -> None:
     """Replace the text between the markers (or append them), leaving the rest of the file alone."""
     text = path.read_text() if path.exists() else ""
-    block = f"{START}\n{body}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    block = f"{start}\n{body}\n{end}"
+    if start in text and end in text:
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(path, text)

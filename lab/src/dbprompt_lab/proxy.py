@@ -100,6 +100,23 @@ def get_proxy(name: str) -> Proxy:
         raise ValueError(f"unknown proxy {name!r}; choose one of {', '.join(PROXIES)}") from None
 
 
+def measured_on(model: str) -> tuple[str, int]:
+    """(world, image size) of the databases a model is measured on: a proxy's own; any other model the proxy
+    world's at 64 px, as the comparison always drew them."""
+    p = PROXIES.get(model)
+    return (p.world, p.image_size) if p else ("proxy", 64)
+
+
+def needs_weights(model: str, pretrained: str | None) -> None:
+    """Refuse to measure a proxy that has no weights yet: its default would be random weights, silently."""
+    p = PROXIES.get(model)
+    if pretrained is None and p is not None and not p.weights.exists():
+        raise FileNotFoundError(
+            f"{model} has no shipped weights yet ({p.weights}): pre-train them (`dbprompt-lab proxy pretrain --model {model}`), "
+            "or pass --pretrained CHECKPOINT, or --pretrained random to measure the untrained architecture"
+        )
+
+
 def _database(work: Path, kind: str, world: str) -> Path:
     """The folder of the source or source-test database of `world` (the proxy world's keep their first names)."""
     return work / (kind if world == "proxy" else f"{world}-{kind}")

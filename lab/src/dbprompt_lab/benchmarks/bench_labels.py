@@ -5,9 +5,10 @@ Six shape classes in folders, `--per-class` training images each, read with the 
 class-level retrieval on images nothing trained or chose on. Every method trains through the
 comparison's `run_one` (the Trainer, its multi-positive targets, epochs chosen by validation mAP).
 Beside them, the ceiling of the text side alone: a linear probe (a class vector fitted per
-class, cross-entropy) on the frozen backbone's image features.
+class, cross-entropy) on the frozen backbone's image features. The folders are drawn in the look of
+the model's world: `--model dbprompt-proxy-b` the broad world's at 96 px, in OUT/broad.
 
-    python -m dbprompt_lab.benchmarks.bench_labels [--worlds source shifted] [--methods ...] [--out runs/labels]
+    python -m dbprompt_lab.benchmarks.bench_labels [--model M] [--worlds source shifted] [--methods ...] [--out runs/labels]
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dbprompt.model import PromptedCLIP
 from dbprompt.pipeline import encode_records
 from dbprompt.prompts.config import PromptConfig
 from dbprompt.runtime import CPU
-from dbprompt_lab.bench import BenchConfig, run_one
+from dbprompt_lab import proxy
+from dbprompt_lab.bench import BenchConfig, for_model, home, run_one
 from dbprompt_lab.methods import METHODS
 from dbprompt_lab.world.folders import class_folders_once
 
@@ -34,18 +36,20 @@ TEMPLATE = "a photo of a {}"
 SPLITS = {"train": (0, None), "val": (1, 20), "test": (2, 100)}  # split: (seed, images a class; None: --per-class)
 
 
-def folders(root: Path, world: str, per_class: int) -> dict[str, list[Record]]:
-    """The world's train, validation and test folders, written once."""
+def folders(root: Path, look: str, per_class: int, cfg: BenchConfig) -> dict[str, list[Record]]:
+    """The train, validation and test folders of a look ("source" or "shifted") of cfg's world, written once."""
     out = {}
     for split, (seed, n) in SPLITS.items():
-        db = class_folders_once(root / "data", n or per_class, seed=seed, shifted=world == "shifted")
+        db = class_folders_once(
+            root / "data", n or per_class, seed=seed, shifted=look == "shifted", world=cfg.world, image_size=cfg.image_size
+        )
         out[split] = [Record(r.key, r.path, r.captions, split) for r in load_database(db, caption_template=TEMPLATE).records]
     return out
 
 
-def linear_probe(model: str, data: dict[str, list[Record]], steps: int = 500) -> dict[str, float]:
+def linear_probe(cfg: BenchConfig, data: dict[str, list[Record]], steps: int = 500) -> dict[str, float]:
     """Label metrics of class vectors fitted on the frozen image features: the text side's ceiling."""
-    backbone = load_backbone(model)
+    backbone = load_backbone(cfg.model, cfg.pretrained)
     net = PromptedCLIP.for_captions(backbone, PromptConfig(), [TEMPLATE.format("x")]).eval()
     with torch.no_grad():
         train, test = (encode_records([net], data[s], CPU)[0][0] for s in ("train", "test"))
@@ -63,34 +67,36 @@ def linear_probe(model: str, data: dict[str, list[Record]], steps: int = 500) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--worlds", nargs="+", default=["source", "shifted"], choices=["source", "shifted"])
+    ap.add_argument("--worlds", nargs="+", default=["source", "shifted"], choices=["source", "shifted"], help="looks: the world's source images, its visual shift")
     ap.add_argument("--methods", nargs="+", default=["zero-shot", "dbprompt"], choices=list(METHODS))
     ap.add_argument("--per-class", type=int, default=60)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model", default=BenchConfig().model)
-    ap.add_argument("--out", default="runs/labels")
+    ap.add_argument("--model", default=BenchConfig().model, help="(default: %(default)s; dbprompt-proxy-b: the broad world's look)")
+    ap.add_argument("--pretrained", default=None, help="the model's weights: a checkpoint file or 'random' (default: those shipped)")
+    ap.add_argument("--out", default="runs/labels", help="data and runs; another world's in OUT/WORLD (default: %(default)s)")
     args = ap.parse_args()
+    proxy.needs_weights(args.model, args.pretrained)
     torch.set_num_threads(1)
-    root = Path(args.out)
     n = 6 * args.per_class
-    cfg = BenchConfig(model=args.model, sizes=(n,), seeds=(args.seed,), epochs={n: args.epochs})
+    cfg = for_model(args.model, pretrained=args.pretrained, sizes=(n,), seeds=(args.seed,), epochs={n: args.epochs})
+    root = home(args.out, cfg.world)
     keys = (LABEL_KEYS[0], LABEL_KEYS[2])
     print(f"| world | method | test mAP | test P@10 | best epoch | (images a class: {args.per_class}, epochs: {args.epochs}) |")
     print("|---|---|---|---|---|---|")
-    for world in args.worlds:
-        data = folders(root, world, args.per_class)
-        probe = linear_probe(args.model, data)
-        print(f"| {world} | linear probe on frozen image features | {probe[keys[0]]:.1f} | {probe[keys[1]]:.1f} | – | |", flush=True)
+    for look in args.worlds:
+        data = folders(root, look, args.per_class, cfg)
+        probe = linear_probe(cfg, data)
+        print(f"| {look} | linear probe on frozen image features | {probe[keys[0]]:.1f} | {probe[keys[1]]:.1f} | – | |", flush=True)
         for name in args.methods:
-            saved = root / "runs" / f"{world}-{args.per_class}-{args.epochs}-{args.seed}-{name}.json"
+            saved = root / "runs" / f"{look}-{args.per_class}-{args.epochs}-{args.seed}-{name}.json"
             if saved.exists():
                 row = json.loads(saved.read_text())
             else:
                 row = run_one(METHODS[name], data["train"], data["val"], data["test"], cfg, n, args.seed)
                 atomic_write_text(saved, json.dumps(row, indent=1))
             m = row["metrics"]
-            print(f"| {world} | {name} | {m[keys[0]]:.1f} | {m[keys[1]]:.1f} | {row.get('best_epoch', '–')} | |", flush=True)
+            print(f"| {look} | {name} | {m[keys[0]]:.1f} | {m[keys[1]]:.1f} | {row.get('best_epoch', '–')} | |", flush=True)
 
 
 if __name__ == "__main__":

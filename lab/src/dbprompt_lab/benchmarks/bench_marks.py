@@ -4,9 +4,11 @@ A simulated user on a class-folder collection (bench_labels' world): each round 
 class ("a photo of a star"), marks the top `--top` results through the HTTP API by ground truth
 (the folder), then `train --feedback` and `index --force`. Held-out class-level mAP and P@10
 after each round (round 0: zero-shot), for marks alone (no captions, no template), captions alone
-(the template's class texts, no marks) and both. Prints a Markdown table and writes a PNG.
+(the template's class texts, no marks) and both. Prints a Markdown table and writes a PNG. The
+folders are drawn in the look of the model's world: `--model dbprompt-proxy-b` the broad world's at
+96 px, in OUT/broad.
 
-    python -m dbprompt_lab.benchmarks.bench_marks [--rounds 3] [--top 20] [--out runs/marks]
+    python -m dbprompt_lab.benchmarks.bench_marks [--model M] [--rounds 3] [--top 20] [--out runs/marks]
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ import dbprompt
 from dbprompt.atomic import atomic_write_bytes, atomic_write_text
 from dbprompt.runtime import Runtime
 from dbprompt.server import create_app
+from dbprompt_lab import proxy
+from dbprompt_lab.bench import home
 from dbprompt_lab.benchmarks.bench_labels import TEMPLATE
-from dbprompt_lab.world.folders import class_folders_once
-from dbprompt_lab.world.scene import SHAPES
+from dbprompt_lab.world.folders import CLASSES, class_folders_once
 
 MODES = ("marks", "captions", "both")
 KEYS = ("label/t2i_mAP", "label/t2i_P@10")
@@ -105,23 +108,25 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--shifted", action="store_true", help="the visual shift (textured backgrounds, rotation, blur)")
     ap.add_argument("--held-per-class", type=int, default=100)
-    ap.add_argument("--model", default="dbprompt-proxy")
-    ap.add_argument("--pretrained", default=None)
+    ap.add_argument("--model", default=proxy.NAME, help="(default: %(default)s; dbprompt-proxy-b: the broad world's look)")
+    ap.add_argument("--pretrained", default=None, help="the model's weights: a checkpoint file or 'random' (default: those shipped)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    ap.add_argument("--out", default="runs/marks")
+    ap.add_argument("--out", default="runs/marks", help="data, work and results; another world's in OUT/WORLD (default: %(default)s)")
     args = ap.parse_args()
+    proxy.needs_weights(args.model, args.pretrained)
     torch.set_num_threads(1)
-    out = Path(args.out)
-    classes = SHAPES[:6]
-    world = "shifted" if args.shifted else "source"
+    world, image_size = proxy.measured_on(args.model)
+    out = home(args.out, world)
+    look = "shifted" if args.shifted else "source"
     # Data by its settings: another --per-class is another collection, never the last run's reused.
-    train = class_folders_once(out / "data", args.per_class, seed=0, shifted=args.shifted)
-    held = class_folders_once(out / "data", args.held_per_class, seed=2, shifted=args.shifted)
-    print(f"| mode | round | marks | held-out mAP | held-out P@10 |  ({world}, {args.per_class} images a class, top {args.top})")
+    drawn = {"shifted": args.shifted, "world": world, "image_size": image_size}
+    train = class_folders_once(out / "data", args.per_class, seed=0, **drawn)
+    held = class_folders_once(out / "data", args.held_per_class, seed=2, **drawn)
+    print(f"| mode | round | marks | held-out mAP | held-out P@10 |  ({look}, {args.per_class} images a class, top {args.top})")
     print("|---|---|---|---|---|")
-    rows = [row for mode in args.modes for row in run_mode(mode, train, held, out / "work" / mode, args, classes)]
-    atomic_write_text(out / f"{world}.json", json.dumps(rows, indent=1))
-    atomic_write_bytes(out / f"{world}.png", plot(rows))
+    rows = [row for mode in args.modes for row in run_mode(mode, train, held, out / "work" / mode, args, CLASSES)]
+    atomic_write_text(out / f"{look}.json", json.dumps(rows, indent=1))
+    atomic_write_bytes(out / f"{look}.png", plot(rows))
 
 
 if __name__ == "__main__":

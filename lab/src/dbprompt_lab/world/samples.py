@@ -13,7 +13,7 @@ import numpy as np
 
 from dbprompt_lab.world import broad
 from dbprompt_lab.world.captions import captions
-from dbprompt_lab.world.domains import Domain, get_domain
+from dbprompt_lab.world.domains import DOMAINS, Domain, get_domain
 from dbprompt_lab.world.render import render
 from dbprompt_lab.world.scene import Scene, sample_scene
 
@@ -37,6 +37,12 @@ def check_arguments(domain: str, image_size: int, captions_per_image: int, world
     if world not in WORLDS:
         raise ValueError(f"unknown world {world!r}; choose one of {', '.join(WORLDS)}")
     return broad.get_domain(domain) if world == "broad" else get_domain(domain)
+
+
+def shifts(world: str) -> tuple[str, ...]:
+    """The world's shifted domains, every one but `source`, in their order: what a comparison measures on it."""
+    check_arguments("source", 16, 1, world)
+    return tuple(d for d in (broad.DOMAINS if world == "broad" else DOMAINS) if d != "source")
 
 
 def sample(
