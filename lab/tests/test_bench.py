@@ -114,6 +114,19 @@ def test_comparison_runs_on_the_weights_it_is_given(tmp_path):
     assert rows["default"]["metrics"] != rows["other"]["metrics"]
 
 
+def test_runs_saved_with_other_weights_are_never_mixed_in(tmp_path):
+    cfg = BenchConfig(**SMALL | {"methods": ("zero-shot",)})
+    (row,) = run(cfg, tmp_path, log=lambda _: None)
+    saved = tmp_path / "runs" / "visual-12-0-zero-shot.json"
+    saved.write_text(json.dumps(row | {"backbone": "other weights", "metrics": row["metrics"] | {"clip_benchmark/t2i_R@1": 99.0}}))
+    lines: list[str] = []
+    assert run(cfg, tmp_path, log=lines.append, train=False) == []  # a report leaves it out
+    assert "1 saved runs were made with other weights" in lines[0] and lines[0].endswith("left out")
+    (again,) = run(cfg, tmp_path, log=lines.append)  # a run trains it again
+    assert again["backbone"] == row["backbone"] and again["metrics"] == row["metrics"]
+    assert json.loads(saved.read_text())["backbone"] == row["backbone"]
+
+
 def test_default_jobs_fill_a_cpu_and_stay_single_on_a_gpu(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 6)
     assert default_jobs("cpu") == 6

@@ -195,7 +195,13 @@ def run(
         for n in cfg.sizes
         for name in cfg.methods
     ]
-    todo = [t for t in tasks if not t[6].exists()] if train else []
+    weights = load_backbone(cfg.model, cfg.pretrained).fingerprint()
+    stale = [t[6] for t in tasks if t[6].exists() and json.loads(t[6].read_text()).get("backbone", weights) != weights]
+    if stale:
+        # A run saved with other weights (say a try on random ones) is never mixed into this backbone's table.
+        log(f"{len(stale)} saved runs were made with other weights than {cfg.model} {cfg.pretrained or '(shipped)'}: "
+            + ("training them again" if train else "left out"))
+    todo = [t for t in tasks if not t[6].exists() or t[6] in stale] if train else []
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if jobs > 1 and len(todo) > 1:
@@ -212,7 +218,7 @@ def run(
     this_run = {"runs_trained": len(todo), "jobs": jobs, "wall_seconds": time.perf_counter() - started}
     if todo:
         log(f"{len(todo)} runs in {this_run['wall_seconds'] / 60:.1f} min with {jobs} job(s)")
-    rows = [json.loads(t[6].read_text()) for t in tasks if t[6].exists()]
+    rows = [json.loads(t[6].read_text()) for t in tasks if t[6].exists() and (t[6] not in stale or t in todo)]
     summary = summarize(rows, cfg)
     results = {"config": asdict(cfg), "this_run": this_run, "rows": rows, "summary": summary}
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
