@@ -113,3 +113,12 @@ def test_bench_world(monkeypatch, capsys, tmp_path):
     run_main(bench_world, monkeypatch, "--images", "8", "--size", "16", "--dir", str(tmp_path))
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == [*bench_world.DOMAINS, "files"]
+
+
+def test_bench_onnx_recall(methods_dir, one_thread):
+    from dbprompt_lab.benchmarks.bench_onnx_recall import measure
+
+    rows = {r["runtime"]: r for r in measure(TINY(shifts=("visual",)), "visual", 16, 0, methods_dir)}
+    assert list(rows) == ["torch fp32", "onnx fp32", "onnx int8"]
+    assert rows["torch fp32"]["top10_kept"] == 1.0 and rows["onnx fp32"]["t2i_R@1"] == rows["torch fp32"]["t2i_R@1"]
+    assert all(0.0 <= r["top10_kept"] <= 1.0 and 0.0 <= r["t2i_R@1"] <= 100.0 for r in rows.values())

@@ -99,20 +99,17 @@ def train_subset(pool: list[Record], n: int, seed: int) -> list[Record]:
     return [pool[i] for i in sorted(idx)]
 
 
-def run_one(
-    method: Method, train: list[Record], val: list[Record], test: list[Record], cfg: BenchConfig, n: int, seed: int,
+def train_best(
+    method: Method, train: list[Record], val: list[Record], cfg: BenchConfig, n: int, seed: int,
     phase: Phase = lambda name: contextlib.nullcontext(),
-) -> dict:
-    """Train with each of the method's learning rates, keep what validation prefers, test it once.
-
-    `phase` is entered around each part of the run (the Trainer's parts, and "test"), e.g. to time them."""
+) -> tuple[PromptedCLIP, dict]:
+    """The method's model trained with each of its learning rates, the one validation prefers, and what the
+    run's row records of it (the backbone's fingerprint; for trained methods the lr, best epoch and history)."""
     # Decoding in the job's own process: jobs run side by side, one per core, and each run's
     # small images are decoded once and then kept in memory.
     runtime = Runtime.resolve(cfg.device, cfg.bf16, workers=0)
-    started = time.perf_counter()
     captions = [c for r in train for c in r.captions]
-
-    row: dict = {"method": method.name, "n": n, "seed": seed}
+    row: dict = {}
 
     def fresh() -> PromptedCLIP:
         backbone = load_backbone(cfg.model, cfg.pretrained, device=runtime.device)
@@ -122,23 +119,35 @@ def run_one(
         return build(method, backbone, seed, captions).to(runtime.device)
 
     if method.tune == "none":
-        model = fresh()
-    else:
-        best: tuple[PromptedCLIP, TrainResult, TrainConfig] | None = None
-        for lr in (method.lr, *method.other_lrs):
-            train_cfg = TrainConfig(
-                epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=lr, seed=seed, checkpoint_every=0,
-                calibrate_temperature=method.calibrate_temperature, image_backward=method.image_backward,
-            )
-            trainer = Trainer(fresh(), train, val, train_cfg, runtime, progress=False, log=lambda _: None, phase=phase)
-            result = trainer.run()
-            trainer.restore_best()
-            if best is None or result.best_score > best[1].best_score:  # ties: the earlier learning rate
-                best = (trainer.model, result, train_cfg)
-        model, result, chosen = best
-        row |= {"lr": chosen.lr, "best_epoch": result.best_epoch, "history": result.history}
-        row["validation_gallery"] = VALIDATION_GALLERY
-        row["calibrate_temperature"] = method.calibrate_temperature
+        return fresh(), row
+    best: tuple[PromptedCLIP, TrainResult, TrainConfig] | None = None
+    for lr in (method.lr, *method.other_lrs):
+        train_cfg = TrainConfig(
+            epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=lr, seed=seed, checkpoint_every=0,
+            calibrate_temperature=method.calibrate_temperature, image_backward=method.image_backward,
+        )
+        trainer = Trainer(fresh(), train, val, train_cfg, runtime, progress=False, log=lambda _: None, phase=phase)
+        result = trainer.run()
+        trainer.restore_best()
+        if best is None or result.best_score > best[1].best_score:  # ties: the earlier learning rate
+            best = (trainer.model, result, train_cfg)
+    model, result, chosen = best
+    row |= {"lr": chosen.lr, "best_epoch": result.best_epoch, "history": result.history}
+    row |= {"validation_gallery": VALIDATION_GALLERY, "calibrate_temperature": method.calibrate_temperature}
+    return model, row
+
+
+def run_one(
+    method: Method, train: list[Record], val: list[Record], test: list[Record], cfg: BenchConfig, n: int, seed: int,
+    phase: Phase = lambda name: contextlib.nullcontext(),
+) -> dict:
+    """Train with each of the method's learning rates, keep what validation prefers, test it once.
+
+    `phase` is entered around each part of the run (the Trainer's parts, and "test"), e.g. to time them."""
+    runtime = Runtime.resolve(cfg.device, cfg.bf16, workers=0)
+    started = time.perf_counter()
+    model, trained = train_best(method, train, val, cfg, n, seed, phase)
+    row: dict = {"method": method.name, "n": n, "seed": seed} | trained
     row |= {"trainable_params": model.trainable_parameter_count(), "artifact_bytes": artifact_bytes(model)}
     row["train_seconds"] = time.perf_counter() - started
     with phase("test"):
