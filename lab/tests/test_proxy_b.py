@@ -115,6 +115,8 @@ def test_proxy_b_pretrains_on_the_broad_world_with_the_sigmoid_loss_and_resumes(
     whole = json.loads((tmp_path / "whole" / "tiny-b.record.json").read_text())
     assert losses == [SigmoidLoss] and whole["world"] == "broad" and whole["loss"] == "sigmoid"
     assert "proxy_world_test_metrics" in whole and len(whole["history"]) == 3
+    assert list(whole["attribute_probe"]) == ["shape", "colour", "size"]  # what class folders will need of it
+    assert "true caption over a one-word swap (0.5: blind): shape " in capsys.readouterr().out
     assert (tmp_path / "whole" / "broad-source" / "metadata.jsonl").exists()
     # Cut off after one step, then resumed: the same weights as the run that was never interrupted.
     monkeypatch.setattr(Trainer, "run", functools.partialmethod(watched, stop_after_steps=1))

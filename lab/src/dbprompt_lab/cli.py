@@ -116,6 +116,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"source test T2I R@1 {m['clip_benchmark/t2i_R@1']:.1f}, I2T R@1 {m['clip_benchmark/i2t_R@1']:.1f}")
     if "proxy_world_test_metrics" in record:
         print(f"zero-shot on the proxy world's source test: T2I R@1 {record['proxy_world_test_metrics']['clip_benchmark/t2i_R@1']:.1f}")
+    seen = ", ".join(f"{attribute} {share:.2f}" for attribute, share in record["attribute_probe"].items())
+    print(f"true caption over a one-word swap (0.5: blind): {seen}")
     return 0
 
 

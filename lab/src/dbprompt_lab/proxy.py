@@ -196,6 +196,7 @@ def pretrain(
         "source_test_seed": TEST_SEED,
         "source_test_metrics": _source_metrics(shipped, splits["test"], runtime),
     }
+    record["attribute_probe"] = attribute_probe(shipped, splits["test"], world)
     if world != "proxy":
         # How much of the first proxy's world it knows without seeing it: the proxy world's source test.
         record["proxy_world_test_metrics"] = _source_metrics(shipped, source_test_records(work, proxy, "proxy"), runtime)
@@ -212,6 +213,15 @@ def pretrain(
     }
     atomic_write_text(out.with_name(f"{proxy.name}.record.json"), json.dumps(record, indent=2))
     return record
+
+
+def attribute_probe(backbone, test: list, world: str) -> dict[str, float]:
+    """Per attribute (shape, colour, size), how often the true caption beats a one-word swap on 400 test images:
+    class folders need shapes, which a world told apart by colour and place may never have taught (issue 25)."""
+    from .benchmarks.attribute_probe import VOCABULARY, probe  # it names the proxies itself
+
+    found = probe(PromptedCLIP(backbone, PromptConfig.none()).eval(), test[:400], VOCABULARY[world])
+    return {attribute: round(r["true_wins"], 4) for attribute, r in found.items()}
 
 
 def _source_metrics(backbone, test: list, runtime: Runtime) -> dict[str, float]:

@@ -41,6 +41,7 @@ def swaps(caption: str, words: tuple[str, ...]) -> list[str]:
     return [caption[: found.start()] + w + caption[found.end() :] for w in words if w != found.group(1)]
 
 
+@torch.no_grad()
 def probe(model: PromptedCLIP, records: list[Record], vocabulary: dict[str, tuple[str, ...]]) -> dict[str, dict]:
     """Per attribute: the share of (image, swapped caption) pairs the true caption outscores, over how many captions."""
     (images,), _ = encode_records([model], records, CPU)
@@ -70,7 +71,7 @@ def main() -> None:
     spec = proxy.get_proxy(args.model)
     world = args.world or spec.world
     model = PromptedCLIP(load_backbone(spec.name, args.weights), PromptConfig.none()).eval()
-    with tempfile.TemporaryDirectory(prefix="attribute_probe.") as work, torch.no_grad():
+    with tempfile.TemporaryDirectory(prefix="attribute_probe.") as work:
         db = write_database(Path(work) / "db", args.images, domain="source", seed=proxy.TEST_SEED, image_size=spec.image_size, world=world)
         result = probe(model, load_database(db).records, VOCABULARY[world])
     print(f"{spec.name} on the {world} world's source test ({args.images} images): true caption over a one-word swap")
