@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -22,7 +23,7 @@ from dbprompt.compat import file_sha256
 from dbprompt.index import onnx_embed
 from dbprompt.index.manifest import read_info
 from dbprompt.index.onnx_queries import OnnxQueries
-from dbprompt.onnx.manifest import IMAGE, MANIFEST
+from dbprompt.onnx.manifest import IMAGE, MANIFEST, OnnxExportError, read_export_manifest
 from dbprompt.runtime import Runtime
 from dbprompt.searcher import open_index
 from dbprompt.server import create_app
@@ -174,3 +175,40 @@ def test_missing_onnxruntime_is_one_line_and_ray_is_refused(built, tmp_path, mon
     monkeypatch.undo()
     assert index(db, prompts, tmp_path / "idx", "--runtime", "onnx", "--ray") == 2
     assert "--ray" in capsys.readouterr().err
+
+
+def test_an_edited_tower_is_refused_by_search_and_serve_and_exported_again_by_index(built, tmp_path, capsys):
+    db, prompts, _ = built
+    out = tmp_path / "idx"
+    assert index(db, prompts, out, "--runtime", "onnx", "--precision", "fp32") == 0
+    export = json.loads((out / "onnx" / MANIFEST).read_text())
+    assert export["files"][IMAGE]["bytes"] == (out / "onnx" / IMAGE).stat().st_size
+    assert export["files"][IMAGE]["sha256"] == file_sha256(out / "onnx" / IMAGE)
+    tower = bytearray((out / "onnx" / IMAGE).read_bytes())
+    for edit, said in ((lambda b: b[:-1], "bytes"), (lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:], "sha256")):
+        (out / "onnx" / IMAGE).unlink()  # not written through a hard link
+        (out / "onnx" / IMAGE).write_bytes(edit(tower))
+        capsys.readouterr()
+        for command in (["search", str(out), "a shape"], ["serve", str(out)]):
+            assert main([*command, "--runtime", "onnx"]) == 3
+            err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+            assert len(err) == 1 and IMAGE in err[0] and said in err[0] and "dbprompt index" in err[0], err
+    assert index(db, prompts, out, "--runtime", "onnx", "--precision", "fp32") == 0
+    err = capsys.readouterr().err
+    assert f"exporting to ONNX again: ONNX export {out / 'onnx'}: {IMAGE} was changed" in err, err
+    assert file_sha256(out / "onnx" / IMAGE) == json.loads((out / "onnx" / MANIFEST).read_text())["files"][IMAGE]["sha256"]
+    assert main(["search", str(out), "a shape", "--runtime", "onnx"]) == 0
+
+
+def test_an_export_without_file_records_is_unverified_not_refused(built, tmp_path):
+    _, _, root = built
+    shutil.copytree(root / "onnx", tmp_path / "idx")
+    manifest = tmp_path / "idx" / "onnx" / MANIFEST
+    data = json.loads(manifest.read_text())
+    del data["files"]  # as exports made before the records were kept
+    manifest.write_text(json.dumps(data))
+    assert read_export_manifest(manifest.parent).files == {}
+    assert len(top10(tmp_path / "idx", ONNX, ["a shape"])[0]) == 10
+    manifest.write_text(json.dumps(data | {"files": {IMAGE: {"bytes": True, "sha256": "0" * 64}}}))
+    with pytest.raises(OnnxExportError, match="bad manifest: files"):
+        read_export_manifest(manifest.parent)

@@ -29,7 +29,7 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_dir, atomic_write_text
 from .manifest import (
-    IMAGE, IMAGE_INT8, MANIFEST, TEXT, TOKENIZER_DIR, ExportManifest, OnnxExportError, read_export_manifest,
+    IMAGE, IMAGE_INT8, MANIFEST, TEXT, TOKENIZER_DIR, ExportManifest, OnnxExportError, read_export_manifest, record_files,
 )
 from .towers import OnnxTowers, require
 
@@ -160,7 +160,8 @@ def export_onnx(
         if int8:
             say("quantizing the image tower to int8")
             check |= _quantize(manifest, check["images"])
-        manifest = _replace(manifest, int8=int8, check={k: v for k, v in check.items() if k != "images"})
+        towers = [IMAGE, TEXT] + [IMAGE_INT8] * int8
+        manifest = _replace(manifest, int8=int8, check={k: v for k, v in check.items() if k != "images"}, files=record_files(tmp, towers))
         _write(manifest)
     return read_export_manifest(out)
 
