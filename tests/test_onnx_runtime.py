@@ -212,3 +212,33 @@ def test_an_export_without_file_records_is_unverified_not_refused(built, tmp_pat
     manifest.write_text(json.dumps(data | {"files": {IMAGE: {"bytes": True, "sha256": "0" * 64}}}))
     with pytest.raises(OnnxExportError, match="bad manifest: files"):
         read_export_manifest(manifest.parent)
+
+
+def test_an_update_that_embeds_another_kind_of_vector_embeds_every_image_again(built, tmp_path, capsys):
+    db, prompts, _ = built
+    out, again = tmp_path / "idx", "embedding every image again"
+
+    def update(*extra: str, touch: bool = False) -> dict:
+        if touch:  # one image changed: the build cannot return the index as it was
+            first = min((db / "images").iterdir())
+            os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+        capsys.readouterr()
+        assert index(db, prompts, out, "--json", *extra) == 0
+        captured = capsys.readouterr()
+        return json.loads(captured.out)["last_build"] | {"said": again in captured.err}
+
+    first = update()
+    assert first["embedded"] == 40 and not first["said"]
+    assert read_info(out).vectors == {"engine": "torch", "precision": "fp32"}
+    int8 = ("--runtime", "onnx", "--precision", "int8")
+    assert update(*int8) == {"embedded": 40, "reused": 0, "removed": 0, "skipped": [], "said": True}
+    assert read_info(out).vectors == {"engine": "onnx", "precision": "int8"}
+    manifest = (out / MANIFEST).read_bytes()
+    assert not update(*int8)["said"] and (out / MANIFEST).read_bytes() == manifest  # the same build again: nothing to do
+    assert update(*int8, touch=True) | {"said": None} == {"embedded": 1, "reused": 39, "removed": 0, "skipped": [], "said": None}
+    assert update(touch=True)["embedded"] == 40  # back on PyTorch: fp32 again, all of it
+    assert read_info(out).vectors["engine"] == "torch" and read_info(out).onnx["precision"] == "fp32"  # image queries as the vectors
+    fp32 = update("--runtime", "onnx", "--precision", "fp32", touch=True)
+    assert fp32["embedded"] == 1 and not fp32["said"]  # fp32 of either engine is one kind (equal within 1e-4)
+    assert update("--bf16", touch=True)["embedded"] == 40
+    assert read_info(out).vectors == {"engine": "torch", "precision": "bf16"}

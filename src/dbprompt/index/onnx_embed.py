@@ -109,7 +109,8 @@ def onnx_images(
 
 def kept_export(model: PromptedCLIP, prompt_file: Path, out: Path, old: IndexInfo | None) -> OnnxImages | None:
     """The export of the index in `out`, carried into the index PyTorch rebuilds there (its vectors equal fp32's
-    within 1e-4), so that `search --runtime onnx` goes on working; None where there is none, or it is stale."""
+    within 1e-4), so that `search --runtime onnx` goes on working, image queries through its fp32 tower as the
+    vectors PyTorch makes; None where there is none, or it is stale."""
     if old is None or not old.onnx:
         return None
     try:
@@ -118,7 +119,7 @@ def kept_export(model: PromptedCLIP, prompt_file: Path, out: Path, old: IndexInf
         manifest.check_files()
     except (OnnxExportError, StaleExportError):
         return None  # a PyTorch build does not need it: it is left behind
-    return OnnxImages(manifest, None, dict(old.onnx))
+    return OnnxImages(manifest, None, dict(old.onnx) | {"precision": "fp32"})
 
 
 def _reusable(folder: Path, made_by: dict[str, str], int8: bool, log: Callable[[str], None]) -> ExportManifest | None:
