@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from open_clip.tokenizer import SimpleTokenizer, default_bpe
 from PIL import Image
 from search_fixtures import make_prompt_file
-from test_hf_backbone import save_clip
+from test_hf_backbone import save_clip, save_siglip
 from test_onnx_runtime import captions, index
 from tinydata import write_database
 
@@ -27,7 +27,7 @@ from dbprompt.backbones import load_backbone
 from dbprompt.index.onnx_queries import OnnxQueries
 from dbprompt.model import PromptedCLIP
 from dbprompt.onnx.manifest import read_export_manifest
-from dbprompt.onnx.pixels import export_pixels
+from dbprompt.onnx.pixels import _hugging_face, export_pixels, hf_preprocessing
 from dbprompt.onnx.tokens import ClipBpe, export_tokenizer
 from dbprompt.prompts import PromptConfig
 from dbprompt.runtime import Runtime
@@ -68,7 +68,6 @@ def test_an_export_tokenizes_as_its_backbone(built, tmp_path):
     hf_manifest = hf.export_onnx(tmp_path / "export")
     assert hf_manifest.tokenizer["kind"] == "huggingface"
     assert np.array_equal(export_tokenizer(hf_manifest)(TEXTS), hf.tokenize(TEXTS).numpy())
-    assert export_pixels(hf_manifest) is None  # its image processor is not recorded: served through the backbone
 
 
 def test_a_backbone_given_serves_through_it_and_answers_alike(built):
@@ -86,6 +85,35 @@ def test_an_export_preprocesses_images_as_its_backbone(built):
     for size in SIZES:
         image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
         assert np.abs(pixels(image) - transform(image).numpy()).max() <= 1e-2, size
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_an_export_preprocesses_images_as_its_hugging_face_processor(family, tmp_path):
+    folder = save_clip(tmp_path / "clip", tokenizer=True) if family == "clip" else save_siglip(tmp_path / "siglip", ["a", "b"])
+    model = PromptedCLIP.for_captions(load_backbone(f"hf:{folder}"), PromptConfig(), ["a", "b"]).eval()
+    manifest = model.export_onnx(tmp_path / "export")
+    assert manifest.image_processor["kind"] == "huggingface-torchvision"
+    assert manifest.image_processor["crop"] == ([32, 32] if family == "clip" else None)
+    pixels, processor = export_pixels(manifest), model.backbone.image_transform()
+    rng = np.random.default_rng(1)
+    for size in [*SIZES, (1, 40), (517, 389)]:
+        for mode in ("RGB", "RGBA", "L"):  # as the processor converts them: alpha onto white, grey to RGB
+            image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)).convert(mode)
+            assert np.abs(pixels(image) - processor(image).numpy()).max() <= 1e-5, (size, mode)
+
+
+def test_a_processor_of_other_settings_is_left_to_the_backbone():
+    from transformers import CLIPImageProcessor, CLIPImageProcessorPil
+
+    from dbprompt.backbones.hf_loading import _Pixels
+
+    assert hf_preprocessing(_Pixels(CLIPImageProcessor(resample=0))) == {}  # nearest: not followed here
+    assert hf_preprocessing(_Pixels(CLIPImageProcessor(size={"longest_edge": 64}))) == {}
+    assert hf_preprocessing(_Pixels(CLIPImageProcessorPil())) == {}  # PIL's resize: another arithmetic
+    record = hf_preprocessing(_Pixels(CLIPImageProcessor()))
+    assert record["resize"] == {"shortest_edge": 224} and record["resample"] == "bicubic"
+    assert _hugging_face(record, [224, 224]) is not None and _hugging_face(record, [32, 32]) is None
+    assert _hugging_face(record | {"crop": [224, 10**6]}, [224, 10**6]) is None  # sizes bounded: a manifest may come from anyone
 
 
 def keys(answer: dict) -> list[str]:
@@ -107,8 +135,19 @@ print(json.dumps({"torch": "torch" in sys.modules, "texts": texts, "image": imag
 """
 
 
-def test_a_server_on_onnx_towers_never_imports_torch_and_answers_as_pytorch(built):
-    db, _, _, onnx_index = built
+@pytest.fixture(scope="module")
+def hf_built(built, tmp_path_factory):
+    """The same database indexed with --runtime onnx through a random-weight Hugging Face CLIP."""
+    db, root = built[0], tmp_path_factory.mktemp("onnx-server-hf")
+    model = f"hf:{save_clip(root / 'clip', tokenizer=True)}"
+    prompts = make_prompt_file(root / "p.safetensors", load_backbone(model), seed=1)
+    assert index(db, prompts, root / "hf" / "onnx", "--runtime", "onnx", "--precision", "fp32", "--model", model) == 0
+    return db, root / "hf" / "onnx"
+
+
+@pytest.mark.parametrize("family", ["open_clip", "hugging_face"])
+def test_a_server_on_onnx_towers_never_imports_torch_and_answers_as_pytorch(family, request):
+    db, onnx_index = request.getfixturevalue("built")[::3] if family == "open_clip" else request.getfixturevalue("hf_built")
     queries = captions(db, 6)
     image = db / "images" / sorted(os.listdir(db / "images"))[5]
     out = subprocess.run(

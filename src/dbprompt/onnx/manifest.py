@@ -1,7 +1,8 @@
 """What an ONNX export directory holds and the manifest that says what made it (no torch here: a server reads it).
 
     manifest.json      backbone and its fingerprint, the prompt file's sha256, the towers' inputs
-                       (image size, normalisation; text length, padding), the tokenizer, the check's result
+                       (image size, normalisation, preprocessing; text length, padding), the tokenizer, the
+                       check's result, each tower's size and sha256
     image.onnx         pixels [B, 3, H, W] (normalised as the manifest says) -> L2-normalised features [B, E]
     text.onnx          token ids [B, L] (L up to the context length) -> L2-normalised features [B, E]
     image.int8.onnx    with --int8: the image tower with int8 weights (dynamic quantization)
@@ -65,6 +66,7 @@ class ExportManifest:
     created: str
     dbprompt_version: str = ""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"bytes", "sha256"}; absent: unverified
+    image_processor: dict[str, Any] = field(default_factory=dict)  # a Hugging Face processor's settings (pixels.py)
     path: Path = field(default=Path("."), compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -115,8 +117,9 @@ _TYPES: dict[str, Any] = {
     "prompt_method": str, "opset": int, "image_size": list, "mean": (list, type(None)), "std": (list, type(None)),
     "transform": str, "embed_dim": int, "text_context_length": int, "text_pad_id": int, "text_padding_inert": bool,
     "tokenizer": dict, "int8": bool, "check": dict, "created": str, "dbprompt_version": str, "files": dict,
+    "image_processor": dict,
 }
-_OPTIONAL = {"files"}  # absent from exports made before it was kept
+_OPTIONAL = {"files", "image_processor"}  # absent from exports made before they were kept
 
 
 def read_export_manifest(directory: str | os.PathLike) -> ExportManifest:
