@@ -24,6 +24,7 @@ from test_onnx_runtime import captions, index
 from tinydata import write_database
 
 from dbprompt.backbones import load_backbone
+from dbprompt.cli import main
 from dbprompt.index.onnx_queries import OnnxQueries
 from dbprompt.model import PromptedCLIP
 from dbprompt.onnx.manifest import read_export_manifest
@@ -163,3 +164,27 @@ def test_a_server_on_onnx_towers_never_imports_torch_and_answers_as_pytorch(fami
             want_image = client.post("/api/databases/onnx/search/image", params={"k": 10}, files={"image": f}).json()
     assert [keys(a) for a in served["texts"]] == [keys(a) for a in want]
     assert keys(served["image"]) == keys(want_image) and keys(want_image)[0] == f"images/{image.name}"
+
+
+SEARCH = """
+import json, sys
+from dbprompt.cli import main
+code = main(sys.argv[1:] + ["--runtime", "onnx", "--json"])
+print(json.dumps({"torch": "torch" in sys.modules, "code": code}))
+"""
+
+
+@pytest.mark.parametrize("family", ["open_clip", "hugging_face"])
+def test_cli_search_on_onnx_towers_never_imports_torch_and_answers_as_pytorch(family, request, capsys):
+    db, onnx_index = request.getfixturevalue("built")[::3] if family == "open_clip" else request.getfixturevalue("hf_built")
+    image = db / "images" / sorted(os.listdir(db / "images"))[5]
+    for query in ([captions(db, 1)[0]], ["--image", str(image)]):
+        out = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(SEARCH), "search", str(onnx_index), *query], capture_output=True, text=True, check=True,
+        )
+        lines = out.stdout.splitlines()
+        assert json.loads(lines[-1]) == {"torch": False, "code": 0}, out.stderr
+        capsys.readouterr()
+        assert main(["search", str(onnx_index), *query, "--json"]) == 0  # the torch engine, on the same index
+        want = json.loads(capsys.readouterr().out)
+        assert keys(json.loads("\n".join(lines[:-1]))) == keys(want) and len(keys(want)) == 10
