@@ -1,9 +1,10 @@
 """Building an index: embed a database through its visual prompt, checkpointing as it goes.
 
 Building never touches a finished index in place: embeddings are checkpointed in chunks in a
-work directory beside the output (so an interrupted run resumes), and the new index is
+work directory beside the output (workdir.py: an interrupted run resumes), and the new index is
 written aside and renamed over the old one. Re-running reuses the vectors of unchanged
-images (same prompts, backbone, file size and mtime) and drops images that are gone. An index
+images (same prompts, backbone, file size and mtime, and vectors of the same engine and
+precision: vectors_made.py) and drops images that are gone. An index
 of another database, prompt file or backbone is replaced only when asked (`force`), and no
 vector that is not finite is ever written.
 """
