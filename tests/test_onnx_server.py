@@ -143,12 +143,18 @@ def hf_built(built, tmp_path_factory):
     model = f"hf:{save_clip(root / 'clip', tokenizer=True)}"
     prompts = make_prompt_file(root / "p.safetensors", load_backbone(model), seed=1)
     assert index(db, prompts, root / "hf" / "onnx", "--runtime", "onnx", "--precision", "fp32", "--model", model) == 0
-    return db, root / "hf" / "onnx"
+    return db, root / "hf" / "onnx", model
+
+
+def onnx_built(family: str, request) -> tuple:
+    """(database, index built with --runtime onnx, the backbone to name for PyTorch: a path is never loaded unnamed)."""
+    db, _, _, onnx_index = request.getfixturevalue("built")
+    return (db, onnx_index, None) if family == "open_clip" else request.getfixturevalue("hf_built")
 
 
 @pytest.mark.parametrize("family", ["open_clip", "hugging_face"])
 def test_a_server_on_onnx_towers_never_imports_torch_and_answers_as_pytorch(family, request):
-    db, onnx_index = request.getfixturevalue("built")[::3] if family == "open_clip" else request.getfixturevalue("hf_built")
+    db, onnx_index, model = onnx_built(family, request)
     queries = captions(db, 6)
     image = db / "images" / sorted(os.listdir(db / "images"))[5]
     out = subprocess.run(
@@ -158,7 +164,8 @@ def test_a_server_on_onnx_towers_never_imports_torch_and_answers_as_pytorch(fami
     served = json.loads(out.stdout.splitlines()[-1])
     print("torch imported by the ONNX server:", served["torch"])
     assert served["torch"] is False
-    with TestClient(create_app([onnx_index], runtime=Runtime())) as client:  # the torch engine, on the same index
+    backbone = load_backbone(model) if model else None
+    with TestClient(create_app([onnx_index], runtime=Runtime(), backbone=backbone)) as client:  # the torch engine, on the same index
         want = [client.get("/api/databases/onnx/search", params={"q": q, "k": 10}).json() for q in queries]
         with open(image, "rb") as f:
             want_image = client.post("/api/databases/onnx/search/image", params={"k": 10}, files={"image": f}).json()
@@ -176,7 +183,7 @@ print(json.dumps({"torch": "torch" in sys.modules, "code": code}))
 
 @pytest.mark.parametrize("family", ["open_clip", "hugging_face"])
 def test_cli_search_on_onnx_towers_never_imports_torch_and_answers_as_pytorch(family, request, capsys):
-    db, onnx_index = request.getfixturevalue("built")[::3] if family == "open_clip" else request.getfixturevalue("hf_built")
+    db, onnx_index, model = onnx_built(family, request)
     image = db / "images" / sorted(os.listdir(db / "images"))[5]
     for query in ([captions(db, 1)[0]], ["--image", str(image)]):
         out = subprocess.run(
@@ -185,6 +192,7 @@ def test_cli_search_on_onnx_towers_never_imports_torch_and_answers_as_pytorch(fa
         lines = out.stdout.splitlines()
         assert json.loads(lines[-1]) == {"torch": False, "code": 0}, out.stderr
         capsys.readouterr()
-        assert main(["search", str(onnx_index), *query, "--json"]) == 0  # the torch engine, on the same index
+        named = ["--model", model] if model else []
+        assert main(["search", str(onnx_index), *query, *named, "--json"]) == 0  # the torch engine, on the same index
         want = json.loads(capsys.readouterr().out)
         assert keys(json.loads("\n".join(lines[:-1]))) == keys(want) and len(keys(want)) == 10
