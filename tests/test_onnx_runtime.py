@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -22,7 +23,7 @@ from dbprompt.compat import file_sha256
 from dbprompt.index import onnx_embed
 from dbprompt.index.manifest import read_info
 from dbprompt.index.onnx_queries import OnnxQueries
-from dbprompt.onnx.manifest import IMAGE, MANIFEST
+from dbprompt.onnx.manifest import IMAGE, MANIFEST, OnnxExportError, read_export_manifest
 from dbprompt.runtime import Runtime
 from dbprompt.searcher import open_index
 from dbprompt.server import create_app
@@ -174,3 +175,70 @@ def test_missing_onnxruntime_is_one_line_and_ray_is_refused(built, tmp_path, mon
     monkeypatch.undo()
     assert index(db, prompts, tmp_path / "idx", "--runtime", "onnx", "--ray") == 2
     assert "--ray" in capsys.readouterr().err
+
+
+def test_an_edited_tower_is_refused_by_search_and_serve_and_exported_again_by_index(built, tmp_path, capsys):
+    db, prompts, _ = built
+    out = tmp_path / "idx"
+    assert index(db, prompts, out, "--runtime", "onnx", "--precision", "fp32") == 0
+    export = json.loads((out / "onnx" / MANIFEST).read_text())
+    assert export["files"][IMAGE]["bytes"] == (out / "onnx" / IMAGE).stat().st_size
+    assert export["files"][IMAGE]["sha256"] == file_sha256(out / "onnx" / IMAGE)
+    tower = bytearray((out / "onnx" / IMAGE).read_bytes())
+    for edit, said in ((lambda b: b[:-1], "bytes"), (lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:], "sha256")):
+        (out / "onnx" / IMAGE).unlink()  # not written through a hard link
+        (out / "onnx" / IMAGE).write_bytes(edit(tower))
+        capsys.readouterr()
+        for command in (["search", str(out), "a shape"], ["serve", str(out)]):
+            assert main([*command, "--runtime", "onnx"]) == 3
+            err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+            assert len(err) == 1 and IMAGE in err[0] and said in err[0] and "dbprompt index" in err[0], err
+    assert index(db, prompts, out, "--runtime", "onnx", "--precision", "fp32") == 0
+    err = capsys.readouterr().err
+    assert f"exporting to ONNX again: ONNX export {out / 'onnx'}: {IMAGE} was changed" in err, err
+    assert file_sha256(out / "onnx" / IMAGE) == json.loads((out / "onnx" / MANIFEST).read_text())["files"][IMAGE]["sha256"]
+    assert main(["search", str(out), "a shape", "--runtime", "onnx"]) == 0
+
+
+def test_an_export_without_file_records_is_unverified_not_refused(built, tmp_path):
+    _, _, root = built
+    shutil.copytree(root / "onnx", tmp_path / "idx")
+    manifest = tmp_path / "idx" / "onnx" / MANIFEST
+    data = json.loads(manifest.read_text())
+    del data["files"]  # as exports made before the records were kept
+    manifest.write_text(json.dumps(data))
+    assert read_export_manifest(manifest.parent).files == {}
+    assert len(top10(tmp_path / "idx", ONNX, ["a shape"])[0]) == 10
+    manifest.write_text(json.dumps(data | {"files": {IMAGE: {"bytes": True, "sha256": "0" * 64}}}))
+    with pytest.raises(OnnxExportError, match="bad manifest: files"):
+        read_export_manifest(manifest.parent)
+
+
+def test_an_update_that_embeds_another_kind_of_vector_embeds_every_image_again(built, tmp_path, capsys):
+    db, prompts, _ = built
+    out, again = tmp_path / "idx", "embedding every image again"
+
+    def update(*extra: str, touch: bool = False) -> dict:
+        if touch:  # one image changed: the build cannot return the index as it was
+            first = min((db / "images").iterdir())
+            os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
+        capsys.readouterr()
+        assert index(db, prompts, out, "--json", *extra) == 0
+        captured = capsys.readouterr()
+        return json.loads(captured.out)["last_build"] | {"said": again in captured.err}
+
+    first = update()
+    assert first["embedded"] == 40 and not first["said"]
+    assert read_info(out).vectors == {"engine": "torch", "precision": "fp32"}
+    int8 = ("--runtime", "onnx", "--precision", "int8")
+    assert update(*int8) == {"embedded": 40, "reused": 0, "removed": 0, "skipped": [], "said": True}
+    assert read_info(out).vectors == {"engine": "onnx", "precision": "int8"}
+    manifest = (out / MANIFEST).read_bytes()
+    assert not update(*int8)["said"] and (out / MANIFEST).read_bytes() == manifest  # the same build again: nothing to do
+    assert update(*int8, touch=True) | {"said": None} == {"embedded": 1, "reused": 39, "removed": 0, "skipped": [], "said": None}
+    assert update(touch=True)["embedded"] == 40  # back on PyTorch: fp32 again, all of it
+    assert read_info(out).vectors["engine"] == "torch" and read_info(out).onnx["precision"] == "fp32"  # image queries as the vectors
+    fp32 = update("--runtime", "onnx", "--precision", "fp32", touch=True)
+    assert fp32["embedded"] == 1 and not fp32["said"]  # fp32 of either engine is one kind (equal within 1e-4)
+    assert update("--bf16", touch=True)["embedded"] == 40
+    assert read_info(out).vectors == {"engine": "torch", "precision": "bf16"}

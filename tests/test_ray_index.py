@@ -18,10 +18,10 @@ import pytest
 from search_fixtures import make_prompt_file
 from tinydata import write_database, write_webdataset
 
-import dbprompt.index.build as build_module
 from dbprompt.cli import main
 from dbprompt.index import all_vectors, build_index, load_index
 from dbprompt.index.distributed import INSTALL_HINT, RayOptions, ray_session
+from dbprompt.index.workdir import WorkDir
 
 psutil = pytest.importorskip("psutil")
 LOCAL = RayOptions(workers=2, num_cpus=2)
@@ -65,7 +65,7 @@ def test_a_worker_killed_mid_run_costs_only_its_part_and_the_index_equals_one_pr
 
     saved: list[list[str]] = []
     killed: list[int] = []
-    save = build_module._WorkDir.save
+    save = WorkDir.save
 
     def save_and_kill(self, items):
         if not items:  # the final flush of nothing
@@ -75,7 +75,7 @@ def test_a_worker_killed_mid_run_costs_only_its_part_and_the_index_equals_one_pr
             killed.append(kill_one_actor())
         save(self, items)
 
-    monkeypatch.setattr(build_module._WorkDir, "save", save_and_kill)
+    monkeypatch.setattr(WorkDir, "save", save_and_kill)
     info = build_index(shards, prompts, tmp_path / "ray", backbone=tiny_backbone, progress=False, checkpoint_every=10, ray=LOCAL)
 
     assert killed and len(saved) == 30, "the kill came mid-run: parts arrived after it"
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_run_costs_only_its_part_and_the_index_equals_one_pr
 @needs_ray
 def test_a_run_stopped_part_way_resumes_on_ray_from_its_parts(tmp_path, tiny_backbone, shards, monkeypatch):
     prompts = make_prompt_file(tmp_path / "p.safetensors", tiny_backbone, seed=5)
-    save = build_module._WorkDir.save
+    save = WorkDir.save
     calls: list[int] = []
 
     class Stopped(Exception):
@@ -102,11 +102,11 @@ def test_a_run_stopped_part_way_resumes_on_ray_from_its_parts(tmp_path, tiny_bac
         if len(calls) == 2:
             raise Stopped
 
-    monkeypatch.setattr(build_module._WorkDir, "save", stop_after_two)
+    monkeypatch.setattr(WorkDir, "save", stop_after_two)
     with ray_session(LOCAL):  # one instance for both runs (each run still starts its own actors)
         with pytest.raises(Stopped):
             build_index(shards, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False, checkpoint_every=100, ray=LOCAL)
-        monkeypatch.setattr(build_module._WorkDir, "save", save)
+        monkeypatch.setattr(WorkDir, "save", save)
         info = build_index(shards, prompts, tmp_path / "idx", backbone=tiny_backbone, progress=False, checkpoint_every=100, ray=LOCAL)
     assert info.last_build["embedded"] == 100 and info.count == 300  # the two saved parts were not embedded again
 

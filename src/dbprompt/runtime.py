@@ -79,9 +79,9 @@ class Runtime:
         )
 
     @classmethod
-    def for_onnx_serving(cls, device: str = "auto", workers: int | None = None) -> Runtime:
-        """For a server of indexes built with `--runtime onnx`, which may need no torch at all: `auto` is CUDA
-        where ONNX Runtime has its CUDA provider, and bf16 is off (the towers are fp32 or int8)."""
+    def for_onnx_queries(cls, device: str = "auto", workers: int | None = None) -> Runtime:
+        """For a search or server of indexes built with `--runtime onnx`, which may need no torch at all: `auto`
+        is CUDA where ONNX Runtime has its CUDA provider, and bf16 is off (the towers are fp32 or int8)."""
         if device == "auto":
             from .onnx.towers import require
 

@@ -123,13 +123,13 @@ def run_index(args: argparse.Namespace) -> int:
 def run_search(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..api import open_index
+    from ..searcher import open_index
 
     if (args.query is None) == (args.image is None):
         raise ValueError("give either a text QUERY or --image PATH")
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
-    runtime = runtime_of(args)
+    runtime = query_runtime(args)
     backbone = named_backbone(args, runtime)
     with open_index(args.index_dir, prompt_file=args.prompts, runtime=runtime, backbone=backbone) as searcher:
         hits = searcher.search(Path(args.image) if args.image is not None else args.query, args.k, folder=args.folder, tag=args.tag)
@@ -143,6 +143,16 @@ def run_search(args: argparse.Namespace) -> int:
     ]
     emit(args, {"index": args.index_dir, "query": args.query, "image": args.image, "results": rows, "missing": hits.missing}, _table(rows))
     return 0
+
+
+def query_runtime(args: argparse.Namespace):
+    """The runtime of `search` and `serve`; with --runtime onnx and no --model nor --bf16 one that imports no torch,
+    so that indexes whose export holds all a query needs are searched on ONNX Runtime alone (searcher.py)."""
+    from ..runtime import Runtime
+
+    if args.engine == "onnx" and args.model is None and not args.bf16:
+        return Runtime.for_onnx_queries(args.device, args.workers)
+    return runtime_of(args)
 
 
 def named_backbone(args: argparse.Namespace, runtime):
@@ -178,12 +188,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0:
         raise ValueError("--max-upload-mb must be positive")
-    if args.engine == "onnx" and args.model is None and not args.bf16:  # ONNX towers alone: torch is never imported
-        from ..runtime import Runtime
-
-        runtime = Runtime.for_onnx_serving(args.device, args.workers)
-    else:
-        runtime = runtime_of(args)
+    runtime = query_runtime(args)
     serve(
         [_named(spec) for spec in args.index_dirs], host=args.host, port=args.port, runtime=runtime, backbone=named_backbone(args, runtime),
         max_upload_bytes=int(args.max_upload_mb * 2**20), feedback=args.feedback,

@@ -1,9 +1,10 @@
 """Building an index: embed a database through its visual prompt, checkpointing as it goes.
 
 Building never touches a finished index in place: embeddings are checkpointed in chunks in a
-work directory beside the output (so an interrupted run resumes), and the new index is
+work directory beside the output (workdir.py: an interrupted run resumes), and the new index is
 written aside and renamed over the old one. Re-running reuses the vectors of unchanged
-images (same prompts, backbone, file size and mtime) and drops images that are gone. An index
+images (same prompts, backbone, file size and mtime, and vectors of the same engine and
+precision: vectors_made.py) and drops images that are gone. An index
 of another database, prompt file or backbone is replaced only when asked (`force`), and no
 vector that is not finite is ever written.
 """
@@ -14,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
@@ -22,20 +22,18 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 import faiss
 import numpy as np
 
-from ..atomic import atomic_dir, atomic_path, atomic_write_text
+from ..atomic import atomic_dir, atomic_write_text
 from ..backbones import BackboneAdapter
 from ..backbones.recorded import load_recorded_backbone
 from ..compat import file_sha256
 from ..data import Database, DataError, Record, load_database
 from ..data.images import real_path
-from ..locking import exclusive
 from ..model import PromptedCLIP
 from ..pipeline import decode_batches, embed_images
 from ..runtime import Runtime
 from ..storage import read_prompt_file
-from ..untrusted import loads
 from .calibration import caption_queries, measure
-from .manifest import FORMAT, MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, check_replaceable
+from .manifest import MANIFEST, METADATA, PROMPTS, VECTORS, IndexFormatError, IndexInfo, check_replaceable
 from .metadata import ImageRow, write_metadata
 from .onnx_embed import OnnxImages, kept_export, onnx_images
 from .search import load_index
@@ -43,6 +41,8 @@ from .ondisk import CHUNK_ROWS, FULL_VECTORS, read_chunks
 from .vectors import (
     KINDS, all_vectors, checked_chunks, first_non_finite, make_ivfpq_index, make_vector_index, resolve_kind, tune_search, vectors_in_ram,
 )
+from .vectors_made import maker, unlike, vector_kind
+from .workdir import Embedded, WorkDir
 
 if TYPE_CHECKING:
     from .distributed import RayOptions
@@ -50,97 +50,12 @@ if TYPE_CHECKING:
 TUNE_QUERIES = 256
 
 
-@dataclass
-class _Embedded:
-    """What is known about one image's vector: the file state and content it was computed from."""
-
-    stamp: tuple[int, int]
-    size: tuple[int, int]
-    sha256: str
-    vector: np.ndarray
-
-
-class _WorkDir:
-    """Checkpoints beside the output, locked against a second builder, valid for one prompt + backbone."""
-
-    def __init__(self, out: Path, identity: dict[str, str], on_save: Callable[[int], None]):
-        self.out, self.on_save = out, on_save
-        self.path = out.with_name(f".{out.name}.work")
-        self.identity = identity | {"format": FORMAT}
-        self._lock = contextlib.ExitStack()
-        self._chunks = 0
-
-    def __enter__(self) -> "_WorkDir":
-        self._lock.enter_context(exclusive(self.path / "lock", f"{self.out}: another `dbprompt index` is writing it"))
-        try:
-            self._open()
-        except BaseException:
-            self._lock.close()
-            raise
-        return self
-
-    def _open(self) -> None:
-        self._recover(self.out)
-        state = self.path / "state.json"
-        if not state.is_file() or _read_state(state) != self.identity:
-            for old in self.path.glob("chunk-*.npz"):
-                old.unlink()
-            atomic_write_text(state, json.dumps(self.identity))
-        self._chunks = len(list(self.path.glob("chunk-*.npz")))
-
-    def __exit__(self, *exc) -> None:
-        self._lock.close()
-
-    @staticmethod
-    def _recover(out: Path) -> None:
-        """Undo what a killed rename left behind: restore the old index if the new one never arrived."""
-        old = out.with_name(f".{out.name}.old")
-        if old.is_dir() and not out.exists():
-            os.replace(old, out)
-        for tmp in out.parent.glob(f".{out.name}.*.tmp"):
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-
-    def load(self) -> dict[str, _Embedded]:
-        found: dict[str, _Embedded] = {}
-        for chunk in sorted(self.path.glob("chunk-*.npz")):
-            with np.load(chunk) as data:
-                columns = zip(data["keys"], data["stamps"], data["sizes"], data["digests"], data["vectors"])
-                for key, stamp, size, digest, vector in columns:
-                    found[str(key)] = _Embedded(tuple(map(int, stamp)), tuple(map(int, size)), str(digest), vector)
-        return found
-
-    def save(self, items: dict[str, _Embedded]) -> None:
-        if not items:
-            return
-        with atomic_path(self.path / f"chunk-{self._chunks:06d}.npz") as tmp, open(tmp, "wb") as f:
-            np.savez(
-                f,
-                keys=np.array(list(items)),
-                stamps=np.array([e.stamp for e in items.values()], dtype=np.int64),
-                sizes=np.array([e.size for e in items.values()], dtype=np.int64),
-                digests=np.array([e.sha256 for e in items.values()]),
-                vectors=np.stack([e.vector for e in items.values()]),
-            )
-        self._chunks += 1
-        self.on_save(len(items))
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _read_state(path: Path) -> object:
-    try:
-        return loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None  # unreadable: its chunks are not trusted either
-
-
 def _stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
 
 
-def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, list[ImageRow], dict[str, _Embedded]]:
+def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, list[ImageRow], dict[str, Embedded]]:
     """The existing index's rows, and its vectors when made from the same database, prompts and backbone."""
     try:
         index = load_index(out)
@@ -152,7 +67,7 @@ def _previous(out: Path, identity: dict[str, str]) -> tuple[IndexInfo | None, li
         if made_by != identity:
             return info, rows, {}
         vectors = all_vectors(index.vectors)
-        return info, rows, {r.key: _Embedded(r.stamp, (r.width, r.height), r.sha256, vectors[r.id]) for r in rows}
+        return info, rows, {r.key: Embedded(r.stamp, (r.width, r.height), r.sha256, vectors[r.id]) for r in rows}
     finally:
         index.close()
 
@@ -177,7 +92,7 @@ def _embed(
     model: PromptedCLIP,
     todo: list[Record],
     stamps: dict[str, tuple[int, int]],
-    work: _WorkDir,
+    work: WorkDir,
     runtime: Runtime,
     *,
     batch_size: int,
@@ -187,7 +102,7 @@ def _embed(
     progress: bool,
     ray: RayOptions | None = None,
     onnx: OnnxImages | None = None,
-) -> dict[str, _Embedded]:
+) -> dict[str, Embedded]:
     """Embed `todo` in this process or on Ray, checkpointing every `checkpoint_every` images (each Ray
     part as it arrives), and on the way out of an error."""
     if ray is None:
@@ -202,8 +117,8 @@ def _embed(
             _batches, model, todo, runtime, ray, batch_size=batch_size, skip_bad=skip_bad, report=report,
             part_size=checkpoint_every, progress=progress,
         )
-    done: dict[str, _Embedded] = {}
-    pending: dict[str, _Embedded] = {}
+    done: dict[str, Embedded] = {}
+    pending: dict[str, Embedded] = {}
     try:
         with contextlib.closing(embedded):
             for indices, sizes, digests, vectors in embedded:
@@ -212,7 +127,7 @@ def _embed(
                 if bad is not None:
                     raise ValueError(f"the vector of {keys[bad]} is not finite (NaN or Inf): the prompts or backbone are broken")
                 for key, size, digest, vector in zip(keys, sizes, digests, vectors):
-                    pending[key] = _Embedded(stamps[key], size, digest, vector)
+                    pending[key] = Embedded(stamps[key], size, digest, vector)
                 if ray is not None or len(pending) >= checkpoint_every:
                     work.save(pending)
                     done.update(pending)
@@ -223,7 +138,7 @@ def _embed(
     return done
 
 
-def _in_chunks(known: dict[str, _Embedded], kept: Sequence[Record]) -> Iterator[np.ndarray]:
+def _in_chunks(known: dict[str, Embedded], kept: Sequence[Record]) -> Iterator[np.ndarray]:
     """The vectors of `kept` in order, in chunks: an ivfpq index streams them to disk instead of holding a second copy."""
     for i in range(0, len(kept), CHUNK_ROWS):
         yield np.stack([known[r.key].vector for r in kept[i : i + CHUNK_ROWS]]).astype(np.float32, copy=False)
@@ -249,6 +164,7 @@ def write_index(
     calibration: dict[str, object] | None = None,
     force: bool = False,
     onnx: OnnxImages | None = None,
+    made_by: dict[str, str] | None = None,
 ) -> IndexInfo:
     """Write an index directory from unit vectors (row i of `vectors` is image `rows[i]`), atomically.
 
@@ -257,7 +173,8 @@ def write_index(
     An approximate index is tuned on `tune_queries` (default: a sample of the vectors themselves).
     `root`: the folder the server may send images from (default: the deepest one holding them all).
     `calibration`: the score statistics of the weak-match hint (calibration.measure; default: none, the legacy line).
-    `onnx`: the export the vectors were embedded with, kept in the index.
+    `onnx`: the export the vectors were embedded with, kept in the index; `made_by`: the engine and precision
+    that made the vectors (vectors_made.py), kept in the manifest.
     """
     if not rows or any(row.id != i for i, row in enumerate(rows)):
         raise ValueError("rows must be numbered 0..n-1, one per vector, at least one")
@@ -293,7 +210,7 @@ def write_index(
             created=_iso(None),
             last_build=last_build or {},
             prompt_source={"name": Path(prompt_file).name, "modified": _iso(Path(prompt_file).stat().st_mtime)},
-            calibration=calibration or {}, onnx=onnx.place(tmp) if onnx is not None else {},
+            calibration=calibration or {}, onnx=onnx.place(tmp) if onnx is not None else {}, vectors=made_by or {},
         )
         shutil.copyfile(prompt_file, tmp / PROMPTS)
         faiss.write_index(index.base if resolved == "ivfpq" else index, str(tmp / VECTORS))
@@ -354,14 +271,19 @@ def build_index(
     by_path = {path: _stamp(path) for path in dict.fromkeys(r.path for r in records)}
     stamps = {r.key: by_path[r.path] for r in records}
 
-    with _WorkDir(out, vectors_of, on_checkpoint) as work:
+    with WorkDir(out, on_checkpoint) as work:
         old_info, old_rows, known = _previous(out, vectors_of)
-        known.update(work.load())
-        todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
         onnx = kept_export(model, prompt_file, out, old_info) if runtime.engine != "onnx" else onnx_images(
             model, prompt_file, out, work.path, runtime, onnx_precision, records, old_info, identity["database"],
             batch_size=batch_size, log=log,
         )
+        made = maker(runtime, onnx)
+        if known and (why := unlike(old_info, made)):
+            log(why)
+            known = {}
+        work.open(vectors_of | {"vectors": vector_kind(made)})
+        known.update(work.load())
+        todo = [r for r in records if r.key not in known or known[r.key].stamp != stamps[r.key]]
         fresh = _embed(
             model, todo, stamps, work, runtime, batch_size=batch_size, skip_bad=skip_bad, report=database.report,
             checkpoint_every=checkpoint_every, progress=progress, ray=ray, onnx=onnx if runtime.engine == "onnx" else None,
@@ -375,7 +297,7 @@ def build_index(
             for i, r in enumerate(kept)
         ]
         resolved = resolve_kind(kind, len(rows))
-        same_onnx = old_info is not None and (onnx is None or onnx.kept_by(old_info))
+        same_onnx = old_info is not None and (onnx is None or onnx.kept_by(old_info)) and old_info.vectors == made
         if same_onnx and not todo and rows == old_rows and old_info.kind == resolved and old_info.calibration:
             work.remove()
             return old_info  # nothing changed (an index built without the weak-match statistics is written again)
@@ -384,7 +306,7 @@ def build_index(
         info = write_index(
             out, prompt_file, _in_chunks(known, kept), rows, kind=resolved, tune_queries=captions if resolved != "exact" else None,
             database=identity["database"], root=database.root, calibration=measure(model, runtime, _in_chunks(known, kept), captions),
-            force=force, onnx=onnx, last_build={
+            force=force, onnx=onnx, made_by=made, last_build={
                 "embedded": len(fresh), "reused": len(rows) - len(fresh), "removed": len(gone),
                 "skipped": [str(item) for item in database.report.items],
             },

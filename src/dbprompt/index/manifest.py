@@ -71,6 +71,7 @@ class IndexInfo:
     prompt_source: dict[str, object] = field(default_factory=dict)  # the prompt file's name and modification time
     calibration: dict[str, object] = field(default_factory=dict)  # score statistics (calibration.measure)
     onnx: dict[str, object] = field(default_factory=dict)  # built with --runtime onnx: its precision (onnx_embed.py)
+    vectors: dict[str, object] = field(default_factory=dict)  # the engine and precision that made them (vectors_made.py)
 
     @property
     def name(self) -> str:
@@ -90,9 +91,9 @@ _TYPES: dict[str, Any] = {
     "backbone": str, "pretrained": (str, type(None)), "fingerprint": str, "prompt_sha256": str, "kind": str,
     "factory": str, "count": int, "dim": int, "search_params": dict, "recall_at_10": (int, float),
     "database": str, "root": str, "created": str, "last_build": dict, "prompt_source": dict, "calibration": dict,
-    "onnx": dict,
+    "onnx": dict, "vectors": dict,
 }
-_OPTIONAL = {"last_build", "prompt_source", "calibration", "onnx"}
+_OPTIONAL = {"last_build", "prompt_source", "calibration", "onnx", "vectors"}
 
 
 def read_manifest(index_dir: str | os.PathLike) -> dict[str, Any]:

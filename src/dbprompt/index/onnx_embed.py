@@ -2,8 +2,9 @@
 
 The export lives in the index directory (`onnx/`): made on first use (in the build's work directory, so an
 interrupted build keeps it), carried into each new index by hard links (an update on PyTorch keeps it too),
-and reused by updates, searches and servers. An export made with another prompt file or backbone, or broken, is never used: a build exports
-again and says why in one line; a search or server refuses it, naming the command that makes it again.
+and reused by updates, searches and servers. An export made with another prompt file or backbone, broken, or
+whose towers were edited since (their recorded sizes and sha256) is never used: a build exports again and says
+why in one line; a search or server refuses it, naming the command that makes it again.
 
 Precision "auto" takes the int8 image tower only where it keeps this database's results: on up to
 MEASURE_IMAGES of its own images, int8's top-10 (for their captions, else each image's neighbours) must
@@ -108,24 +109,28 @@ def onnx_images(
 
 def kept_export(model: PromptedCLIP, prompt_file: Path, out: Path, old: IndexInfo | None) -> OnnxImages | None:
     """The export of the index in `out`, carried into the index PyTorch rebuilds there (its vectors equal fp32's
-    within 1e-4), so that `search --runtime onnx` goes on working; None where there is none, or it is stale."""
+    within 1e-4), so that `search --runtime onnx` goes on working, image queries through its fp32 tower as the
+    vectors PyTorch makes; None where there is none, or it is stale."""
     if old is None or not old.onnx:
         return None
     try:
         manifest = read_export_manifest(out / EXPORT)
         manifest.check_made_with(fingerprint=model.backbone.fingerprint(), prompt_sha256=file_sha256(prompt_file))
+        manifest.check_files()
     except (OnnxExportError, StaleExportError):
         return None  # a PyTorch build does not need it: it is left behind
-    return OnnxImages(manifest, None, dict(old.onnx))
+    return OnnxImages(manifest, None, dict(old.onnx) | {"precision": "fp32"})
 
 
 def _reusable(folder: Path, made_by: dict[str, str], int8: bool, log: Callable[[str], None]) -> ExportManifest | None:
-    """The export in `folder` if it was made with this backbone and prompt file (and has int8 where wanted)."""
+    """The export in `folder` if it was made with this backbone and prompt file (and has int8 where wanted), and
+    its towers are the files exported (sizes and sha256: an index build can afford reading them)."""
     if not folder.exists():
         return None
     try:
         manifest = read_export_manifest(folder)
         manifest.check_made_with(**made_by)
+        manifest.check_files()
     except (OnnxExportError, StaleExportError) as exc:  # never used: said why
         log(f"exporting to ONNX again: {str(exc).split('; ')[0]}")
         return None

@@ -29,8 +29,9 @@ from torch import nn
 from .. import __version__
 from ..atomic import atomic_dir, atomic_write_text
 from .manifest import (
-    IMAGE, IMAGE_INT8, MANIFEST, TEXT, TOKENIZER_DIR, ExportManifest, OnnxExportError, read_export_manifest,
+    IMAGE, IMAGE_INT8, MANIFEST, TEXT, TOKENIZER_DIR, ExportManifest, OnnxExportError, read_export_manifest, record_files,
 )
+from .pixels import hf_preprocessing
 from .towers import OnnxTowers, require
 
 OPSET = 18
@@ -151,7 +152,7 @@ def export_onnx(
             image_size=list(backbone.image_size), mean=mean, std=std, transform=repr(backbone.image_transform())[:2000],
             embed_dim=int(backbone.embed_dim), text_context_length=int(model.text_context_length),
             text_pad_id=_padding_id(model), text_padding_inert=bool(backbone.text_padding_is_inert()),
-            tokenizer=tokenizer, int8=False, check={},
+            tokenizer=tokenizer, int8=False, check={}, image_processor=hf_preprocessing(backbone.image_transform()),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), dbprompt_version=__version__, path=tmp,
         )
         _write(manifest)
@@ -160,7 +161,8 @@ def export_onnx(
         if int8:
             say("quantizing the image tower to int8")
             check |= _quantize(manifest, check["images"])
-        manifest = _replace(manifest, int8=int8, check={k: v for k, v in check.items() if k != "images"})
+        towers = [IMAGE, TEXT] + [IMAGE_INT8] * int8
+        manifest = _replace(manifest, int8=int8, check={k: v for k, v in check.items() if k != "images"}, files=record_files(tmp, towers))
         _write(manifest)
     return read_export_manifest(out)
 

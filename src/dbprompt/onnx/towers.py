@@ -57,12 +57,15 @@ class OnnxTowers:
         int8: bool = False,
         threads: int | None = None,
         cuda: bool = False,
+        content: bool = True,
     ) -> "OnnxTowers":
         """The export in `directory`, refused (StaleExportError) when made with another backbone fingerprint or
-        prompt file sha256 than those expected. `int8`: the int8 image tower; `threads`: intra-op threads
-        (None: ONNX Runtime's default, one per physical core); `cuda`: on the GPU where ONNX Runtime can."""
+        prompt file sha256 than those expected, or when a tower it loads is not the file exported (its size, and
+        with `content` its sha256: ExportManifest.check_files). `int8`: the int8 image tower; `threads`: intra-op
+        threads (None: ONNX Runtime's default, one per physical core); `cuda`: on the GPU where ONNX Runtime can."""
         manifest = read_export_manifest(directory)
         manifest.check_made_with(fingerprint=expect_fingerprint, prompt_sha256=expect_sha256)
+        manifest.check_files([TEXT, IMAGE_INT8 if int8 else IMAGE], content=content)
         return cls(manifest, int8=int8, threads=threads, cuda=cuda)
 
     def _session(self, name: str) -> Any:
