@@ -151,7 +151,7 @@ def export_onnx(
             prompt_sha256=prompt_sha256, prompt_method=model.prompts.name, opset=OPSET,
             image_size=list(backbone.image_size), mean=mean, std=std, transform=repr(backbone.image_transform())[:2000],
             embed_dim=int(backbone.embed_dim), text_context_length=int(model.text_context_length),
-            text_pad_id=_padding_id(model), text_padding_inert=bool(backbone.text_padding_is_inert()),
+            text_pad_id=backbone.text_pad_id, text_padding_inert=bool(backbone.text_padding_is_inert()),
             tokenizer=tokenizer, int8=False, check={}, image_processor=hf_preprocessing(backbone.image_transform()),
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), dbprompt_version=__version__, path=tmp,
         )
@@ -246,12 +246,6 @@ def _replace(manifest: ExportManifest, **changes: Any) -> ExportManifest:
 
 def _write(manifest: ExportManifest) -> None:
     atomic_write_text(manifest.path / MANIFEST, json.dumps(manifest.to_json(), indent=2) + "\n")
-
-
-def _padding_id(model: nn.Module) -> int:
-    """The id after a caption's end, as its tokenizer writes it (what the runtime trims: Hugging Face CLIP's
-    tokenizer pads with 0 whatever its config's pad_token_id says)."""
-    return int(model.tokenize(["a"])[0, -1])
 
 
 def _normalisation(transform: Any) -> tuple[list[float] | None, list[float] | None]:
