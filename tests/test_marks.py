@@ -171,16 +171,14 @@ def test_kill_9_while_marking_loses_no_answered_mark(tmp_path):
 
 @pytest.mark.slow  # a real browser
 def test_the_page_marks_results_and_shows_them_after_a_reload(world, tmp_path):
+    from chromium import CHROMIUM, launched
     from search_fixtures import running_server
-    from test_web_e2e import CHROMIUM, CHROMIUM_ARGS
 
     if not CHROMIUM.exists() and os.environ.get("CI") != "true":
         pytest.skip("needs the Debian chromium package at /usr/bin/chromium")
-    from playwright.sync_api import sync_playwright
 
     query = "a large red circle on the left"
-    with running_server(create_app([world["index"]], runtime=Runtime(), feedback=True)) as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    with running_server(create_app([world["index"]], runtime=Runtime(), feedback=True)) as base, launched() as browser:
         page = browser.new_page(viewport={"width": 1100, "height": 800})
         errors: list[str] = []
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
@@ -206,6 +204,5 @@ def test_the_page_marks_results_and_shows_them_after_a_reload(world, tmp_path):
         # A second press withdraws.
         page.click("#results .result >> nth=1 >> .mark.no")
         page.wait_for_function("() => !document.querySelector('#results .result.is-irrelevant')")
-        browser.close()
     assert errors == []
     assert MarkStore(marks_path(world["index"])).count() == 2

@@ -8,7 +8,7 @@ import os
 
 import pytest
 from PIL import Image
-from test_web_e2e import CHROMIUM, browser  # noqa: F401  (the fixture)
+from chromium import CHROMIUM
 
 from dbprompt.cli import main
 from dbprompt.storage import read_prompt_file
