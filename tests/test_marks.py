@@ -73,6 +73,7 @@ def test_every_bad_request_has_its_status_and_a_message_without_the_input(world,
             assert response.status_code == status, response.text
             assert long not in response.text and "not json" not in response.text
     monkeypatch.setattr(server_marks, "RATE_BURST", 3)
+    monkeypatch.setattr(server_marks, "RATE_PER_SECOND", 0.01)  # no refill on a slow machine between the posts
     limited = _client(world, feedback=True)
     answers = [limited.post(URL, json={"query": "q", "image_id": i, "relevant": True}).status_code for i in range(6)]
     assert answers[:3] == [200] * 3 and 429 in answers[3:]
