@@ -196,7 +196,7 @@ def pretrain(
         "source_test_seed": TEST_SEED,
         "source_test_metrics": _source_metrics(shipped, splits["test"], runtime),
     }
-    record["attribute_probe"] = attribute_probe(shipped, splits["test"], world)
+    record["attribute_probe"] = attribute_probe(shipped, splits["test"], world, runtime)
     if world != "proxy":
         # How much of the first proxy's world it knows without seeing it: the proxy world's source test.
         record["proxy_world_test_metrics"] = _source_metrics(shipped, source_test_records(work, proxy, "proxy"), runtime)
@@ -215,12 +215,12 @@ def pretrain(
     return record
 
 
-def attribute_probe(backbone, test: list, world: str) -> dict[str, float]:
+def attribute_probe(backbone, test: list, world: str, runtime: Runtime) -> dict[str, float]:
     """Per attribute (shape, colour, size), how often the true caption beats a one-word swap on 400 test images:
     class folders need shapes, which a world told apart by colour and place may never have taught (issue 25)."""
     from .benchmarks.attribute_probe import VOCABULARY, probe  # it names the proxies itself
 
-    found = probe(PromptedCLIP(backbone, PromptConfig.none()).eval(), test[:400], VOCABULARY[world])
+    found = probe(PromptedCLIP(backbone, PromptConfig.none()).eval(), test[:400], VOCABULARY[world], runtime)
     return {attribute: round(r["true_wins"], 4) for attribute, r in found.items()}
 
 

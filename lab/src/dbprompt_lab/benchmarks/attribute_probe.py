@@ -22,7 +22,7 @@ from dbprompt.data import Record, load_database
 from dbprompt.model import PromptedCLIP
 from dbprompt.pipeline import encode_records, encode_texts
 from dbprompt.prompts import PromptConfig
-from dbprompt.runtime import CPU
+from dbprompt.runtime import CPU, Runtime
 from dbprompt_lab import proxy
 from dbprompt_lab.world import scene as proxy_scene, write_database
 from dbprompt_lab.world.broad import scene as broad_scene
@@ -42,9 +42,9 @@ def swaps(caption: str, words: tuple[str, ...]) -> list[str]:
 
 
 @torch.no_grad()
-def probe(model: PromptedCLIP, records: list[Record], vocabulary: dict[str, tuple[str, ...]]) -> dict[str, dict]:
+def probe(model: PromptedCLIP, records: list[Record], vocabulary: dict[str, tuple[str, ...]], runtime: Runtime = CPU) -> dict[str, dict]:
     """Per attribute: the share of (image, swapped caption) pairs the true caption outscores, over how many captions."""
-    (images,), _ = encode_records([model], records, CPU)
+    (images,), _ = encode_records([model], records, runtime)
     out = {}
     for attribute, words in vocabulary.items():
         wins, pairs, captions = 0, 0, 0
@@ -53,7 +53,7 @@ def probe(model: PromptedCLIP, records: list[Record], vocabulary: dict[str, tupl
             others = swaps(caption, words)
             if not others:
                 continue
-            scores = encode_texts(model, [caption, *others], CPU) @ image
+            scores = encode_texts(model, [caption, *others], runtime) @ image
             wins += int((scores[0] > scores[1:]).sum())
             pairs, captions = pairs + len(others), captions + 1
         out[attribute] = {"true_wins": wins / pairs if pairs else float("nan"), "captions": captions}
