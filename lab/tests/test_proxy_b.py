@@ -142,3 +142,28 @@ def test_the_gpu_script_s_command_is_one_the_cli_takes():
     command = re.sub(r'"\$\(\(.*?\)\)"', "12", command.replace("\\\n", " ")).replace('"$WORK"', "runs/proxy-b")
     args = cli.build_parser().parse_args(shlex.split(command)[3:])
     assert (args.model, args.world, args.device, args.bf16, args.resume, args.progress) == (B, "broad", "cuda", True, True, False)
+
+
+def test_partial_captions_are_true_of_their_image_and_positives_for_every_image_they_are_true_of(tmp_path, one_thread):
+    from dbprompt.data import load_database
+    from dbprompt.training.loss import relevance
+    from dbprompt_lab.world import broad, write_database
+    from dbprompt_lab.world.broad.captions import partial_captions
+
+    db = write_database(tmp_path / "db", 24, domain="source", seed=proxy.SOURCE_SEED, image_size=32, world="broad", workers=1)
+    records = load_database(db).records
+    train, val = records[:20], records[20:]
+    extended, keys = proxy._with_partial_captions(train, val)
+    assert proxy.PROXIES[B].partial_captions and keys.labels
+    scenes = [broad.draw(int(Path(r.path).stem), broad.DOMAINS["source"], proxy.SOURCE_SEED, 32, 3)[0] for r in train]
+    assert scenes == [broad.scene_of(int(Path(r.path).stem), broad.DOMAINS["source"], proxy.SOURCE_SEED) for r in train]
+    for r, e, scene in zip(train, extended, scenes):
+        assert e.captions[:-1] == r.captions and e.captions[-1] in partial_captions(scene)
+    # "a star" (or whichever shape the first image shows) is a positive of every image with that shape, and only of them.
+    kind = scenes[0].shapes[0].kind
+    text = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+    positive = relevance(keys.batch(list(range(20)), [text] * 20))[:, 0]
+    assert positive.tolist() == [any(s.kind == kind for s in scene.shapes) for scene in scenes]
+    # Full captions stay each image's own.
+    own = relevance(keys.batch(list(range(20)), [r.captions[0] for r in train]))
+    assert torch.equal(own, torch.eye(20, dtype=torch.bool))

@@ -15,24 +15,27 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save as st_save
 
 from dbprompt.atomic import atomic_write_bytes, atomic_write_text
 from dbprompt.backbones import RANDOM, add_model_dir, load_backbone
 from dbprompt.backbones.factory import MODEL_CONFIG_DIR
-from dbprompt.data import assign_splits, load_database, records_for
+from dbprompt.data import Record, assign_splits, load_database, records_for
 from dbprompt.evaluation import evaluate_models
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
 from dbprompt.runtime import Runtime
 from dbprompt.training.config import TrainConfig
+from dbprompt.training.keys import CaptionKeys
 from dbprompt.training.trainer import Trainer, random_order
 
 from . import models
 from .batches import find_look_alikes, grouped_order
 from .sigmoid_loss import SigmoidLoss
-from .world import write_database
+from .world import broad, write_database
+from .world.broad.captions import partial_captions
 
 # The lab's models load by name from a source checkout too, where no entry point is installed.
 add_model_dir(models.DIR)
@@ -69,6 +72,8 @@ class Proxy:
     recipe: TrainConfig
     sigmoid: bool  # SigLIP's loss; else the contrastive loss dbprompt trains with
     home: Path
+    # Each training image also captioned by one short text true of it ("a star", "a red star"; the broad world only).
+    partial_captions: bool = False
 
     @property
     def weights(self) -> Path:
@@ -87,7 +92,7 @@ PROXIES: dict[str, Proxy] = {
         # times the first proxy's, every image's features backpropagated (it learns from scratch).
         Proxy(
             "dbprompt-proxy-b", "broad", 96, 64000,
-            replace(RECIPE, epochs=20, batch_size=512, checkpoint_every=100), True, models.DIR,
+            replace(RECIPE, epochs=20, batch_size=512, checkpoint_every=100), True, models.DIR, partial_captions=True,
         ),
     )
 }
@@ -159,6 +164,11 @@ def pretrain(
         write_database(db, images, domain="source", seed=SOURCE_SEED, image_size=proxy.image_size, world=world)
     records = assign_splits(load_database(db).records, val_fraction=VAL_FRACTION, test_fraction=0.0, seed=SOURCE_SEED)
     splits = {s: records_for(records, s) for s in ("train", "val")} | {"test": source_test_records(work, proxy, world)}
+    keys = None
+    if proxy.partial_captions:
+        if world != "broad":
+            raise ValueError(f"{proxy.name}'s partial captions are the broad world's; it cannot pre-train on the {world} world")
+        splits["train"], keys = _with_partial_captions(splits["train"], splits["val"])
     runtime = runtime or Runtime.resolve()
     backbone = load_backbone(proxy.name, RANDOM, device=runtime.device, seed=cfg.seed)
     backbone.requires_grad_(True)
@@ -176,6 +186,8 @@ def pretrain(
             return grouped_order(look_alikes, hard_negatives, rng)
 
     trainer = Trainer(net, splits["train"], splits["val"], cfg, runtime, work_dir=work, progress=progress, order=order)
+    if keys is not None:
+        trainer.keys = keys
     if proxy.sigmoid:
         if runtime.world > 1:
             raise ValueError(f"{proxy.name} pre-trains on one process (its sigmoid loss gathers nothing across ranks)")
@@ -192,6 +204,7 @@ def pretrain(
         "model": proxy.name,
         "world": world,
         "loss": "sigmoid" if proxy.sigmoid else "contrastive",
+        "partial_captions": proxy.partial_captions,
         "source_test_images": len(splits["test"]),
         "source_test_seed": TEST_SEED,
         "source_test_metrics": _source_metrics(shipped, splits["test"], runtime),
@@ -213,6 +226,22 @@ def pretrain(
     }
     atomic_write_text(out.with_name(f"{proxy.name}.record.json"), json.dumps(record, indent=2))
     return record
+
+
+def _with_partial_captions(train: list[Record], val: list[Record]) -> tuple[list[Record], CaptionKeys]:
+    """Each training image gets one of its partial captions (drawn once, by its index), and the relevance keys
+    that make an image a positive for every partial caption true of it: "a star" has many images in a batch,
+    none of them a negative."""
+    domain = broad.DOMAINS["source"]
+    extended, every = [], []
+    for r in train:
+        index = int(Path(r.path).stem)
+        texts = partial_captions(broad.scene_of(index, domain, SOURCE_SEED))
+        pick = texts[np.random.default_rng([SOURCE_SEED, index]).integers(len(texts))]
+        extended.append(replace(r, captions=(*r.captions, pick)))
+        every.append(replace(r, captions=(*r.captions, *texts)))
+    # The Trainer numbers its images train first, then validation: the keys number them alike.
+    return extended, CaptionKeys(every + list(val), labels=True)
 
 
 def attribute_probe(backbone, test: list, world: str, runtime: Runtime) -> dict[str, float]:

@@ -25,12 +25,14 @@ class CaptionKeys:
     Ids come from the records alone, in order, so every rank of a torchrun job numbers them alike.
     """
 
-    def __init__(self, records: Sequence[Record]):
+    def __init__(self, records: Sequence[Record], labels: bool | None = None):
+        """`labels`: whether captions are labels; None decides from the records (the rule above)."""
         self.ids: dict[str, int] = {}
         self.of_image = [sorted({self.ids.setdefault(text_key(c), len(self.ids)) for c in r.captions}) for r in records]
         self.width = max((len(k) for k in self.of_image), default=1)
         images = Counter(k for keys in self.of_image for k in keys)
-        self.labels = bool(images) and 100.0 * sum(n > 1 for n in images.values()) / len(images) >= LABELS_SHARE
+        shared = bool(images) and 100.0 * sum(n > 1 for n in images.values()) / len(images) >= LABELS_SHARE
+        self.labels = shared if labels is None else labels
 
     def batch(self, images: Sequence[int], captions: Sequence[str]) -> Keys | None:
         """Keys of the pairs (image `images[i]`, caption `captions[i]`); None where the captions are not

@@ -46,9 +46,19 @@ def get_domain(name: str) -> BroadDomain:
         raise ValueError(f"unknown domain {name!r} of the broad world; choose one of {', '.join(DOMAINS)}") from None
 
 
+def _generator(index: int, domain: BroadDomain, seed: int) -> np.random.Generator:
+    """Sample `index` of (domain, seed)'s own generator, keyed apart from the proxy world's."""
+    return np.random.default_rng([seed, zlib.crc32(f"broad:{domain.name}".encode()), index])
+
+
+def scene_of(index: int, domain: BroadDomain, seed: int) -> Scene:
+    """The scene `draw` draws for `index`, without rendering it (a scene is its generator's first draws)."""
+    return sample_scene(_generator(index, domain, seed), domain.patterns)
+
+
 def draw(index: int, domain: BroadDomain, seed: int, image_size: int, captions_per_image: int) -> tuple[Scene, np.ndarray, list[str]]:
-    """Sample `index` of (domain, seed): its own generator, keyed apart from the proxy world's."""
-    rng = np.random.default_rng([seed, zlib.crc32(f"broad:{domain.name}".encode()), index])
+    """Sample `index` of (domain, seed): its scene, its image and its captions."""
+    rng = _generator(index, domain, seed)
     scene = sample_scene(rng, domain.patterns)
     image = render(scene, rng, size=image_size, visual=domain.visual)
     return scene, image, captions(scene, rng, domain.language, captions_per_image)

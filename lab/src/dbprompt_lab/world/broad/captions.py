@@ -153,3 +153,17 @@ def captions(scene: Scene, rng: np.random.Generator, language: str, n: int) -> l
             text = caption(scene, rng, lang, source=language == "source")
         texts.append(text)
     return texts
+
+
+def partial_captions(scene: Scene) -> list[str]:
+    """Every short text true of `scene`, in the source's first words: "a star", "a red star" for each shape.
+
+    Web captions often name only the thing that matters. The full captions name every attribute, and
+    in a batch of them colour, size and place already tell images apart, so pre-training on them alone
+    never has to learn the shape word, which class folders ("a photo of a star") need (issue 25).
+    """
+    texts = []
+    for s in scene.shapes:
+        kind, colour = SOURCE.names[s.kind][0], SOURCE.names[s.colour][0]
+        texts += [f"{proxy.article(kind)} {kind}", f"{proxy.article(colour)} {colour} {kind}"]
+    return list(dict.fromkeys(texts))
