@@ -7,6 +7,7 @@ they measure (the ivfpq index, `dbprompt index --ray`) is tested in the product'
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -68,3 +69,16 @@ def test_bench_onnx_index_runs_at_a_tiny_size(monkeypatch, capsys):
     assert [line.split()[:2] for line in lines[1:5]] == [["torch", "fp32"], ["onnx", "fp32"], ["onnx", "int8"], ["onnx", "auto"]]
     assert lines[1].split()[6] == lines[2].split()[6] == "1.000"  # onnx fp32 finds torch's top-10
     assert any(line.startswith("log: ONNX precision") for line in lines)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="ONNX is an optional extra: pip install 'dbprompt[onnx]'")
+def test_bench_onnx_times_openvino_beside_onnx_runtime(monkeypatch, capsys):
+    from dbprompt_lab.benchmarks import bench_onnx
+
+    monkeypatch.setattr(sys, "argv", ["bench_onnx", "--models", "dbprompt-tiny", "--images", "48", "--queries", "4",
+                                      "--threads", "1", "--batch", "8", "--openvino", "--json"])
+    bench_onnx.main()
+    row = json.loads(capsys.readouterr().out)[0]["rows"][0]
+    # OpenVINO compiles the same fp32 export: at its fp32 precision it ranks (near enough) as PyTorch does.
+    assert row["ov_f32_images_s"] > 0 and row["agreement_ov_f32"] >= 0.9  # chance: 10 of 48
+    assert ("ov_bf16_images_s" in row) == ("bf16" in bench_onnx.openvino_precisions())

@@ -1,7 +1,7 @@
 """Prompted towers on PyTorch eager vs ONNX Runtime (fp32, int8), side by side in one run.
 
     python -m dbprompt_lab.benchmarks.bench_onnx [--models ViT-B-32 dbprompt-proxy] [--images 384] [--queries 20]
-        [--threads 1 2] [--batch 64] [--json]
+        [--threads 1 2] [--batch 64] [--openvino] [--json]
 
 For each model (ViT-B-32 with random weights; the proxy with its shipped ones) with dbprompt's default
 prompts perturbed from zero (so that gates, offsets and adapters act), on the synthetic world's images:
@@ -11,6 +11,8 @@ prompts perturbed from zero (so that gates, offsets and adapters act), on the sy
   * top-10 text->image agreement with PyTorch fp32 over the queries (|top-10 ∩ PyTorch's top-10| / 10),
     for ONNX Runtime fp32 and int8 (the int8 run keeps the fp32 text tower), with the median score gap
     between each query's 10th and 11th image, which says how small an error reorders a top-10.
+  * with --openvino (`pip install openvino`): the same fp32 image tower compiled by OpenVINO, at its fp32 and
+    its bf16 inference precision (bf16 where the CPU has it: AVX512-BF16 or AMX), images/s and agreement.
 Targets (issue 27): int8 at 2 threads >= 2.0x PyTorch's images/s on ViT-B-32, agreement >= 0.95.
 """
 
@@ -31,6 +33,7 @@ from PIL import Image
 from dbprompt.backbones import RANDOM, BackboneAdapter, load_backbone
 from dbprompt.model import PromptedCLIP
 from dbprompt.onnx import OnnxTowers
+from dbprompt.onnx.manifest import IMAGE
 from dbprompt.prompts import PromptConfig
 from dbprompt_lab.world.samples import generate
 
@@ -81,7 +84,30 @@ def rank_gap(texts: np.ndarray, images: np.ndarray) -> float:
     return float(np.median(scores[:, TOP - 1] - scores[:, TOP]))
 
 
-def measure(name: str, n_images: int, n_queries: int, threads: list[int], batch: int, work: Path) -> dict:
+def openvino_images(path: Path, threads: int, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+    """OpenVINO's CPU plugin on an exported image tower at an inference precision ("f32", "bf16"): unit features."""
+    try:
+        import openvino
+    except ImportError:
+        raise SystemExit("--openvino needs OpenVINO: pip install openvino") from None
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    request = openvino.Core().compile_model(str(path), "CPU", config).create_infer_request()
+
+    def encode(pixels: np.ndarray) -> np.ndarray:
+        features = next(iter(request.infer({0: np.ascontiguousarray(pixels, dtype=np.float32)}).values()))
+        return features / np.linalg.norm(features, axis=1, keepdims=True)
+
+    return encode
+
+
+def openvino_precisions() -> list[str]:
+    """OpenVINO's inference precisions on this CPU worth timing: fp32, and bf16 where the CPU computes in it."""
+    import openvino
+
+    return ["f32"] + (["bf16"] if "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else [])
+
+
+def measure(name: str, n_images: int, n_queries: int, threads: list[int], batch: int, work: Path, openvino: bool = False) -> dict:
     """Every figure for one model, in this process (torch's and ONNX Runtime's thread counts set per row)."""
     backbone = load_backbone(name, None if name == "dbprompt-proxy" else RANDOM)  # random weights unless shipped
     samples = generate(n_images, image_size=backbone.image_size[0], seed=1)
@@ -111,7 +137,7 @@ def measure(name: str, n_images: int, n_queries: int, threads: list[int], batch:
         fp32_ips, fp32_images = images_per_second(fp32.encode_images, pixels, batch)
         fp32_text_s, fp32_texts = one_query_seconds(fp32.encode_texts, ids)
         int8_ips, int8_images = images_per_second(int8.encode_images, pixels, batch)
-        rows.append({
+        row = {
             "threads": count, "torch_images_s": ref_ips, "ort_fp32_images_s": fp32_ips, "ort_int8_images_s": int8_ips,
             "torch_text_ms": 1e3 * ref_text_s, "ort_text_ms": 1e3 * fp32_text_s,
             "agreement_fp32": agreement(fp32_texts, fp32_images, ref_texts, ref_images),
@@ -119,7 +145,11 @@ def measure(name: str, n_images: int, n_queries: int, threads: list[int], batch:
             "max_abs_diff_fp32": float(np.abs(fp32_images - ref_images).max()),
             "int8_min_cosine": float((int8_images * fp32_images).sum(axis=1).min()),
             "rank_gap": rank_gap(ref_texts, ref_images),
-        })
+        }
+        for precision in openvino_precisions() if openvino else []:
+            ov_ips, ov_images = images_per_second(openvino_images(work / name / IMAGE, count, precision), pixels, batch)
+            row |= {f"ov_{precision}_images_s": ov_ips, f"agreement_ov_{precision}": agreement(fp32_texts, ov_images, ref_texts, ref_images)}
+        rows.append(row)
     return {"model": name, "images": n_images, "queries": len(ids), "batch": batch, "export_s": export_s, "rows": rows}
 
 
@@ -136,6 +166,10 @@ def table(results: list[dict]) -> str:
                 f"{row['ort_int8_images_s']:>9.1f} ({row['ort_int8_images_s'] / ref:.2f}x)"
                 f"{row['torch_text_ms']:>11.1f} / {row['ort_text_ms']:<6.1f}"
                 f"{row['agreement_fp32']:>13.3f} / {row['agreement_int8']:.3f}"
+                + "".join(
+                    f"   OpenVINO {p}: {row[f'ov_{p}_images_s']:.1f} ({row[f'ov_{p}_images_s'] / ref:.2f}x) agr {row[f'agreement_ov_{p}']:.3f}"
+                    for p in ("f32", "bf16") if f"ov_{p}_images_s" in row
+                )
             )
     notes = [
         f"{r['model']}: {r['images']} images, {r['queries']} queries, batch {r['batch']}, export {r['export_s']:.0f} s; "
@@ -153,10 +187,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--openvino", action="store_true", help="also time the image tower on OpenVINO (pip install openvino)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_onnx.") as work:
-        results = [measure(m, args.images, args.queries, args.threads, args.batch, Path(work)) for m in args.models]
+        results = [measure(m, args.images, args.queries, args.threads, args.batch, Path(work), args.openvino) for m in args.models]
     print(json.dumps(results, indent=2) if args.json else table(results))
 
 
