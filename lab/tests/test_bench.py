@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from safetensors.torch import save_file
 
 from dbprompt.backbones import load_backbone
@@ -18,6 +19,7 @@ SMALL = dict(
     model="dbprompt-tiny",
     shifts=("visual",),
     sizes=(12,),
+    pool=12,
     seeds=(0,),
     methods=("zero-shot", "textual+visual", "dbprompt", "full", "lora", "projection"),
     val_images=6,
@@ -185,3 +187,29 @@ def test_float16_files_are_judged_per_method_in_whole_captions():
     line = stored_prompts([run_row("a", 55.0, 55.0 + three), run_row("b", 50.0, 50.0 - four)])
     assert "b 0.13" in line and "MISSED" in line
     assert stored_prompts([{"method": "zero-shot", "metrics": {HEADLINE: 1.0}}]) is None
+
+
+def test_a_size_draws_from_the_same_pool_whatever_sizes_a_command_asks_for(tmp_path):
+    # `--sizes 4` alone once wrote a pool of 4 images, so its N=4 runs trained on other images than the whole
+    # comparison's (sizes 4 and 12): the pool is the config's, and a pool of another size is written again.
+    small = BenchConfig(**SMALL | {"sizes": (4,), "pool": 4, "epochs": {4: 1}})
+    old = target_splits(tmp_path, "visual", small)["train"]
+    whole = BenchConfig(**SMALL | {"sizes": (4, 12), "epochs": {4: 1, 12: 1}})
+    alone = BenchConfig(**SMALL | {"sizes": (4,), "epochs": {4: 1}})
+    pool = target_splits(tmp_path, "visual", alone)["train"]
+    assert len(pool) == whole.pool == 12 and target_splits(tmp_path, "visual", whole)["train"] == pool
+    # A bigger pool keeps the smaller one's images, in order.
+    assert [r.captions for r in pool[:4]] == [r.captions for r in old]
+    assert [r.path.read_bytes() for r in pool[:4]] == [r.path.read_bytes() for r in old]
+    with pytest.raises(ValueError, match="exceed the pool of 12"):
+        target_splits(tmp_path, "visual", BenchConfig(**SMALL | {"sizes": (16,), "epochs": {16: 1}}))
+
+
+def test_runs_drawn_from_another_pool_are_never_mixed_in(tmp_path):
+    cfg = BenchConfig(**SMALL | {"methods": ("zero-shot",)})
+    (row,) = run(cfg, tmp_path, log=lambda _: None)
+    assert row["pool"] == 12
+    (tmp_path / "runs" / "visual-12-0-zero-shot.json").write_text(json.dumps(row | {"pool": 500}))
+    lines: list[str] = []
+    assert run(cfg, tmp_path, log=lines.append, train=False) == []
+    assert "another training pool than 12 images" in lines[0]

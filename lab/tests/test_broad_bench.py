@@ -27,13 +27,13 @@ def test_the_first_proxy_s_comparison_is_configured_and_stored_as_before(tmp_pat
     # Today's defaults, field by field (`world` is new, and names the world they always drew from).
     assert asdict(BenchConfig()) == {
         "model": "dbprompt-proxy", "pretrained": None, "shifts": ("visual", "textual", "both"), "sizes": (500, 2000),
-        "seeds": (0, 1), "methods": BenchConfig().methods, "val_images": 300, "test_images": 1000,
+        "pool": 2000, "seeds": (0, 1), "methods": BenchConfig().methods, "val_images": 300, "test_images": 1000,
         "epochs": {500: 10, 2000: 3}, "batch_size": 64, "image_size": 64, "device": "auto", "bf16": None, "world": "proxy",
     }
     assert for_model("dbprompt-proxy") == BenchConfig() and for_model("dbprompt-tiny").world == "proxy"
     assert home(tmp_path, "proxy") == tmp_path and cli.markers("dbprompt-proxy") == ("<!-- methods:start -->", "<!-- methods:end -->")
     # The proxy world's data and runs where a resumed comparison looks for them, nothing else.
-    cfg = BenchConfig(model="dbprompt-tiny", shifts=("visual",), sizes=(4,), seeds=(0,), methods=("zero-shot",),
+    cfg = BenchConfig(model="dbprompt-tiny", shifts=("visual",), sizes=(4,), pool=4, seeds=(0,), methods=("zero-shot",),
                       val_images=4, test_images=4, epochs={4: 1}, image_size=16)
     run(cfg, tmp_path, log=lambda _: None)
     files = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file() and p.parent.name != "images"}

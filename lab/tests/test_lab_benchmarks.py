@@ -31,6 +31,7 @@ TINY = functools.partial(
     bench.BenchConfig,
     model="dbprompt-tiny",
     sizes=(16,),
+    pool=16,
     val_images=8,
     test_images=8,
     epochs={16: 1},

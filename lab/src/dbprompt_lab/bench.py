@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -51,6 +52,9 @@ class BenchConfig:
     pretrained: str | None = None
     shifts: tuple[str, ...] = ("visual", "textual", "both")
     sizes: tuple[int, ...] = (500, 2000)
+    # Training images in each shift's pool, whatever sizes a command asks for: each N draws its images from
+    # this pool (train_subset), so `--sizes 500` alone trains on the same 500 images as the whole comparison.
+    pool: int = 2000
     seeds: tuple[int, ...] = (0, 1)
     methods: tuple[str, ...] = COMPARED
     val_images: int = 300
@@ -80,14 +84,23 @@ def home(out: str | Path, world: str) -> Path:
 
 
 def target_splits(root: Path, shift: str, cfg: BenchConfig) -> dict[str, list[Record]]:
-    """Train pool, validation and test databases of one shift, written once as imagefolders."""
-    sizes = {"train": max(cfg.sizes), "val": cfg.val_images, "test": cfg.test_images}
+    """Train pool, validation and test databases of one shift, written once as imagefolders (again where a
+    database holds another number of images: an older command sized the pool by the sizes it asked for)."""
+    if max(cfg.sizes) > cfg.pool:
+        raise ValueError(f"training sizes {list(cfg.sizes)} exceed the pool of {cfg.pool} images each shift holds")
+    sizes = {"train": cfg.pool, "val": cfg.val_images, "test": cfg.test_images}
     out = {}
     for offset, (split, n) in enumerate(sizes.items()):
         db = root / "data" / f"{shift}-{split}"
-        if not (db / "metadata.jsonl").exists():
-            write_database(db, n, domain=shift, seed=DATA_SEED + offset, image_size=cfg.image_size, world=cfg.world)
-        out[split] = load_database(db).records
+        records = load_database(db).records if (db / "metadata.jsonl").exists() else []
+        if len(records) != n:
+            # Image i is drawn from its own generator: a bigger pool keeps the smaller one's images, in order.
+            shutil.rmtree(db.with_suffix(".tmp"), ignore_errors=True)
+            write_database(db.with_suffix(".tmp"), n, domain=shift, seed=DATA_SEED + offset, image_size=cfg.image_size, world=cfg.world)
+            shutil.rmtree(db, ignore_errors=True)
+            db.with_suffix(".tmp").rename(db)
+            records = load_database(db).records
+        out[split] = records
     return out
 
 
@@ -173,7 +186,7 @@ def _task(args: tuple) -> dict:
     if threads:
         torch.set_num_threads(threads)
     train = train_subset(data["train"], n, seed)
-    row = run_one(METHODS[name], train, data["val"], data["test"], cfg, n, seed) | {"shift": shift}
+    row = run_one(METHODS[name], train, data["val"], data["test"], cfg, n, seed) | {"shift": shift, "pool": cfg.pool}
     atomic_write_text(path, json.dumps(row))
     return row
 
@@ -205,11 +218,12 @@ def run(
         for name in cfg.methods
     ]
     weights = load_backbone(cfg.model, cfg.pretrained).fingerprint()
-    stale = [t[6] for t in tasks if t[6].exists() and json.loads(t[6].read_text()).get("backbone", weights) != weights]
+    saved = {t[6]: json.loads(t[6].read_text()) for t in tasks if t[6].exists()}
+    # A run saved with other weights (say a try on random ones), or drawn from another pool, is never mixed into this table.
+    stale = [path for path, row in saved.items() if row.get("backbone", weights) != weights or row.get("pool", cfg.pool) != cfg.pool]
     if stale:
-        # A run saved with other weights (say a try on random ones) is never mixed into this backbone's table.
-        log(f"{len(stale)} saved runs were made with other weights than {cfg.model} {cfg.pretrained or '(shipped)'}: "
-            + ("training them again" if train else "left out"))
+        log(f"{len(stale)} saved runs were made with other weights than {cfg.model} {cfg.pretrained or '(shipped)'} or another "
+            f"training pool than {cfg.pool} images: " + ("training them again" if train else "left out"))
     todo = [t for t in tasks if not t[6].exists() or t[6] in stale] if train else []
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:

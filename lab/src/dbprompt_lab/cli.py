@@ -151,6 +151,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--pretrained", default=None, help="the model's weights: an open_clip tag, a checkpoint file or 'random' (default: those shipped for it)")
     m.add_argument("--shifts", nargs="+", default=None, help=f"(default: the model's world's shifted domains: {' '.join(d.shifts)} on the proxy world's)")
     m.add_argument("--sizes", nargs="+", type=int, default=list(d.sizes))
+    m.add_argument("--pool", type=int, default=d.pool, help="training images each shift holds; every size draws its images from it, so a size's runs are the same whatever other sizes a command asks for (default: %(default)s)")
     m.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
     m.add_argument("--methods", nargs="+", default=list(COMPARED), choices=list(METHODS) + list(RETIRED), metavar="METHOD", help="of the comparison or a sweep in experiments/ (default: %(default)s)")
     m.add_argument("--epochs", nargs="+", default=[f"{n}:{e}" for n, e in d.epochs.items()], help="epoch budget per size, SIZE:EPOCHS (default: %(default)s)")
@@ -180,6 +181,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         **({"shifts": tuple(args.shifts)} if args.shifts else {}),
         sizes=tuple(args.sizes),
+        pool=args.pool,
         seeds=tuple(args.seeds),
         methods=tuple(args.methods),
         val_images=args.val_images,
