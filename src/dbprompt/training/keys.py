@@ -18,10 +18,10 @@ class CaptionKeys:
 
     Only where the captions are labels (`metrics.LABELS_SHARE` of the distinct texts belong to several
     images): there an image is a positive for every text it has, whichever of its texts a step drew.
-    Descriptions that only sometimes coincide keep the plain loss, which already treats verbatim
-    repeats as multi-positive targets would (their features tie); counting another image's drawn
-    description as a positive for every image that has it cost 1.2 points of test R@1 on the proxy's
-    visual shift at N = 500 (BENCHMARKS.md, *Class folders and marks*).
+    Descriptions that only sometimes coincide keep the plain loss (open_clip's, exactly), which already
+    treats verbatim repeats as multi-positive targets would (their features tie); counting another
+    image's drawn description as a positive for every image that has it measured the same on the
+    proxy's visual shift (BENCHMARKS.md, *Class folders and marks*).
     Ids come from the records alone, in order, so every rank of a torchrun job numbers them alike.
     """
 
