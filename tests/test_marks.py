@@ -207,3 +207,15 @@ def test_the_page_marks_results_and_shows_them_after_a_reload(world, tmp_path):
         page.wait_for_function("() => !document.querySelector('#results .result.is-irrelevant')")
     assert errors == []
     assert MarkStore(marks_path(world["index"])).count() == 2
+
+
+def test_a_stopped_server_closes_its_mark_stores_and_indexes(world):
+    wal = marks_path(world["index"]).with_name(marks_path(world["index"]).name + "-wal")
+    with _client(world, feedback=True) as client:
+        assert client.post(URL, json={"query": "a red circle", "image_id": 3, "relevant": True}).status_code == 200
+        (store,) = client.app.state.mark_stores.values()
+        assert wal.exists()  # WAL: the mark is in the log until a checkpoint
+    assert not wal.exists()  # folded into the store when it closed
+    with pytest.raises(Exception, match="closed"):
+        store.count()
+    assert MarkStore(marks_path(world["index"])).count() == 1

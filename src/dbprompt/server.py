@@ -9,6 +9,7 @@ up without a restart.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mimetypes
 import re
@@ -16,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, AsyncIterator
 
 import uvicorn
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
@@ -172,10 +173,20 @@ def create_app(
     indexes = IndexSet(index_dirs, runtime, backbone=backbone)
     thumbnails = _Thumbnails(THUMBNAIL_CACHE)
     # /docs and /redoc with their scripts served from here: FastAPI's default pages load them from a CDN.
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Stopped (Ctrl-C, SIGTERM): each mark store's log folded into its file, each index's files let go.
+        for store in app.state.mark_stores.values():
+            store.close()
+        indexes.close()
+
     app = FastAPIOffline(
         title="dbprompt search",
         description="Text and image search over image databases, each through its own trained prompts.",
         version="1",
+        lifespan=lifespan,
     )
     app.add_middleware(_BodyLimit, limit=max_upload_bytes + _FORM_OVERHEAD)
 
