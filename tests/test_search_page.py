@@ -22,7 +22,8 @@ from dbprompt.index.calibration import (
 from dbprompt.index.metadata import ImageRow
 from dbprompt.runtime import Runtime
 from dbprompt.searcher import named_dirs, open_index
-from dbprompt.server import _file_name, create_app
+from dbprompt.server import create_app
+from dbprompt.server_images import file_name
 
 N = 240  # images: pages of 100 run out on the third
 QUERY = "a large red circle on the left"
@@ -149,9 +150,9 @@ def test_the_original_downloads_as_an_attachment_under_a_safe_name(client):
     assert saved.content == shown.content
     assert saved.headers["content-disposition"] == 'attachment; filename="000004.png"'
     odd = ImageRow(7, 'x/"; evil\r\nname.PNG', Path("/a/b.png"), (), 0, 0, 1, 1, "")
-    assert _file_name(odd, "image/png") == "evil_name.PNG"
-    assert _file_name(ImageRow(7, "shard/00001", Path("/a/s.tar"), (), 0, 0, 1, 1, ""), "image/jpeg") == "00001.jpg"
-    assert _file_name(ImageRow(7, "../..", Path("/a/s.tar"), (), 0, 0, 1, 1, ""), "image/png") == "image-7.png"
+    assert file_name(odd, "image/png") == "evil_name.PNG"
+    assert file_name(ImageRow(7, "shard/00001", Path("/a/s.tar"), (), 0, 0, 1, 1, ""), "image/jpeg") == "00001.jpg"
+    assert file_name(ImageRow(7, "../..", Path("/a/s.tar"), (), 0, 0, 1, 1, ""), "image/png") == "image-7.png"
 
 
 def test_databases_are_named_by_their_folder_or_as_asked(world):

@@ -10,12 +10,7 @@ up without a restart.
 from __future__ import annotations
 
 import contextlib
-import io
-import mimetypes
-import re
-import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, AsyncIterator
 
@@ -33,13 +28,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .data.errors import IMAGE_TOO_LARGE, DataError
 from .data.images import decode_image, plain
-from .data.shards import is_shard
 from .index import Hits, ImageRow
 from .index.about import describe
 from .index.calibration import weak_below
 from .index.files import ImageUnavailable, indexed_bytes
 from .runtime import Runtime
 from .searcher import IndexDirs, IndexSet, Searcher, StaleIndexError
+from .server_images import Thumbnails, file_name, media_type_of
 from .server_marks import add_mark_routes
 
 if TYPE_CHECKING:  # torch: a server running ONNX towers alone never imports it
@@ -171,7 +166,7 @@ def create_app(
     if not index_dirs:
         raise ValueError("give at least one index directory")
     indexes = IndexSet(index_dirs, runtime, backbone=backbone)
-    thumbnails = _Thumbnails(THUMBNAIL_CACHE)
+    thumbnails = Thumbnails(THUMBNAIL_CACHE)
     # /docs and /redoc with their scripts served from here: FastAPI's default pages load them from a CDN.
 
     @contextlib.asynccontextmanager
@@ -297,10 +292,10 @@ def create_app(
         name: DbName, image_id: ImageId, download: Annotated[bool, Query(description="as an attachment, to save")] = False
     ) -> Response:
         row, data = image_for(name, image_id)
-        media_type = _media_type(row, data)
+        media_type = media_type_of(row, data)
         headers = {"X-Content-Type-Options": "nosniff"}
         if download:
-            headers["Content-Disposition"] = f'attachment; filename="{_file_name(row, media_type)}"'
+            headers["Content-Disposition"] = f'attachment; filename="{file_name(row, media_type)}"'
         return Response(data, media_type=media_type, headers=headers)
 
     @app.get("/api/databases/{name}/thumbnails/{image_id}", summary="A JPEG thumbnail of an indexed image")
@@ -325,59 +320,6 @@ def create_app(
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     app.state.searchers = indexes
     return app
-
-
-class _Thumbnails:
-    """JPEG thumbnails by (content sha256, size): changed content has another key, so none is ever stale."""
-
-    def __init__(self, capacity: int):
-        self._capacity = capacity
-        self._cache: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, sha256: str, size: int, data: bytes) -> bytes:
-        key = (sha256, size)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        jpeg = _thumbnail(data, size)
-        with self._lock:
-            self._cache[key] = jpeg
-            if len(self._cache) > self._capacity:
-                self._cache.popitem(last=False)
-        return jpeg
-
-
-def _thumbnail(data: bytes, size: int) -> bytes:
-    """JPEG bytes of an indexed image (its bytes already checked against the index)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (size, size))  # JPEG decodes at a reduced scale: far less work for big photos
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
-
-
-def _media_type(row: ImageRow, data: bytes) -> str:
-    """The image type its file name says; for a shard member (its path names the shard), what its bytes say."""
-    media_type = mimetypes.guess_type(row.path.name)[0] or ""
-    if is_shard(row.path):
-        try:
-            with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                media_type = Image.MIME.get(im.format or "", "")
-        except Exception:  # PIL raises many types for bad data
-            media_type = ""
-    return media_type if media_type.startswith("image/") else "application/octet-stream"
-
-
-def _file_name(row: ImageRow, media_type: str) -> str:
-    """A safe name to save an image as: its key's last part in plain characters, with its type's extension."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", row.key.replace("\\", "/").rsplit("/", 1)[-1]).lstrip("._")[:120]
-    extension = mimetypes.guess_extension(media_type) or ""
-    name = name or f"image-{row.id}"
-    return name if not extension or name.lower().endswith(extension) else f"{name}{extension}"
 
 
 def _decode_upload(data: bytes) -> Image.Image:
