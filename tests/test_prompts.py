@@ -95,3 +95,23 @@ def test_an_adapter_adds_its_bottleneck_beside_the_mlp(tiny_backbone):
         h = block.ln_2(x1)
         expected = x1 + block.mlp(h) + torch.nn.functional.gelu(h @ adapters.down[1].t()) @ adapters.up[1].t()
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_a_big_text_batch_is_encoded_in_groups_of_like_length_as_if_each_row_alone(tiny_backbone, monkeypatch):
+    import dbprompt.model as model_module
+
+    captions = ["a red circle", LONG_CAPTION[:200], "a small blue star at the top left of a grey background", "x"] * 6
+    model = PromptedCLIP.for_captions(tiny_backbone, PromptConfig(text_len=4, visual_len=0, visual_adapter=0), captions).train()
+    with torch.no_grad():  # gates and word offsets away from zero: the prompts act on every row
+        for p in model.prompts.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = model.tokenize(captions)
+    passes: list[int] = []
+    monkeypatch.setattr(model, "_text_pass", lambda x, run=model._text_pass: passes.append(x.shape[1]) or run(x))
+    monkeypatch.setattr(model_module, "TEXT_GROUP_ROWS", 8)
+    grouped = model.encode_text(ids)
+    assert len(passes) == 3 and passes == sorted(passes) and passes[0] < passes[-1]  # 24 rows, 3 groups, each trimmed
+    alone = torch.cat([model.encode_text(ids[i : i + 1]) for i in range(len(ids))])
+    assert torch.allclose(grouped, alone, atol=1e-5)
+    grouped.sum().backward()  # gradients flow back through the regrouping
+    assert model.prompts.text.tokens.grad.abs().sum() > 0

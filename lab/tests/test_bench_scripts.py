@@ -82,3 +82,16 @@ def test_bench_onnx_times_openvino_beside_onnx_runtime(monkeypatch, capsys):
     # OpenVINO compiles the same fp32 export: at its fp32 precision it ranks (near enough) as PyTorch does.
     assert row["ov_f32_images_s"] > 0 and row["agreement_ov_f32"] >= 0.9  # chance: 10 of 48
     assert ("ov_bf16_images_s" in row) == ("bf16" in bench_onnx.openvino_precisions())
+
+
+def test_bench_text_groups_times_both_ways_and_they_agree(monkeypatch, capsys):
+    import re
+
+    from dbprompt_lab.benchmarks import bench_text_groups
+
+    argv = ["bench_text_groups", "--model", "dbprompt-tiny", "--batch", "260", "--repeats", "1", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    bench_text_groups.main()
+    out = capsys.readouterr().out
+    assert re.search(r"one pass: [\d.]+ s   groups of 128: [\d.]+ s", out)
+    assert float(re.search(r"largest feature difference ([\d.e+-]+)", out).group(1)) < 1e-5

@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from .onnx.manifest import ExportManifest
 
 
+# Rows of a text batch per length group: batches of at least twice this many are encoded in groups of rows
+# of like length (see `PromptedCLIP.encode_text`); smaller ones in one pass, trimmed to their longest row.
+TEXT_GROUP_ROWS = 128
+
+
 class PromptedCLIP(nn.Module):
     """Encodes text and images through the backbone's token stages with a prompt method's parts spliced in.
 
@@ -128,14 +133,23 @@ class PromptedCLIP(nn.Module):
     def encode_text(self, ids: torch.Tensor, normalize: bool = True, *, trim: bool = True) -> torch.Tensor:
         """One pass of the text tower, the prompt method acting on its input and inside its blocks.
 
-        `trim`: first drop padding columns that cannot change the result (off where the graph must not
-        depend on the ids' values: an ONNX export)."""
+        `trim`: first drop padding columns that cannot change the result, and in batches of many rows encode
+        rows of like length together (off where the graph must not depend on the ids' values: an ONNX export)."""
         if self.backbone.text_prompt_problem():  # it takes nothing (methods refuse prompts there): its own forward
             return _finish(self.backbone.encode_text(ids), normalize)
-        if trim:
-            ids = self.backbone.trim_text_padding(ids)
+        groups = len(ids) // TEXT_GROUP_ROWS if trim and self.backbone.text_padding_is_inert() else 0
+        if groups > 1:
+            # Rows by length in a few groups, each trimmed to its own longest: a batch of mostly short captions
+            # no longer pays for its longest one in every row (training batches of hundreds of texts).
+            last = torch.where(ids != self.backbone.text_pad_id, torch.arange(ids.shape[1], device=ids.device), 0).amax(dim=1)
+            order = torch.argsort(last, stable=True)
+            parts = [self._text_pass(self.backbone.trim_text_padding(ids[rows])) for rows in order.tensor_split(groups)]
+            return _finish(torch.cat(parts)[torch.argsort(order)], normalize)
+        return _finish(self._text_pass(self.backbone.trim_text_padding(ids) if trim else ids), normalize)
+
+    def _text_pass(self, ids: torch.Tensor) -> torch.Tensor:
         x, ids, hook = self.prompts.text_input(ids, self.backbone.text_token_embeddings(ids))
-        return _finish(self.backbone.text_from_embeddings(x, ids, hook, self.prompts.in_blocks("text")), normalize)
+        return self.backbone.text_from_embeddings(x, ids, hook, self.prompts.in_blocks("text"))
 
     # --- images -------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
