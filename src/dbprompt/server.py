@@ -167,7 +167,6 @@ def create_app(
         raise ValueError("give at least one index directory")
     indexes = IndexSet(index_dirs, runtime, backbone=backbone)
     thumbnails = Thumbnails(THUMBNAIL_CACHE)
-    # /docs and /redoc with their scripts served from here: FastAPI's default pages load them from a CDN.
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -177,6 +176,7 @@ def create_app(
             store.close()
         indexes.close()
 
+    # /docs and /redoc with their scripts served from here: FastAPI's default pages load them from a CDN.
     app = FastAPIOffline(
         title="dbprompt search",
         description="Text and image search over image databases, each through its own trained prompts.",
