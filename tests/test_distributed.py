@@ -89,3 +89,25 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tiny_backbone, ti
             TrainConfig(batch_size=8), Runtime(rank=0, world=3), progress=False,
         )
     assert torch.distributed.is_available()
+
+
+@pytest.mark.slow  # an index, then one process and a torchrun launch of two
+def test_two_processes_train_from_marked_negatives_what_one_does(tiny_db, tmp_path, one_thread):
+    from dbprompt.marks import MarkStore, marks_path
+
+    index = tmp_path / "tiny.index"
+    assert main(["index", str(tiny_db), "--model", "dbprompt-tiny", "--pretrained", "random", "--out", str(index), "--no-progress"]) == 0
+    train = split_records(load_database(tiny_db).records)["train"]
+    store = MarkStore(marks_path(index))
+    for query, others in zip(train[:4], (train[4:7], train[7:10], train[10:13], train[13:16])):
+        for other in others:  # irrelevant to that image's caption: a negative whenever the caption is in a batch
+            store.add(query.captions[0], other.key, "h", False, "p")
+    store.close()
+    feedback = ["--feedback", str(index)]
+    assert main(_args(tiny_db, tmp_path / "one.safetensors") + feedback) == 0
+    run = _torchrun(_args(tiny_db, tmp_path / "two.safetensors") + feedback)
+    log = run.communicate(timeout=180)[0]
+    assert run.returncode == 0, log
+    one, two = (_best(tmp_path / f"{name}.safetensors.work" / "checkpoint.safetensors") for name in ("one", "two"))
+    assert set(one) == set(two)
+    assert max(float((one[k].double() - two[k].double()).abs().max()) for k in one) <= 1e-4

@@ -121,6 +121,38 @@ def test_two_ranks_gather_the_keys_with_the_features():
         assert torch.allclose(out[rank][1:].view(4, 16), 2 * whole.grad[rank * 4 : rank * 4 + 4], atol=1e-6)
 
 
+def _rank_with_negatives(rank: int, port: int, images, texts, negatives, keys, out) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    half = slice(rank * 4, rank * 4 + 4)
+    mine = images[half].clone().requires_grad_(True)
+    share = negatives[:3] if rank == 0 else negatives[3:]  # uneven shares, as ranks get them
+    loss = ContrastiveLoss(torch.tensor(math.log(10.0)), rank=rank, world=2)(mine, texts[half], (keys[0][half], keys[1][half]), share)
+    loss.backward()
+    out[rank] = torch.cat([loss.detach().reshape(1), mine.grad.flatten()])
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("count", [3, 4])
+def test_two_ranks_gather_marked_negatives_with_the_pairs(count):
+    from dbprompt.training.loss import hard_negative_loss
+
+    images, texts = _features(8, seed=2)
+    negatives = _features(count, seed=5)[0]  # 3: rank 1 has none of them
+    keys = _keys([[i % 3] for i in range(8)], [i % 3 for i in range(8)])
+    whole = images.clone().requires_grad_(True)
+    expected = hard_negative_loss(whole, texts, negatives, torch.tensor(math.log(10.0)), keys)
+    expected.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_rank_with_negatives, args=(port, images, texts, negatives, keys, out), nprocs=2)
+    for rank in (0, 1):
+        assert float(out[rank][0]) == pytest.approx(float(expected.detach()), abs=1e-6)
+        assert torch.allclose(out[rank][1:].view(4, 16), 2 * whole.grad[rank * 4 : rank * 4 + 4], atol=1e-6)
+
+
 def test_hard_negatives_join_the_text_side_only():
     from dbprompt.training.loss import hard_negative_loss
 

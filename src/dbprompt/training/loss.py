@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
-from open_clip.loss import ClipLoss
+from open_clip.loss import ClipLoss, gather_features
 from torch import distributed as dist
 from torch import nn
 
@@ -46,13 +46,17 @@ class ContrastiveLoss(nn.Module):
         self, image_features: torch.Tensor, text_features: torch.Tensor, keys: Keys | None = None, negatives: torch.Tensor | None = None
     ) -> torch.Tensor:
         """`keys`: (image keys [B, K] padded with -1, text keys [B]) of this rank's pairs; None: all unique.
-        `negatives`: features of images marked irrelevant to some of the batch's texts (one process only)."""
-        if negatives is not None and len(negatives):
-            if self.clip.world_size > 1:
-                raise ValueError("hard negatives are for one process: they are not gathered across ranks")
-            return hard_negative_loss(image_features, text_features, negatives, self.scale, keys)
+        `negatives`: features of images marked irrelevant to some of the batch's texts, this rank's share (under
+        torchrun every rank passes a tensor, maybe empty, whenever one does: they are gathered like the pairs)."""
         if keys is not None and self.clip.world_size > 1:
             keys = (_gather(keys[0]), _gather(keys[1]))
+        if negatives is not None and self.clip.world_size > 1:
+            image_features, text_features = gather_features(
+                image_features, text_features, gather_with_grad=True, rank=self.clip.rank, world_size=self.clip.world_size
+            )
+            return hard_negative_loss(image_features, text_features, _gather_ragged(negatives), self.scale, keys)
+        if negatives is not None and len(negatives):
+            return hard_negative_loss(image_features, text_features, negatives, self.scale, keys)
         return clip_loss(image_features, text_features, self.scale, self.clip, keys)
 
     @torch.no_grad()
@@ -80,6 +84,15 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def _gather_ragged(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of `tensor` (their counts may differ), in rank order; no gradient (marked negatives
+    train the text side only)."""
+    counts = _gather(torch.tensor([len(tensor)], device=tensor.device))
+    padded = torch.zeros((int(counts.max()), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: len(tensor)] = tensor.detach()
+    return torch.cat([part[:n] for part, n in zip(_gather(padded).split(len(padded)), counts.tolist())])
 
 
 def clip_loss(

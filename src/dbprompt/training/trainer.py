@@ -115,7 +115,7 @@ class Trainer:
         negatives: Mapping[str, Sequence[Record]] | None = None,
     ):
         """`negatives`: by `metrics.text_key` of a caption, images marked irrelevant to it (marks.apply_marks);
-        a step whose batch holds that caption ranks them as negatives too (one process only)."""
+        a step whose batch holds that caption ranks them as negatives too (under torchrun, gathered like the pairs)."""
         if len(train_records) < 2:
             raise ValueError(f"training needs at least 2 images, got {len(train_records)}")
         if cfg.batch_size % runtime.world:
@@ -142,9 +142,6 @@ class Trainer:
                 known.append(record)
         self.images = ImageBank(known, model, runtime, cfg.image_cache_mb << 20, cfg.batch_size)
         self.negatives = {q: sorted({at[r.key] for r in rs if r.key not in held}) for q, rs in (negatives or {}).items()}
-        if self.negatives and runtime.world > 1:
-            self.log("note: marks of irrelevant images are not used under torchrun (hard negatives need one process)")
-            self.negatives = {}
         self.keys = CaptionKeys(self.images.records)
         self.train_idx = list(range(len(train_records)))
         self.val_idx = list(range(len(train_records), len(train_records) + len(val_records)))
@@ -209,18 +206,18 @@ class Trainer:
         backprop = backward_mask(whole[1] - whole[0], self.cfg.image_backward, torch.Generator().manual_seed(_seed(*at)))
         with self.phase("forward"), self.runtime.autocast():
             image_features, text_features = self._pairs(order, captions, start, stop, backprop[start - whole[0] : stop - whole[0]])
-            negatives = self._negatives(order, captions, start, stop)
+            negatives = None
+            if self.negatives:  # on every rank alike (the marks are the same): each gathers the others' share
+                mine = self._negatives(order, captions, *whole)[self.runtime.rank :: self.runtime.world]
+                negatives = self.images.encode(mine, torch.zeros(len(mine), dtype=torch.bool)) if mine else image_features.new_zeros((0, image_features.shape[1]))
             return self.loss(image_features, text_features, self._keys(order, captions, start, stop), negatives)
 
-    def _negatives(self, order: np.ndarray, captions: list[str], start: int, stop: int) -> torch.Tensor | None:
-        """Features of the images marked irrelevant to the batch's captions (those not in the batch), if any;
-        they train the text side (no graph through the image tower: they cost one forward each)."""
-        if not self.negatives:
-            return None
+    def _negatives(self, order: np.ndarray, captions: list[str], start: int, stop: int) -> list[int]:
+        """The images marked irrelevant to the whole micro-batch's captions (those not in it); they train the text
+        side (no graph through the image tower: they cost one forward each, spread over the ranks)."""
         batch = {self.train_idx[i] for i in order[start:stop]}
         found = dict.fromkeys(i for c in captions[start:stop] for i in self.negatives.get(text_key(c), ()) if i not in batch)
-        chosen = list(found)[: max(1, int(NEGATIVES_PER_PAIR * (stop - start)))]
-        return self.images.encode(chosen, torch.zeros(len(chosen), dtype=torch.bool)) if chosen else None
+        return list(found)[: max(1, int(NEGATIVES_PER_PAIR * (stop - start)))]
 
     def _calibrate_temperature(self) -> None:
         """Start the loss's temperature where it best fits the untrained model on epoch 0's first pairs."""
