@@ -150,7 +150,7 @@ def bench_vectors(sizes: list[int], n_queries: int, text_p50: float) -> list[str
                 params, _ = tune_search(index, kind, vectors, tune_q)
                 built = time.perf_counter() - start
                 faiss.omp_set_num_threads(1)
-                seconds = timed(lambda q: index.search(q[None], K), test_q)
+                seconds = timed(lambda q, index=index: index.search(q[None], K), test_q)
                 recall = recall_at_k(index.search(test_q, K)[1], truth)
                 cells = [f"{n:,}", described, factory, str(params or "-"), percentiles(seconds)]
                 cells += [f"{recall:.3f}", f"{built:.1f}"]
