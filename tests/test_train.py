@@ -68,6 +68,8 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_backbone, tiny_re
     for name in straight.best_state:
         assert torch.equal(straight.best_state[name], resumed.best_state[name]), name
     assert [h["val_score"] for h in straight.history] == [h["val_score"] for h in resumed.history]
+    # The stop fell inside an epoch: that epoch's mean training loss still counts the steps before it.
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
     for name, p in straight_trainer.named.items():  # where each ended, not only the best epoch's
         assert torch.equal(p, resumed_trainer.named[name]), name
 

@@ -9,7 +9,7 @@ from dbprompt.data import load_database
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
 from dbprompt_lab import proxy
-from dbprompt_lab.benchmarks.attribute_probe import VOCABULARY, probe, swaps
+from dbprompt_lab.probe import VOCABULARY, probe, swaps
 from dbprompt_lab.world import write_database
 
 

@@ -213,3 +213,26 @@ def test_runs_drawn_from_another_pool_are_never_mixed_in(tmp_path):
     lines: list[str] = []
     assert run(cfg, tmp_path, log=lines.append, train=False) == []
     assert "another training pool than 12 images" in lines[0]
+
+
+@pytest.mark.parametrize("rung", [0.5, 1 / 3])  # stopping at an epoch's end, and inside one
+def test_halving_keeps_what_validation_prefers_at_the_rung_and_continues_it_exactly(tmp_path, rung):
+    import dataclasses
+
+    import torch
+
+    from dbprompt_lab.bench import train_best, train_subset
+
+    cfg = BenchConfig(**SMALL | {"epochs": {12: 2}, "batch_size": 4})
+    data = target_splits(tmp_path, "visual", cfg)
+    train = train_subset(data["train"], 12, 0)
+    halving = dataclasses.replace(METHODS["dbprompt"], lr=1e-3, other_lrs=(3e-1,), halving_rung=rung)
+    model, row = train_best(halving, train, data["val"], cfg, 12, 0)
+    assert set(row["halving"]) == {"0.001", "0.3"}
+    kept = max((1e-3, 3e-1), key=lambda lr: row["halving"][f"{lr:g}"])
+    assert row["lr"] == kept
+    # The kept learning rate, resumed after the rung, trains what one run at it trains from start to end.
+    straight, alone = train_best(dataclasses.replace(halving, lr=kept, other_lrs=()), train, data["val"], cfg, 12, 0)
+    assert "halving" not in alone and row["history"] == alone["history"]
+    trained = {n: p for n, p in straight.named_parameters() if p.requires_grad}
+    assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters() if p.requires_grad)

@@ -16,7 +16,7 @@ __getattr__, __dir__ = lazy_exports(
         "build_index": "dbprompt.api",
         "open_index": "dbprompt.api",
         "TrainReport": "dbprompt.api",
-        "EvalReport": "dbprompt.api",
+        "EvalReport": "dbprompt.evaluation",
         "Searcher": "dbprompt.api",
         "PromptedCLIP": "dbprompt.model",
         "PromptConfig": "dbprompt.prompts.config",

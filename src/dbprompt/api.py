@@ -30,7 +30,7 @@ from .data import BadInputReport, Database, DataError, ReadOptions, SplitConfig,
 from .data.database import require_captions
 from .data.recorded import record_read_options, reuse_read_options
 from .data.splits import TOO_FEW_IMAGES, Splits
-from .evaluation import encode_split, score
+from .evaluation import EvalReport, encode_split, score
 from .index import IndexInfo
 from .index import build_index as build_index_from
 from .index.distributed import RayOptions, check_ray
@@ -99,30 +99,6 @@ class TrainReport:
             "val_images": self.val_images, "splits": self.splits, "history": self.history,
             "skipped": self.bad_input.counts, "warnings": self.warnings,
         }
-
-
-@dataclass
-class EvalReport:
-    """Recall@K of zero-shot and (with a prompt file) the prompts, on one split."""
-
-    split: str
-    images: int
-    captions: int
-    backbone: str
-    pretrained: str | None
-    rows: dict[str, dict[str, float]]
-    bad_input: BadInputReport = field(default_factory=BadInputReport)
-    database: str = ""
-    how: str = ""
-    saturated: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    report: Path | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """What `dbprompt eval --json` prints (besides each row's parameter count and file size)."""
-        data = dataclasses.asdict(self) | {"skipped": self.bad_input.counts, "report": self.report and str(self.report)}
-        del data["bad_input"]
-        return data
 
 
 def _bars(progress: bool | None) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -13,6 +16,30 @@ from .metrics import LABELS_SHARE, TABLE_KS, label_metrics, retrieval_metrics, s
 from .model import PromptedCLIP
 from .pipeline import encode_records, encode_texts
 from .runtime import CPU, Runtime
+
+
+@dataclass
+class EvalReport:
+    """Recall@K of zero-shot and (with a prompt file) the prompts, on one split."""
+
+    split: str
+    images: int
+    captions: int
+    backbone: str
+    pretrained: str | None
+    rows: dict[str, dict[str, float]]
+    bad_input: BadInputReport = field(default_factory=BadInputReport)
+    database: str = ""
+    how: str = ""
+    saturated: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """What `dbprompt eval --json` prints (besides each row's parameter count and file size)."""
+        data = dataclasses.asdict(self) | {"skipped": self.bad_input.counts, "report": self.report and str(self.report)}
+        del data["bad_input"]
+        return data
 
 
 def caption_index(records: Sequence[Record]) -> tuple[list[str], np.ndarray]:

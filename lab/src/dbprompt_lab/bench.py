@@ -24,7 +24,7 @@ import torch
 from dbprompt.atomic import atomic_write_text
 from dbprompt.backbones import load_backbone
 from dbprompt.data import Record, load_database
-from dbprompt.evaluation import evaluate_models
+from dbprompt.evaluation import evaluate_models, selection_score
 from dbprompt.model import PromptedCLIP
 from dbprompt.runtime import Runtime, pick_device
 from dbprompt.training.config import TrainConfig
@@ -133,21 +133,48 @@ def train_best(
 
     if method.tune == "none":
         return fresh(), row
-    best: tuple[PromptedCLIP, TrainResult, TrainConfig] | None = None
-    for lr in (method.lr, *method.other_lrs):
+    lrs = (method.lr, *method.other_lrs)
+
+    def trainer(lr: float, work_dir: Path | None = None) -> Trainer:
         train_cfg = TrainConfig(
             epochs=cfg.epochs[n], batch_size=cfg.batch_size, lr=lr, seed=seed, checkpoint_every=0,
             calibrate_temperature=method.calibrate_temperature, image_backward=method.image_backward,
         )
-        trainer = Trainer(fresh(), train, val, train_cfg, runtime, progress=False, log=lambda _: None, phase=phase)
-        result = trainer.run()
-        trainer.restore_best()
-        if best is None or result.best_score > best[1].best_score:  # ties: the earlier learning rate
-            best = (trainer.model, result, train_cfg)
+        return Trainer(fresh(), train, val, train_cfg, runtime, work_dir=work_dir, progress=False, log=lambda _: None, phase=phase)
+
+    if method.halving_rung and len(lrs) > 1:
+        best, row["halving"] = _halving(trainer, lrs, method.halving_rung)
+    else:
+        best = None
+        for lr in lrs:
+            each = trainer(lr)
+            result = each.run()
+            each.restore_best()
+            if best is None or result.best_score > best[1].best_score:  # ties: the earlier learning rate
+                best = (each.model, result, each.cfg)
     model, result, chosen = best
     row |= {"lr": chosen.lr, "best_epoch": result.best_epoch, "history": result.history}
     row |= {"validation_gallery": VALIDATION_GALLERY, "calibrate_temperature": method.calibrate_temperature}
     return model, row
+
+
+def _halving(
+    trainer: Callable[[float, Path | None], Trainer], lrs: tuple[float, ...], rung: float
+) -> tuple[tuple[PromptedCLIP, TrainResult, TrainConfig], dict[str, float]]:
+    """Successive halving over learning rates in one round: each trains the first `rung` of its steps (on the whole
+    run's schedule), validation keeps the best (ties: the earlier), which resumes to the end. Returns the kept
+    model, its result and config, and each learning rate's validation score at the rung."""
+    scores: dict[float, float] = {}
+    with tempfile.TemporaryDirectory(prefix="halving.") as tmp:
+        for lr in lrs:
+            each = trainer(lr, Path(tmp) / f"lr{lr:g}")
+            each.run(stop_after_steps=max(1, round(rung * each.steps_per_epoch * each.cfg.epochs)))
+            scores[lr] = selection_score(each.validator())
+        kept = max(lrs, key=lambda lr: scores[lr])
+        each = trainer(kept, Path(tmp) / f"lr{kept:g}")
+        result = each.run(resume=True)
+    each.restore_best()
+    return (each.model, result, each.cfg), {f"{lr:g}": score for lr, score in scores.items()}
 
 
 def run_one(

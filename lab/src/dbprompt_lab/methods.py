@@ -39,6 +39,9 @@ class Method:
     lr: float = 1e-3
     # Further learning rates tried; validation picks one (per database, seed and size).
     other_lrs: tuple[float, ...] = ()
+    # Successive halving over the learning rates (issue 28): each trains this share of the budget's steps, on
+    # the whole run's schedule; validation keeps one, which continues to the end. 0: each trains to the end.
+    halving_rung: float = 0.0
     lora_rank: int = 8
     # TrainConfig.calibrate_temperature. Off for the reference points, which train as their
     # literature does (at the backbone's temperature; full fine-tuning also learns it).

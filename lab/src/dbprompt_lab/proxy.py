@@ -33,6 +33,7 @@ from dbprompt.training.trainer import Trainer, random_order
 
 from . import models
 from .batches import find_look_alikes, grouped_order
+from .probe import VOCABULARY, probe
 from .sigmoid_loss import SigmoidLoss
 from .world import broad, write_database
 from .world.broad.captions import partial_captions
@@ -249,8 +250,6 @@ def _with_partial_captions(train: list[Record], val: list[Record]) -> tuple[list
 def attribute_probe(backbone, test: list, world: str, runtime: Runtime) -> dict[str, float]:
     """Per attribute (shape, colour, size), how often the true caption beats a one-word swap on 400 test images:
     class folders need shapes, which a world told apart by colour and place may never have taught (issue 25)."""
-    from .benchmarks.attribute_probe import VOCABULARY, probe  # it names the proxies itself
-
     found = probe(PromptedCLIP(backbone, PromptConfig.none()).eval(), test[:400], VOCABULARY[world], runtime)
     return {attribute: round(r["true_wins"], 4) for attribute, r in found.items()}
 

@@ -13,7 +13,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from PIL import Image, UnidentifiedImageError
 
@@ -29,14 +29,23 @@ from .errors import (
     ItemError,
 )
 
-if TYPE_CHECKING:
-    from .records import Member
-
 # Pillow's own warning threshold (about 9,459 x 9,459). A 109 KB PNG can claim 30,000 x 30,000
 # pixels: 2.7 GB once decoded. Pillow refuses anything over twice this whatever the setting.
 DEFAULT_MAX_PIXELS = 89_478_485
 # Our limit governs; Pillow's warning below its hard limit would only repeat it.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+class Member(Protocol):
+    """Where an image's bytes sit inside a shard file (a tar member, a parquet cell)."""
+
+    @property
+    def name(self) -> str:
+        """What the user calls it: the tar member's name, the parquet row."""
+
+    def read(self, shard: Path) -> bytes:
+        """The image's bytes, read from `shard` (already checked to be inside the database)."""
+
 
 _OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
 

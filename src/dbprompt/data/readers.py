@@ -31,8 +31,8 @@ from .errors import (
     Location,
     Reporter,
 )
-from .images import DEFAULT_MAX_PIXELS, ImageLimits, real_path, stat_problem
-from .records import SPLITS, Member, Record
+from .images import DEFAULT_MAX_PIXELS, ImageLimits, Member, real_path, stat_problem
+from .records import SPLITS, Record
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 # Names other tools use for our three splits: Karpathy's "restval" is extra training data.

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from .errors import Location
-from .images import ImageLimits
+from .images import ImageLimits, Member
 
 SPLITS = ("train", "val", "test")
-
-
-class Member(Protocol):
-    """Where an image's bytes sit inside a shard file (a tar member, a parquet cell)."""
-
-    @property
-    def name(self) -> str:
-        """What the user calls it: the tar member's name, the parquet row."""
-
-    def read(self, shard: Path) -> bytes:
-        """The image's bytes, read from `shard` (already checked to be inside the database)."""
 
 
 @dataclass(frozen=True)

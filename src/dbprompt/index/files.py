@@ -16,9 +16,8 @@ import stat
 from pathlib import Path
 
 from ..data.errors import ItemError
-from ..data.images import real_path
+from ..data.images import Member, real_path
 from ..data.parquet import parquet_cells
-from ..data.records import Member
 from ..data.shards import TAR_SUFFIXES, is_shard, tar_members
 from .metadata import ImageRow
 

@@ -26,7 +26,7 @@ from ..runtime import Runtime
 from . import plots
 
 if TYPE_CHECKING:
-    from ..api import EvalReport
+    from ..evaluation import EvalReport
     from ..model import PromptedCLIP
 
 EXAMPLE_QUERIES = 6

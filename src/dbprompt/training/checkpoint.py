@@ -38,6 +38,9 @@ class TrainState:
     best_score: float = -math.inf
     best_epoch: int = -1  # 0 = the state before training
     history: list[dict] = field(default_factory=list)
+    # The current epoch's micro-batch losses so far: a run resumed inside an epoch (or at its end, before its
+    # validation) still logs the whole epoch's mean training loss.
+    epoch_losses: list[float] = field(default_factory=list)
 
 
 def _comparable(cfg: dict) -> dict:

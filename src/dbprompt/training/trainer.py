@@ -289,7 +289,7 @@ class Trainer:
         while self.state.epoch < self.cfg.epochs:
             self.model.train()
             order, captions = epoch_plan(self.train_records, self.cfg.seed, self.state.epoch, self.order)
-            losses: list[float] = []
+            losses = self.state.epoch_losses
             while self.state.micro < self.micro_per_epoch:
                 loss = self._micro_batch_loss(order, captions, self.state.micro)
                 self._require_finite("the training loss", bool(torch.isfinite(loss)))
@@ -314,7 +314,7 @@ class Trainer:
                     bar.close()
                     return self._result(started, pairs, finished=False)
             self.state.epoch += 1
-            self.state.micro = 0
+            self.state.micro, self.state.epoch_losses = 0, []
             self._record_validation(self.state.epoch, float(np.mean(losses)) if losses else None)
             self._save()
         bar.close()
