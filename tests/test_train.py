@@ -76,8 +76,26 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tiny_backbone, tiny_re
 
 def test_resume_refuses_other_options(tiny_backbone, tiny_records, tmp_path):
     _trainer(tiny_backbone, tiny_records, tmp_path).run(stop_after_steps=1)
-    with pytest.raises(ValueError, match="other training options"):
-        _trainer(tiny_backbone, tiny_records, tmp_path, lr=0.5).run(resume=True)
+    with pytest.raises(ValueError, match=r"other training options: lr=0\.01 \(now 0\.5\);"):
+        _trainer(tiny_backbone, tiny_records, tmp_path, lr=0.5, image_cache_mb=1).run(resume=True)
+
+
+@pytest.mark.parametrize("image_side", ["trains", "frozen"])
+def test_resume_takes_other_run_only_options(tiny_backbone, tiny_records, tmp_path, image_side):
+    """How often it checkpoints and how much it caches change nothing it computes: a run resumes with others
+    (with nothing in the image tower training, a zero cache also turns its features from kept to recomputed)."""
+    config = PROMPTS if image_side == "trains" else PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0)
+    straight_trainer = _trainer(tiny_backbone, tiny_records, tmp_path / "a", config=config)
+    assert straight_trainer.images.frozen == (image_side == "frozen")
+    straight = straight_trainer.run()
+    _trainer(tiny_backbone, tiny_records, tmp_path / "b", config=config).run(stop_after_steps=1)
+    resumed_trainer = _trainer(tiny_backbone, tiny_records, tmp_path / "b", config=config, checkpoint_every=1, image_cache_mb=0)
+    assert not resumed_trainer.images.frozen
+    resumed = resumed_trainer.run(resume=True)
+    assert resumed.finished and resumed.steps == straight.steps
+    assert [h["val_score"] for h in straight.history] == pytest.approx([h["val_score"] for h in resumed.history], abs=1e-4)
+    for name, p in straight_trainer.named.items():
+        assert torch.allclose(p, resumed_trainer.named[name], atol=1e-5), name
 
 
 def test_frozen_image_side_is_encoded_once_and_cached(tiny_backbone, tiny_records):

@@ -26,6 +26,9 @@ CHECKPOINT = "checkpoint.safetensors"
 _REMOVED = {"cache_zero_shot": True, "hard_negative_group": 0}
 # Options added since, and what their absence from an older checkpoint meant.
 _ABSENT_MEANS = {"calibrate_temperature": False, "image_backward": 1.0}
+# Options of how a run is carried out, not of what it computes: a run may resume with other values
+# (say a smaller image cache on a machine with less memory).
+_RUN_ONLY = ("checkpoint_every", "image_cache_mb")
 
 
 @dataclass
@@ -118,8 +121,11 @@ class Checkpointer:
             if used != value:
                 raise ValueError(f"{self.path}: checkpoint was made with option {name}={used!r}, which is gone")
         full = _comparable(dataclasses.asdict(TrainConfig())) | _ABSENT_MEANS | saved
-        if full != _comparable(dataclasses.asdict(self.cfg)):
+        now = _comparable(dataclasses.asdict(self.cfg))
+        differ = {k: v for k, v in full.items() if k not in _RUN_ONLY and now.get(k) != v}
+        if differ:
+            given = ", ".join(f"{k}={v!r} (now {now.get(k)!r})" for k, v in differ.items())
             raise ValueError(
-                f"{self.path}: checkpoint was made with other training options {full}; "
+                f"{self.path}: checkpoint was made with other training options: {given}; "
                 "resume with the same options or start a fresh work directory"
             )
