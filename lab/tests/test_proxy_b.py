@@ -95,6 +95,7 @@ def tiny_b(tmp_path, monkeypatch):
                    recipe=replace(proxy.PROXIES[B].recipe, epochs=2, batch_size=8, checkpoint_every=1))
     monkeypatch.setitem(proxy.PROXIES, "tiny-b", spec)
     monkeypatch.setattr(proxy, "TEST_IMAGES", 12)
+    monkeypatch.setattr(proxy, "LINEAR_IMAGES", 48)
     return spec
 
 
@@ -116,7 +117,10 @@ def test_proxy_b_pretrains_on_the_broad_world_with_the_sigmoid_loss_and_resumes(
     assert losses == [SigmoidLoss] and whole["world"] == "broad" and whole["loss"] == "sigmoid"
     assert "proxy_world_test_metrics" in whole and len(whole["history"]) == 3
     assert list(whole["attribute_probe"]) == ["shape", "colour", "size"]  # what class folders will need of it
-    assert "true caption over a one-word swap (0.5: blind): shape " in capsys.readouterr().out
+    assert list(whole["linear_probe"]) == ["shape", "colour", "size", "style"]
+    out = capsys.readouterr().out
+    assert "true caption over a one-word swap (0.5: blind): shape " in out
+    assert "linear classifier on image features, held-out accuracy (chance): shape " in out
     assert (tmp_path / "whole" / "broad-source" / "metadata.jsonl").exists()
     # Cut off after one step, then resumed: the same weights as the run that was never interrupted.
     monkeypatch.setattr(Trainer, "run", functools.partialmethod(watched, stop_after_steps=1))

@@ -118,6 +118,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"zero-shot on the proxy world's source test: T2I R@1 {record['proxy_world_test_metrics']['clip_benchmark/t2i_R@1']:.1f}")
     seen = ", ".join(f"{attribute} {share:.2f}" for attribute, share in record["attribute_probe"].items())
     print(f"true caption over a one-word swap (0.5: blind): {seen}")
+    linear = ", ".join(f"{a} {r['accuracy']:.2f} ({r['chance']:.2f})" for a, r in record["linear_probe"].items())
+    print(f"linear classifier on image features, held-out accuracy (chance): {linear}")
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from dbprompt.atomic import atomic_write_bytes, atomic_write_text
@@ -33,7 +34,7 @@ from dbprompt.training.trainer import Trainer, random_order
 
 from . import models
 from .batches import find_look_alikes, grouped_order
-from .probe import VOCABULARY, probe
+from .probe import VOCABULARY, linear_probe, probe
 from .sigmoid_loss import SigmoidLoss
 from .world import broad, write_database
 from .world.broad.captions import partial_captions
@@ -51,6 +52,8 @@ SOURCE_SEED = 0
 TEST_SEED = 1000
 TEST_IMAGES = 1000
 VAL_FRACTION = 0.03
+# Single-shape images of the linear attribute probe in a pre-training record (3/4 fit the classifier, 1/4 test it).
+LINEAR_IMAGES = 2400
 # The training images given a partial caption: with three full captions each, about 1 text in 10 a step draws.
 PARTIAL_SHARE = 0.4
 # The recipe of the shipped weights (BENCHMARKS.md, Proxy backbone): what `dbprompt proxy pretrain` does by default.
@@ -213,6 +216,7 @@ def pretrain(
         "source_test_metrics": _source_metrics(shipped, splits["test"], runtime),
     }
     record["attribute_probe"] = attribute_probe(shipped, splits["test"], world, runtime)
+    record["linear_probe"] = linear_probe(PromptedCLIP(shipped, PromptConfig.none()).eval(), world, LINEAR_IMAGES, runtime)
     if world != "proxy":
         # How much of the first proxy's world it knows without seeing it: the proxy world's source test.
         record["proxy_world_test_metrics"] = _source_metrics(shipped, source_test_records(work, proxy, "proxy"), runtime)
@@ -245,6 +249,21 @@ def _with_partial_captions(train: list[Record], val: list[Record]) -> tuple[list
         every.append(replace(r, captions=(*r.captions, *texts)))
     # The Trainer numbers its images train first, then validation: the keys number them alike.
     return extended, CaptionKeys(every + list(val), labels=True)
+
+
+def load_weights(model: str, weights: str | None = None):
+    """A proxy's backbone with its shipped weights (None), a weights file, or the backbone of a pre-training
+    checkpoint (the Trainer's, which `pretrain` writes every few steps), to follow a pre-training as it goes."""
+    if weights is None or weights == RANDOM:
+        return load_backbone(model, weights)
+    with safe_open(weights, "pt") as f:
+        prefix = "param/backbone.model."
+        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    if not state:
+        return load_backbone(model, weights)
+    backbone = load_backbone(model, RANDOM)
+    backbone.model.load_state_dict(state)
+    return backbone
 
 
 def attribute_probe(backbone, test: list, world: str, runtime: Runtime) -> dict[str, float]:

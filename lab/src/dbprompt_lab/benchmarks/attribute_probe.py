@@ -1,9 +1,11 @@
 """Which attributes a backbone sees: on a world's source test images, the true caption against the same
-caption with one attribute word swapped for each other value (0.5: blind to that attribute).
+caption with one attribute word swapped for each other value (0.5: blind to that attribute); and a linear
+classifier on the image features of single-shape images (against chance).
 
     python -m dbprompt_lab.benchmarks.attribute_probe [--model dbprompt-proxy] [--weights FILE] [--images 400]
 
-The probe itself is `dbprompt_lab.probe` (every pre-training record holds it too).
+`--weights`: a weights file, or a pre-training checkpoint (runs/proxy-b/checkpoint.safetensors), to follow a
+pre-training as it goes. The probes themselves are `dbprompt_lab.probe` (every pre-training record holds them).
 """
 
 from __future__ import annotations
@@ -14,32 +16,35 @@ from pathlib import Path
 
 import torch
 
-from dbprompt.backbones import load_backbone
 from dbprompt.data import load_database
 from dbprompt.model import PromptedCLIP
 from dbprompt.prompts import PromptConfig
 from dbprompt_lab import proxy
-from dbprompt_lab.probe import VOCABULARY, probe
+from dbprompt_lab.probe import VOCABULARY, linear_probe, probe
 from dbprompt_lab.world import write_database
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=proxy.NAME, choices=list(proxy.PROXIES))
-    ap.add_argument("--weights", default=None, help="weights file (default: the shipped ones)")
+    ap.add_argument("--weights", default=None, help="weights file or pre-training checkpoint (default: the shipped weights)")
     ap.add_argument("--world", default=None, choices=list(VOCABULARY), help="(default: the model's)")
-    ap.add_argument("--images", type=int, default=400)
+    ap.add_argument("--images", type=int, default=400, help="source test images of the caption probe")
+    ap.add_argument("--linear-images", type=int, default=2400, help="single-shape images of the linear probe (3/4 fit, 1/4 test)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = proxy.get_proxy(args.model)
     world = args.world or spec.world
-    model = PromptedCLIP(load_backbone(spec.name, args.weights), PromptConfig.none()).eval()
+    model = PromptedCLIP(proxy.load_weights(spec.name, args.weights), PromptConfig.none()).eval()
     with tempfile.TemporaryDirectory(prefix="attribute_probe.") as work:
         db = write_database(Path(work) / "db", args.images, domain="source", seed=proxy.TEST_SEED, image_size=spec.image_size, world=world)
         result = probe(model, load_database(db).records, VOCABULARY[world])
     print(f"{spec.name} on the {world} world's source test ({args.images} images): true caption over a one-word swap")
     for attribute, r in result.items():
         print(f"  {attribute:<7} {r['true_wins']:.3f}  ({r['captions']} captions)")
+    print(f"linear classifier on the image features of {args.linear_images} single-shape images: held-out accuracy (chance)")
+    for attribute, r in linear_probe(model, world, args.linear_images).items():
+        print(f"  {attribute:<7} {r['accuracy']:.3f}  ({r['chance']:.3f})")
 
 
 if __name__ == "__main__":
