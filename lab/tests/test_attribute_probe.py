@@ -43,7 +43,8 @@ def test_single_shape_images_turn_through_the_shapes_and_are_drawn_alike_again()
 def test_linear_accuracy_reads_an_attribute_the_features_carry_and_not_one_they_do_not():
     torch.manual_seed(0)
     values = [f"v{i % 4}" for i in range(400)]
-    carried = torch.nn.functional.one_hot(torch.tensor([i % 4 for i in range(400)]), 8).double() + 0.1 * torch.randn(400, 8, dtype=torch.double)
+    carried = torch.nn.functional.one_hot(torch.tensor([i % 4 for i in range(400)]), 8).double()
+    carried += 0.1 * torch.randn(400, 8, dtype=torch.double)
     assert linear_accuracy(carried, values) == 1.0
     assert linear_accuracy(torch.randn(400, 8, dtype=torch.double), values) < 0.45  # chance 0.25
 

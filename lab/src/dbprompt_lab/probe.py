@@ -70,13 +70,15 @@ def single_shape_images(world: str, n: int, image_size: int, seed: int = 0) -> t
     for i in range(n):
         kind = kinds[i % len(kinds)]
         if world == "broad":
-            s = broad_scene.Shape(kind, pick(rng, list(broad_scene.COLOURS)), pick(rng, broad_scene.SIZES), pick(rng, list(broad_scene.POSITIONS)), pick(rng, broad_scene.STYLES))
-            scene = broad_scene.Scene(pick(rng, list(broad_scene.BACKGROUNDS)), pick(rng, broad_scene.PATTERNS), (s,))
+            b = broad_scene
+            s = b.Shape(kind, pick(rng, list(b.COLOURS)), pick(rng, b.SIZES), pick(rng, list(b.POSITIONS)), pick(rng, b.STYLES))
+            scene = b.Scene(pick(rng, list(b.BACKGROUNDS)), pick(rng, b.PATTERNS), (s,))
             images.append(broad_render(scene, rng, size=image_size, visual="none"))
             labels["style"].append(s.style)
         else:
-            s = proxy_scene.Shape(kind, pick(rng, list(proxy_scene.COLOURS)), pick(rng, proxy_scene.SIZES), pick(rng, list(proxy_scene.POSITIONS)))
-            images.append(proxy_render(proxy_scene.Scene(pick(rng, list(proxy_scene.BACKGROUNDS)), (s,)), rng, size=image_size, shifted=False))
+            p = proxy_scene
+            s = p.Shape(kind, pick(rng, list(p.COLOURS)), pick(rng, p.SIZES), pick(rng, list(p.POSITIONS)))
+            images.append(proxy_render(p.Scene(pick(rng, list(p.BACKGROUNDS)), (s,)), rng, size=image_size, shifted=False))
         for attribute, value in (("shape", s.kind), ("colour", s.colour), ("size", s.size)):
             labels[attribute].append(value)
     return images, labels
