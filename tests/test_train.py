@@ -15,7 +15,7 @@ from dbprompt.evaluation import evaluate_models
 from dbprompt.model import PromptedCLIP
 from dbprompt.pipeline import encode_records, encode_texts
 from dbprompt.prompts import PromptConfig
-from dbprompt.training.checkpoint import CHECKPOINT
+from dbprompt.training.checkpoint import CHECKPOINT, checkpoint_parameters
 from dbprompt.training.config import TrainConfig
 from dbprompt.training.images import backward_mask, encode_for_step
 from dbprompt.training.loss import ContrastiveLoss, calibrate_logit_scale, clip_loss
@@ -23,6 +23,7 @@ from dbprompt.training.trainer import Trainer, epoch_plan
 from dbprompt.training.validation import distractor_positions
 
 PROMPTS = PromptConfig(text_len=4, visual_len=4, vocab=0, visual_adapter=0)
+TEXT_ONLY = PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0)
 
 
 def _trainer(backbone, records, work_dir=None, config=PROMPTS, **cfg):
@@ -80,11 +81,22 @@ def test_resume_refuses_other_options(tiny_backbone, tiny_records, tmp_path):
         _trainer(tiny_backbone, tiny_records, tmp_path, lr=0.5, image_cache_mb=1).run(resume=True)
 
 
+def test_checkpoint_parameters_reads_a_runs_parameters_by_name_and_nothing_from_plain_weights(tiny_backbone, tiny_records, tmp_path):
+    trainer = _trainer(tiny_backbone, tiny_records, tmp_path)
+    trainer.run(stop_after_steps=2)
+    found = checkpoint_parameters(tmp_path / CHECKPOINT)
+    assert found is not None and set(found) == set(trainer.named)
+    for name, p in trainer.named.items():
+        assert torch.equal(found[name], p.detach()), name
+    save_file({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    assert checkpoint_parameters(tmp_path / "plain.safetensors") is None
+
+
 @pytest.mark.parametrize("image_side", ["trains", "frozen"])
 def test_resume_takes_other_run_only_options(tiny_backbone, tiny_records, tmp_path, image_side):
     """How often it checkpoints and how much it caches change nothing it computes: a run resumes with others
     (with nothing in the image tower training, a zero cache also turns its features from kept to recomputed)."""
-    config = PROMPTS if image_side == "trains" else PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0)
+    config = PROMPTS if image_side == "trains" else TEXT_ONLY
     straight_trainer = _trainer(tiny_backbone, tiny_records, tmp_path / "a", config=config)
     assert straight_trainer.images.frozen == (image_side == "frozen")
     straight = straight_trainer.run()
@@ -99,7 +111,7 @@ def test_resume_takes_other_run_only_options(tiny_backbone, tiny_records, tmp_pa
 
 
 def test_frozen_image_side_is_encoded_once_and_cached(tiny_backbone, tiny_records):
-    text_only = _trainer(tiny_backbone, tiny_records, config=PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0), epochs=1)
+    text_only = _trainer(tiny_backbone, tiny_records, config=TEXT_ONLY, epochs=1)
     assert text_only.images.frozen
     text_only.run()
     train = records_for(tiny_records, "train")
@@ -112,7 +124,6 @@ def test_frozen_image_side_is_encoded_once_and_cached(tiny_backbone, tiny_record
     assert visual.images.states is None
 
 
-TEXT_ONLY = PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0)
 
 
 def test_text_prompts_train_on_cached_image_features_exactly_as_on_pixels(tiny_backbone, tiny_records):
@@ -170,7 +181,7 @@ def test_validation_ranks_among_training_images_too(tiny_backbone, tiny_records)
     assert distractor_positions(100, 10, gallery=13) == [0, 33, 66]
     assert distractor_positions(5, 10, gallery=100) == [0, 1, 2, 3, 4]
     assert distractor_positions(100, 10, gallery=1) == []
-    for config in (PromptConfig(text_len=4, visual_len=0, vocab=0, visual_adapter=0), PROMPTS):
+    for config in (TEXT_ONLY, PROMPTS):
         trainer = _trainer(tiny_backbone, tiny_records, config=config, epochs=1)
         result = trainer.run()
         val, train = records_for(tiny_records, "val"), records_for(tiny_records, "train")

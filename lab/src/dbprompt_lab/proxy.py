@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from dbprompt.atomic import atomic_write_bytes, atomic_write_text
@@ -30,6 +29,7 @@ from dbprompt.prompts import PromptConfig
 from dbprompt.runtime import Runtime
 from dbprompt.training.config import TrainConfig
 from dbprompt.training.keys import CaptionKeys
+from dbprompt.training.checkpoint import checkpoint_parameters
 from dbprompt.training.trainer import Trainer, random_order
 
 from . import models
@@ -254,15 +254,13 @@ def _with_partial_captions(train: list[Record], val: list[Record]) -> tuple[list
 def load_weights(model: str, weights: str | None = None):
     """A proxy's backbone with its shipped weights (None), a weights file, or the backbone of a pre-training
     checkpoint (the Trainer's, which `pretrain` writes every few steps), to follow a pre-training as it goes."""
-    if weights is None or weights == RANDOM:
+    is_safetensors = weights is not None and weights.endswith(".safetensors") and Path(weights).is_file()
+    found = checkpoint_parameters(weights) if is_safetensors else None
+    if found is None:
         return load_backbone(model, weights)
-    with safe_open(weights, "pt") as f:
-        prefix = "param/backbone.model."
-        state = {k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    if not state:
-        return load_backbone(model, weights)
+    prefix = "backbone.model."
     backbone = load_backbone(model, RANDOM)
-    backbone.model.load_state_dict(state)
+    backbone.model.load_state_dict({k[len(prefix) :]: v for k, v in found.items() if k.startswith(prefix)})
     return backbone
 
 

@@ -46,6 +46,15 @@ class TrainState:
     epoch_losses: list[float] = field(default_factory=list)
 
 
+def checkpoint_parameters(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """The trained parameters a run's checkpoint holds, by name (the model's own names); None when the
+    safetensors file at `path` is not such a checkpoint (plain weights, say)."""
+    with safe_open(str(path), "pt") as f:
+        if "train_config" not in (f.metadata() or {}):
+            return None
+        return {k[len("param/") :]: f.get_tensor(k) for k in f.keys() if k.startswith("param/")}
+
+
 def _comparable(cfg: dict) -> dict:
     return json.loads(json.dumps(cfg))
 
