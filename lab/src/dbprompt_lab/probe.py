@@ -3,7 +3,9 @@ size and place already tell images apart never asks, and a backbone pre-trained 
 
 - `probe`: the true caption against the same caption with one attribute word swapped for each other value
   (0.5: blind to that attribute); only the first attribute word of a caption is swapped, and only where the
-  caption uses the world's own word for it. It needs both towers to know the attribute.
+  caption uses the world's own word for it. It needs both towers to know the attribute. Beside it, the text
+  tower alone: the mean cosine between a caption and its swaps (1.0: the word is ignored, and no contrastive
+  step can teach it again, since neither tower's gradient then points along it).
 - `linear_probe`: a linear classifier on the frozen image features of single-shape images (against
   chance): whether the image tower carries the attribute at all, words aside.
 """
@@ -44,20 +46,24 @@ def swaps(caption: str, words: tuple[str, ...]) -> list[str]:
 
 @torch.no_grad()
 def probe(model: PromptedCLIP, records: list[Record], vocabulary: dict[str, tuple[str, ...]], runtime: Runtime = CPU) -> dict[str, dict]:
-    """Per attribute: the share of (image, swapped caption) pairs the true caption outscores, over how many captions."""
+    """Per attribute: the share of (image, swapped caption) pairs the true caption outscores, the mean cosine of the
+    true caption's text features with a swap's, over how many captions."""
     (images,), _ = encode_records([model], records, runtime)
     out = {}
     for attribute, words in vocabulary.items():
-        wins, pairs, captions = 0, 0, 0
+        wins, pairs, captions, cosine = 0, 0, 0, 0.0
         for image, record in zip(images, records, strict=True):
             caption = record.captions[0]
             others = swaps(caption, words)
             if not others:
                 continue
-            scores = encode_texts(model, [caption, *others], runtime) @ image
+            texts = encode_texts(model, [caption, *others], runtime)
+            scores = texts @ image
             wins += int((scores[0] > scores[1:]).sum())
+            cosine += float((texts[1:] @ texts[0]).sum())
             pairs, captions = pairs + len(others), captions + 1
-        out[attribute] = {"true_wins": wins / pairs if pairs else float("nan"), "captions": captions}
+        mean = (lambda total: total / pairs) if pairs else (lambda total: float("nan"))
+        out[attribute] = {"true_wins": mean(wins), "text_cosine": mean(cosine), "captions": captions}
     return out
 
 

@@ -1,5 +1,6 @@
 """Which attributes a backbone sees: on a world's source test images, the true caption against the same
-caption with one attribute word swapped for each other value (0.5: blind to that attribute); and a linear
+caption with one attribute word swapped for each other value (0.5: blind to that attribute), and how alike
+the text tower embeds the two (cosine 1.000: it ignores the word); and a linear
 classifier on the image features of single-shape images (against chance).
 
     python -m dbprompt_lab.benchmarks.attribute_probe [--model dbprompt-proxy] [--weights FILE] [--images 400]
@@ -39,9 +40,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="attribute_probe.") as work:
         db = write_database(Path(work) / "db", args.images, domain="source", seed=proxy.TEST_SEED, image_size=spec.image_size, world=world)
         result = probe(model, load_database(db).records, VOCABULARY[world])
-    print(f"{spec.name} on the {world} world's source test ({args.images} images): true caption over a one-word swap")
+    print(f"{spec.name} on the {world} world's source test ({args.images} images): true caption over a one-word swap; "
+          "text features' cosine with the swap (1.000: the word is ignored)")
     for attribute, r in result.items():
-        print(f"  {attribute:<7} {r['true_wins']:.3f}  ({r['captions']} captions)")
+        print(f"  {attribute:<7} {r['true_wins']:.3f}  cosine {r['text_cosine']:.3f}  ({r['captions']} captions)")
     print(f"linear classifier on the image features of {args.linear_images} single-shape images: held-out accuracy (chance)")
     for attribute, r in linear_probe(model, world, args.linear_images).items():
         print(f"  {attribute:<7} {r['accuracy']:.3f}  ({r['chance']:.3f})")
