@@ -124,8 +124,6 @@ def test_frozen_image_side_is_encoded_once_and_cached(tiny_backbone, tiny_record
     assert visual.images.states is None
 
 
-
-
 def test_text_prompts_train_on_cached_image_features_exactly_as_on_pixels(tiny_backbone, tiny_records):
     """Nothing inside the image tower trains, so it runs once per image; what the prompts learn is the same."""
     cached = _trainer(tiny_backbone, tiny_records, config=TEXT_ONLY, epochs=2)

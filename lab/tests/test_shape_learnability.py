@@ -11,19 +11,20 @@ from dbprompt_lab.world.broad import scene as broad_scene
 
 
 def test_shape_data_keeps_the_asked_style_and_labels_each_image_with_its_shape():
-    x, y, kinds = shape_data("broad", 44, 96, "filled")
+    _, transform = image_tower("dbprompt-proxy-b", None, None)
+    x, y, kinds = shape_data("broad", 44, 96, "filled", transform)
     _, labels = single_shape_images("broad", 44, 96, seed=5)
     filled = [s for s, style in zip(labels["shape"], labels["style"]) if style == "filled"]
     assert kinds == list(broad_scene.SHAPES) and x.shape == (len(filled), 3, 96, 96)
     assert [kinds[i] for i in y.tolist()] == filled
-    assert len(shape_data("broad", 44, 96, "all")[1]) == 44
+    assert len(shape_data("broad", 44, 96, "all", transform)[1]) == 44
     with pytest.raises(ValueError, match="no outlined shapes"):
-        shape_data("proxy", 8, 64, "outlined")  # the proxy world's shapes are all filled
+        shape_data("proxy", 8, 64, "outlined", transform)  # the proxy world's shapes are all filled
 
 
 def test_image_tower_takes_another_patch_size_only_for_random_weights():
-    assert image_tower("dbprompt-proxy-b", None, None).conv1.kernel_size == (16, 16)
-    assert image_tower("dbprompt-proxy-b", 8, None).conv1.kernel_size == (8, 8)
+    assert image_tower("dbprompt-proxy-b", None, None)[0].conv1.kernel_size == (16, 16)
+    assert image_tower("dbprompt-proxy-b", 8, None)[0].conv1.kernel_size == (8, 8)
     with pytest.raises(ValueError, match="--patch"):
         image_tower("dbprompt-proxy", 8, "random")
 
@@ -34,6 +35,6 @@ def test_learn_fits_the_training_images_and_reports_held_out_accuracy():
     x = torch.cat([torch.full((24, 3, 64, 64), -1.0), torch.full((24, 3, 64, 64), 1.0)]) + 0.1 * torch.randn(48, 3, 64, 64)
     y = torch.tensor([0] * 24 + [1] * 24)
     order = torch.randperm(48)
-    reports = list(learn(image_tower("dbprompt-proxy", None, None), x[order], y[order], 2, steps=40, lr=1e-3, batch_size=16, every=20))
+    reports = list(learn(image_tower("dbprompt-proxy", None, None)[0], x[order], y[order], 2, steps=40, lr=1e-3, batch_size=16, every=20))
     assert [step for step, _, _ in reports] == [20, 40]
     assert reports[-1][2] >= 0.85

@@ -4,8 +4,8 @@ size and place already tell images apart never asks, and a backbone pre-trained 
 - `probe`: the true caption against the same caption with one attribute word swapped for each other value
   (0.5: blind to that attribute); only the first attribute word of a caption is swapped, and only where the
   caption uses the world's own word for it. It needs both towers to know the attribute. Beside it, the text
-  tower alone: the mean cosine between a caption and its swaps (1.0: the word is ignored, and no contrastive
-  step can teach it again, since neither tower's gradient then points along it).
+  tower alone: the mean cosine between a caption and its swaps (1.0: the word is ignored, and a contrastive
+  step can hardly teach it again, since neither tower's gradient then points along it).
 - `linear_probe`: a linear classifier on the frozen image features of single-shape images (against
   chance): whether the image tower carries the attribute at all, words aside.
 """
@@ -13,6 +13,7 @@ size and place already tell images apart never asks, and a backbone pre-trained 
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 import numpy as np
 import torch
@@ -62,8 +63,12 @@ def probe(model: PromptedCLIP, records: list[Record], vocabulary: dict[str, tupl
             wins += int((scores[0] > scores[1:]).sum())
             cosine += float((texts[1:] @ texts[0]).sum())
             pairs, captions = pairs + len(others), captions + 1
-        mean = (lambda total: total / pairs) if pairs else (lambda total: float("nan"))
-        out[attribute] = {"true_wins": mean(wins), "text_cosine": mean(cosine), "captions": captions}
+        nan = float("nan")
+        out[attribute] = {
+            "true_wins": wins / pairs if pairs else nan,
+            "text_cosine": cosine / pairs if pairs else nan,
+            "captions": captions,
+        }
     return out
 
 
@@ -113,12 +118,16 @@ def linear_accuracy(features: torch.Tensor, values: list[str], train_share: floa
         return float(((x[cut:] @ w + b).argmax(1) == y[cut:]).double().mean())
 
 
+def to_pixels(images: list[np.ndarray], transform: Callable) -> torch.Tensor:
+    """uint8 (H, W, 3) arrays as one batch of model input, through the backbone's own image transform."""
+    return torch.stack([transform(Image.fromarray(a)) for a in images])
+
+
 @torch.no_grad()
 def linear_probe(model: PromptedCLIP, world: str, n: int = 2400, runtime: Runtime = CPU) -> dict[str, dict[str, float]]:
     """Per attribute, held-out accuracy of a linear classifier on the frozen image features of single-shape
     images, beside chance: what the image tower sees, whether or not its words for it are learned."""
     images, labels = single_shape_images(world, n, model.backbone.image_size[0])
-    transform = model.backbone.image_transform()
-    pixels = torch.stack([transform(Image.fromarray(a)) for a in images])
+    pixels = to_pixels(images, model.backbone.image_transform())
     features = torch.cat([embed_images(model, pixels[i : i + 256], runtime) for i in range(0, n, 256)])
     return {a: {"accuracy": round(linear_accuracy(features, v), 4), "chance": round(1 / len(set(v)), 4)} for a, v in labels.items()}

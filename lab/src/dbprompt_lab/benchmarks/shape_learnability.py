@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import open_clip
@@ -21,38 +21,40 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 
+from dbprompt.backbones import RANDOM
 from dbprompt_lab import proxy
-from dbprompt_lab.probe import single_shape_images
+from dbprompt_lab.probe import single_shape_images, to_pixels
 from dbprompt_lab.world.broad import scene as broad_scene
 from dbprompt_lab.world.scene import SHAPES as PROXY_SHAPES
 
 HELD_OUT = 1 / 6  # the share of the images never trained on
 
 
-def image_tower(model: str, patch: int | None, weights: str | None) -> torch.nn.Module:
-    """The model's image tower: random weights (optionally another patch size), or a weights file / checkpoint's."""
-    if weights is not None:
-        if patch is not None:
-            raise ValueError("--patch builds a new architecture: it cannot load --weights")
-        return proxy.load_weights(model, weights).model.visual
+def image_tower(model: str, patch: int | None, weights: str | None) -> tuple[torch.nn.Module, Callable]:
+    """The model's image tower and its image transform: random weights (optionally another patch size), or a
+    weights file's / pre-training checkpoint's."""
+    if weights is not None and patch is not None:
+        raise ValueError("--patch builds a new architecture: it cannot load --weights")
+    backbone = proxy.load_weights(model, weights or RANDOM)
+    if patch is None:
+        return backbone.image_tower, backbone.image_transform()
     cfg = open_clip.get_model_config(model)
-    if patch is not None:
-        cfg = cfg | {"vision_cfg": cfg["vision_cfg"] | {"patch_size": patch}}
+    cfg = cfg | {"vision_cfg": cfg["vision_cfg"] | {"patch_size": patch}}
     # The sigmoid loss's bias and scale are the whole model's, not the image tower's.
-    return CLIP(**{k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}).visual
+    tower = CLIP(**{k: v for k, v in cfg.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}).visual
+    return tower, backbone.image_transform()  # the patch size leaves the input as it was
 
 
-def shape_data(world: str, n: int, image_size: int, styles: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Normalised single-shape images and their shape indices; `styles` "filled" keeps only filled shapes."""
+def shape_data(world: str, n: int, image_size: int, styles: str, transform: Callable) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Single-shape images as model input and their shape indices; `styles` "filled" keeps only filled shapes."""
     images, labels = single_shape_images(world, n, image_size, seed=5)
-    keep = [i for i in range(n) if styles == "all" or labels.get("style", ["filled"] * n)[i] == styles]
+    style_of = labels.get("style") or ["filled"] * n  # the proxy world draws filled shapes only
+    keep = [i for i in range(n) if styles in ("all", style_of[i])]
     if not keep:
         raise ValueError(f"no {styles} shapes among {n} images of the {world} world")
     kinds = list(broad_scene.SHAPES if world == "broad" else PROXY_SHAPES)
-    x = torch.from_numpy(np.stack([images[i] for i in keep])).permute(0, 3, 1, 2).float().div(255)
-    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN)[:, None, None]
-    std = torch.tensor(open_clip.OPENAI_DATASET_STD)[:, None, None]
-    return (x - mean) / std, torch.tensor([kinds.index(labels["shape"][i]) for i in keep]), kinds
+    pixels = to_pixels([images[i] for i in keep], transform)
+    return pixels, torch.tensor([kinds.index(labels["shape"][i]) for i in keep]), kinds
 
 
 def learn(tower: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int, *, steps: int, lr: float,
@@ -60,9 +62,7 @@ def learn(tower: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int
     """Train tower + a linear head on the first 5/6 of (x, y); every `every` steps yield (step, loss, held-out accuracy)."""
     torch.manual_seed(seed)
     cut = len(y) - max(1, int(len(y) * HELD_OUT))
-    with torch.no_grad():
-        width = tower(x[:1]).shape[-1]
-    head = torch.nn.Linear(width, classes)
+    head = torch.nn.Linear(tower.output_dim, classes)
     tower.train().requires_grad_(True)
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=lr, weight_decay=0.05)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 30))
@@ -94,8 +94,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=14400, help="single-shape images drawn (5/6 train, 1/6 held out)")
     args = ap.parse_args()
     spec = proxy.get_proxy(args.model)
-    x, y, kinds = shape_data(spec.world, args.images, spec.image_size, args.styles)
-    tower = image_tower(spec.name, args.patch, args.weights)
+    try:
+        tower, transform = image_tower(spec.name, args.patch, args.weights)
+        x, y, kinds = shape_data(spec.world, args.images, spec.image_size, args.styles, transform)
+    except (ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
     print(f"{spec.name} image tower ({args.weights or 'random weights'}, patch {args.patch or 'as configured'}), "
           f"{len(kinds)} shapes, styles {args.styles}: {len(y)} images; chance {1 / len(kinds):.3f}", flush=True)
     start = time.perf_counter()
