@@ -19,9 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 from dbprompt.backbones import load_backbone, model_dirs
+from dbprompt.training.loss import ContrastiveLoss
 from dbprompt.training.trainer import Trainer
 from dbprompt_lab import cli, models, proxy
 from dbprompt_lab.sigmoid_loss import SigmoidLoss
+from dbprompt_lab.swap_negatives import SwapNegativeLoss
 
 B = "dbprompt-proxy-b"
 LAB = Path(__file__).resolve().parents[1]
@@ -131,6 +133,32 @@ def test_proxy_b_pretrains_on_the_broad_world_with_the_sigmoid_loss_and_resumes(
     assert "resumed at epoch 1, step 1" in capsys.readouterr().out
     a, b = load_file(tmp_path / "whole" / "tiny-b.safetensors"), load_file(tmp_path / "cut" / "tiny-b.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_recipe_trial_swaps_the_loss_adds_swap_negatives_and_logs_the_text_cosine(tiny_b, tmp_path, monkeypatch, capsys, one_thread):
+    seen = []
+    run = Trainer.run
+
+    def watched(self, **kwargs):
+        seen.append((type(self.loss), type(getattr(self.loss, "loss", None)), float(self.model.backbone.logit_scale.detach())))
+        return run(self, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run", watched)
+    monkeypatch.setattr(proxy, "VAL_FRACTION", 0.3)  # captions to log the text cosine on, among so few images
+    assert _pretrain(tmp_path, "--loss", "contrastive", "--swap-negatives", "shape=0.7,size=0.3", "--images", "24") == 0
+    assert seen[0] == (SwapNegativeLoss, ContrastiveLoss, pytest.approx(proxy.CONTRASTIVE_SCALE))
+    record = json.loads((tmp_path / "tiny-b.record.json").read_text())
+    assert record["loss"] == "contrastive" and record["swap_negatives"] == {"shape": 0.7, "size": 0.3}
+    assert record["command"].endswith("--loss contrastive --swap-negatives shape=0.7,size=0.3")
+    out = capsys.readouterr().out
+    cosines = re.findall(r"text cosine of a one-word swap \(1.000: word ignored\): shape (\S+),", out)
+    assert len(cosines) == 3 and all(0 < float(c) <= 1 for c in cosines)  # epochs 0, 1, 2
+    # Fewer images than the database holds: its first ones (a trial reads a full run's database).
+    assert _pretrain(tmp_path, "--images", "12") == 0
+    fewer = json.loads((tmp_path / "tiny-b.record.json").read_text())
+    assert fewer["train_images"] < 12 <= record["train_images"] and fewer["loss"] == "sigmoid"
+    assert cli.main(["proxy", "pretrain", "--model", "tiny-b", "--work-dir", str(tmp_path), "--swap-negatives", "shape"]) == 2
+    assert "ATTRIBUTE=SHARE" in capsys.readouterr().err
 
 
 def test_check_says_when_proxy_b_has_no_weights_yet(tmp_path, capsys):

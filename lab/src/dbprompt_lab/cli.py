@@ -14,6 +14,7 @@ from dbprompt.runtime import Runtime
 
 from . import proxy
 from .methods import COMPARED, METHODS, RETIRED
+from .swap_negatives import parse_share
 from .world.samples import WORLDS
 
 
@@ -74,6 +75,8 @@ def register_proxy(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--lr", type=float, default=None, help=f"(default: the model's recipe, {first.recipe.lr} for {first.name})")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--hard-negatives", type=int, default=0, metavar="K", help="batches made of runs of K look-alike images (captions sharing most words); 0: random batches (default: %(default)s)")
+    pre.add_argument("--loss", default=None, choices=["sigmoid", "contrastive"], help="(default: the model's: contrastive for dbprompt-proxy, sigmoid for dbprompt-proxy-b)")
+    pre.add_argument("--swap-negatives", default=None, metavar="ATTR=SHARE,...", help="each caption's word for an attribute (drawn by share, e.g. shape=0.7,size=0.3) swapped for another: one more negative of its image (default: none)")
     pre.add_argument("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints (default: the model's recipe)")
     pre.add_argument("--image-cache-mb", type=int, default=None, help="memory for decoded training images (default: the model's recipe)")
     pre.add_argument("--device", default="auto")
@@ -100,6 +103,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         "image_cache_mb": args.image_cache_mb,
     }
     cfg = replace(recipe, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    swap = parse_share(args.swap_negatives) if args.swap_negatives else None
     record = proxy.pretrain(
         args.work_dir,
         model=args.model,
@@ -107,6 +111,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         images=args.images,
         cfg=cfg,
         hard_negatives=args.hard_negatives,
+        loss=args.loss,
+        swap_negatives=swap,
         runtime=Runtime.resolve(args.device, args.bf16, args.workers),
         resume=args.resume,
         out=Path(args.out) if args.out else None,

@@ -6,14 +6,18 @@ pre-trained by `dbprompt-lab proxy pretrain --model NAME`:
 - `dbprompt-proxy` (dbprompt's assets/models): 13.2 M parameters, 64 px, 4 + 4 layers, the contrastive
   loss, on the proxy world's source domain;
 - `dbprompt-proxy-b` (the lab's models/, issue 28): 28.5 M parameters, 96 px, patch 16, 6 + 6 layers
-  (vision width 384, text width 256), SigLIP's sigmoid loss, on the broad world's source domain.
+  (vision width 384, text width 256), SigLIP's sigmoid loss, on the broad world's source domain;
+- `dbprompt-proxy-b-trial`: proxy-b's world, input and loss on the first proxy's widths and depths (4 + 4
+  layers), to try a pre-training recipe in an hour on a CPU before proxy-b spends a day on it. Never shipped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -36,6 +40,7 @@ from . import models
 from .batches import find_look_alikes, grouped_order
 from .probe import VOCABULARY, linear_probe, probe
 from .sigmoid_loss import SigmoidLoss
+from .swap_negatives import SwapKeys, SwapNegativeLoss, format_share
 from .world import broad, write_database
 from .world.broad.captions import partial_captions
 
@@ -54,6 +59,8 @@ TEST_IMAGES = 1000
 VAL_FRACTION = 0.03
 # Single-shape images of the linear attribute probe in a pre-training record (3/4 fit the classifier, 1/4 test it).
 LINEAR_IMAGES = 2400
+# Validation images whose captions the text cosine is logged on after every epoch.
+PROBE_IMAGES = 200
 # The training images given a partial caption: with three full captions each, about 1 text in 10 a step draws.
 PARTIAL_SHARE = 0.4
 # The recipe of the shipped weights (BENCHMARKS.md, Proxy backbone): what `dbprompt proxy pretrain` does by default.
@@ -100,8 +107,15 @@ PROXIES: dict[str, Proxy] = {
             "dbprompt-proxy-b", "broad", 96, 64000,
             replace(RECIPE, epochs=20, batch_size=512, checkpoint_every=100), True, models.DIR, partial_captions=True,
         ),
+        Proxy(
+            "dbprompt-proxy-b-trial", "broad", 96, 16000, replace(RECIPE, epochs=4, checkpoint_every=100), True, models.DIR,
+            partial_captions=True,
+        ),
     )
 }
+# Where the contrastive loss pre-trains a config made for the sigmoid one (whose scale starts at 10), it starts
+# at CLIP's temperature, 0.07, as the first proxy did.
+CONTRASTIVE_SCALE = math.log(1 / 0.07)
 
 
 def get_proxy(name: str) -> Proxy:
@@ -149,6 +163,8 @@ def pretrain(
     images: int | None = None,
     cfg: TrainConfig | None = None,
     hard_negatives: int = 0,
+    loss: str | None = None,
+    swap_negatives: Mapping[str, float] | None = None,
     runtime: Runtime | None = None,
     resume: bool = False,
     out: Path | None = None,
@@ -158,17 +174,23 @@ def pretrain(
     weights + a record (to `out`, default WORK_DIR/NAME.safetensors, and the record beside it).
 
     `images`, `cfg`: the proxy's recipe unless given. `hard_negatives` K > 1 makes batches of runs of K
-    look-alike images (batches.py).
+    look-alike images (batches.py). `loss`: "sigmoid" or "contrastive" (default: the proxy's).
+    `swap_negatives`: attribute -> share of captions whose word for it is swapped into a negative
+    (swap_negatives.py). Every epoch logs the text cosine of a one-word swap on validation captions.
     """
     proxy = get_proxy(model)
     world, images, cfg = world or proxy.world, images or proxy.images, cfg or proxy.recipe
+    loss = loss or ("sigmoid" if proxy.sigmoid else "contrastive")
+    if loss not in ("sigmoid", "contrastive"):
+        raise ValueError(f"unknown loss {loss!r}; choose sigmoid or contrastive")
     work = Path(work_dir)
     out = out or work / f"{proxy.name}.safetensors"
     db = _database(work, "source", world)
     if not (db / "metadata.jsonl").exists():
         print(f"writing {images} {world}-world source images to {db}")
         write_database(db, images, domain="source", seed=SOURCE_SEED, image_size=proxy.image_size, world=world)
-    records = assign_splits(load_database(db).records, val_fraction=VAL_FRACTION, test_fraction=0.0, seed=SOURCE_SEED)
+    # Fewer images than the database holds (a trial) are its first ones: a trial reads the full run's database.
+    records = assign_splits(load_database(db).records[:images], val_fraction=VAL_FRACTION, test_fraction=0.0, seed=SOURCE_SEED)
     splits = {s: records_for(records, s) for s in ("train", "val")} | {"test": source_test_records(work, proxy, world)}
     keys = None
     if proxy.partial_captions:
@@ -191,15 +213,24 @@ def pretrain(
         def order(rng, n):
             return grouped_order(look_alikes, hard_negatives, rng)
 
-    trainer = Trainer(net, splits["train"], splits["val"], cfg, runtime, work_dir=work, progress=progress, order=order)
+    trainer = Trainer(
+        net, splits["train"], splits["val"], cfg, runtime, work_dir=work, progress=progress, order=order,
+        on_epoch=lambda entry: _log_text_cosine(net, splits["val"][:PROBE_IMAGES], world, runtime, entry),
+    )
     if keys is not None:
         trainer.keys = keys
-    if proxy.sigmoid:
-        if runtime.world > 1:
-            raise ValueError(f"{proxy.name} pre-trains on one process (its sigmoid loss gathers nothing across ranks)")
+    if (loss == "sigmoid" or swap_negatives) and runtime.world > 1:
+        raise ValueError(f"{loss} pre-training with these options runs on one process (it gathers nothing across ranks)")
+    if loss == "sigmoid":
         # The Trainer's loss holds no parameter here (the temperature is the backbone's), so swapping it
         # leaves the optimizer as built; the bias it adds is the backbone's too.
         trainer.loss = SigmoidLoss(backbone.model)
+    elif proxy.sigmoid and not resume:
+        with torch.no_grad():
+            backbone.model.logit_scale.fill_(CONTRASTIVE_SCALE)
+    if swap_negatives:
+        trainer.keys = SwapKeys(trainer.keys, VOCABULARY[world], swap_negatives, cfg.seed)
+        trainer.loss = SwapNegativeLoss(trainer.loss, net, sigmoid=loss == "sigmoid")
     result = trainer.run(resume=resume)
     trainer.restore_best()
     state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in backbone.model.state_dict().items()}
@@ -209,7 +240,8 @@ def pretrain(
     record = {
         "model": proxy.name,
         "world": world,
-        "loss": "sigmoid" if proxy.sigmoid else "contrastive",
+        "loss": loss,
+        "swap_negatives": dict(swap_negatives or {}),
         "partial_captions": proxy.partial_captions,
         "source_test_images": len(splits["test"]),
         "source_test_seed": TEST_SEED,
@@ -229,7 +261,8 @@ def pretrain(
         "device": runtime.describe(),
         "history": result.history,
         "command": f"dbprompt-lab proxy pretrain --model {proxy.name} --world {world} --images {images} --epochs {cfg.epochs} "
-        f"--batch-size {cfg.batch_size} --lr {cfg.lr}" + (f" --hard-negatives {hard_negatives}" if hard_negatives > 1 else ""),
+        f"--batch-size {cfg.batch_size} --lr {cfg.lr} --loss {loss}" + (f" --hard-negatives {hard_negatives}" if hard_negatives > 1 else "")
+        + (f" --swap-negatives {format_share(swap_negatives)}" if swap_negatives else ""),
     }
     atomic_write_text(out.with_name(f"{proxy.name}.record.json"), json.dumps(record, indent=2))
     return record
@@ -269,6 +302,14 @@ def attribute_probe(backbone, test: list, world: str, runtime: Runtime) -> dict[
     class folders need shapes, which a world told apart by colour and place may never have taught (issue 25)."""
     found = probe(PromptedCLIP(backbone, PromptConfig.none()).eval(), test[:400], VOCABULARY[world], runtime)
     return {attribute: round(r["true_wins"], 4) for attribute, r in found.items()}
+
+
+def _log_text_cosine(net: PromptedCLIP, records: list, world: str, runtime: Runtime, entry: dict) -> None:
+    """How alike the text tower embeds a caption and its one-word swaps (1.000: the word is ignored), after an
+    epoch: a pre-training that drops a word early rarely learns it again, so it shows in hours, not days."""
+    found = probe(net.eval(), records, VOCABULARY[world], runtime)
+    seen = ", ".join(f"{a} {r['text_cosine']:.3f}" for a, r in found.items())
+    print(f"epoch {entry['epoch']}: text cosine of a one-word swap (1.000: word ignored): {seen}", flush=True)
 
 
 def _source_metrics(backbone, test: list, runtime: Runtime) -> dict[str, float]:
