@@ -67,7 +67,7 @@ def test_the_contrastive_loss_gains_the_swap_as_one_more_column_of_its_image_s_s
     images = F.normalize(torch.randn(3, model.backbone.embed_dim), dim=-1)
     texts = _features(model, captions)
     inner = ContrastiveLoss(model.backbone.logit_scale, own=False)
-    loss = SwapNegativeLoss(inner, model, sigmoid=False)
+    loss = SwapNegativeLoss(inner, model)
     with torch.no_grad():
         got = loss(images, texts, SwapBatch(None, swapped))
         plain = loss(images, texts, None)
@@ -91,7 +91,7 @@ def test_the_sigmoid_loss_gains_one_negative_pair_per_swapped_caption(model):
     texts = _features(model, captions)
     inner = SigmoidLoss(clip)
     with torch.no_grad():
-        got = SwapNegativeLoss(inner, model, sigmoid=True)(images, texts, SwapBatch(None, swapped))
+        got = SwapNegativeLoss(inner, model)(images, texts, SwapBatch(None, swapped))
         logits = clip.logit_scale.exp() * (images * _features(model, swapped)).sum(-1) + clip.logit_bias
         expected = inner(images, texts) + (-F.logsigmoid(-logits)).sum() / 2
     assert torch.allclose(got, expected, atol=1e-5)

@@ -183,6 +183,8 @@ def pretrain(
     loss = loss or ("sigmoid" if proxy.sigmoid else "contrastive")
     if loss not in ("sigmoid", "contrastive"):
         raise ValueError(f"unknown loss {loss!r}; choose sigmoid or contrastive")
+    # Built before any image is written or read, so a bad attribute stops the run at once; it wraps the keys later.
+    swap_keys = SwapKeys(None, VOCABULARY[world], swap_negatives, cfg.seed) if swap_negatives else None
     work = Path(work_dir)
     out = out or work / f"{proxy.name}.safetensors"
     db = _database(work, "source", world)
@@ -228,9 +230,9 @@ def pretrain(
     elif proxy.sigmoid and not resume:
         with torch.no_grad():
             backbone.model.logit_scale.fill_(CONTRASTIVE_SCALE)
-    if swap_negatives:
-        trainer.keys = SwapKeys(trainer.keys, VOCABULARY[world], swap_negatives, cfg.seed)
-        trainer.loss = SwapNegativeLoss(trainer.loss, net, sigmoid=loss == "sigmoid")
+    if swap_keys is not None:
+        swap_keys.inner, trainer.keys = trainer.keys, swap_keys
+        trainer.loss = SwapNegativeLoss(trainer.loss, net)
     result = trainer.run(resume=resume)
     trainer.restore_best()
     state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in backbone.model.state_dict().items()}

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dbprompt.model import PromptedCLIP
-from dbprompt.training.loss import Keys
+from dbprompt.training.loss import ContrastiveLoss, Keys
 
 from .probe import swaps
+from .sigmoid_loss import SigmoidLoss
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,9 @@ class SwapNegativeLoss(nn.Module):
     plus half the mean of softplus(swap logit - logsumexp of the row). Sigmoid: one more negative pair per image.
     """
 
-    def __init__(self, loss: nn.Module, model: PromptedCLIP, sigmoid: bool):
+    def __init__(self, loss: ContrastiveLoss | SigmoidLoss, model: PromptedCLIP):
         super().__init__()
-        self.loss, self.sigmoid = loss, sigmoid
+        self.loss = loss
         self._model = (model,)  # outside the module tree: the model's parameters are trained as its own
 
     def forward(
@@ -88,11 +89,12 @@ class SwapNegativeLoss(nn.Module):
         device = image_features.device
         swapped = model.encode_text(model.tokenize([keys.swapped[i] for i in rows]).to(device)).float()
         images = image_features[rows].float()
-        scale = clip.logit_scale.exp()
-        swap_logits = scale * (images * swapped).sum(-1)
         n = len(image_features)
-        if self.sigmoid:
+        if isinstance(self.loss, SigmoidLoss):  # its scale and bias are the model's
+            swap_logits = clip.logit_scale.exp() * (images * swapped).sum(-1)
             return base + F.softplus(swap_logits + clip.logit_bias).sum() / n
+        scale = self.loss.scale.exp()  # the contrastive loss's own temperature, where it owns one
+        swap_logits = scale * (images * swapped).sum(-1)
         row_logits = scale * images @ text_features.float().T
         return base + F.softplus(swap_logits - torch.logsumexp(row_logits, dim=1)).sum() / (2 * n)
 
