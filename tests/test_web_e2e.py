@@ -113,6 +113,8 @@ def test_typing_a_query_shows_images_of_the_selected_database(site, browser):
 
     page.keyboard.press("Escape")
     assert not page.eval_on_selector("#viewer", "dialog => dialog.open")
+    # From an empty field: Chrome sometimes sizes an insertion against maxlength as if the text it replaces stayed.
+    page.fill("#query", "")
     page.fill("#query", "x" * 600)
     assert len(page.input_value("#query")) == 500  # the page keeps queries within the server's limit
     assert outside == [] and console_errors == []
