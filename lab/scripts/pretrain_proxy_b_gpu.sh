@@ -7,11 +7,14 @@
 #   saves into .whl/ the three pure-Python wheels the GPU image lacks (open_clip_torch, ftfy, wcwidth; it has
 #   torch, timm, transformers, safetensors, huggingface_hub, regex, pillow, numpy, tqdm, pyarrow).
 # There, from the repository root, with .whl carried:
-#     lab/scripts/pretrain_proxy_b_gpu.sh
+#     lab/scripts/pretrain_proxy_b_gpu.sh [PRETRAIN OPTIONS]
 #   writes the broad world (64,000 source images + 1,000 test, 96 px) into runs/proxy-b, pre-trains with bf16
 #   autocast (recipe: dbprompt_lab.proxy.PROXIES["dbprompt-proxy-b"]), checkpointing every 100 steps, and stops
 #   cleanly after LIMIT seconds (default 540). Cut off, it says so: run it again on the same (warm) machine and
-#   it resumes from the last checkpoint; a fresh machine starts again from scratch.
+#   it resumes from the last checkpoint; a fresh machine starts again from scratch. Options are passed on to
+#   `dbprompt-lab proxy pretrain`: e.g. --loss contrastive, or a second stage on shape twins from the first's
+#   weights, `WORK=runs/proxy-b-twins lab/scripts/pretrain_proxy_b_gpu.sh --init runs/proxy-b/dbprompt-proxy-b.safetensors
+#   --twins` (lab/README.md, "Shape twins").
 # Back here, reassemble and ship (the record says the source test T2I R@1; ship only if it is >= 85):
 #     cat OUT/dbprompt-proxy-b.safetensors.part* > lab/src/dbprompt_lab/models/dbprompt-proxy-b.safetensors
 #     (cd lab/src/dbprompt_lab/models && sha256sum -c OUT/dbprompt-proxy-b.sha256)  # the GPU's file, byte for byte
@@ -42,7 +45,7 @@ status=0
 # SIGINT after LIMIT seconds: the command stops as on Ctrl-C, and the checkpoints written so far stay.
 timeout --signal=INT "$LIMIT" python3 -m dbprompt_lab proxy pretrain --model dbprompt-proxy-b --world broad \
     --work-dir "$WORK" --device cuda --bf16 --workers "$(( $(nproc) > 12 ? 12 : $(nproc) ))" \
-    --image-cache-mb 16000 --resume --no-progress 2>&1 | tee -a "$OUT/pretrain.log" || status=$?
+    --image-cache-mb 16000 --resume --no-progress "$@" 2>&1 | tee -a "$OUT/pretrain.log" || status=$?
 if [ ! -f "$WORK/dbprompt-proxy-b.record.json" ] || [ "$status" -ne 0 ]; then
     echo "cut off or failed (status $status): run this script again on the same machine to resume from $WORK" | tee -a "$OUT/pretrain.log"
     exit 1

@@ -171,9 +171,10 @@ def test_check_says_when_proxy_b_has_no_weights_yet(tmp_path, capsys):
 def test_the_gpu_script_s_command_is_one_the_cli_takes():
     script = (LAB / "scripts" / "pretrain_proxy_b_gpu.sh").read_text()
     command = script[script.index("python3 -m dbprompt_lab proxy pretrain") : script.index("2>&1 | tee")]
-    command = re.sub(r'"\$\(\(.*?\)\)"', "12", command.replace("\\\n", " ")).replace('"$WORK"', "runs/proxy-b")
+    command = re.sub(r'"\$\(\(.*?\)\)"', "12", command.replace("\\\n", " ")).replace('"$WORK"', "runs/proxy-b").replace('"$@"', "--twins")
     args = cli.build_parser().parse_args(shlex.split(command)[3:])
     assert (args.model, args.world, args.device, args.bf16, args.resume, args.progress) == (B, "broad", "cuda", True, True, False)
+    assert args.twins  # the script's own options go on to the command
 
 
 def test_partial_captions_are_true_of_their_image_and_positives_for_every_image_they_are_true_of(tmp_path, one_thread):
@@ -185,7 +186,7 @@ def test_partial_captions_are_true_of_their_image_and_positives_for_every_image_
     db = write_database(tmp_path / "db", 60, domain="source", seed=proxy.SOURCE_SEED, image_size=32, world="broad", workers=1)
     records = load_database(db).records
     train, val = records[:56], records[56:]
-    extended, keys = proxy._with_partial_captions(train, val)
+    extended, keys = proxy._with_partial_captions(train, val, False)
     assert proxy.PROXIES[B].partial_captions and keys.labels
     scenes = [broad.draw(int(Path(r.path).stem), broad.DOMAINS["source"], proxy.SOURCE_SEED, 32, 3)[0] for r in train]
     assert scenes == [broad.scene_of(int(Path(r.path).stem), broad.DOMAINS["source"], proxy.SOURCE_SEED) for r in train]

@@ -1,4 +1,4 @@
-"""Batches of look-alike images: contrastive hard negatives found from the captions alone.
+"""Batches of look-alike images: contrastive hard negatives found from the captions alone (and twins kept together).
 
 In random batches of a database whose images differ in one attribute at a time (a position,
 a size), the loss soon nears zero while retrieval over the whole database still confuses
@@ -83,3 +83,12 @@ def grouped_order(look_alikes: LookAlikes, group: int, rng: np.random.Generator)
                 placed[j] = True
         runs.append(run)
     return np.array([i for r in rng.permutation(len(runs)) for i in runs[r]], dtype=np.int64)
+
+
+def pair_order(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A permutation that keeps images 2p and 2p+1 side by side, the pairs in random order: with an even batch
+    size every batch holds both twins of each pair (world/samples.py's shape twins)."""
+    if n % 2:
+        raise ValueError(f"twins come in pairs: {n} images")
+    pairs = rng.permutation(n // 2)
+    return np.stack([2 * pairs, 2 * pairs + 1], axis=1).reshape(-1)

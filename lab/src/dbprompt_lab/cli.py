@@ -65,7 +65,7 @@ def register_proxy(sub: argparse._SubParsersAction) -> None:
     proxy_sub = p.add_subparsers(dest="proxy_command", required=True, metavar="ACTION")
     first = proxy.PROXIES[proxy.NAME]
     models = ", ".join(f"{m.name}: {m.images}" for m in proxy.PROXIES.values())
-    pre = proxy_sub.add_parser("pretrain", help="pre-train from random weights (resumable)", description="Pre-train a proxy on a world's source domain and write its fp16 weights and record into the work directory.")
+    pre = proxy_sub.add_parser("pretrain", help="pre-train from random (or given) weights (resumable)", description="Pre-train a proxy on a world's source domain and write its fp16 weights and record into the work directory.")
     pre.add_argument("--model", default=proxy.NAME, choices=list(proxy.PROXIES), help="(default: %(default)s)")
     pre.add_argument("--world", default=None, choices=list(WORLDS), help="the world whose source domain it learns (default: the model's: proxy for dbprompt-proxy, broad for dbprompt-proxy-b)")
     pre.add_argument("--work-dir", default="runs/proxy", help="data and checkpoints (default: %(default)s)")
@@ -77,6 +77,8 @@ def register_proxy(sub: argparse._SubParsersAction) -> None:
     pre.add_argument("--hard-negatives", type=int, default=0, metavar="K", help="batches made of runs of K look-alike images (captions sharing most words); 0: random batches (default: %(default)s)")
     pre.add_argument("--loss", default=None, choices=["sigmoid", "contrastive"], help="(default: the model's: contrastive for dbprompt-proxy, sigmoid for dbprompt-proxy-b)")
     pre.add_argument("--swap-negatives", default=None, metavar="ATTR=SHARE,...", help="each caption's word for an attribute (drawn by share, e.g. shape=0.7,size=0.3) swapped for another: one more negative of its image (default: none)")
+    pre.add_argument("--twins", action="store_true", help="shape twins: source images in pairs alike but for one shape's kind, each pair in one batch, so that every step asks the image tower for shapes")
+    pre.add_argument("--init", default=None, metavar="WEIGHTS", help=f"start from a weights file, a pre-training checkpoint or '{proxy.SHIPPED}' (the model's shipped weights) instead of random weights")
     pre.add_argument("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints (default: the model's recipe)")
     pre.add_argument("--image-cache-mb", type=int, default=None, help="memory for decoded training images (default: the model's recipe)")
     pre.add_argument("--device", default="auto")
@@ -113,6 +115,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         hard_negatives=args.hard_negatives,
         loss=args.loss,
         swap_negatives=swap,
+        twins=args.twins,
+        init=args.init,
         runtime=Runtime.resolve(args.device, args.bf16, args.workers),
         resume=args.resume,
         out=Path(args.out) if args.out else None,

@@ -37,7 +37,7 @@ from dbprompt.training.checkpoint import checkpoint_parameters
 from dbprompt.training.trainer import Trainer, random_order
 
 from . import models
-from .batches import find_look_alikes, grouped_order
+from .batches import find_look_alikes, grouped_order, pair_order
 from .probe import VOCABULARY, linear_probe, probe
 from .sigmoid_loss import SigmoidLoss
 from .swap_negatives import SwapKeys, SwapNegativeLoss, format_share
@@ -113,6 +113,8 @@ PROXIES: dict[str, Proxy] = {
         ),
     )
 }
+# `pretrain(init=SHIPPED)` starts from the proxy's shipped weights.
+SHIPPED = "shipped"
 # Where the contrastive loss pre-trains a config made for the sigmoid one (whose scale starts at 10), it starts
 # at CLIP's temperature, 0.07, as the first proxy did.
 CONTRASTIVE_SCALE = math.log(1 / 0.07)
@@ -165,49 +167,63 @@ def pretrain(
     hard_negatives: int = 0,
     loss: str | None = None,
     swap_negatives: Mapping[str, float] | None = None,
+    twins: bool = False,
+    init: str | None = None,
     runtime: Runtime | None = None,
     resume: bool = False,
     out: Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Pre-train a proxy from random weights on a world's source domain (its own by default); write fp16
+    """Pre-train a proxy from random (or `init`) weights on a world's source domain (its own by default); write fp16
     weights + a record (to `out`, default WORK_DIR/NAME.safetensors, and the record beside it).
 
     `images`, `cfg`: the proxy's recipe unless given. `hard_negatives` K > 1 makes batches of runs of K
     look-alike images (batches.py). `loss`: "sigmoid" or "contrastive" (default: the proxy's).
     `swap_negatives`: attribute -> share of captions whose word for it is swapped into a negative
-    (swap_negatives.py). Every epoch logs the text cosine of a one-word swap on validation captions.
+    (swap_negatives.py). `twins`: shape twins (world/samples.py) for source images, each pair in one batch.
+    `init`: start from these weights (a weights file, a pre-training checkpoint, or SHIPPED: the proxy's own)
+    instead of random ones.
+    Every epoch logs the text cosine of a one-word swap on validation captions.
     """
     proxy = get_proxy(model)
     world, images, cfg = world or proxy.world, images or proxy.images, cfg or proxy.recipe
     loss = loss or ("sigmoid" if proxy.sigmoid else "contrastive")
     if loss not in ("sigmoid", "contrastive"):
         raise ValueError(f"unknown loss {loss!r}; choose sigmoid or contrastive")
+    if twins and hard_negatives > 1:
+        raise ValueError("twins are batched in pairs, look-alikes in runs: choose --twins or --hard-negatives")
+    if twins and (images % 2 or cfg.batch_size % 2):
+        raise ValueError(f"twins come in pairs: --images ({images}) and --batch-size ({cfg.batch_size}) must be even")
+    if init not in (None, SHIPPED) and not Path(init).is_file():
+        raise ValueError(f"--init {init}: no such weights file (or '{SHIPPED}' for the proxy's own)")
     # Built before any image is written or read, so a bad attribute stops the run at once; it wraps the keys later.
     swap_keys = SwapKeys(None, VOCABULARY[world], swap_negatives, cfg.seed) if swap_negatives else None
     work = Path(work_dir)
     out = out or work / f"{proxy.name}.safetensors"
-    db = _database(work, "source", world)
+    db = _database(work, "source-twins" if twins else "source", world)
     if not (db / "metadata.jsonl").exists():
-        print(f"writing {images} {world}-world source images to {db}")
-        write_database(db, images, domain="source", seed=SOURCE_SEED, image_size=proxy.image_size, world=world)
+        print(f"writing {images} {world}-world source images{' in twin pairs' if twins else ''} to {db}")
+        write_database(db, images, domain="source", seed=SOURCE_SEED, image_size=proxy.image_size, world=world, twins=twins)
     # Fewer images than the database holds (a trial) are its first ones: a trial reads the full run's database.
-    records = assign_splits(load_database(db).records[:images], val_fraction=VAL_FRACTION, test_fraction=0.0, seed=SOURCE_SEED)
+    records = (_twin_splits if twins else _splits)(load_database(db).records[:images])
     splits = {s: records_for(records, s) for s in ("train", "val")} | {"test": source_test_records(work, proxy, world)}
     keys = None
     if proxy.partial_captions:
         if world != "broad":
             raise ValueError(f"{proxy.name}'s partial captions are the broad world's; it cannot pre-train on the {world} world")
-        splits["train"], keys = _with_partial_captions(splits["train"], splits["val"])
+        splits["train"], keys = _with_partial_captions(splits["train"], splits["val"], twins)
     runtime = runtime or Runtime.resolve()
-    backbone = load_backbone(proxy.name, RANDOM, device=runtime.device, seed=cfg.seed)
+    if init is None:
+        backbone = load_backbone(proxy.name, RANDOM, device=runtime.device, seed=cfg.seed)
+    else:
+        backbone = load_weights(proxy.name, None if init == SHIPPED else init, runtime.device)
     backbone.requires_grad_(True)
     net = PromptedCLIP(backbone, PromptConfig.none())
     print(
         f"pre-training {proxy.name} ({sum(p.numel() for p in backbone.parameters()):,} parameters) on "
         f"{len(splits['train'])} {world}-world source images, {runtime.describe()}"
     )
-    order = random_order
+    order = pair_order if twins else random_order
     if hard_negatives > 1:
         # Enough candidates that a run still fills when its closest look-alikes are taken.
         look_alikes = find_look_alikes(splits["train"], 4 * hard_negatives)
@@ -227,7 +243,7 @@ def pretrain(
         # The Trainer's loss holds no parameter here (the temperature is the backbone's), so swapping it
         # leaves the optimizer as built; the bias it adds is the backbone's too.
         trainer.loss = SigmoidLoss(backbone.model)
-    elif proxy.sigmoid and not resume:
+    elif proxy.sigmoid and not resume and init is None:
         with torch.no_grad():
             backbone.model.logit_scale.fill_(CONTRASTIVE_SCALE)
     if swap_keys is not None:
@@ -244,6 +260,8 @@ def pretrain(
         "world": world,
         "loss": loss,
         "swap_negatives": dict(swap_negatives or {}),
+        "twins": twins,
+        "init": init,
         "partial_captions": proxy.partial_captions,
         "source_test_images": len(splits["test"]),
         "source_test_seed": TEST_SEED,
@@ -264,20 +282,31 @@ def pretrain(
         "history": result.history,
         "command": f"dbprompt-lab proxy pretrain --model {proxy.name} --world {world} --images {images} --epochs {cfg.epochs} "
         f"--batch-size {cfg.batch_size} --lr {cfg.lr} --loss {loss}" + (f" --hard-negatives {hard_negatives}" if hard_negatives > 1 else "")
-        + (f" --swap-negatives {format_share(swap_negatives)}" if swap_negatives else ""),
+        + (f" --swap-negatives {format_share(swap_negatives)}" if swap_negatives else "")
+        + (" --twins" if twins else "") + (f" --init {init}" if init else ""),
     }
     atomic_write_text(out.with_name(f"{proxy.name}.record.json"), json.dumps(record, indent=2))
     return record
 
 
-def _with_partial_captions(train: list[Record], val: list[Record]) -> tuple[list[Record], CaptionKeys]:
+def _splits(records: list[Record]) -> list[Record]:
+    return assign_splits(records, val_fraction=VAL_FRACTION, test_fraction=0.0, seed=SOURCE_SEED)
+
+
+def _twin_splits(records: list[Record]) -> list[Record]:
+    """Splits drawn for the first of each pair and given to both: a twin never validates on its pair's training."""
+    firsts = _splits(records[0::2])
+    return [replace(r, split=first.split) for first, *pair in zip(firsts, records[0::2], records[1::2]) for r in pair]
+
+
+def _with_partial_captions(train: list[Record], val: list[Record], twins: bool) -> tuple[list[Record], CaptionKeys]:
     """`PARTIAL_SHARE` of the training images get one of their partial captions (drawn once, by the image's
     index), and the relevance keys make every image a positive of each partial caption true of it."""
     domain = broad.DOMAINS["source"]
     extended, every = [], []
     for r in train:
         index = int(Path(r.path).stem)
-        texts = partial_captions(broad.scene_of(index, domain, SOURCE_SEED))
+        texts = partial_captions(broad.scene_of(index, domain, SOURCE_SEED, twins))
         rng = np.random.default_rng([SOURCE_SEED, index])
         given = (texts[rng.integers(len(texts))],) if rng.random() < PARTIAL_SHARE else ()
         extended.append(replace(r, captions=(*r.captions, *given)))
@@ -286,15 +315,15 @@ def _with_partial_captions(train: list[Record], val: list[Record]) -> tuple[list
     return extended, CaptionKeys(every + list(val), labels=True)
 
 
-def load_weights(model: str, weights: str | None = None):
+def load_weights(model: str, weights: str | None = None, device: str = "cpu"):
     """A proxy's backbone with its shipped weights (None), a weights file, or the backbone of a pre-training
     checkpoint (the Trainer's, which `pretrain` writes every few steps), to follow a pre-training as it goes."""
     is_safetensors = weights is not None and weights.endswith(".safetensors") and Path(weights).is_file()
     found = checkpoint_parameters(weights) if is_safetensors else None
     if found is None:
-        return load_backbone(model, weights)
+        return load_backbone(model, weights, device=device)
     prefix = "backbone.model."
-    backbone = load_backbone(model, RANDOM)
+    backbone = load_backbone(model, RANDOM, device=device)
     backbone.model.load_state_dict({k[len(prefix) :]: v for k, v in found.items() if k.startswith(prefix)})
     return backbone
 

@@ -15,7 +15,7 @@ from dbprompt_lab.world import broad
 from dbprompt_lab.world.captions import captions
 from dbprompt_lab.world.domains import DOMAINS, Domain, get_domain
 from dbprompt_lab.world.render import render
-from dbprompt_lab.world.scene import Scene, sample_scene
+from dbprompt_lab.world.scene import TWINS, Scene, sample_scene, with_other_kind
 
 
 WORLDS = ("proxy", "broad")
@@ -46,19 +46,34 @@ def shifts(world: str) -> tuple[str, ...]:
 
 
 def sample(
-    index: int, *, domain: str = "source", seed: int = 0, image_size: int = 64, captions_per_image: int = 3, world: str = "proxy"
+    index: int,
+    *,
+    domain: str = "source",
+    seed: int = 0,
+    image_size: int = 64,
+    captions_per_image: int = 3,
+    world: str = "proxy",
+    twins: bool = False,
 ) -> Sample:
     """One image with its captions.
 
     Each sample has its own generator keyed by (seed, domain, index), so samples
     can be made in any order or in parallel, and two domains with the same seed
     never share images (no accidental train/test overlap across domains).
+
+    `twins`: samples 2p and 2p+1 are one scene drawn, placed, coloured and worded alike
+    except that one shape is of another kind, so that only the shape tells them apart; a batch that holds both
+    asks the image tower for the shape, which the world's random pairs almost never do.
     """
     d = check_arguments(domain, image_size, captions_per_image, world)
     if isinstance(d, broad.BroadDomain):
-        return Sample(*broad.draw(index, d, seed, image_size, captions_per_image))
-    rng = np.random.default_rng([seed, zlib.crc32(d.name.encode()), index])
+        return Sample(*broad.draw(index, d, seed, image_size, captions_per_image, twins))
+    pair, member = divmod(index, 2) if twins else (index, 0)
+    rng = np.random.default_rng([seed, zlib.crc32(d.name.encode()), pair, *([TWINS] if twins else [])])
     drawn = sample_scene(rng)
+    if twins:
+        twin = with_other_kind(drawn, rng)  # drawn for both members, so that what follows draws alike
+        drawn = twin if member else drawn
     image = render(drawn, rng, size=image_size, shifted=d.visual_shift)
     return Sample(drawn, image, captions(drawn, rng, textual=d.textual_shift, n=captions_per_image))
 

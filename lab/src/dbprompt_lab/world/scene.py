@@ -6,12 +6,14 @@ derived from the same ground truth and can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from typing import Sequence, TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 # Shape colours, far apart in RGB so that colour jitter never turns one into another.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -84,3 +86,15 @@ def sample_scene(rng: np.random.Generator) -> Scene:
         for cell in cells
     )
     return Scene(background=pick(rng, list(BACKGROUNDS)), shapes=shapes)
+
+
+# Keys twin pairs' generators apart from the plain samples' (pair p is not image p of the same seed).
+TWINS = zlib.crc32(b"twins")
+
+
+def with_other_kind(scene: S, rng: np.random.Generator, kinds: Sequence[str] = SHAPES) -> S:
+    """The scene (either world's) with one of its shapes (drawn) of another of `kinds` (drawn): everything else as
+    it was, so that only the shape tells the two apart (world/samples.py's twins)."""
+    j = int(rng.integers(len(scene.shapes)))
+    kind = pick(rng, [k for k in kinds if k != scene.shapes[j].kind])
+    return replace(scene, shapes=tuple(replace(s, kind=kind) if i == j else s for i, s in enumerate(scene.shapes)))

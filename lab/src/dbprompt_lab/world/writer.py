@@ -30,17 +30,20 @@ def write_database(
     captions_per_image: int = 3,
     workers: int | None = None,
     world: str = "proxy",
+    twins: bool = False,
 ) -> Path:
     """Write `images/NNNNNN.png` and `metadata.jsonl`; return `out_dir`.
 
     The old metadata goes first and the new one is written atomically last, so an
     interrupted run leaves no metadata at all rather than one that names missing
     or half-rewritten images. Leftover images of an earlier, larger run are
-    removed, since an imagefolder lists every image in the folder.
+    removed, since an imagefolder lists every image in the folder. `twins`: see `samples.sample`.
     """
     if n_images < 0:
         raise ValueError(f"n_images must be non-negative, got {n_images}")
     check_arguments(domain, image_size, captions_per_image, world)
+    if twins and n_images % 2:
+        raise ValueError(f"shape twins come in pairs: got {n_images} images")
     out = Path(out_dir)
     images = out / IMAGES
     images.mkdir(parents=True, exist_ok=True)
@@ -48,7 +51,7 @@ def write_database(
     width = max(6, len(str(n_images - 1)))
     workers = max(1, min(workers or (os.cpu_count() or 1), n_images // _MIN_CHUNK))
     bounds = [n_images * w // workers for w in range(workers + 1)]
-    jobs = [(images, range(a, b), domain, seed, image_size, captions_per_image, width, world) for a, b in zip(bounds, bounds[1:])]
+    jobs = [(images, range(a, b), domain, seed, image_size, captions_per_image, width, world, twins) for a, b in zip(bounds, bounds[1:])]
     if workers == 1:
         chunks = [_write_images(*jobs[0])]
     else:
@@ -65,12 +68,13 @@ def write_database(
 
 
 def _write_images(
-    images: Path, indices: range, domain: str, seed: int, image_size: int, captions_per_image: int, width: int, world: str
+    images: Path, indices: range, domain: str, seed: int, image_size: int, captions_per_image: int, width: int, world: str,
+    twins: bool,
 ) -> list[tuple[str, str]]:
     """(file name, metadata line) of each image written."""
     written = []
     for index in indices:
-        s = sample(index, domain=domain, seed=seed, image_size=image_size, captions_per_image=captions_per_image, world=world)
+        s = sample(index, domain=domain, seed=seed, image_size=image_size, captions_per_image=captions_per_image, world=world, twins=twins)
         name = f"{index:0{width}d}.png"
         (images / name).write_bytes(encode_png(s.image))
         written.append((name, json.dumps({"file_name": f"{IMAGES}/{name}", "text": s.captions}) + "\n"))

@@ -15,7 +15,8 @@ import numpy as np
 
 from dbprompt_lab.world.broad.captions import captions
 from dbprompt_lab.world.broad.render import render
-from dbprompt_lab.world.broad.scene import PATTERNS, UNSEEN_PATTERNS, Scene, sample_scene
+from dbprompt_lab.world.broad.scene import PATTERNS, SHAPES, UNSEEN_PATTERNS, Scene, sample_scene
+from dbprompt_lab.world.scene import TWINS, with_other_kind
 
 
 @dataclass(frozen=True)
@@ -46,19 +47,27 @@ def get_domain(name: str) -> BroadDomain:
         raise ValueError(f"unknown domain {name!r} of the broad world; choose one of {', '.join(DOMAINS)}") from None
 
 
-def _generator(index: int, domain: BroadDomain, seed: int) -> np.random.Generator:
-    """Sample `index` of (domain, seed)'s own generator, keyed apart from the proxy world's."""
-    return np.random.default_rng([seed, zlib.crc32(f"broad:{domain.name}".encode()), index])
-
-
-def scene_of(index: int, domain: BroadDomain, seed: int) -> Scene:
-    """The scene `draw` draws for `index`, without rendering it (a scene is its generator's first draws)."""
-    return sample_scene(_generator(index, domain, seed), domain.patterns)
-
-
-def draw(index: int, domain: BroadDomain, seed: int, image_size: int, captions_per_image: int) -> tuple[Scene, np.ndarray, list[str]]:
-    """Sample `index` of (domain, seed): its scene, its image and its captions."""
-    rng = _generator(index, domain, seed)
+def _scene(index: int, domain: BroadDomain, seed: int, twins: bool) -> tuple[Scene, np.random.Generator]:
+    """Sample `index`'s scene and its generator, which goes on to render and word it. The generator is the
+    sample's own, keyed apart from the proxy world's; twins (world/samples.py) share their pair's."""
+    pair, member = divmod(index, 2) if twins else (index, 0)
+    rng = np.random.default_rng([seed, zlib.crc32(f"broad:{domain.name}".encode()), pair, *([TWINS] if twins else [])])
     scene = sample_scene(rng, domain.patterns)
+    if twins:
+        twin = with_other_kind(scene, rng, SHAPES)  # drawn for both members, so that what follows draws alike
+        scene = twin if member else scene
+    return scene, rng
+
+
+def scene_of(index: int, domain: BroadDomain, seed: int, twins: bool = False) -> Scene:
+    """The scene `draw` draws for `index`, without rendering it (a scene is its generator's first draws)."""
+    return _scene(index, domain, seed, twins)[0]
+
+
+def draw(
+    index: int, domain: BroadDomain, seed: int, image_size: int, captions_per_image: int, twins: bool = False
+) -> tuple[Scene, np.ndarray, list[str]]:
+    """Sample `index` of (domain, seed): its scene, its image and its captions."""
+    scene, rng = _scene(index, domain, seed, twins)
     image = render(scene, rng, size=image_size, visual=domain.visual)
     return scene, image, captions(scene, rng, domain.language, captions_per_image)
