@@ -15,7 +15,7 @@ from dbprompt_lab.world import broad
 from dbprompt_lab.world.captions import captions
 from dbprompt_lab.world.domains import DOMAINS, Domain, get_domain
 from dbprompt_lab.world.render import render
-from dbprompt_lab.world.scene import TWINS, Scene, sample_scene, with_other_kind
+from dbprompt_lab.world.scene import Scene, sample_scene, twin, twin_key
 
 
 WORLDS = ("proxy", "broad")
@@ -68,12 +68,11 @@ def sample(
     d = check_arguments(domain, image_size, captions_per_image, world)
     if isinstance(d, broad.BroadDomain):
         return Sample(*broad.draw(index, d, seed, image_size, captions_per_image, twins))
-    pair, member = divmod(index, 2) if twins else (index, 0)
-    rng = np.random.default_rng([seed, zlib.crc32(d.name.encode()), pair, *([TWINS] if twins else [])])
+    member, key = twin_key(index, twins)
+    rng = np.random.default_rng([seed, zlib.crc32(d.name.encode()), *key])
     drawn = sample_scene(rng)
     if twins:
-        twin = with_other_kind(drawn, rng)  # drawn for both members, so that what follows draws alike
-        drawn = twin if member else drawn
+        drawn = twin(drawn, rng, member)
     image = render(drawn, rng, size=image_size, shifted=d.visual_shift)
     return Sample(drawn, image, captions(drawn, rng, textual=d.textual_shift, n=captions_per_image))
 

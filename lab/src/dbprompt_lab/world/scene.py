@@ -89,12 +89,24 @@ def sample_scene(rng: np.random.Generator) -> Scene:
 
 
 # Keys twin pairs' generators apart from the plain samples' (pair p is not image p of the same seed).
-TWINS = zlib.crc32(b"twins")
+_TWINS = zlib.crc32(b"twins")
 
 
-def with_other_kind(scene: S, rng: np.random.Generator, kinds: Sequence[str] = SHAPES) -> S:
-    """The scene (either world's) with one of its shapes (drawn) of another of `kinds` (drawn): everything else as
-    it was, so that only the shape tells the two apart (world/samples.py's twins)."""
+def twin_key(index: int, twins: bool) -> tuple[int, tuple[int, ...]]:
+    """(member, generator key) of sample `index`: twins 2p and 2p+1 are members 0 and 1 of pair p and share its
+    generator; a plain sample is member 0 of its own."""
+    if not twins:
+        return 0, (index,)
+    pair, member = divmod(index, 2)
+    return member, (pair, _TWINS)
+
+
+def twin(scene: S, rng: np.random.Generator, member: int, kinds: Sequence[str] = SHAPES) -> S:
+    """Member 0 of a twin pair: the scene (either world's); member 1: the scene with one of its shapes (drawn) of
+    another of `kinds` (drawn), all else as it was, so that only that shape tells the two apart. Both members
+    draw alike, so what the generator draws next (rendering, wording) is alike too."""
     j = int(rng.integers(len(scene.shapes)))
     kind = pick(rng, [k for k in kinds if k != scene.shapes[j].kind])
+    if not member:
+        return scene
     return replace(scene, shapes=tuple(replace(s, kind=kind) if i == j else s for i, s in enumerate(scene.shapes)))

@@ -16,7 +16,7 @@ import numpy as np
 from dbprompt_lab.world.broad.captions import captions
 from dbprompt_lab.world.broad.render import render
 from dbprompt_lab.world.broad.scene import PATTERNS, SHAPES, UNSEEN_PATTERNS, Scene, sample_scene
-from dbprompt_lab.world.scene import TWINS, with_other_kind
+from dbprompt_lab.world.scene import twin, twin_key
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,11 @@ def get_domain(name: str) -> BroadDomain:
 def _scene(index: int, domain: BroadDomain, seed: int, twins: bool) -> tuple[Scene, np.random.Generator]:
     """Sample `index`'s scene and its generator, which goes on to render and word it. The generator is the
     sample's own, keyed apart from the proxy world's; twins (world/samples.py) share their pair's."""
-    pair, member = divmod(index, 2) if twins else (index, 0)
-    rng = np.random.default_rng([seed, zlib.crc32(f"broad:{domain.name}".encode()), pair, *([TWINS] if twins else [])])
+    member, key = twin_key(index, twins)
+    rng = np.random.default_rng([seed, zlib.crc32(f"broad:{domain.name}".encode()), *key])
     scene = sample_scene(rng, domain.patterns)
     if twins:
-        twin = with_other_kind(scene, rng, SHAPES)  # drawn for both members, so that what follows draws alike
-        scene = twin if member else scene
+        scene = twin(scene, rng, member, SHAPES)
     return scene, rng
 
 
