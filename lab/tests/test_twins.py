@@ -11,9 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dbprompt.backbones import model_dirs
 from dbprompt.training.trainer import Trainer
-from dbprompt_lab import cli, proxy
 from dbprompt_lab.batches import pair_order
 from dbprompt_lab.world import broad, sample, write_database
 from dbprompt_lab.world.captions import SYNONYMS
@@ -63,29 +61,8 @@ def test_pair_order_keeps_each_pair_side_by_side():
         pair_order(np.random.default_rng(0), 5)
 
 
-@pytest.fixture
-def tiny_a(tmp_path, monkeypatch, one_thread):
-    """A stand-in for the first proxy: its world and loss on the tiny architecture, 2 epochs of 24 images."""
-    home = tmp_path / "models"
-    home.mkdir()
-    (home / "tiny-a.json").write_text((model_dirs.OWN / "dbprompt-tiny.json").read_text())
-    monkeypatch.setattr(model_dirs, "_dirs", list(model_dirs.model_dirs()[1:]))
-    model_dirs.add_model_dir(home)
-    spec = replace(proxy.PROXIES[proxy.NAME], name="tiny-a", image_size=32, images=24, home=home,
-                   recipe=replace(proxy.RECIPE, epochs=2, batch_size=8, checkpoint_every=1))
-    monkeypatch.setitem(proxy.PROXIES, "tiny-a", spec)
-    monkeypatch.setattr(proxy, "TEST_IMAGES", 12)
-    monkeypatch.setattr(proxy, "LINEAR_IMAGES", 48)
-    monkeypatch.setattr(proxy, "VAL_FRACTION", 0.3)
-    return spec
-
-
-def _pretrain(work, *extra: str) -> int:
-    return cli.main(["proxy", "pretrain", "--model", "tiny-a", "--work-dir", str(work), "--device", "cpu", "--no-progress", *extra])
-
-
-def test_pretraining_on_twins_starts_from_the_given_weights_and_batches_each_pair_together(tiny_a, tmp_path, monkeypatch, capsys):
-    assert _pretrain(tmp_path / "first") == 0
+def test_pretraining_on_twins_starts_from_the_given_weights_and_batches_each_pair_together(pretrain_tiny_a, tmp_path, monkeypatch, capsys):
+    assert pretrain_tiny_a(tmp_path / "first") == 0
     init = tmp_path / "first" / "tiny-a.safetensors"
     seen = []
     run = Trainer.run
@@ -97,7 +74,7 @@ def test_pretraining_on_twins_starts_from_the_given_weights_and_batches_each_pai
         return run(self, **kwargs)
 
     monkeypatch.setattr(Trainer, "run", watched)
-    assert _pretrain(tmp_path / "twins", "--twins", "--init", str(init)) == 0
+    assert pretrain_tiny_a(tmp_path / "twins", "--twins", "--init", str(init)) == 0
     ((order, train, val, started_at_init),) = seen
     assert order is pair_order and started_at_init
     twin_key = lambda r: int(r.key.split("/")[-1].split(".")[0]) // 2  # noqa: E731
@@ -108,10 +85,10 @@ def test_pretraining_on_twins_starts_from_the_given_weights_and_batches_each_pai
     assert (tmp_path / "twins" / "source-twins" / "metadata.jsonl").exists()
     capsys.readouterr()
     # What a user can fix ends in one line naming the problem.
-    assert _pretrain(tmp_path / "bad", "--twins", "--images", "25") == 2
+    assert pretrain_tiny_a(tmp_path / "bad", "--twins", "--images", "25") == 2
     assert "must be even" in capsys.readouterr().err
-    assert _pretrain(tmp_path / "bad", "--twins", "--hard-negatives", "4") == 2
+    assert pretrain_tiny_a(tmp_path / "bad", "--twins", "--hard-negatives", "4") == 2
     assert "choose --twins or --hard-negatives" in capsys.readouterr().err
-    assert _pretrain(tmp_path / "bad", "--init", str(tmp_path / "missing.safetensors")) == 2
+    assert pretrain_tiny_a(tmp_path / "bad", "--init", str(tmp_path / "missing.safetensors")) == 2
     assert "--init " + str(tmp_path / "missing.safetensors") + ": no such weights file" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "source").exists()  # refused before writing a single image

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from dbprompt.atomic import atomic_write_text
-from dbprompt.backbones import load_backbone
 from dbprompt.data import Record, load_database
 from dbprompt.evaluation import evaluate_models, selection_score
 from dbprompt.model import PromptedCLIP
@@ -125,7 +124,7 @@ def train_best(
     row: dict = {}
 
     def fresh() -> PromptedCLIP:
-        backbone = load_backbone(cfg.model, cfg.pretrained, device=runtime.device)
+        backbone = proxy.load_weights(cfg.model, cfg.pretrained, device=runtime.device)
         if "backbone" not in row:
             # Which weights (before a method changes them), so rows made with another backbone are never mixed up.
             row["backbone"] = backbone.fingerprint()
@@ -244,7 +243,7 @@ def run(
         for n in cfg.sizes
         for name in cfg.methods
     ]
-    weights = load_backbone(cfg.model, cfg.pretrained).fingerprint()
+    weights = proxy.load_weights(cfg.model, cfg.pretrained).fingerprint()
     saved = {t[6]: json.loads(t[6].read_text()) for t in tasks if t[6].exists()}
     # A run saved with other weights (say a try on random ones), or drawn from another pool, is never mixed into this table.
     stale = [path for path, row in saved.items() if row.get("backbone", weights) != weights or row.get("pool", cfg.pool) != cfg.pool]

@@ -160,7 +160,7 @@ def register_bench(sub: argparse._SubParsersAction) -> None:
     m = bench_sub.add_parser("methods", help="zero-shot, prompts, full FT, LoRA, projection-only on shifted targets", description="Train and test every method on each shifted target database, N training pairs, several seeds; resumable.")
     m.add_argument("--out", default="runs/methods", help="data, per-run results and results.json; another world's in OUT/WORLD (default: %(default)s)")
     m.add_argument("--model", default=d.model, help="(default: %(default)s; dbprompt-proxy-b is measured on the broad world at 96 px)")
-    m.add_argument("--pretrained", default=None, help="the model's weights: an open_clip tag, a checkpoint file or 'random' (default: those shipped for it)")
+    m.add_argument("--pretrained", default=None, help="the model's weights: an open_clip tag, a weights file, a pre-training checkpoint or 'random' (default: those shipped for it)")
     m.add_argument("--shifts", nargs="+", default=None, help=f"(default: the model's world's shifted domains: {' '.join(d.shifts)} on the proxy world's)")
     m.add_argument("--sizes", nargs="+", type=int, default=list(d.sizes))
     m.add_argument("--pool", type=int, default=d.pool, help="training images each shift holds; every size draws its images from it, so a size's runs are the same whatever other sizes a command asks for (default: %(default)s)")

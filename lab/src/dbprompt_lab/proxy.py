@@ -13,6 +13,7 @@ pre-trained by `dbprompt-lab proxy pretrain --model NAME`:
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -132,6 +133,24 @@ def measured_on(model: str) -> tuple[str, int]:
     world's at 64 px, as the comparison always drew them."""
     p = PROXIES.get(model)
     return (p.world, p.image_size) if p else ("proxy", 64)
+
+
+def weights_file(value: str) -> str:
+    """argparse type of the lab's --weights/--pretrained: 'random' or a file that exists (weights or a
+    pre-training checkpoint), checked before any image is written or model built."""
+    if value != RANDOM and not Path(value).is_file():
+        raise argparse.ArgumentTypeError(f"no such weights file: {value} (a weights file, a pre-training checkpoint, or '{RANDOM}')")
+    return value
+
+
+def plain_weights_file(value: str) -> str:
+    """`weights_file` for what hands the weights to dbprompt's own commands, which read weights files, not checkpoints."""
+    if value != RANDOM and weights_file(value).endswith(".safetensors") and checkpoint_parameters(value) is not None:
+        raise argparse.ArgumentTypeError(
+            f"{value} is a pre-training checkpoint; dbprompt's commands read weights files: use the one the run writes "
+            "at its end (WORK_DIR/MODEL.safetensors)"
+        )
+    return value
 
 
 def needs_weights(model: str, pretrained: str | None) -> None:

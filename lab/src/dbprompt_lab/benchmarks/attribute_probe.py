@@ -28,7 +28,7 @@ from dbprompt_lab.world import write_database
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=proxy.NAME, choices=list(proxy.PROXIES))
-    ap.add_argument("--weights", default=None, help="weights file or pre-training checkpoint (default: the shipped weights)")
+    ap.add_argument("--weights", type=proxy.weights_file, default=None, help="weights file or pre-training checkpoint (default: the shipped weights)")
     ap.add_argument("--world", default=None, choices=list(VOCABULARY), help="(default: the model's)")
     ap.add_argument("--images", type=int, default=400, help="source test images of the caption probe")
     ap.add_argument("--linear-images", type=int, default=2400, help="single-shape images of the linear probe (3/4 fit, 1/4 test)")

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from dbprompt.atomic import atomic_write_text
-from dbprompt.backbones import load_backbone
 from dbprompt.data import Record, load_database
 from dbprompt.metrics import LABEL_KEYS, label_metrics
 from dbprompt.model import PromptedCLIP
@@ -49,7 +48,7 @@ def folders(root: Path, look: str, per_class: int, cfg: BenchConfig) -> dict[str
 
 def linear_probe(cfg: BenchConfig, data: dict[str, list[Record]], steps: int = 500) -> dict[str, float]:
     """Label metrics of class vectors fitted on the frozen image features: the text side's ceiling."""
-    backbone = load_backbone(cfg.model, cfg.pretrained)
+    backbone = proxy.load_weights(cfg.model, cfg.pretrained)
     net = PromptedCLIP.for_captions(backbone, PromptConfig(), [TEMPLATE.format("x")]).eval()
     with torch.no_grad():
         train, test = (encode_records([net], data[s], CPU)[0][0] for s in ("train", "test"))
@@ -73,7 +72,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=BenchConfig().model, help="(default: %(default)s; dbprompt-proxy-b: the broad world's look)")
-    ap.add_argument("--pretrained", default=None, help="the model's weights: a checkpoint file or 'random' (default: those shipped)")
+    ap.add_argument("--pretrained", type=proxy.weights_file, default=None, help="the model's weights: a weights file, a pre-training checkpoint or 'random' (default: those shipped)")
     ap.add_argument("--out", default="runs/labels", help="data and runs; another world's in OUT/WORLD (default: %(default)s)")
     args = ap.parse_args()
     proxy.needs_weights(args.model, args.pretrained)

@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--shifted", action="store_true", help="the visual shift (textured backgrounds, rotation, blur)")
     ap.add_argument("--held-per-class", type=int, default=100)
     ap.add_argument("--model", default=proxy.NAME, help="(default: %(default)s; dbprompt-proxy-b: the broad world's look)")
-    ap.add_argument("--pretrained", default=None, help="the model's weights: a checkpoint file or 'random' (default: those shipped)")
+    ap.add_argument("--pretrained", type=proxy.plain_weights_file, default=None, help="the model's weights: a weights file or 'random' (default: those shipped)")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--out", default="runs/marks", help="data, work and results; another world's in OUT/WORLD (default: %(default)s)")
     args = ap.parse_args()

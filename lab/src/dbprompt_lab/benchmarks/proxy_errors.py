@@ -14,7 +14,6 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from dbprompt.backbones import load_backbone
 from dbprompt.evaluation import caption_index
 from dbprompt.model import PromptedCLIP
 from dbprompt.pipeline import encode_records, encode_texts
@@ -29,11 +28,11 @@ def words(captions: tuple[str, ...]) -> Counter:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default=None, help="proxy weights file (default: the shipped ones)")
+    ap.add_argument("--weights", type=proxy.weights_file, default=None, help="weights file or pre-training checkpoint (default: the shipped weights)")
     ap.add_argument("--work-dir", default="runs/proxy", help="where the source test set is (or is written)")
     ap.add_argument("--top", type=int, default=15)
     args = ap.parse_args()
-    model = PromptedCLIP(load_backbone(proxy.NAME, args.weights), PromptConfig.none()).eval()
+    model = PromptedCLIP(proxy.load_weights(proxy.NAME, args.weights), PromptConfig.none()).eval()
     records = proxy.source_test_records(Path(args.work_dir))
     texts, owner = caption_index(records)
     (images,), _ = encode_records([model], records, CPU)

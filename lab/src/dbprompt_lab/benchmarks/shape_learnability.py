@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--model", default="dbprompt-proxy-b", choices=list(proxy.PROXIES))
     ap.add_argument("--styles", default="all", choices=["all", *broad_scene.STYLES], help="fill styles kept (the broad world's)")
     ap.add_argument("--patch", type=int, default=None, help="another patch size for the random-weights tower")
-    ap.add_argument("--weights", default=None, help="start from a weights file or pre-training checkpoint (default: random)")
+    ap.add_argument("--weights", type=proxy.weights_file, default=None, help="start from a weights file or pre-training checkpoint (default: random)")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=64)
