@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
-from dbprompt_lab.benchmarks.shape_learnability import image_tower, learn, shape_data
+from dbprompt.backbones import RANDOM, load_backbone
+from dbprompt_lab.benchmarks.shape_learnability import image_tower, learn, main, shape_data
 from dbprompt_lab.probe import single_shape_images
 from dbprompt_lab.world.broad import scene as broad_scene
 
@@ -38,3 +41,21 @@ def test_learn_fits_the_training_images_and_reports_held_out_accuracy():
     reports = list(learn(image_tower("dbprompt-proxy", None, None)[0], x[order], y[order], 2, steps=40, lr=1e-3, batch_size=16, every=20))
     assert [step for step, _, _ in reports] == [20, 40]
     assert reports[-1][2] >= 0.85
+
+
+def test_save_writes_the_backbone_with_the_trained_image_tower_and_the_text_tower_as_loaded(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "shapes.safetensors"
+    argv = ["shape_learnability", "--model", "dbprompt-proxy", "--steps", "2", "--images", "24", "--batch-size", "4", "--save", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    torch.set_num_threads(1)
+    main()
+    assert f"wrote {out}" in capsys.readouterr().out
+    start, saved = load_backbone("dbprompt-proxy", RANDOM), load_backbone("dbprompt-proxy", str(out))
+    before, after = start.model.state_dict(), saved.model.state_dict()
+    visual = [k for k in before if k.startswith("visual.")]
+    assert visual and any(not torch.equal(before[k].half(), after[k]) for k in visual)
+    assert all(torch.equal(before[k].half().float(), after[k].float()) for k in before if not k.startswith("visual."))
+    monkeypatch.setattr(sys, "argv", [*argv, "--patch", "8"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "cannot take --patch" in capsys.readouterr().err

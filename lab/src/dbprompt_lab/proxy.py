@@ -270,8 +270,7 @@ def pretrain(
         trainer.loss = SwapNegativeLoss(trainer.loss, net)
     result = trainer.run(resume=resume)
     trainer.restore_best()
-    state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in backbone.model.state_dict().items()}
-    atomic_write_bytes(out, st_save(state, metadata={"format": "open_clip", "model": proxy.name}))
+    save_weights(backbone, out, proxy.name)
     # Record the quality of what ships (fp16-rounded), not of the fp32 weights in memory.
     shipped = load_backbone(proxy.name, str(out), device=runtime.device)
     record = {
@@ -332,6 +331,13 @@ def _with_partial_captions(train: list[Record], val: list[Record], twins: bool) 
         every.append(replace(r, captions=(*r.captions, *texts)))
     # The Trainer numbers its images train first, then validation: the keys number them alike.
     return extended, CaptionKeys(every + list(val), labels=True)
+
+
+def save_weights(backbone, out: str | Path, model: str) -> None:
+    """The backbone's weights as a proxy ships them (fp16 open_clip safetensors), atomically: loadable by
+    `load_backbone(model, out)`, `--pretrained out` and `--weights out`."""
+    state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in backbone.model.state_dict().items()}
+    atomic_write_bytes(out, st_save(state, metadata={"format": "open_clip", "model": model}))
 
 
 def load_weights(model: str, weights: str | None = None, device: str = "cpu"):

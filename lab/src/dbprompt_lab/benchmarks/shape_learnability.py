@@ -6,7 +6,11 @@ architecture cannot see it" from "the recipe never asks for it": e.g. `--styles 
 fill styles, or `--patch 8` against the config's patch size, from random weights or from a checkpoint.
 
     python -m dbprompt_lab.benchmarks.shape_learnability [--model dbprompt-proxy-b] [--styles filled]
-        [--patch 8] [--weights CHECKPOINT] [--steps 400] [--lr 3e-4] [--images 14400]
+        [--patch 8] [--weights CHECKPOINT] [--steps 400] [--lr 3e-4] [--images 14400] [--save WEIGHTS]
+
+`--save` writes the whole backbone with the image tower as trained (the text tower as loaded): a backbone
+whose image features carry shape by construction, to measure what a method does once the backbone sees
+what a database's labels are about (e.g. `bench_labels --pretrained WEIGHTS`).
 """
 
 from __future__ import annotations
@@ -92,8 +96,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--images", type=int, default=14400, help="single-shape images drawn (5/6 train, 1/6 held out)")
+    ap.add_argument("--save", default=None, help="write the backbone with the trained image tower here (.safetensors)")
     args = ap.parse_args()
     spec = proxy.get_proxy(args.model)
+    if args.save and args.patch:
+        ap.error("--save writes the model's own architecture: it cannot take --patch")
     try:
         tower, transform = image_tower(spec.name, args.patch, args.weights)
         x, y, kinds = shape_data(spec.world, args.images, spec.image_size, args.styles, transform)
@@ -104,6 +111,11 @@ def main() -> None:
     start = time.perf_counter()
     for step, loss, accuracy in learn(tower, x, y, len(kinds), steps=args.steps, lr=args.lr, batch_size=args.batch_size):
         print(f"  step {step:>5}  loss {loss:.3f}  held-out accuracy {accuracy:.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.save:
+        backbone = proxy.load_weights(spec.name, args.weights or RANDOM)
+        backbone.image_tower.load_state_dict(tower.state_dict())
+        proxy.save_weights(backbone, args.save, spec.name)
+        print(f"wrote {args.save}: {spec.name} with this image tower")
 
 
 if __name__ == "__main__":
