@@ -71,3 +71,12 @@ def browser():
 
     with launched() as browser:
         yield browser
+
+
+@pytest.fixture
+def epochs_chosen_on_tiny_validation(monkeypatch):
+    """Validation chooses epochs even on the few images of the tiny databases (a run keeps its last epoch where
+    validation has fewer than trainer.MIN_CHOOSING images): for the tests of how it chooses."""
+    from dbprompt.training import trainer
+
+    monkeypatch.setattr(trainer, "MIN_CHOOSING", 1)

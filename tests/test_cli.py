@@ -81,7 +81,7 @@ def test_train_eval_info(tiny_db, tmp_path, capsys):
     assert "dbprompt-tiny" in info and '"text_len": 4' in info
 
 
-def test_train_says_when_validation_kept_zero_shot(tiny_db, tmp_path, capsys):
+def test_train_says_when_validation_kept_zero_shot(tiny_db, tmp_path, capsys, epochs_chosen_on_tiny_validation):
     args = ["train", str(tiny_db), "--out", str(tmp_path / "p.safetensors"), "--epochs", "1", "--batch-size", "8"]
     args += ["--model", "dbprompt-tiny", "--pretrained", "random", "--no-progress", "--text-len", "2", "--visual-len", "2"]
     # A learning rate too small to change any ranking: no trained epoch beats the untrained state.
@@ -199,7 +199,7 @@ def test_small_splits_are_warned_about_with_what_to_change(tiny_db, tmp_path, ca
     assert "train again with a higher --test-fraction" in capsys.readouterr().err
 
 
-def test_train_reports_the_metric_that_chose_the_epoch_never_its_tie_break(tiny_db, tmp_path, capsys):
+def test_train_reports_the_metric_that_chose_the_epoch_never_its_tie_break(tiny_db, tmp_path, capsys, epochs_chosen_on_tiny_validation):
     out = tmp_path / "p.safetensors"
     args = ["train", str(tiny_db), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress", "--val-fraction", "0.05"]
     assert main(args + ["--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2"]) == 0

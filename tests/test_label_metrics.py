@@ -46,7 +46,7 @@ def class_folders(tiny_db, tmp_path_factory):
     return db
 
 
-def test_train_and_eval_on_class_folders_report_label_metrics(class_folders, tmp_path, capsys):
+def test_train_and_eval_on_class_folders_report_label_metrics(class_folders, tmp_path, capsys, epochs_chosen_on_tiny_validation):
     out = tmp_path / "p.safetensors"
     args = ["train", str(class_folders), "--out", str(out), "--epochs", "2", "--batch-size", "8", "--no-progress",
             "--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2", "--val-fraction", "0.3", "--test-fraction", "0.3"]
@@ -64,7 +64,7 @@ def test_train_and_eval_on_class_folders_report_label_metrics(class_folders, tmp
     assert all(0 <= row["label/t2i_mAP"] <= 100 and row["label/shared"] >= 50 for row in rows.values())
 
 
-def test_unique_captions_keep_recall_alone(tiny_db, tmp_path, capsys):
+def test_unique_captions_keep_recall_alone(tiny_db, tmp_path, capsys, epochs_chosen_on_tiny_validation):
     out = tmp_path / "p.safetensors"
     args = ["train", str(tiny_db), "--out", str(out), "--epochs", "1", "--batch-size", "8", "--no-progress",
             "--model", "dbprompt-tiny", "--pretrained", "random", "--text-len", "2", "--visual-len", "2"]

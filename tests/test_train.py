@@ -359,3 +359,34 @@ def test_validation_that_cannot_be_read_at_all_is_refused(tiny_backbone, tiny_re
                       progress=False, skip_bad=True, report=BadInputReport())
     with pytest.raises(ValueError, match="no validation image could be read"):
         trainer.run()
+
+
+def test_without_epochs_a_small_database_trains_for_min_steps_and_explicit_epochs_are_kept(tiny_backbone, tiny_records, monkeypatch):
+    from dbprompt.training import config
+
+    assert TrainConfig().epochs_for(32) == config.DEFAULT_EPOCHS  # a database of 2,000 images at batch 64: as it was
+    assert TrainConfig().epochs_for(1) == config.MIN_STEPS and TrainConfig().epochs_for(3) == math.ceil(config.MIN_STEPS / 3)
+    assert TrainConfig(epochs=2).epochs_for(1) == 2
+    with pytest.raises(ValueError):
+        TrainConfig(epochs=0)
+    monkeypatch.setattr(config, "MIN_STEPS", 60)
+    trainer = _trainer(tiny_backbone, tiny_records, epochs=None, checkpoint_every=0)
+    steps = trainer.steps_per_epoch
+    assert steps * config.DEFAULT_EPOCHS < 60  # the tiny database makes few steps an epoch
+    result = trainer.run()
+    assert trainer.epochs == math.ceil(60 / steps) > config.DEFAULT_EPOCHS and result.steps == steps * trainer.epochs
+    assert [h["epoch"] for h in result.history] == list(range(trainer.epochs + 1))
+
+
+def test_validation_too_small_to_choose_keeps_the_last_epoch(tiny_backbone, tiny_records, monkeypatch):
+    from dbprompt.training import trainer as trainer_module
+
+    small = _trainer(tiny_backbone, tiny_records, epochs=3, checkpoint_every=0)
+    assert 0 < len(small.val_idx) < trainer_module.MIN_CHOOSING
+    result = small.run()
+    assert result.best_epoch == 3 and all(h["selected_by"] == trainer_module.LAST_EPOCH for h in result.history)
+    # The same run where its validation may choose: the epoch with the best score, whichever it is.
+    monkeypatch.setattr(trainer_module, "MIN_CHOOSING", 1)
+    chosen = _trainer(tiny_backbone, tiny_records, epochs=3, checkpoint_every=0, lr=1e-12).run()
+    assert all(h["selected_by"] != trainer_module.LAST_EPOCH for h in chosen.history)
+    assert chosen.best_epoch == max(chosen.history, key=lambda h: h["val_score"])["epoch"]

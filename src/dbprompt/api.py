@@ -185,6 +185,7 @@ def train(
     trained = trainer.model
     summary = splits.to_json()
     extra = {
+        "epochs": trainer.epochs,
         "best_epoch": result.best_epoch,
         "best_val_score": result.best_score,
         "history": result.history,

@@ -167,7 +167,7 @@ def _halving(
     with tempfile.TemporaryDirectory(prefix="halving.") as tmp:
         for lr in lrs:
             each = trainer(lr, Path(tmp) / f"lr{lr:g}")
-            each.run(stop_after_steps=max(1, round(rung * each.steps_per_epoch * each.cfg.epochs)))
+            each.run(stop_after_steps=max(1, round(rung * each.steps_per_epoch * each.epochs)))
             scores[lr] = selection_score(each.validator())
         kept = max(lrs, key=lambda lr: scores[lr])
         each = trainer(kept, Path(tmp) / f"lr{kept:g}")

@@ -9,6 +9,7 @@ from ..data.splits import SMALL_SPLIT, SplitConfig
 from ..options import add_options
 from ..prompts.config import PromptConfig
 from ..training.config import TrainConfig
+from ..training.trainer import LAST_EPOCH
 from .common import (
     add_database_args, add_model_args, add_output_args, add_runtime_args, add_split_args, emit, message, options_of,
     progress_of, report_skipped, runtime_of,
@@ -71,9 +72,10 @@ def run(args: argparse.Namespace) -> int:
             "from what the backbone saw, the image side alone (--text-len 0 --vocab 0) may do better."
             + (" With so few validation images the choice is also noisy." if report.val_images < SMALL_SPLIT else "")
         )
-    emit(
-        args, report.to_json(),
-        f"wrote {report.path} ({report.path.stat().st_size:,} bytes); best epoch {report.best_epoch} (0 = before "
-        f"training) by validation {'mAP' if report.selected_by == 'label/t2i_mAP' else 'T2I R@1'} {report.best_metric:.1f}",
-    )
+    if report.selected_by == LAST_EPOCH:
+        kept = f"kept epoch {report.best_epoch}, the last (validation's {report.val_images} images are too few to choose by)"
+    else:
+        kept = (f"best epoch {report.best_epoch} (0 = before training) by validation "
+                f"{'mAP' if report.selected_by == 'label/t2i_mAP' else 'T2I R@1'} {report.best_metric:.1f}")
+    emit(args, report.to_json(), f"wrote {report.path} ({report.path.stat().st_size:,} bytes); {kept}")
     return 0

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from ..options import option
 
 HEADLINE = "clip_benchmark/t2i_R@1"  # what training selects its epoch on (validation), and logs
+# Without --epochs: this many passes, or more where a small database makes fewer than MIN_STEPS optimizer steps
+# (a few dozen marked images are one step a pass: ten steps leave the prompts near where they started).
+DEFAULT_EPOCHS, MIN_STEPS = 10, 100
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = option(10, "passes over the training images")
+    epochs: int | None = option(
+        None, f"passes over the training images (default: {DEFAULT_EPOCHS}, or more for a small database: as many as make {MIN_STEPS} optimizer steps)"
+    )
     batch_size: int = option(64, "image-caption pairs per step (the contrastive loss's negatives)")
     lr: float = option(1e-2, "peak learning rate (chosen on validation with the image adapters, BENCHMARKS.md)")
     weight_decay: float = option(0.0, "AdamW weight decay of matrices (never of gates or the temperature)")
@@ -38,7 +44,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2 or self.grad_accum < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 2 or self.grad_accum < 1:
             raise ValueError("epochs >= 1, batch_size >= 2 and grad_accum >= 1 are required")
         if self.lr <= 0 or not 0 <= self.warmup_fraction < 1:
             raise ValueError("lr must be > 0 and warmup_fraction in [0, 1)")
@@ -46,6 +52,10 @@ class TrainConfig:
             raise ValueError(f"image_backward must be in (0, 1], got {self.image_backward}")
         if self.checkpoint_every < 0 or self.image_cache_mb < 0:
             raise ValueError("checkpoint_every and image_cache_mb must be >= 0")
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """The passes a run makes: --epochs, else DEFAULT_EPOCHS or as many as make MIN_STEPS steps."""
+        return self.epochs or max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / max(1, steps_per_epoch)))
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

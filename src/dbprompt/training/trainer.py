@@ -25,7 +25,7 @@ from ..metrics import LABEL_K, LABEL_KEYS
 from ..model import PromptedCLIP
 from ..runtime import CPU, Runtime
 from .checkpoint import Checkpointer, TrainState
-from .config import HEADLINE, TrainConfig
+from .config import DEFAULT_EPOCHS, HEADLINE, MIN_STEPS, TrainConfig
 from .distributed import average_gradients, from_main, share, usable
 from .images import ImageBank, backward_mask
 from .keys import CaptionKeys
@@ -39,6 +39,9 @@ EpochOrder = Callable[[np.random.Generator, int], np.ndarray]
 # Entered around each part of a run, by name: "forward" (a micro-batch's forward and loss), "validation"
 # (an epoch's validation), "calibration" (the temperature's, before training); e.g. to time them.
 Phase = Callable[[str], ContextManager[None]]
+# Fewer validation images than this choose no epoch (one image moves R@1 by 5 points or more): the last is kept.
+MIN_CHOOSING = 20
+LAST_EPOCH = "last epoch"  # `selected_by` where validation was too small to choose
 # Hard negatives a step adds at most, as a share of its batch.
 NEGATIVES_PER_PAIR = 0.5
 
@@ -156,8 +159,9 @@ class Trainer:
         # A last, partial micro-batch counts when each rank gets part of it and the batch has negatives.
         self.micro_per_epoch = n // b + (1 if usable(self.runtime, n % b) >= max(2, self.runtime.world) else 0)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / self.cfg.grad_accum)
+        self.epochs = self.cfg.epochs_for(self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(self.steps_per_epoch * self.cfg.epochs, self.cfg.warmup_fraction)
+            self.optimizer, warmup_cosine(self.steps_per_epoch * self.epochs, self.cfg.warmup_fraction)
         )
 
     @property
@@ -240,11 +244,13 @@ class Trainer:
     def _record_validation(self, epoch: int, train_loss: float | None) -> None:
         with self.phase("validation"):
             metrics = from_main(self.runtime, self.validator() if self.runtime.main else None)
-        score = selection_score(metrics) if metrics is not None else float(epoch)
+        decides = metrics is not None and len(self.val_idx) >= MIN_CHOOSING
+        # Where validation cannot decide, the latest epoch wins: a score that only grows.
+        score = selection_score(metrics) if decides else float(epoch)
         entry = {"epoch": epoch, "train_loss": train_loss, "val_score": score}
         if metrics is not None:
             shown = ("clip_benchmark/t2i_R@1", "clip_benchmark/i2t_R@1", *(k for k in LABEL_KEYS if k in metrics))
-            entry.update({k: metrics[k] for k in shown} | {"selected_by": selection_key(metrics)})
+            entry.update({k: metrics[k] for k in shown} | {"selected_by": selection_key(metrics) if decides else LAST_EPOCH})
         self.state.history.append(entry)
         if score > self.state.best_score:
             self.state.best_score, self.state.best_epoch = score, epoch
@@ -252,7 +258,10 @@ class Trainer:
         if metrics is not None:
             best = "  (best)" if self.state.best_epoch == epoch else ""
             label = f"  mAP {entry['label/t2i_mAP']:.1f}  P@{LABEL_K} {entry[f'label/t2i_P@{LABEL_K}']:.1f}" if "label/t2i_mAP" in entry else ""
-            chosen = "  (epochs chosen by mAP: most captions are shared)" if epoch == 0 and entry["selected_by"] != HEADLINE else ""
+            chosen = "" if epoch else {
+                HEADLINE: "",
+                LAST_EPOCH: f"  (validation's {len(self.val_idx)} images are too few to choose an epoch by: the run keeps its last)",
+            }.get(entry["selected_by"], "  (epochs chosen by mAP: most captions are shared)")
             self.log(f"epoch {epoch}: val T2I R@1 {entry[HEADLINE]:.1f}  I2T R@1 {entry['clip_benchmark/i2t_R@1']:.1f}{label}{best}{chosen}")
         if self.on_epoch is not None and self.runtime.main:
             self.on_epoch(entry)
@@ -278,6 +287,8 @@ class Trainer:
         loaded = self.checkpoints.load(self.named, self.optimizer, self.optimizer_order, self.scheduler, self.runtime.device) if resume else None
         if resume:
             self.log(f"resumed at epoch {loaded[0].epoch + 1}, step {loaded[0].step}" if loaded else "no checkpoint to resume from; starting fresh")
+        if self.epochs > DEFAULT_EPOCHS and self.cfg.epochs is None:
+            self.log(f"{self.epochs} epochs: a small database ({self.steps_per_epoch} step(s) an epoch) trains for {MIN_STEPS} steps at least (--epochs sets them)")
         if loaded:
             self.state, self.best_state = loaded
         else:
@@ -285,8 +296,8 @@ class Trainer:
                 self._calibrate_temperature()
             self._record_validation(0, None)
         started, pairs = time.perf_counter(), 0
-        bar = tqdm(total=self.steps_per_epoch * self.cfg.epochs, initial=self.state.step, unit="step", disable=not self.progress)
-        while self.state.epoch < self.cfg.epochs:
+        bar = tqdm(total=self.steps_per_epoch * self.epochs, initial=self.state.step, unit="step", disable=not self.progress)
+        while self.state.epoch < self.epochs:
             self.model.train()
             order, captions = epoch_plan(self.train_records, self.cfg.seed, self.state.epoch, self.order)
             losses = self.state.epoch_losses

@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--worlds", nargs="+", default=["source", "shifted"], choices=["source", "shifted"], help="looks: the world's source images, its visual shift")
     ap.add_argument("--methods", nargs="+", default=["zero-shot", "dbprompt"], choices=list(METHODS))
     ap.add_argument("--per-class", type=int, default=60)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=None, help="(default: dbprompt train's: 10, more for a small database)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", default=BenchConfig().model, help="(default: %(default)s; dbprompt-proxy-b: the broad world's look)")
     ap.add_argument("--pretrained", type=proxy.weights_file, default=None, help="the model's weights: a weights file, a pre-training checkpoint or 'random' (default: those shipped)")
@@ -81,14 +81,14 @@ def main() -> None:
     cfg = for_model(args.model, pretrained=args.pretrained, sizes=(n,), seeds=(args.seed,), epochs={n: args.epochs})
     root = home(args.out, cfg.world)
     keys = (LABEL_KEYS[0], LABEL_KEYS[2])
-    print(f"| world | method | test mAP | test P@10 | best epoch | (images a class: {args.per_class}, epochs: {args.epochs}) |")
+    print(f"| world | method | test mAP | test P@10 | best epoch | (images a class: {args.per_class}, epochs: {args.epochs or 'default'}) |")
     print("|---|---|---|---|---|---|")
     for look in args.worlds:
         data = folders(root, look, args.per_class, cfg)
         probe = linear_probe(cfg, data)
         print(f"| {look} | linear probe on frozen image features | {probe[keys[0]]:.1f} | {probe[keys[1]]:.1f} | – | |", flush=True)
         for name in args.methods:
-            saved = root / "runs" / f"{look}-{args.per_class}-{args.epochs}-{args.seed}-{name}.json"
+            saved = root / "runs" / f"{look}-{args.per_class}-{args.epochs or 'default'}-{args.seed}-{name}.json"
             if saved.exists():
                 row = json.loads(saved.read_text())
             else:

@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--per-class", type=int, default=60)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=None, help="(default: dbprompt train's: 10, more for a small database)")
     ap.add_argument("--shifted", action="store_true", help="the visual shift (textured backgrounds, rotation, blur)")
     ap.add_argument("--held-per-class", type=int, default=100)
     ap.add_argument("--model", default=proxy.NAME, help="(default: %(default)s; dbprompt-proxy-b: the broad world's look)")
