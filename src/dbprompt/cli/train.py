@@ -8,8 +8,7 @@ from ..data.database import ReadOptions
 from ..data.splits import SMALL_SPLIT, SplitConfig
 from ..options import add_options
 from ..prompts.config import PromptConfig
-from ..training.config import TrainConfig
-from ..training.trainer import LAST_EPOCH
+from ..training.config import LAST_EPOCH, TrainConfig
 from .common import (
     add_database_args, add_model_args, add_output_args, add_runtime_args, add_split_args, emit, message, options_of,
     progress_of, report_skipped, runtime_of,

@@ -12,6 +12,7 @@ HEADLINE = "clip_benchmark/t2i_R@1"  # what training selects its epoch on (valid
 # Without --epochs: this many passes, or more where a small database makes fewer than MIN_STEPS optimizer steps
 # (a few dozen marked images are one step a pass: ten steps leave the prompts near where they started).
 DEFAULT_EPOCHS, MIN_STEPS = 10, 100
+LAST_EPOCH = "last epoch"  # `selected_by` where validation was too small to choose an epoch
 
 
 @dataclass(frozen=True)

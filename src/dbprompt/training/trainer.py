@@ -25,7 +25,7 @@ from ..metrics import LABEL_K, LABEL_KEYS
 from ..model import PromptedCLIP
 from ..runtime import CPU, Runtime
 from .checkpoint import Checkpointer, TrainState
-from .config import DEFAULT_EPOCHS, HEADLINE, MIN_STEPS, TrainConfig
+from .config import DEFAULT_EPOCHS, HEADLINE, LAST_EPOCH, MIN_STEPS, TrainConfig
 from .distributed import average_gradients, from_main, share, usable
 from .images import ImageBank, backward_mask
 from .keys import CaptionKeys
@@ -41,7 +41,6 @@ EpochOrder = Callable[[np.random.Generator, int], np.ndarray]
 Phase = Callable[[str], ContextManager[None]]
 # Fewer validation images than this choose no epoch (one image moves R@1 by 5 points or more): the last is kept.
 MIN_CHOOSING = 20
-LAST_EPOCH = "last epoch"  # `selected_by` where validation was too small to choose
 # Hard negatives a step adds at most, as a share of its batch.
 NEGATIVES_PER_PAIR = 0.5
 
