@@ -43,11 +43,10 @@ def test_learn_fits_the_training_images_and_reports_held_out_accuracy():
     assert reports[-1][2] >= 0.85
 
 
-def test_save_writes_the_backbone_with_the_trained_image_tower_and_the_text_tower_as_loaded(tmp_path, monkeypatch, capsys):
+def test_save_writes_the_backbone_with_the_trained_image_tower_and_the_text_tower_as_loaded(tmp_path, monkeypatch, capsys, one_thread):
     out = tmp_path / "shapes.safetensors"
     argv = ["shape_learnability", "--model", "dbprompt-proxy", "--steps", "2", "--images", "24", "--batch-size", "4", "--save", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
-    torch.set_num_threads(1)
     main()
     assert f"wrote {out}" in capsys.readouterr().out
     start, saved = load_backbone("dbprompt-proxy", RANDOM), load_backbone("dbprompt-proxy", str(out))

@@ -145,7 +145,8 @@ def weights_file(value: str) -> str:
 
 def plain_weights_file(value: str) -> str:
     """`weights_file` for what hands the weights to dbprompt's own commands, which read weights files, not checkpoints."""
-    if value != RANDOM and weights_file(value).endswith(".safetensors") and checkpoint_parameters(value) is not None:
+    value = weights_file(value)
+    if value != RANDOM and value.endswith(".safetensors") and checkpoint_parameters(value) is not None:
         raise argparse.ArgumentTypeError(
             f"{value} is a pre-training checkpoint; dbprompt's commands read weights files: use the one the run writes "
             "at its end (WORK_DIR/MODEL.safetensors)"

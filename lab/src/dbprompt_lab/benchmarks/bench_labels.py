@@ -81,14 +81,15 @@ def main() -> None:
     cfg = for_model(args.model, pretrained=args.pretrained, sizes=(n,), seeds=(args.seed,), epochs={n: args.epochs})
     root = home(args.out, cfg.world)
     keys = (LABEL_KEYS[0], LABEL_KEYS[2])
-    print(f"| world | method | test mAP | test P@10 | best epoch | (images a class: {args.per_class}, epochs: {args.epochs or 'default'}) |")
+    epochs = args.epochs or "default"
+    print(f"| world | method | test mAP | test P@10 | best epoch | (images a class: {args.per_class}, epochs: {epochs}) |")
     print("|---|---|---|---|---|---|")
     for look in args.worlds:
         data = folders(root, look, args.per_class, cfg)
         probe = linear_probe(cfg, data)
         print(f"| {look} | linear probe on frozen image features | {probe[keys[0]]:.1f} | {probe[keys[1]]:.1f} | – | |", flush=True)
         for name in args.methods:
-            saved = root / "runs" / f"{look}-{args.per_class}-{args.epochs or 'default'}-{args.seed}-{name}.json"
+            saved = root / "runs" / f"{look}-{args.per_class}-{epochs}-{args.seed}-{name}.json"
             if saved.exists():
                 row = json.loads(saved.read_text())
             else:
